@@ -1,0 +1,216 @@
+//! The accept loop: TLS (WS-AUTH-6), a cap on open connections, a
+//! handshake timeout, and graceful shutdown (WS-CONN-5).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tracing::{info, warn};
+
+use crate::config::{Config, Database};
+use crate::http::{RemoteAddr, router};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{DeliveryPolicy, Store};
+use crate::{delivery, tls};
+
+/// A server started by [`start`]: where it listens, and how to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Starts a graceful shutdown: every socket is closed with 1012.
+    pub fn shutdown(&self) {
+        self.state.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped (after [`shutdown`](Self::shutdown)).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) {
+        self.shutdown();
+        self.wait().await;
+    }
+}
+
+pub fn delivery_policy(config: &Config) -> DeliveryPolicy {
+    DeliveryPolicy {
+        ack_timeout_ms: config.ack_timeout.as_millis() as i64,
+        max_attempts: config.max_attempts,
+        backoff_base_ms: config.backoff_base.as_millis() as i64,
+        backoff_cap_ms: config.backoff_cap.as_millis() as i64,
+        max_pending: config.max_pending,
+    }
+}
+
+/// Opens the store the configuration names.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    match config.validate()? {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(&path, delivery_policy(config))
+                .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Starts serving on `listener` in the background.
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
+    let store = open_store(&config)?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState::new(config, store, CancellationToken::new()));
+    tokio::spawn(delivery::run_sweeper(state.clone()));
+    let task = tokio::spawn(accept_loop(state.clone(), listener, tls));
+    Ok(RunningServer { addr, state, task })
+}
+
+async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let config = &state.config;
+    let app = router(state.clone());
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.handshake_timeout);
+    let http = Arc::new(http);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            Metrics::count(&state.metrics.connection_failures, "reason", "capacity");
+            tokio::spawn(refuse_over_capacity(tcp));
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let io = Counted { io: tcp, _permit: permit };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(RemoteAddr(remote));
+            app.clone().oneshot(request)
+        });
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = config.handshake_timeout;
+        tokio::spawn(async move {
+            match tls {
+                None => serve(&http, watcher, io, service).await,
+                Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(io)).await {
+                    Ok(Ok(stream)) => serve(&http, watcher, stream, service).await,
+                    Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    info!("shutting down: closing agent sockets with 1012");
+    let grace = state.config.shutdown_grace;
+    state.sessions.close();
+    let drained = tokio::time::timeout(grace, async {
+        tokio::join!(graceful.shutdown(), state.sessions.wait());
+    })
+    .await;
+    if drained.is_err() {
+        warn!("shutdown grace of {grace:?} passed with connections still open");
+    }
+}
+
+async fn serve<IO, S>(http: &auto::Builder<TokioExecutor>, watcher: Watcher, io: IO, service: S)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!("connection ended with an error: {e}");
+    }
+}
+
+/// Over the connection cap: a short 503 instead of a silent reset.
+async fn refuse_over_capacity(mut tcp: TcpStream) {
+    let body = r#"{"error":"over_capacity","message":"the server is at its connection limit"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(response.as_bytes())).await;
+}
+
+/// A socket that holds one of the connection-cap permits until it is dropped,
+/// also after it was upgraded to a WebSocket.
+struct Counted<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

@@ -1,0 +1,404 @@
+//! One agent's WebSocket, from `connected` to its close.
+//!
+//! A session is one task: it reads frames, answers them, pushes the commands
+//! the store assigns to it, redelivers unacked ones on time (WS-DLV-3), and
+//! closes the socket with the code PROTOCOL.md gives for each reason.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::ratelimit::Verdict;
+use crate::registry::{Kick, KickReason, SessionHandle, SessionMsg};
+use crate::state::AppState;
+use crate::store::{Channel, Claim, CommandRow, ConnId, Status};
+use crate::wire::{self, Advertised, Inbound, now_millis};
+
+/// How long a closing socket waits for the agent's own close frame, so the
+/// agent reads our close code before the TCP connection goes away.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Close codes of PROTOCOL.md §3 and §4.
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY: u16 = 1008;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_UTF8: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const SERVICE_RESTART: u16 = 1012;
+    pub const REPLACED: u16 = 4000;
+    pub const PING_TIMEOUT: u16 = 4008;
+}
+
+/// A write did not complete: the socket is gone or stalled.
+struct WriteFailed;
+
+/// Runs a session until its socket closes; registers and unregisters it.
+pub async fn run(state: Arc<AppState>, mut socket: WebSocket, agent_id: String, remote: SocketAddr) {
+    let conn = state.next_conn_id();
+    let (tx, mut rx) = mpsc::channel(state.config.send_queue as usize);
+    let kick = Kick::child_of(&state.shutdown);
+    let handle = SessionHandle {
+        conn,
+        connected_at: now_millis(),
+        remote_addr: remote.to_string(),
+        tx,
+        kick: kick.clone(),
+    };
+    // WS-CONN-2: the newer connection wins; the old one closes with 4000.
+    if let Some(old) = state.registry.register(&agent_id, handle) {
+        old.kick.kick(KickReason::Replaced);
+    }
+    state.metrics.connections_total.inc();
+    state.metrics.connections_active.inc();
+    let started = Instant::now();
+
+    let mut session = Session {
+        state: state.clone(),
+        agent_id,
+        conn,
+        remote,
+        inflight: HashMap::new(),
+        timers: BinaryHeap::new(),
+        last_pong: None,
+    };
+    let reason = session.serve(&mut socket, &mut rx, &kick).await;
+
+    let Session { agent_id, .. } = session;
+    state.registry.remove(&agent_id, conn);
+    state.metrics.connections_active.dec();
+    Metrics::count(&state.metrics.disconnects, "reason", reason);
+    if let Err(e) = state.store.record_disconnect(&agent_id, conn, reason, now_millis()).await {
+        warn!(agent_id, "could not record disconnect: {e}");
+    }
+    info!(
+        reason,
+        "Edge agent {agent_id} disconnected (duration: {}s)",
+        started.elapsed().as_secs()
+    );
+}
+
+struct Session {
+    state: Arc<AppState>,
+    agent_id: String,
+    conn: ConnId,
+    remote: SocketAddr,
+    /// Commands pushed on this socket and not acked: id → attempt.
+    inflight: HashMap<String, u32>,
+    /// WS-DLV-3 redelivery times; entries whose attempt no longer matches
+    /// `inflight` are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, String, u32)>>,
+    /// WS-RATE-3: when the last ping was answered.
+    last_pong: Option<Instant>,
+}
+
+impl Session {
+    /// Serves the socket; returns the disconnect reason for metrics and history.
+    async fn serve(
+        &mut self,
+        socket: &mut WebSocket,
+        rx: &mut mpsc::Receiver<SessionMsg>,
+        kick: &Kick,
+    ) -> &'static str {
+        let config = &self.state.config;
+        let ping_timeout = config.ping_timeout;
+        // WS-MSG-1: `connected` comes first.
+        let advertised = Advertised {
+            ping_interval_s: config.ping_interval.as_secs(),
+            ping_timeout_s: config.ping_timeout.as_secs(),
+            ack_timeout_s: config.ack_timeout.as_secs(),
+            max_attempts: config.max_attempts,
+        };
+        let hello = wire::connected_frame(
+            &self.agent_id,
+            &advertised,
+            &[
+                ("ping_interval_ms", config.ping_interval.as_millis()),
+                ("ping_timeout_ms", config.ping_timeout.as_millis()),
+                ("ack_timeout_ms", config.ack_timeout.as_millis()),
+            ],
+        );
+        if self.write(socket, hello).await.is_err() {
+            return "error";
+        }
+        let remote = self.remote.to_string();
+        match self.state.store.record_connect(&self.agent_id, self.conn, &remote, now_millis()).await {
+            Ok(true) => {
+                self.state.metrics.reconnects.inc();
+            }
+            Ok(false) => {}
+            Err(e) => warn!(agent_id = %self.agent_id, "could not record connect: {e}"),
+        }
+        info!("Edge agent {} connected from IP {}", self.agent_id, self.remote.ip());
+
+        // WS-DLV-4: everything pending, at once, in priority order.
+        let claim = Claim::AllPending { agent_id: self.agent_id.clone(), conn: self.conn };
+        match self.state.store.claim(claim, now_millis()).await {
+            Ok(rows) => {
+                if self.push(socket, rows).await.is_err() {
+                    return "error";
+                }
+            }
+            Err(e) => warn!(agent_id = %self.agent_id, "could not load pending commands: {e}"),
+        }
+
+        // WS-CONN-3: any frame resets the idle deadline.
+        let idle = sleep(ping_timeout);
+        tokio::pin!(idle);
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            tokio::select! {
+                biased;
+                _ = kick.kicked() => return self.close_for(kick.reason(), socket, rx).await,
+                _ = &mut idle => {
+                    self.close(socket, close::PING_TIMEOUT, "ping timeout").await;
+                    return "ping_timeout";
+                }
+                Some(msg) = rx.recv() => {
+                    if self.on_session_msg(socket, msg).await.is_err() {
+                        return "error";
+                    }
+                }
+                _ = sleep_until(next_timer.unwrap_or_else(Instant::now)), if next_timer.is_some() => {
+                    if self.redeliver_due(socket).await.is_err() {
+                        return "error";
+                    }
+                }
+                frame = socket.recv() => {
+                    let frame = match frame {
+                        None => return "error",
+                        Some(Err(e)) => {
+                            let (code, reason) = close_code_for(e);
+                            self.close(socket, code, reason).await;
+                            return "error";
+                        }
+                        Some(Ok(frame)) => frame,
+                    };
+                    idle.as_mut().reset(Instant::now() + ping_timeout);
+                    let handled = match frame {
+                        Message::Text(text) => self.on_text(socket, text.as_str()).await,
+                        Message::Binary(_) => {
+                            // §3: binary frames are answered, not fatal.
+                            self.reply_error(socket, "unsupported_frame", "send JSON in text frames", None).await
+                        }
+                        // WebSocket Pings are answered by the library (RFC 6455).
+                        Message::Ping(_) | Message::Pong(_) => Ok(()),
+                        // WS-CONN-4: the agent closes; tungstenite answers the close.
+                        Message::Close(_) => {
+                            let _ = timeout(CLOSE_LINGER, socket.flush()).await;
+                            return "normal";
+                        }
+                    };
+                    if handled.is_err() {
+                        return "error";
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_session_msg(&mut self, socket: &mut WebSocket, msg: SessionMsg) -> Result<(), WriteFailed> {
+        match msg {
+            SessionMsg::Push(row) => self.push(socket, vec![*row]).await,
+            SessionMsg::Deliver(command_id) => {
+                let claim = Claim::One { command_id, conn: self.conn };
+                match self.state.store.claim(claim, now_millis()).await {
+                    Ok(rows) => self.push(socket, rows).await,
+                    Err(e) => {
+                        warn!(agent_id = %self.agent_id, "could not claim command: {e}");
+                        Ok(())
+                    }
+                }
+            }
+            SessionMsg::Config(config) => self.write(socket, wire::config_update_frame(&config)).await,
+        }
+    }
+
+    /// WS-RATE-2, then §3: one text frame from the agent.
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), WriteFailed> {
+        let now = std::time::Instant::now();
+        if let Verdict::Limited { .. } = self.state.message_limiter.hit(&self.agent_id, now) {
+            return self.reply_error(socket, "rate_limited", "too many messages; this one was ignored", None).await;
+        }
+        match wire::parse_text(text) {
+            Ok(Inbound::Ping) => {
+                self.state.metrics.pings.inc();
+                let min_gap = self.state.config.rate_ping_interval;
+                // WS-RATE-3: at most one ping per interval is answered.
+                if self.last_pong.is_some_and(|at| at.elapsed() < min_gap) {
+                    return self.reply_error(socket, "rate_limited", "too many pings", None).await;
+                }
+                self.last_pong = Some(Instant::now());
+                self.state.metrics.pongs.inc();
+                self.write(socket, wire::pong_frame()).await
+            }
+            Ok(Inbound::Ack(ack)) => {
+                let outcome = self.state.acknowledge(&self.agent_id, &ack.command_id, ack.kind).await;
+                match outcome {
+                    Ok(crate::store::AckOutcome::Unknown) => {
+                        // WS-ACK-3: never reveals whether another agent has it.
+                        self.reply_error(socket, "unknown_command", "no such command for this agent", Some(&ack.command_id)).await
+                    }
+                    Ok(_) => {
+                        // WS-ACK-2: any ack stops redelivery on this connection.
+                        self.inflight.remove(&ack.command_id);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        warn!(agent_id = %self.agent_id, "could not store ack: {e}");
+                        self.reply_error(socket, "internal_error", "the ack was not recorded; send it again", Some(&ack.command_id)).await
+                    }
+                }
+            }
+            Ok(Inbound::Status(status)) => {
+                // WS-STATUS-1.
+                if let Err(e) = self.state.store.set_agent_status(&self.agent_id, &status, now_millis()).await {
+                    warn!(agent_id = %self.agent_id, "could not store status: {e}");
+                }
+                Ok(())
+            }
+            Err(e) => self.reply_error(socket, e.code(), &e.to_string(), None).await,
+        }
+    }
+
+    /// WS-ERR-1: an `error` message; the connection stays open.
+    async fn reply_error(
+        &mut self,
+        socket: &mut WebSocket,
+        code: &'static str,
+        message: &str,
+        reference: Option<&str>,
+    ) -> Result<(), WriteFailed> {
+        Metrics::count(&self.state.metrics.bad_messages, "code", code);
+        self.write(socket, wire::error_frame(code, message, reference)).await
+    }
+
+    /// Writes claimed commands in one flush and starts their redelivery timers.
+    async fn push(&mut self, socket: &mut WebSocket, rows: Vec<CommandRow>) -> Result<(), WriteFailed> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let write_timeout = self.state.config.write_timeout;
+        let sent = timeout(write_timeout, async {
+            for row in &rows {
+                socket.feed(Message::Text(wire::command_frame(row).into())).await?;
+            }
+            socket.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Err(WriteFailed);
+        }
+        let max_attempts = self.state.config.max_attempts;
+        for row in rows {
+            self.state.log_sent(&self.agent_id, &row.id, &row.command_type, Channel::Ws);
+            // WS-DLV-3: only a `sent` command with attempts left is redelivered;
+            // `received`/`executing` wait for their final ack.
+            if row.status == Status::Sent && row.attempts < max_attempts {
+                if let (Some(sent_at), Some(next)) = (row.sent_at, row.next_attempt_at) {
+                    let due = Instant::now() + Duration::from_millis((next - sent_at).max(0) as u64);
+                    self.timers.push(Reverse((due, row.id.clone(), row.attempts)));
+                    self.inflight.insert(row.id, row.attempts);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// WS-DLV-3: pushes again every command whose redelivery time has come.
+    async fn redeliver_due(&mut self, socket: &mut WebSocket) -> Result<(), WriteFailed> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, id, attempt)) = self.timers.pop().expect("peeked");
+            if self.inflight.get(&id) == Some(&attempt) {
+                self.inflight.remove(&id);
+                due.push((id, attempt));
+            }
+        }
+        for (command_id, attempt) in due {
+            let claim = Claim::Redeliver { command_id, conn: self.conn, attempt };
+            match self.state.store.claim(claim, now_millis()).await {
+                Ok(rows) => self.push(socket, rows).await?,
+                Err(e) => warn!(agent_id = %self.agent_id, "could not claim redelivery: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_for(
+        &mut self,
+        reason: KickReason,
+        socket: &mut WebSocket,
+        rx: &mut mpsc::Receiver<SessionMsg>,
+    ) -> &'static str {
+        match reason {
+            KickReason::Replaced => {
+                self.close(socket, close::REPLACED, "replaced").await;
+                "replaced"
+            }
+            KickReason::SlowConsumer => {
+                self.close(socket, close::POLICY, "slow consumer").await;
+                "slow_consumer"
+            }
+            KickReason::Shutdown => {
+                // WS-CONN-5: flush what was already handed to us, then 1012.
+                while let Ok(msg) = rx.try_recv() {
+                    if self.on_session_msg(socket, msg).await.is_err() {
+                        return "shutdown";
+                    }
+                }
+                self.close(socket, close::SERVICE_RESTART, "service restart").await;
+                "shutdown"
+            }
+        }
+    }
+
+    /// Sends a close frame and waits briefly for the agent's answer.
+    async fn close(&mut self, socket: &mut WebSocket, code: u16, reason: &'static str) {
+        let frame = CloseFrame { code, reason: reason.into() };
+        if self.write_message(socket, Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let _ = timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = socket.recv().await {}
+        })
+        .await;
+    }
+
+    async fn write(&mut self, socket: &mut WebSocket, text: String) -> Result<(), WriteFailed> {
+        self.write_message(socket, Message::Text(text.into())).await
+    }
+
+    async fn write_message(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), WriteFailed> {
+        match timeout(self.state.config.write_timeout, socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(WriteFailed),
+        }
+    }
+}
+
+/// §3: the close code for a WebSocket-level error.
+fn close_code_for(error: axum::Error) -> (u16, &'static str) {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) => match *e {
+            tungstenite::Error::Capacity(_) => (close::TOO_BIG, "message too big"),
+            tungstenite::Error::Utf8(_) => (close::INVALID_UTF8, "invalid UTF-8"),
+            tungstenite::Error::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
+            _ => (close::NORMAL, ""),
+        },
+        Err(_) => (close::PROTOCOL_ERROR, "protocol error"),
+    }
+}

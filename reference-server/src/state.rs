@@ -1,0 +1,66 @@
+//! The state every handler and session shares.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::registry::Registry;
+use crate::store::{ConnId, Store};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub auth: Authenticator,
+    /// WS-RATE-1: connection attempts per agent, counted after auth.
+    pub connect_limiter: RateLimiter<String>,
+    /// WS-RATE-1: rejected upgrades per remote address.
+    pub reject_limiter: RateLimiter<IpAddr>,
+    /// WS-RATE-2: messages per agent.
+    pub message_limiter: RateLimiter<String>,
+    /// Cancelled when the server starts shutting down (WS-CONN-5).
+    pub shutdown: CancellationToken,
+    /// Session tasks, so shutdown can wait for their 1012 closes.
+    pub sessions: TaskTracker,
+    next_conn: AtomicI64,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        // Connection ids are unique across restarts of this process, so a
+        // stored `conn_id` never matches a connection of a later run.
+        let first_conn = crate::wire::now_millis() << 20;
+        AppState {
+            auth: Authenticator::new(config.edge_secret.clone(), config.token_kinds),
+            connect_limiter: RateLimiter::new(config.rate_connects_per_min, MINUTE),
+            reject_limiter: RateLimiter::new(config.rate_rejects_per_min, MINUTE),
+            message_limiter: RateLimiter::new(config.rate_messages_per_min, MINUTE),
+            registry: Registry::default(),
+            metrics: Metrics::default(),
+            sessions: TaskTracker::new(),
+            next_conn: AtomicI64::new(first_conn),
+            config,
+            store,
+            shutdown,
+        }
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+}
