@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
@@ -94,10 +94,12 @@ async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<Tl
     let config = &state.config;
     let app = router(state.clone());
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
+    // HTTP connections (before any upgrade), so shutdown can wait for them.
+    let connections = TaskTracker::new();
+    // HTTP/1.1 only: WebSocket upgrades are HTTP/1.1, and hyper's header
+    // read timeout (the handshake timeout) starts with the connection.
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(config.handshake_timeout);
     let http = Arc::new(http);
     loop {
@@ -125,13 +127,13 @@ async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<Tl
             request.extensions_mut().insert(RemoteAddr(remote));
             app.clone().oneshot(request)
         });
-        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let (http, shutdown, tls) = (http.clone(), state.shutdown.clone(), tls.clone());
         let handshake_timeout = config.handshake_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match tls {
-                None => serve(&http, watcher, io, service).await,
+                None => serve(&http, shutdown, io, service).await,
                 Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(io)).await {
-                    Ok(Ok(stream)) => serve(&http, watcher, stream, service).await,
+                    Ok(Ok(stream)) => serve(&http, shutdown, stream, service).await,
                     Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 },
@@ -142,8 +144,9 @@ async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<Tl
     info!("shutting down: closing agent sockets with 1012");
     let grace = state.config.shutdown_grace;
     state.sessions.close();
+    connections.close();
     let drained = tokio::time::timeout(grace, async {
-        tokio::join!(graceful.shutdown(), state.sessions.wait());
+        tokio::join!(connections.wait(), state.sessions.wait());
     })
     .await;
     if drained.is_err() {
@@ -151,7 +154,9 @@ async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<Tl
     }
 }
 
-async fn serve<IO, S>(http: &auto::Builder<TokioExecutor>, watcher: Watcher, io: IO, service: S)
+/// Serves one HTTP/1.1 connection; on shutdown, finishes the request in
+/// hand and closes.
+async fn serve<IO, S>(http: &http1::Builder, shutdown: CancellationToken, io: IO, service: S)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response, Error = std::convert::Infallible>
@@ -160,8 +165,16 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    if let Err(e) = watcher.watch(connection).await {
+    let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!("connection ended with an error: {e}");
     }
 }

@@ -233,6 +233,9 @@ pub enum Claim {
     /// WS-DLV-4: on (re)connect, every pending command of the agent that has
     /// attempts left and is not expired, in priority then FIFO order.
     /// `queued` becomes `sent`; `received`/`executing` keep their state.
+    /// Commands already pushed to this same connection are left out: they
+    /// were stored as pushed while the session was starting, and their push
+    /// is on its way (`InsertOutcome::Created` with a connection).
     AllPending { agent_id: String, conn: ConnId },
     /// One command for this connection, if it is not final, not expired, has
     /// attempts left, and was not already pushed to this same connection

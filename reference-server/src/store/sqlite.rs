@@ -70,7 +70,8 @@ const SQL_COUNT_PENDING: &str = concat!(
 const SQL_CLAIM_ALL: &str = concat!(
     "SELECT seq, attempts FROM commands INDEXED BY commands_pending WHERE agent_id = ?1 AND ",
     pending!(),
-    " AND (expires_at IS NULL OR expires_at > ?2) AND attempts < ?3 ORDER BY priority, seq"
+    " AND (expires_at IS NULL OR expires_at > ?2) AND attempts < ?3 \
+     AND conn_id IS NOT ?4 ORDER BY priority, seq"
 );
 /// One command, unless that connection already has it (and it is not `queued`).
 const SQL_CLAIM_ONE: &str = concat!(
@@ -844,7 +845,7 @@ impl Store for SqliteStore {
             match claim {
                 // WS-DLV-4: everything pending, priority then FIFO.
                 Claim::AllPending { agent_id, conn } => {
-                    let found = candidates(c, SQL_CLAIM_ALL, params![agent_id, now, max])?;
+                    let found = candidates(c, SQL_CLAIM_ALL, params![agent_id, now, max, conn])?;
                     mark_pushed(c, p, found, now, Channel::Ws, Some(conn))
                 }
                 Claim::One { command_id, conn } => {

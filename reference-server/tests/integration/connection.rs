@@ -24,9 +24,9 @@ async fn ws_conn_2_duplicate_replaces_old_and_gets_its_unacked_commands() {
     new.ack(&id, true).await;
     server.wait_status(&id, "completed", PROMPT).await;
     assert!(new.round_trip().await.is_empty(), "the new socket stays up");
-    let (_, agent) = server.get("/api/agents/a1").await;
+    let agent = server.wait_agent("a1", |a| a["history"][1]["reason"] == "replaced").await;
     assert_eq!(agent["connected"], true);
-    assert_eq!(agent["history"][1]["reason"], "replaced");
+    assert!(agent["history"][0]["disconnected_at"].is_null(), "the new connection is open");
 }
 
 #[tokio::test]

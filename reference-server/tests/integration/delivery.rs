@@ -83,13 +83,13 @@ async fn ws_ack_3_acks_are_idempotent_and_final_states_stay() {
 async fn ws_ack_3_unknown_and_foreign_commands_get_unknown_command() {
     let server = TestServer::start().await;
     let mut a1 = server.agent("a1").await;
-    server.provision("a2").await;
-    let foreign = server.send_command("a2", json!({"command_type": "send_message"})).await;
+    server.provision("the-other-one").await;
+    let foreign = server.send_command("the-other-one", json!({"command_type": "send_message"})).await;
     for id in ["never-existed", foreign.as_str()] {
         a1.ack(id, true).await;
         let error = a1.expect("error").await;
         assert_eq!(error["data"]["code"], "unknown_command");
-        assert!(!error.to_string().contains("a2"), "never reveals the other agent");
+        assert!(!error.to_string().contains("the-other-one"), "never reveals the other agent");
     }
     assert_eq!(server.command_status(&foreign).await["status"], "queued");
 }

@@ -1,7 +1,5 @@
 //! §3 Messages: `connected`, ping/pong, status, config, and the bad-input table.
 
-use std::time::Duration;
-
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -128,13 +126,5 @@ async fn ws_cfg_1_config_update_reaches_a_connected_agent() {
 }
 
 pub async fn wait_until_disconnected(server: &TestServer, agent: &str) {
-    let deadline = tokio::time::Instant::now() + PROMPT;
-    loop {
-        let (_, body) = server.get(&format!("/api/agents/{agent}")).await;
-        if body["connected"] == Value::Bool(false) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{agent} still connected: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.wait_agent(agent, |a| a["connected"] == Value::Bool(false)).await;
 }

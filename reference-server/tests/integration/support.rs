@@ -144,6 +144,19 @@ impl TestServer {
         }
     }
 
+    /// Polls `GET /api/agents/{agent}` until `done` holds; returns that view.
+    pub async fn wait_agent(&self, agent: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PROMPT;
+        loop {
+            let (_, body) = self.get(&format!("/api/agents/{agent}")).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "agent {agent} never got there: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Provisions and connects with the shared secret; reads `connected`.
     pub async fn agent(&self, agent: &str) -> Agent {
         self.provision(agent).await;
