@@ -3,5 +3,8 @@
 //! describes itself.
 
 fn main() {
-    println!("edge-harness {}: conformance and load commands are not built yet; see README.md", env!("CARGO_PKG_VERSION"));
+    println!(
+        "edge-harness {}: conformance and load commands are not built yet; see README.md",
+        env!("CARGO_PKG_VERSION")
+    );
 }

@@ -4,8 +4,8 @@
 //! without sockets. Every secret comparison is constant-time, and no error
 //! here ever carries a token.
 
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD, STANDARD_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -180,16 +180,25 @@ mod tests {
     #[test]
     fn ws_auth_5_shared_secret_and_hmac_token_both_open_by_default() {
         let a = auth(TokenKinds::Both);
-        assert_eq!(a.authenticate("s3cret", Some("a1"), NOW), Ok(Identity::SharedSecret));
+        assert_eq!(
+            a.authenticate("s3cret", Some("a1"), NOW),
+            Ok(Identity::SharedSecret)
+        );
         let token = a.mint("a1", "+15550001", NOW);
-        assert_eq!(a.authenticate(&token, Some("a1"), NOW), Ok(Identity::Agent("a1".into())));
+        assert_eq!(
+            a.authenticate(&token, Some("a1"), NOW),
+            Ok(Identity::Agent("a1".into()))
+        );
     }
 
     #[test]
     fn ws_auth_5_token_of_another_agent_is_refused() {
         let a = auth(TokenKinds::Both);
         let token = a.mint("a1", "+15550001", NOW);
-        assert_eq!(a.authenticate(&token, Some("a2"), NOW), Err(AuthError::OtherAgent));
+        assert_eq!(
+            a.authenticate(&token, Some("a2"), NOW),
+            Err(AuthError::OtherAgent)
+        );
     }
 
     #[test]
@@ -197,22 +206,36 @@ mod tests {
         let a = auth(TokenKinds::Both);
         let token = a.mint("a1", "1555", NOW);
         assert!(a.authenticate(&token, None, NOW + TOKEN_LIFETIME_S).is_ok());
-        assert_eq!(a.authenticate(&token, None, NOW + TOKEN_LIFETIME_S + 1), Err(AuthError::Expired));
+        assert_eq!(
+            a.authenticate(&token, None, NOW + TOKEN_LIFETIME_S + 1),
+            Err(AuthError::Expired)
+        );
         assert!(a.authenticate(&token, None, NOW - TOKEN_MAX_SKEW_S).is_ok());
-        assert_eq!(a.authenticate(&token, None, NOW - TOKEN_MAX_SKEW_S - 1), Err(AuthError::Expired));
+        assert_eq!(
+            a.authenticate(&token, None, NOW - TOKEN_MAX_SKEW_S - 1),
+            Err(AuthError::Expired)
+        );
     }
 
     #[test]
     fn ws_auth_5_restricting_token_kinds() {
         let token = auth(TokenKinds::Both).mint("a1", "1555", NOW);
-        assert_eq!(auth(TokenKinds::Shared).authenticate(&token, None, NOW), Err(AuthError::Invalid));
-        assert!(auth(TokenKinds::Hmac).authenticate("s3cret", None, NOW).is_err());
+        assert_eq!(
+            auth(TokenKinds::Shared).authenticate(&token, None, NOW),
+            Err(AuthError::Invalid)
+        );
+        assert!(auth(TokenKinds::Hmac)
+            .authenticate("s3cret", None, NOW)
+            .is_err());
     }
 
     #[test]
     fn token_signed_with_another_secret_is_invalid() {
         let token = mint_hmac_token("other", "a1", "1555", NOW);
-        assert_eq!(auth(TokenKinds::Both).authenticate(&token, None, NOW), Err(AuthError::Invalid));
+        assert_eq!(
+            auth(TokenKinds::Both).authenticate(&token, None, NOW),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

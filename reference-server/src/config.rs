@@ -208,9 +208,7 @@ impl Config {
     pub fn database(&self) -> Result<Database, ConfigError> {
         match self.database_url.strip_prefix("sqlite://") {
             Some(path) if !path.is_empty() => Ok(Database::Sqlite(PathBuf::from(path))),
-            _ => Err(ConfigError::UnsupportedDatabase(
-                self.database_url.clone(),
-            )),
+            _ => Err(ConfigError::UnsupportedDatabase(self.database_url.clone())),
         }
     }
 

@@ -59,7 +59,10 @@ impl AppState {
         ack: AckKind,
     ) -> StoreResult<AckOutcome> {
         let now = now_millis();
-        let outcome = self.store.ack(agent_id, command_id, ack.clone(), now).await?;
+        let outcome = self
+            .store
+            .ack(agent_id, command_id, ack.clone(), now)
+            .await?;
         let result = match &outcome {
             AckOutcome::Unknown => "unknown",
             AckOutcome::Unchanged(_) => "duplicate",
@@ -107,7 +110,11 @@ pub async fn run_sweeper(state: Arc<AppState>) {
         match state.store.sweep(now_millis()).await {
             Ok(swept) => {
                 for change in swept {
-                    let outcome = if change.status == Status::Dead { "dead" } else { "expired" };
+                    let outcome = if change.status == Status::Dead {
+                        "dead"
+                    } else {
+                        "expired"
+                    };
                     Metrics::count(&state.metrics.commands, "outcome", outcome);
                     info!(command_id = %change.command_id, agent_id = %change.agent_id, "command {outcome}");
                 }

@@ -23,4 +23,4 @@ pub mod tls;
 pub mod wire;
 
 pub use config::Config;
-pub use server::{RunningServer, start};
+pub use server::{start, RunningServer};

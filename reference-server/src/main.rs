@@ -42,7 +42,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let server = edge_server::start(config, listener).await?;
-    tracing::info!("edge-server {} listening on {}", env!("CARGO_PKG_VERSION"), server.addr);
+    tracing::info!(
+        "edge-server {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        server.addr
+    );
     shutdown_signal().await;
     server.stop().await;
     tracing::info!("edge-server stopped");
@@ -61,7 +65,9 @@ async fn shutdown_signal() {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -40,8 +40,8 @@ pub struct Metrics {
 
 fn latency_buckets() -> Histogram {
     Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        30.0, 60.0, 300.0,
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0, 300.0,
     ])
 }
 
@@ -66,13 +66,37 @@ impl Default for Metrics {
             bad_messages: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("connections_active", "Open agent sockets", metrics.connections_active.clone());
-        registry.register("connections", "Agent sockets opened", metrics.connections_total.clone());
-        registry.register("connection_failures", "Refused upgrades by reason", metrics.connection_failures.clone());
-        registry.register("reconnects", "Connections of agents that had connected before", metrics.reconnects.clone());
-        registry.register("disconnects", "Closed agent sockets by reason", metrics.disconnects.clone());
+        registry.register(
+            "connections_active",
+            "Open agent sockets",
+            metrics.connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Agent sockets opened",
+            metrics.connections_total.clone(),
+        );
+        registry.register(
+            "connection_failures",
+            "Refused upgrades by reason",
+            metrics.connection_failures.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Connections of agents that had connected before",
+            metrics.reconnects.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Closed agent sockets by reason",
+            metrics.disconnects.clone(),
+        );
         registry.register("commands", "Commands by outcome", metrics.commands.clone());
-        registry.register("delivery_attempts", "Command pushes by channel", metrics.delivery_attempts.clone());
+        registry.register(
+            "delivery_attempts",
+            "Command pushes by channel",
+            metrics.delivery_attempts.clone(),
+        );
         registry.register("acks", "Acks by result", metrics.acks.clone());
         registry.register(
             "command_first_ack_seconds",
@@ -86,8 +110,15 @@ impl Default for Metrics {
         );
         registry.register("pings", "Pings received", metrics.pings.clone());
         registry.register("pongs", "Pongs sent", metrics.pongs.clone());
-        registry.register("bad_messages", "Bad input answered with an error, by code", metrics.bad_messages.clone());
-        Metrics { registry, ..metrics }
+        registry.register(
+            "bad_messages",
+            "Bad input answered with an error, by code",
+            metrics.bad_messages.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 }
 
@@ -125,7 +156,8 @@ pub struct LatencyTotals {
 impl LatencyTotals {
     fn add(&self, seconds: f64) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// (count, mean in seconds)

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 pub enum Verdict {
     Allowed,
     /// Over the limit; the window ends after this long (for `Retry-After`).
-    Limited { retry_after: Duration },
+    Limited {
+        retry_after: Duration,
+    },
 }
 
 pub struct RateLimiter<K> {
@@ -26,7 +28,11 @@ pub struct RateLimiter<K> {
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
     /// `limit` events per `window`; a limit of 0 allows everything.
     pub fn new(limit: u32, window: Duration) -> Self {
-        RateLimiter { limit, window, windows: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            limit,
+            window,
+            windows: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Counts one event for `key`.
@@ -82,10 +88,19 @@ mod tests {
         }
         assert_eq!(
             limiter.hit(&"a", t0 + Duration::from_secs(20)),
-            Verdict::Limited { retry_after: Duration::from_secs(40) }
+            Verdict::Limited {
+                retry_after: Duration::from_secs(40)
+            }
         );
-        assert_eq!(limiter.hit(&"b", t0), Verdict::Allowed, "keys are independent");
-        assert_eq!(limiter.hit(&"a", t0 + Duration::from_secs(60)), Verdict::Allowed);
+        assert_eq!(
+            limiter.hit(&"b", t0),
+            Verdict::Allowed,
+            "keys are independent"
+        );
+        assert_eq!(
+            limiter.hit(&"a", t0 + Duration::from_secs(60)),
+            Verdict::Allowed
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub struct Kick {
 impl Kick {
     /// A kick that also fires when `shutdown` is cancelled.
     pub fn child_of(shutdown: &CancellationToken) -> Kick {
-        Kick { token: shutdown.child_token(), reason: Arc::new(AtomicU8::new(0)) }
+        Kick {
+            token: shutdown.child_token(),
+            reason: Arc::new(AtomicU8::new(0)),
+        }
     }
 
     pub fn kick(&self, reason: KickReason) {
@@ -141,7 +144,10 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn handle(conn: ConnId, shutdown: &CancellationToken) -> (SessionHandle, mpsc::Receiver<SessionMsg>) {
+    fn handle(
+        conn: ConnId,
+        shutdown: &CancellationToken,
+    ) -> (SessionHandle, mpsc::Receiver<SessionMsg>) {
         let (tx, rx) = mpsc::channel(1);
         let handle = SessionHandle {
             conn,
@@ -161,7 +167,10 @@ mod tests {
         let (second, _rx2) = handle(2, &shutdown);
         assert!(registry.register("a", first).is_none());
         assert_eq!(registry.register("a", second).map(|h| h.conn), Some(1));
-        assert!(!registry.remove("a", 1), "a stale connection does not remove its successor");
+        assert!(
+            !registry.remove("a", 1),
+            "a stale connection does not remove its successor"
+        );
         assert!(registry.remove("a", 2));
         assert!(registry.is_empty());
     }

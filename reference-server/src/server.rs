@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 use crate::config::{Config, Database};
-use crate::http::{RemoteAddr, router};
+use crate::http::{router, RemoteAddr};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::sqlite::SqliteStore;
@@ -121,7 +121,10 @@ async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<Tl
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let io = Counted { io: tcp, _permit: permit };
+        let io = Counted {
+            io: tcp,
+            _permit: permit,
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(RemoteAddr(remote));
@@ -159,13 +162,18 @@ async fn accept_loop(state: Arc<AppState>, listener: TcpListener, tls: Option<Tl
 async fn serve<IO, S>(http: &http1::Builder, shutdown: CancellationToken, io: IO, service: S)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<Incoming>, Response = axum::response::Response, Error = std::convert::Infallible>
-        + Clone
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
-    let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -197,13 +205,21 @@ struct Counted<IO> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -21,7 +21,7 @@ use crate::ratelimit::Verdict;
 use crate::registry::{Kick, KickReason, SessionHandle, SessionMsg};
 use crate::state::AppState;
 use crate::store::{Channel, Claim, CommandRow, ConnId, Status};
-use crate::wire::{self, Advertised, Inbound, now_millis};
+use crate::wire::{self, now_millis, Advertised, Inbound};
 
 /// How long a closing socket waits for the agent's own close frame, so the
 /// agent reads our close code before the TCP connection goes away.
@@ -43,7 +43,12 @@ mod close {
 struct WriteFailed;
 
 /// Runs a session until its socket closes; registers and unregisters it.
-pub async fn run(state: Arc<AppState>, mut socket: WebSocket, agent_id: String, remote: SocketAddr) {
+pub async fn run(
+    state: Arc<AppState>,
+    mut socket: WebSocket,
+    agent_id: String,
+    remote: SocketAddr,
+) {
     let conn = state.next_conn_id();
     let (tx, mut rx) = mpsc::channel(state.config.send_queue as usize);
     let kick = Kick::child_of(&state.shutdown);
@@ -77,7 +82,11 @@ pub async fn run(state: Arc<AppState>, mut socket: WebSocket, agent_id: String, 
     state.registry.remove(&agent_id, conn);
     state.metrics.connections_active.dec();
     Metrics::count(&state.metrics.disconnects, "reason", reason);
-    if let Err(e) = state.store.record_disconnect(&agent_id, conn, reason, now_millis()).await {
+    if let Err(e) = state
+        .store
+        .record_disconnect(&agent_id, conn, reason, now_millis())
+        .await
+    {
         warn!(agent_id, "could not record disconnect: {e}");
     }
     info!(
@@ -131,17 +140,29 @@ impl Session {
             return "error";
         }
         let remote = self.remote.to_string();
-        match self.state.store.record_connect(&self.agent_id, self.conn, &remote, now_millis()).await {
+        match self
+            .state
+            .store
+            .record_connect(&self.agent_id, self.conn, &remote, now_millis())
+            .await
+        {
             Ok(true) => {
                 self.state.metrics.reconnects.inc();
             }
             Ok(false) => {}
             Err(e) => warn!(agent_id = %self.agent_id, "could not record connect: {e}"),
         }
-        info!("Edge agent {} connected from IP {}", self.agent_id, self.remote.ip());
+        info!(
+            "Edge agent {} connected from IP {}",
+            self.agent_id,
+            self.remote.ip()
+        );
 
         // WS-DLV-4: everything pending, at once, in priority order.
-        let claim = Claim::AllPending { agent_id: self.agent_id.clone(), conn: self.conn };
+        let claim = Claim::AllPending {
+            agent_id: self.agent_id.clone(),
+            conn: self.conn,
+        };
         match self.state.store.claim(claim, now_millis()).await {
             Ok(rows) => {
                 if self.push(socket, rows).await.is_err() {
@@ -206,11 +227,18 @@ impl Session {
         }
     }
 
-    async fn on_session_msg(&mut self, socket: &mut WebSocket, msg: SessionMsg) -> Result<(), WriteFailed> {
+    async fn on_session_msg(
+        &mut self,
+        socket: &mut WebSocket,
+        msg: SessionMsg,
+    ) -> Result<(), WriteFailed> {
         match msg {
             SessionMsg::Push(row) => self.push(socket, vec![*row]).await,
             SessionMsg::Deliver(command_id) => {
-                let claim = Claim::One { command_id, conn: self.conn };
+                let claim = Claim::One {
+                    command_id,
+                    conn: self.conn,
+                };
                 match self.state.store.claim(claim, now_millis()).await {
                     Ok(rows) => self.push(socket, rows).await,
                     Err(e) => {
@@ -219,7 +247,9 @@ impl Session {
                     }
                 }
             }
-            SessionMsg::Config(config) => self.write(socket, wire::config_update_frame(&config)).await,
+            SessionMsg::Config(config) => {
+                self.write(socket, wire::config_update_frame(&config)).await
+            }
         }
     }
 
@@ -227,7 +257,14 @@ impl Session {
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), WriteFailed> {
         let now = std::time::Instant::now();
         if let Verdict::Limited { .. } = self.state.message_limiter.hit(&self.agent_id, now) {
-            return self.reply_error(socket, "rate_limited", "too many messages; this one was ignored", None).await;
+            return self
+                .reply_error(
+                    socket,
+                    "rate_limited",
+                    "too many messages; this one was ignored",
+                    None,
+                )
+                .await;
         }
         match wire::parse_text(text) {
             Ok(Inbound::Ping) => {
@@ -235,18 +272,29 @@ impl Session {
                 let min_gap = self.state.config.rate_ping_interval;
                 // WS-RATE-3: at most one ping per interval is answered.
                 if self.last_pong.is_some_and(|at| at.elapsed() < min_gap) {
-                    return self.reply_error(socket, "rate_limited", "too many pings", None).await;
+                    return self
+                        .reply_error(socket, "rate_limited", "too many pings", None)
+                        .await;
                 }
                 self.last_pong = Some(Instant::now());
                 self.state.metrics.pongs.inc();
                 self.write(socket, wire::pong_frame()).await
             }
             Ok(Inbound::Ack(ack)) => {
-                let outcome = self.state.acknowledge(&self.agent_id, &ack.command_id, ack.kind).await;
+                let outcome = self
+                    .state
+                    .acknowledge(&self.agent_id, &ack.command_id, ack.kind)
+                    .await;
                 match outcome {
                     Ok(crate::store::AckOutcome::Unknown) => {
                         // WS-ACK-3: never reveals whether another agent has it.
-                        self.reply_error(socket, "unknown_command", "no such command for this agent", Some(&ack.command_id)).await
+                        self.reply_error(
+                            socket,
+                            "unknown_command",
+                            "no such command for this agent",
+                            Some(&ack.command_id),
+                        )
+                        .await
                     }
                     Ok(_) => {
                         // WS-ACK-2: any ack stops redelivery on this connection.
@@ -255,18 +303,32 @@ impl Session {
                     }
                     Err(e) => {
                         warn!(agent_id = %self.agent_id, "could not store ack: {e}");
-                        self.reply_error(socket, "internal_error", "the ack was not recorded; send it again", Some(&ack.command_id)).await
+                        self.reply_error(
+                            socket,
+                            "internal_error",
+                            "the ack was not recorded; send it again",
+                            Some(&ack.command_id),
+                        )
+                        .await
                     }
                 }
             }
             Ok(Inbound::Status(status)) => {
                 // WS-STATUS-1.
-                if let Err(e) = self.state.store.set_agent_status(&self.agent_id, &status, now_millis()).await {
+                if let Err(e) = self
+                    .state
+                    .store
+                    .set_agent_status(&self.agent_id, &status, now_millis())
+                    .await
+                {
                     warn!(agent_id = %self.agent_id, "could not store status: {e}");
                 }
                 Ok(())
             }
-            Err(e) => self.reply_error(socket, e.code(), &e.to_string(), None).await,
+            Err(e) => {
+                self.reply_error(socket, e.code(), &e.to_string(), None)
+                    .await
+            }
         }
     }
 
@@ -279,18 +341,25 @@ impl Session {
         reference: Option<&str>,
     ) -> Result<(), WriteFailed> {
         Metrics::count(&self.state.metrics.bad_messages, "code", code);
-        self.write(socket, wire::error_frame(code, message, reference)).await
+        self.write(socket, wire::error_frame(code, message, reference))
+            .await
     }
 
     /// Writes claimed commands in one flush and starts their redelivery timers.
-    async fn push(&mut self, socket: &mut WebSocket, rows: Vec<CommandRow>) -> Result<(), WriteFailed> {
+    async fn push(
+        &mut self,
+        socket: &mut WebSocket,
+        rows: Vec<CommandRow>,
+    ) -> Result<(), WriteFailed> {
         if rows.is_empty() {
             return Ok(());
         }
         let write_timeout = self.state.config.write_timeout;
         let sent = timeout(write_timeout, async {
             for row in &rows {
-                socket.feed(Message::Text(wire::command_frame(row).into())).await?;
+                socket
+                    .feed(Message::Text(wire::command_frame(row).into()))
+                    .await?;
             }
             socket.flush().await
         })
@@ -300,13 +369,16 @@ impl Session {
         }
         let max_attempts = self.state.config.max_attempts;
         for row in rows {
-            self.state.log_sent(&self.agent_id, &row.id, &row.command_type, Channel::Ws);
+            self.state
+                .log_sent(&self.agent_id, &row.id, &row.command_type, Channel::Ws);
             // WS-DLV-3: only a `sent` command with attempts left is redelivered;
             // `received`/`executing` wait for their final ack.
             if row.status == Status::Sent && row.attempts < max_attempts {
                 if let (Some(sent_at), Some(next)) = (row.sent_at, row.next_attempt_at) {
-                    let due = Instant::now() + Duration::from_millis((next - sent_at).max(0) as u64);
-                    self.timers.push(Reverse((due, row.id.clone(), row.attempts)));
+                    let due =
+                        Instant::now() + Duration::from_millis((next - sent_at).max(0) as u64);
+                    self.timers
+                        .push(Reverse((due, row.id.clone(), row.attempts)));
                     self.inflight.insert(row.id, row.attempts);
                 }
             }
@@ -329,7 +401,11 @@ impl Session {
             }
         }
         for (command_id, attempt) in due {
-            let claim = Claim::Redeliver { command_id, conn: self.conn, attempt };
+            let claim = Claim::Redeliver {
+                command_id,
+                conn: self.conn,
+                attempt,
+            };
             match self.state.store.claim(claim, now_millis()).await {
                 Ok(rows) => self.push(socket, rows).await?,
                 Err(e) => warn!(agent_id = %self.agent_id, "could not claim redelivery: {e}"),
@@ -360,7 +436,8 @@ impl Session {
                         return "shutdown";
                     }
                 }
-                self.close(socket, close::SERVICE_RESTART, "service restart").await;
+                self.close(socket, close::SERVICE_RESTART, "service restart")
+                    .await;
                 "shutdown"
             }
         }
@@ -368,8 +445,15 @@ impl Session {
 
     /// Sends a close frame and waits briefly for the agent's answer.
     async fn close(&mut self, socket: &mut WebSocket, code: u16, reason: &'static str) {
-        let frame = CloseFrame { code, reason: reason.into() };
-        if self.write_message(socket, Message::Close(Some(frame))).await.is_err() {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if self
+            .write_message(socket, Message::Close(Some(frame)))
+            .await
+            .is_err()
+        {
             return;
         }
         let _ = timeout(CLOSE_LINGER, async {
@@ -382,7 +466,11 @@ impl Session {
         self.write_message(socket, Message::Text(text.into())).await
     }
 
-    async fn write_message(&mut self, socket: &mut WebSocket, message: Message) -> Result<(), WriteFailed> {
+    async fn write_message(
+        &mut self,
+        socket: &mut WebSocket,
+        message: Message,
+    ) -> Result<(), WriteFailed> {
         match timeout(self.state.config.write_timeout, socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(WriteFailed),

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
+use serde_json::{json, Map, Value};
 
 use crate::store::{AckKind, CommandRow, Millis};
 
@@ -83,7 +83,9 @@ pub fn parse_text(text: &str) -> Result<Inbound, WireError> {
 /// `{"command_id", "status", "error"?}` [compat]. Shared with the HTTP ack.
 pub fn parse_ack(data: &Value) -> Result<Ack, WireError> {
     let invalid = |why: &str| WireError::InvalidMessage(format!("command_ack: {why}"));
-    let object = data.as_object().ok_or_else(|| invalid("`data` must be an object"))?;
+    let object = data
+        .as_object()
+        .ok_or_else(|| invalid("`data` must be an object"))?;
     let command_id = match object.get("command_id") {
         Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
         _ => return Err(invalid("needs a non-empty string `command_id`")),
@@ -217,13 +219,27 @@ mod tests {
 
     #[test]
     fn both_ack_dialects() {
-        let spec = parse_text(r#"{"type":"command_ack","data":{"command_id":"c1","success":false,"error":"boom"}}"#);
+        let spec = parse_text(
+            r#"{"type":"command_ack","data":{"command_id":"c1","success":false,"error":"boom"}}"#,
+        );
         assert_eq!(
             spec,
-            Ok(Inbound::Ack(Ack { command_id: "c1".into(), kind: AckKind::Failed { error: Some("boom".into()) } }))
+            Ok(Inbound::Ack(Ack {
+                command_id: "c1".into(),
+                kind: AckKind::Failed {
+                    error: Some("boom".into())
+                }
+            }))
         );
-        let compat = parse_text(r#"{"type":"command_ack","data":{"command_id":"c1","status":"executing"}}"#);
-        assert_eq!(compat, Ok(Inbound::Ack(Ack { command_id: "c1".into(), kind: AckKind::Executing })));
+        let compat =
+            parse_text(r#"{"type":"command_ack","data":{"command_id":"c1","status":"executing"}}"#);
+        assert_eq!(
+            compat,
+            Ok(Inbound::Ack(Ack {
+                command_id: "c1".into(),
+                kind: AckKind::Executing
+            }))
+        );
     }
 
     #[test]
@@ -234,8 +250,14 @@ mod tests {
         assert_eq!(code(r#"{"type":7}"#), "invalid_message");
         assert_eq!(code("[1,2]"), "invalid_message");
         assert_eq!(code(r#"{"type":"teleport"}"#), "unknown_type");
-        assert_eq!(code(r#"{"type":"command_ack","data":{"success":true}}"#), "invalid_message");
-        assert_eq!(code(r#"{"type":"command_ack","data":{"command_id":"c","status":"done"}}"#), "invalid_message");
+        assert_eq!(
+            code(r#"{"type":"command_ack","data":{"success":true}}"#),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"command_ack","data":{"command_id":"c","status":"done"}}"#),
+            "invalid_message"
+        );
         assert_eq!(code(r#"{"type":"status","data":3}"#), "invalid_message");
     }
 

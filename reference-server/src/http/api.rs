@@ -4,21 +4,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Router;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
-use super::{ApiError, header_str, read_json};
+use super::{header_str, read_json, ApiError};
 use crate::auth;
 use crate::registry::SessionMsg;
 use crate::state::AppState;
-use crate::store::{AgentRow, CommandRow, InsertOutcome, NewCommand, Priority, RetryOutcome, Status};
+use crate::store::{
+    AgentRow, CommandRow, InsertOutcome, NewCommand, Priority, RetryOutcome, Status,
+};
 use crate::wire::{iso8601, now_millis};
 
 const HISTORY_LIMIT: u32 = 50;
@@ -29,7 +31,10 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/agents", get(list_agents))
         .route("/agents/{id}", get(get_agent).put(provision_agent))
-        .route("/agents/{id}/commands", post(post_command).get(list_commands))
+        .route(
+            "/agents/{id}/commands",
+            post(post_command).get(list_commands),
+        )
         .route("/agents/{id}/config", post(push_config))
         .route("/commands/{id}", get(get_command))
         .route("/commands/{id}/retry", post(retry_command))
@@ -38,24 +43,44 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 }
 
 /// WS-API-1: only `ADMIN_TOKEN` opens the control API.
-async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let token = auth::bearer(header_str(request.headers(), header::AUTHORIZATION.as_str()));
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let token = auth::bearer(header_str(
+        request.headers(),
+        header::AUTHORIZATION.as_str(),
+    ));
     match token {
-        Ok(token) if auth::secrets_equal(token, &state.config.admin_token) => next.run(request).await,
-        _ => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the control API needs Authorization: Bearer ADMIN_TOKEN")
-            .into_response(),
+        Ok(token) if auth::secrets_equal(token, &state.config.admin_token) => {
+            next.run(request).await
+        }
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the control API needs Authorization: Bearer ADMIN_TOKEN",
+        )
+        .into_response(),
     }
 }
 
 fn not_found(what: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such {what}"),
+    )
 }
 
 fn valid_id(id: &str) -> Result<(), ApiError> {
     if auth::valid_agent_id(id) {
         Ok(())
     } else {
-        Err(ApiError::bad_request("invalid_agent_id", "an agent id must match [A-Za-z0-9_.-]{1,128}"))
+        Err(ApiError::bad_request(
+            "invalid_agent_id",
+            "an agent id must match [A-Za-z0-9_.-]{1,128}",
+        ))
     }
 }
 
@@ -120,27 +145,57 @@ struct ProvisionRequest {
 }
 
 /// PUT /api/agents/{id}: `201` new, `200` existing; with a per-agent token.
-async fn provision_agent(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn provision_agent(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     valid_id(&id)?;
     let request: ProvisionRequest = read_json(body).await?;
     if let Some(phone) = &request.user_phone {
         if !auth::valid_phone(phone) {
-            return Err(ApiError::bad_request("invalid_phone", "user_phone must match +?[0-9]{3,20}"));
+            return Err(ApiError::bad_request(
+                "invalid_phone",
+                "user_phone must match +?[0-9]{3,20}",
+            ));
         }
     }
-    let created = state.store.upsert_agent(&id, request.user_phone.as_deref(), now_millis()).await?;
+    let created = state
+        .store
+        .upsert_agent(&id, request.user_phone.as_deref(), now_millis())
+        .await?;
     let phone = match request.user_phone {
         Some(phone) => phone,
-        None => state.store.agent(&id).await?.and_then(|a| a.user_phone).unwrap_or_default(),
+        None => state
+            .store
+            .agent(&id)
+            .await?
+            .and_then(|a| a.user_phone)
+            .unwrap_or_default(),
     };
     let token = state.auth.mint(&id, &phone, now_millis() / 1000);
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(json!({ "edge_agent_id": id, "auth_token": token }))).into_response())
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(json!({ "edge_agent_id": id, "auth_token": token })),
+    )
+        .into_response())
 }
 
 /// GET /api/agents/{id}, with its connection history (WS-CONN-6).
-async fn get_agent(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let agent = state.store.agent(&id).await?.ok_or_else(|| not_found("agent"))?;
+async fn get_agent(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let agent = state
+        .store
+        .agent(&id)
+        .await?
+        .ok_or_else(|| not_found("agent"))?;
     let history = state.store.history(&id, HISTORY_LIMIT).await?;
     let mut body = agent_json(&state, &agent);
     body["history"] = history
@@ -158,12 +213,20 @@ async fn get_agent(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
 }
 
 /// GET /api/agents?connected=true|false
-async fn list_agents(State(state): State<Arc<AppState>>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn list_agents(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let connected = match query.get("connected").map(String::as_str) {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(_) => return Err(ApiError::bad_request("invalid_query", "connected must be true or false")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "connected must be true or false",
+            ))
+        }
     };
     let agents = state.store.agents().await?;
     let listed: Vec<Value> = agents
@@ -190,7 +253,9 @@ fn valid_command_type(kind: &str) -> bool {
 
 fn valid_command_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
 }
 
 fn new_command_id() -> String {
@@ -198,24 +263,41 @@ fn new_command_id() -> String {
 }
 
 /// POST /api/agents/{id}/commands (WS-DLV-1, WS-API-2).
-async fn post_command(State(state): State<Arc<AppState>>, Path(agent_id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn post_command(
+    State(state): State<Arc<AppState>>,
+    Path(agent_id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let request: CommandRequest = read_json(body).await?;
     let command_type = request
         .command_type
         .filter(|t| valid_command_type(t))
-        .ok_or_else(|| ApiError::bad_request("invalid_body", "command_type must match [a-z_]{1,64}"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_body", "command_type must match [a-z_]{1,64}")
+        })?;
     let priority = match request.priority.as_deref() {
         None => Priority::Normal,
-        Some(p) => Priority::parse(p)
-            .ok_or_else(|| ApiError::bad_request("invalid_body", "priority must be high, normal or low"))?,
+        Some(p) => Priority::parse(p).ok_or_else(|| {
+            ApiError::bad_request("invalid_body", "priority must be high, normal or low")
+        })?,
     };
     let id = match request.command_id {
         Some(id) if valid_command_id(&id) => id,
-        Some(_) => return Err(ApiError::bad_request("invalid_body", "command_id must match [A-Za-z0-9_.:-]{1,128}")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "command_id must match [A-Za-z0-9_.:-]{1,128}",
+            ))
+        }
         None => new_command_id(),
     };
     let ttl_ms = match request.ttl_s {
-        Some(0) => return Err(ApiError::bad_request("invalid_body", "ttl_s must be at least 1")),
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "ttl_s must be at least 1",
+            ))
+        }
         Some(ttl) => Some(i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX)),
         None => None,
     };
@@ -244,7 +326,10 @@ async fn post_command(State(state): State<Arc<AppState>>, Path(agent_id): Path<S
         InsertOutcome::QueueFull => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue_full",
-            format!("the agent has {} pending commands; try again when it catches up", state.config.max_pending),
+            format!(
+                "the agent has {} pending commands; try again when it catches up",
+                state.config.max_pending
+            ),
         )),
         InsertOutcome::UnknownAgent => Err(not_found("agent")),
     }
@@ -258,7 +343,9 @@ async fn list_commands(
 ) -> Result<Response, ApiError> {
     let status = match query.get("status") {
         None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| ApiError::bad_request("invalid_query", format!("unknown status `{s}`")))?),
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("unknown status `{s}`"))
+        })?),
     };
     let limit = match query.get("limit") {
         None => LIST_LIMIT_DEFAULT,
@@ -266,7 +353,12 @@ async fn list_commands(
             .parse::<u32>()
             .ok()
             .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
-            .ok_or_else(|| ApiError::bad_request("invalid_query", format!("limit must be 1..={LIST_LIMIT_MAX}")))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit must be 1..={LIST_LIMIT_MAX}"),
+                )
+            })?,
     };
     if state.store.agent(&agent_id).await?.is_none() {
         return Err(not_found("agent"));
@@ -276,13 +368,23 @@ async fn list_commands(
 }
 
 /// GET /api/commands/{id} (WS-API-3).
-async fn get_command(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let row = state.store.command(&id).await?.ok_or_else(|| not_found("command"))?;
+async fn get_command(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = state
+        .store
+        .command(&id)
+        .await?
+        .ok_or_else(|| not_found("command"))?;
     Ok(axum::Json(command_json(&row)).into_response())
 }
 
 /// POST /api/commands/{id}/retry (WS-API-4).
-async fn retry_command(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retry_command(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match state.store.retry(&id, now_millis()).await? {
         RetryOutcome::Requeued(row) => {
             // Pushed at once if the agent is connected.
@@ -294,17 +396,27 @@ async fn retry_command(State(state): State<Arc<AppState>>, Path(id): Path<String
         RetryOutcome::NotRetryable(row) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_retryable",
-            format!("only dead or expired commands can be retried; this one is {}", row.status.as_str()),
+            format!(
+                "only dead or expired commands can be retried; this one is {}",
+                row.status.as_str()
+            ),
         )),
         RetryOutcome::Unknown => Err(not_found("command")),
     }
 }
 
 /// POST /api/agents/{id}/config: WS-CFG-1.
-async fn push_config(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn push_config(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let config: Value = read_json(body).await?;
     if !config.is_object() {
-        return Err(ApiError::bad_request("invalid_body", "a config update is a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "a config update is a JSON object",
+        ));
     }
     if state.store.agent(&id).await?.is_none() {
         return Err(not_found("agent"));
@@ -313,15 +425,25 @@ async fn push_config(State(state): State<Arc<AppState>>, Path(id): Path<String>,
         .registry
         .get(&id)
         .is_some_and(|session| session.send(SessionMsg::Config(Box::new(config))));
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "delivered": delivered }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "delivered": delivered })),
+    )
+        .into_response())
 }
 
 /// GET /api/stats
-async fn stats(State(state): State<Arc<AppState>>, _headers: HeaderMap) -> Result<Response, ApiError> {
+async fn stats(
+    State(state): State<Arc<AppState>>,
+    _headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let counts = state.store.status_counts().await?;
     let mut by_status = serde_json::Map::new();
     for status in Status::ALL {
-        let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+        let n = counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
         by_status.insert(status.as_str().into(), json!(n));
     }
     let m = &state.metrics;

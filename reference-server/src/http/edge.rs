@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
-use super::{ApiError, RemoteAddr, header_str, read_json};
+use super::{header_str, read_json, ApiError, RemoteAddr};
 use crate::auth::{self, AuthError, Identity};
 use crate::metrics::Metrics;
 use crate::ratelimit::Verdict;
@@ -40,7 +40,11 @@ fn unauthorized(e: AuthError) -> ApiError {
 }
 
 fn unknown_agent() -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "unknown_agent", "this edge_agent_id is not registered")
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "unknown_agent",
+        "this edge_agent_id is not registered",
+    )
 }
 
 /// GET /edge/ws?edge_agent_id=ID (upgrade).
@@ -52,7 +56,9 @@ pub async fn ws_upgrade(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // WS-RATE-1: an address past its budget of refusals gets 429 before any other check.
-    if let Verdict::Limited { retry_after } = state.reject_limiter.peek(&remote.ip(), Instant::now()) {
+    if let Verdict::Limited { retry_after } =
+        state.reject_limiter.peek(&remote.ip(), Instant::now())
+    {
         Metrics::count(&state.metrics.connection_failures, "reason", "rate_limited");
         return ApiError::rate_limited(retry_after).into_response();
     }
@@ -92,24 +98,45 @@ pub async fn ws_upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| tracker.track_future(session::run(state, socket, agent_id, remote)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run(state, socket, agent_id, remote))
+        })
 }
 
 /// WS-AUTH-1, WS-AUTH-3, WS-AUTH-4, WS-AUTH-5, in that order; the agent id on success.
-async fn authorize_upgrade(state: &AppState, query: Option<&str>, headers: &HeaderMap) -> Result<String, ApiError> {
+async fn authorize_upgrade(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
     let agent_id = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(key, _)| key == "edge_agent_id")
         .map(|(_, value)| value.into_owned())
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing_agent_id", "the edge_agent_id query parameter is required"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_agent_id",
+                "the edge_agent_id query parameter is required",
+            )
+        })?;
     if !auth::valid_agent_id(&agent_id) {
-        return Err(ApiError::bad_request("invalid_agent_id", "edge_agent_id must match [A-Za-z0-9_.-]{1,128}"));
+        return Err(ApiError::bad_request(
+            "invalid_agent_id",
+            "edge_agent_id must match [A-Za-z0-9_.-]{1,128}",
+        ));
     }
     if header_str(headers, AGENT_ID_HEADER).is_some_and(|h| h != agent_id) {
-        return Err(ApiError::bad_request("agent_id_mismatch", "X-Edge-Agent-Id differs from edge_agent_id"));
+        return Err(ApiError::bad_request(
+            "agent_id_mismatch",
+            "X-Edge-Agent-Id differs from edge_agent_id",
+        ));
     }
-    let token = auth::bearer(header_str(headers, header::AUTHORIZATION.as_str())).map_err(unauthorized)?;
-    state.auth.authenticate(token, Some(&agent_id), now_s()).map_err(unauthorized)?;
+    let token =
+        auth::bearer(header_str(headers, header::AUTHORIZATION.as_str())).map_err(unauthorized)?;
+    state
+        .auth
+        .authenticate(token, Some(&agent_id), now_s())
+        .map_err(unauthorized)?;
     if state.store.agent(&agent_id).await?.is_none() {
         return Err(unknown_agent());
     }
@@ -118,16 +145,28 @@ async fn authorize_upgrade(state: &AppState, query: Option<&str>, headers: &Head
 
 /// The agent a request speaks for: the token's agent, or with the shared
 /// secret the one it names. A named agent must agree with the token.
-fn identify(state: &AppState, headers: &HeaderMap, named: Option<&str>) -> Result<Option<String>, ApiError> {
-    let token = auth::bearer(header_str(headers, header::AUTHORIZATION.as_str())).map_err(unauthorized)?;
+fn identify(
+    state: &AppState,
+    headers: &HeaderMap,
+    named: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let token =
+        auth::bearer(header_str(headers, header::AUTHORIZATION.as_str())).map_err(unauthorized)?;
     let header_id = header_str(headers, AGENT_ID_HEADER);
     if let (Some(h), Some(n)) = (header_id, named) {
         if h != n {
-            return Err(ApiError::bad_request("agent_id_mismatch", "X-Edge-Agent-Id differs from edge_agent_id"));
+            return Err(ApiError::bad_request(
+                "agent_id_mismatch",
+                "X-Edge-Agent-Id differs from edge_agent_id",
+            ));
         }
     }
     let named = named.or(header_id);
-    match state.auth.authenticate(token, named, now_s()).map_err(unauthorized)? {
+    match state
+        .auth
+        .authenticate(token, named, now_s())
+        .map_err(unauthorized)?
+    {
         Identity::Agent(id) => Ok(Some(id)),
         Identity::SharedSecret => Ok(named.map(str::to_string)),
     }
@@ -142,10 +181,16 @@ struct SyncRequest {
 }
 
 /// WS-HTTP-1, WS-DLV-5: POST /edge/sync.
-pub async fn sync(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn sync(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let request: SyncRequest = read_json(body).await?;
-    let agent_id = identify(&state, &headers, request.edge_agent_id.as_deref())?
-        .ok_or_else(|| ApiError::bad_request("missing_agent_id", "name the agent in edge_agent_id"))?;
+    let agent_id =
+        identify(&state, &headers, request.edge_agent_id.as_deref())?.ok_or_else(|| {
+            ApiError::bad_request("missing_agent_id", "name the agent in edge_agent_id")
+        })?;
     if state.store.agent(&agent_id).await?.is_none() {
         return Err(unknown_agent());
     }
@@ -155,15 +200,29 @@ pub async fn sync(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
         let Some(event_id) = event.get("event_id").and_then(Value::as_str) else {
             continue;
         };
-        let event_type = event.get("event_type").and_then(Value::as_str).unwrap_or("");
+        let event_type = event
+            .get("event_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let details = event.get("details").unwrap_or(&Value::Null);
-        state.store.record_event(&agent_id, event_id, event_type, details, now).await?;
+        state
+            .store
+            .record_event(&agent_id, event_id, event_type, details, now)
+            .await?;
         acked.push(event_id.to_string());
     }
     if let Some(status) = request.status.as_ref().filter(|s| s.is_object()) {
         state.store.set_agent_status(&agent_id, status, now).await?;
     }
-    let commands = state.store.claim(Claim::Http { agent_id: agent_id.clone() }, now).await?;
+    let commands = state
+        .store
+        .claim(
+            Claim::Http {
+                agent_id: agent_id.clone(),
+            },
+            now,
+        )
+        .await?;
     let data: Vec<Value> = commands
         .iter()
         .map(|row| {
@@ -181,13 +240,29 @@ pub async fn sync(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
 }
 
 /// WS-HTTP-2: POST /edge/command/ack (and /edge/ack_command).
-pub async fn http_ack(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn http_ack(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let data: Value = read_json(body).await?;
-    let agent_id = identify(&state, &headers, None)?
-        .ok_or_else(|| ApiError::bad_request("missing_agent_id", "with the shared secret, send X-Edge-Agent-Id"))?;
-    let ack = wire::parse_ack(&data).map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
-    match state.acknowledge(&agent_id, &ack.command_id, ack.kind).await? {
-        AckOutcome::Unknown => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_command", "no such command for this agent")),
+    let agent_id = identify(&state, &headers, None)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_agent_id",
+            "with the shared secret, send X-Edge-Agent-Id",
+        )
+    })?;
+    let ack = wire::parse_ack(&data)
+        .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
+    match state
+        .acknowledge(&agent_id, &ack.command_id, ack.kind)
+        .await?
+    {
+        AckOutcome::Unknown => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_command",
+            "no such command for this agent",
+        )),
         _ => Ok(axum::Json(json!({ "acknowledged": true })).into_response()),
     }
 }
@@ -199,21 +274,38 @@ struct RegisterRequest {
 }
 
 /// WS-HTTP-3: POST /edge/register.
-pub async fn register(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let Some(expected) = state.config.registration_token.as_deref() else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "registration_disabled", "this server does not take registrations"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "registration_disabled",
+            "this server does not take registrations",
+        ));
     };
     let request: RegisterRequest = read_json(body).await?;
     let given = request.registration_token.unwrap_or_default();
     if !auth::secrets_equal(&given, expected) {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong registration_token"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong registration_token",
+        ));
     }
     let phone = request.user_phone.unwrap_or_default();
     if !auth::valid_phone(&phone) {
-        return Err(ApiError::bad_request("invalid_phone", "user_phone must match +?[0-9]{3,20}"));
+        return Err(ApiError::bad_request(
+            "invalid_phone",
+            "user_phone must match +?[0-9]{3,20}",
+        ));
     }
     let agent_id = auth::agent_id_for_phone(&phone);
-    state.store.upsert_agent(&agent_id, Some(&phone), now_millis()).await?;
+    state
+        .store
+        .upsert_agent(&agent_id, Some(&phone), now_millis())
+        .await?;
     let auth_token = state.auth.mint(&agent_id, &phone, now_s());
     Ok(axum::Json(json!({ "edge_agent_id": agent_id, "auth_token": auth_token })).into_response())
 }

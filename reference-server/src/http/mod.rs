@@ -7,13 +7,13 @@ mod edge;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -37,7 +37,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, error, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            error,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(error: &'static str, message: impl Into<String>) -> Self {
@@ -47,13 +52,21 @@ impl ApiError {
     pub fn rate_limited(retry_after: Duration) -> Self {
         ApiError {
             retry_after: Some(retry_after),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; see Retry-After")
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; see Retry-After",
+            )
         }
     }
 
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {what}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the server could not complete the request")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the server could not complete the request",
+        )
     }
 }
 
@@ -70,7 +83,9 @@ impl IntoResponse for ApiError {
         if let Some(after) = self.retry_after {
             // Whole seconds, rounded up: never tell a client to come back early.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }
@@ -79,10 +94,19 @@ impl IntoResponse for ApiError {
 /// Reads a JSON body of at most [`MAX_BODY`] bytes; an empty body reads as `{}`.
 pub async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request bodies are at most {MAX_BODY} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are at most {MAX_BODY} bytes"),
+        )
     })?;
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))
 }
 
 /// The value of a header, if it is present and valid text.
@@ -102,7 +126,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api", api::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), refuse_while_shutting_down))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_shutting_down,
+        ))
         .with_state(state)
 }
 
@@ -117,7 +144,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let content_type = "text/plain; version=0.0.4; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -125,14 +156,26 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 /// WS-HTTP-4: `503` while shutting down (health says so itself).
-async fn refuse_while_shutting_down(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn refuse_while_shutting_down(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if state.is_shutting_down() && request.uri().path() != "/health" {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is restarting; try again shortly")
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is restarting; try again shortly",
+        )
+        .into_response();
     }
     next.run(request).await
 }

@@ -244,7 +244,11 @@ pub enum Claim {
     /// WS-DLV-3 redelivery on the same connection: only if the command is still
     /// `sent`, still on `conn`, and still at `attempt` (nobody acked or
     /// re-pushed it meanwhile), and has attempts left and is not expired.
-    Redeliver { command_id: String, conn: ConnId, attempt: u32 },
+    Redeliver {
+        command_id: String,
+        conn: ConnId,
+        attempt: u32,
+    },
     /// WS-DLV-5: `/edge/sync`: `queued` ones, and `sent` ones whose
     /// `next_attempt_at` has come, with attempts left, not expired; they go
     /// via `http` and their `conn_id` is cleared.
@@ -299,8 +303,12 @@ pub struct HistoryRow {
 pub trait Store: Send + Sync + 'static {
     /// Creates the agent if it is new; returns whether it was created.
     /// An existing agent keeps its id; a given phone replaces the stored one.
-    async fn upsert_agent(&self, id: &str, user_phone: Option<&str>, now: Millis)
-        -> StoreResult<bool>;
+    async fn upsert_agent(
+        &self,
+        id: &str,
+        user_phone: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<bool>;
     async fn agent(&self, id: &str) -> StoreResult<Option<AgentRow>>;
     async fn agents(&self) -> StoreResult<Vec<AgentRow>>;
     /// WS-STATUS-1.

@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{StreamExt, stream};
+use futures_util::{stream, StreamExt};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -23,7 +23,14 @@ struct Process {
 impl Process {
     fn start(db: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-server"))
-            .args(["--listen", "127.0.0.1:0", "--database-url", db, "--log-level", "info"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                db,
+                "--log-level",
+                "info",
+            ])
             .env("EDGE_SECRET", EDGE_SECRET)
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RATE_CONNECTS_PER_MIN", "0")
@@ -42,7 +49,9 @@ impl Process {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server prints its address");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server prints its address");
         Process { child, addr }
     }
 
@@ -59,9 +68,24 @@ impl Drop for Process {
     }
 }
 
-async fn api(http: &reqwest::Client, addr: &str, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = http.request(method, format!("http://{addr}{path}")).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
-    (response.status(), response.json().await.unwrap_or(Value::Null))
+async fn api(
+    http: &reqwest::Client,
+    addr: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let response = http
+        .request(method, format!("http://{addr}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status(),
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +96,14 @@ async fn ws_dlv_6_kill_9_loses_no_accepted_command_and_completes_none_twice() {
 
     let first = Process::start(&db);
     for a in 0..AGENTS {
-        let (status, _) = api(&http, &first.addr, reqwest::Method::PUT, &format!("/api/agents/agent{a}"), json!({})).await;
+        let (status, _) = api(
+            &http,
+            &first.addr,
+            reqwest::Method::PUT,
+            &format!("/api/agents/agent{a}"),
+            json!({}),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED);
     }
     let posts = (0..AGENTS * PER_AGENT).map(|i| {
@@ -82,8 +113,14 @@ async fn ws_dlv_6_kill_9_loses_no_accepted_command_and_completes_none_twice() {
             api(&http, &addr, reqwest::Method::POST, &format!("/api/agents/agent{}/commands", i % AGENTS), body).await
         }
     });
-    let answers: Vec<(StatusCode, Value)> = stream::iter(posts).buffer_unordered(64).collect().await;
-    assert!(answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "queued"), "all 1,000 accepted");
+    let answers: Vec<(StatusCode, Value)> =
+        stream::iter(posts).buffer_unordered(64).collect().await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "queued"),
+        "all 1,000 accepted"
+    );
     first.kill_9();
 
     let second = Process::start(&db);
@@ -92,7 +129,9 @@ async fn ws_dlv_6_kill_9_loses_no_accepted_command_and_completes_none_twice() {
     for a in 0..AGENTS {
         let url = url(a);
         tasks.push(tokio::spawn(async move {
-            let mut agent = connect_url(&url, Some(EDGE_SECRET), &[]).await.expect("reconnects");
+            let mut agent = connect_url(&url, Some(EDGE_SECRET), &[])
+                .await
+                .expect("reconnects");
             agent.expect("connected").await;
             let mut seen = std::collections::HashSet::new();
             while seen.len() < PER_AGENT {
@@ -109,14 +148,43 @@ async fn ws_dlv_6_kill_9_loses_no_accepted_command_and_completes_none_twice() {
     for task in tasks {
         delivered.extend(task.await.unwrap());
     }
-    assert_eq!(delivered.len(), AGENTS * PER_AGENT, "every accepted command arrived");
+    assert_eq!(
+        delivered.len(),
+        AGENTS * PER_AGENT,
+        "every accepted command arrived"
+    );
 
     for a in 0..AGENTS {
         let path = format!("/api/agents/agent{a}/commands?status=completed");
-        let (_, completed) = api(&http, &second.addr, reqwest::Method::GET, &path, Value::Null).await;
-        assert_eq!(completed.as_array().unwrap().len(), PER_AGENT, "agent{a}: all completed");
+        let (_, completed) = api(
+            &http,
+            &second.addr,
+            reqwest::Method::GET,
+            &path,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            completed.as_array().unwrap().len(),
+            PER_AGENT,
+            "agent{a}: all completed"
+        );
     }
-    let metrics = http.get(format!("http://{}/metrics", second.addr)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&metrics, r#"edge_commands_total{outcome="completed"}"#), (AGENTS * PER_AGENT) as f64, "none completed twice");
-    assert_eq!(metric(&metrics, r#"edge_acks_total{result="duplicate"}"#), 0.0);
+    let metrics = http
+        .get(format!("http://{}/metrics", second.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, r#"edge_commands_total{outcome="completed"}"#),
+        (AGENTS * PER_AGENT) as f64,
+        "none completed twice"
+    );
+    assert_eq!(
+        metric(&metrics, r#"edge_acks_total{result="duplicate"}"#),
+        0.0
+    );
 }

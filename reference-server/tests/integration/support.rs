@@ -6,7 +6,7 @@ use std::time::Duration;
 use edge_server::{Config, RunningServer};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -64,7 +64,9 @@ impl TestServer {
     /// Starts on an existing directory (a restart on the same database).
     pub async fn start_in(dir: TempDir, config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let server = edge_server::start(config.clone(), listener).await.expect("server starts");
+        let server = edge_server::start(config.clone(), listener)
+            .await
+            .expect("server starts");
         TestServer {
             addr: server.addr,
             server: Some(server),
@@ -91,15 +93,26 @@ impl TestServer {
     }
 
     /// A control-API call with the admin token.
-    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN);
         if let Some(body) = body {
             request = request.json(&body);
         }
         let response = request.send().await.expect("request");
         let status = response.status();
         let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -108,14 +121,25 @@ impl TestServer {
 
     /// PUT /api/agents/{id}; returns the agent's HMAC token.
     pub async fn provision(&self, agent: &str) -> String {
-        let (status, body) = self.api(reqwest::Method::PUT, &format!("/api/agents/{agent}"), Some(json!({}))).await;
+        let (status, body) = self
+            .api(
+                reqwest::Method::PUT,
+                &format!("/api/agents/{agent}"),
+                Some(json!({})),
+            )
+            .await;
         assert!(status.is_success(), "provision {agent}: {status} {body}");
         body["auth_token"].as_str().expect("auth_token").to_string()
     }
 
     /// POST a command; returns (status, body).
     pub async fn command(&self, agent: &str, body: Value) -> (StatusCode, Value) {
-        self.api(reqwest::Method::POST, &format!("/api/agents/{agent}/commands"), Some(body)).await
+        self.api(
+            reqwest::Method::POST,
+            &format!("/api/agents/{agent}/commands"),
+            Some(body),
+        )
+        .await
     }
 
     /// POST a command that must be accepted; returns its id.
@@ -139,7 +163,10 @@ impl TestServer {
             if body["status"] == status {
                 return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "command {command_id} never became {status}: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "command {command_id} never became {status}: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -152,7 +179,10 @@ impl TestServer {
             if done(&body) {
                 return body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "agent {agent} never got there: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "agent {agent} never got there: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -165,7 +195,10 @@ impl TestServer {
 
     /// Connects an already-known agent with the shared secret; reads `connected`.
     pub async fn connect(&self, agent: &str) -> Agent {
-        let mut agent = self.try_connect(agent, Some(EDGE_SECRET), &[]).await.expect("upgrade accepted");
+        let mut agent = self
+            .try_connect(agent, Some(EDGE_SECRET), &[])
+            .await
+            .expect("upgrade accepted");
         let hello = agent.recv().await;
         assert_eq!(hello["type"], "connected", "{hello}");
         agent
@@ -182,18 +215,35 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("text")
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
     }
 }
 
 /// Reads one metric's value from Prometheus text (0 if absent).
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
-pub async fn connect_url(url: &str, token: Option<&str>, headers: &[(&str, &str)]) -> Result<Agent, (StatusCode, Value)> {
+pub async fn connect_url(
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Agent, (StatusCode, Value)> {
     let mut request = url.into_client_request().expect("request");
     if let Some(token) = token {
         let value = HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
@@ -201,13 +251,18 @@ pub async fn connect_url(url: &str, token: Option<&str>, headers: &[(&str, &str)
     }
     for (name, value) in headers {
         let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
-        request.headers_mut().insert(name, HeaderValue::from_str(value).expect("header value"));
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(value).expect("header value"));
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((ws, _)) => Ok(Agent { ws }),
         Err(tungstenite::Error::Http(response)) => {
             let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
-            let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null));
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null));
             Err((status, body.unwrap_or(Value::Null)))
         }
         Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
@@ -228,7 +283,10 @@ pub struct Agent {
 
 impl Agent {
     pub async fn send_json(&mut self, value: Value) {
-        self.ws.send(Message::text(value.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
     }
 
     pub async fn send(&mut self, message: Message) {
@@ -244,7 +302,9 @@ impl Agent {
     pub async fn recv_within(&mut self, within: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
             match frame {
                 Some(Ok(Message::Text(text))) => {
                     return Some(serde_json::from_str(&text).expect("server sends JSON"));
