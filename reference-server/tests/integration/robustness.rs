@@ -105,3 +105,14 @@ fn the_binary_refuses_bad_configuration_with_exit_2() {
         assert!(help.contains(option), "--help mentions {option}");
     }
 }
+
+/// `--help` is the manual: every option, its environment variable and default.
+#[test]
+fn help_text_snapshot() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_edge-server"))
+        .arg("--help")
+        .env_clear()
+        .output()
+        .unwrap();
+    insta::assert_snapshot!(String::from_utf8_lossy(&output.stdout));
+}
