@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt, stream};
+use futures_util::{stream, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
@@ -70,7 +70,14 @@ enum Mode {
 /// Memory and CPU time of a process, from /proc.
 fn proc_usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches(" kB").trim().parse().ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?;
@@ -92,32 +99,54 @@ impl Bench {
         stream::iter(0..self.args.agents)
             .map(|i| {
                 let url = format!("{}/api/agents/{}", self.args.url, Bench::agent_id(i));
-                self.http.put(url).bearer_auth(&self.args.admin_token).json(&json!({})).send()
+                self.http
+                    .put(url)
+                    .bearer_auth(&self.args.admin_token)
+                    .json(&json!({}))
+                    .send()
             })
             .buffer_unordered(64)
             .for_each(|r| async move {
                 assert!(r.expect("provision").status().is_success());
             })
             .await;
-        eprintln!("provisioned {} agents in {:.2?}", self.args.agents, started.elapsed());
+        eprintln!(
+            "provisioned {} agents in {:.2?}",
+            self.args.agents,
+            started.elapsed()
+        );
     }
 
     /// Connects every agent; each acks what it gets and reports (command id, when).
-    async fn connect(&self, received: mpsc::UnboundedSender<(String, Instant)>) -> Vec<tokio::task::JoinHandle<()>> {
+    async fn connect(
+        &self,
+        received: mpsc::UnboundedSender<(String, Instant)>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let ws_base = self.args.url.replacen("http", "ws", 1);
         let started = Instant::now();
-        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
         let sockets: Vec<_> = stream::iter(0..self.args.agents)
             .map(|i| {
-                let mut request = format!("{ws_base}/edge/ws?edge_agent_id={}", Bench::agent_id(i)).into_client_request().unwrap();
-                request.headers_mut().insert("authorization", format!("Bearer {}", self.args.edge_secret).parse().unwrap());
+                let mut request = format!("{ws_base}/edge/ws?edge_agent_id={}", Bench::agent_id(i))
+                    .into_client_request()
+                    .unwrap();
+                request.headers_mut().insert(
+                    "authorization",
+                    format!("Bearer {}", self.args.edge_secret).parse().unwrap(),
+                );
                 tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             })
             .buffer_unordered(256)
             .map(|r| r.expect("agent connects").0)
             .collect()
             .await;
-        eprintln!("connected {} agents in {:.2?}", sockets.len(), started.elapsed());
+        eprintln!(
+            "connected {} agents in {:.2?}",
+            sockets.len(),
+            started.elapsed()
+        );
         sockets
             .into_iter()
             .map(|ws| {
@@ -144,9 +173,20 @@ impl Bench {
     }
 
     async fn post(&self, agent: usize, command_id: String) -> reqwest::StatusCode {
-        let url = format!("{}/api/agents/{}/commands", self.args.url, Bench::agent_id(agent));
+        let url = format!(
+            "{}/api/agents/{}/commands",
+            self.args.url,
+            Bench::agent_id(agent)
+        );
         let body = json!({"command_type": "send_message", "command_id": command_id, "parameters": {"message": "hi"}});
-        self.http.post(url).bearer_auth(&self.args.admin_token).json(&body).send().await.expect("post").status()
+        self.http
+            .post(url)
+            .bearer_auth(&self.args.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("post")
+            .status()
     }
 
     async fn completed(&self) -> u64 {
@@ -180,7 +220,13 @@ fn print_histogram(name: &str, h: &Histogram<u64>) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let bench = Arc::new(Bench { http: reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap(), args });
+    let bench = Arc::new(Bench {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap(),
+        args,
+    });
     bench.provision().await;
     let pid = bench.args.server_pid;
     let before = pid.and_then(proc_usage);
@@ -192,22 +238,38 @@ async fn main() {
             let connected = pid.and_then(proc_usage);
             tokio::time::sleep(hold).await;
             let after = pid.and_then(proc_usage);
-            if let (Some((rss0, _)), Some((rss1, cpu1)), Some((_, cpu2))) = (before, connected, after) {
+            if let (Some((rss0, _)), Some((rss1, cpu1)), Some((_, cpu2))) =
+                (before, connected, after)
+            {
                 let per = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / bench.args.agents as f64;
                 println!("server RSS before connects   {rss0} KiB");
                 println!("server RSS with {} agents  {rss1} KiB", bench.args.agents);
-                println!("server RSS per idle agent    {:.0} bytes ({:.2} KiB)", per, per / 1024.0);
-                println!("server CPU while idle        {:.2}% of a core over {hold:?}", (cpu2 - cpu1) / hold.as_secs_f64() * 100.0);
+                println!(
+                    "server RSS per idle agent    {:.0} bytes ({:.2} KiB)",
+                    per,
+                    per / 1024.0
+                );
+                println!(
+                    "server CPU while idle        {:.2}% of a core over {hold:?}",
+                    (cpu2 - cpu1) / hold.as_secs_f64() * 100.0
+                );
             }
         }
-        Mode::Throughput { commands, concurrency } => {
+        Mode::Throughput {
+            commands,
+            concurrency,
+        } => {
             let base = bench.completed().await;
             let started = Instant::now();
             let agents = bench.args.agents;
             let posted = stream::iter(0..commands)
                 .map(|i| {
                     let bench = bench.clone();
-                    async move { bench.post(i % agents, format!("t{}-{i}", started.elapsed().as_nanos())).await }
+                    async move {
+                        bench
+                            .post(i % agents, format!("t{}-{i}", started.elapsed().as_nanos()))
+                            .await
+                    }
                 })
                 .buffer_unordered(concurrency)
                 .filter(|s| std::future::ready(*s == reqwest::StatusCode::ACCEPTED))
@@ -225,7 +287,10 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let elapsed = started.elapsed();
-            println!("accepted {posted}/{commands} in {accepted_in:.2?}: {:.0} commands/s accepted", posted as f64 / accepted_in.as_secs_f64());
+            println!(
+                "accepted {posted}/{commands} in {accepted_in:.2?}: {:.0} commands/s accepted",
+                posted as f64 / accepted_in.as_secs_f64()
+            );
             println!("completed {commands} in {elapsed:.2?}: {:.0} commands/s accepted→pushed→acked→completed", commands as f64 / elapsed.as_secs_f64());
         }
         Mode::Latency { rate, duration } => {
@@ -238,9 +303,12 @@ async fn main() {
                 tokio::spawn(async move {
                     let mut push = Histogram::<u64>::new(3).unwrap();
                     while push.len() < total {
-                        let Some((id, at)) = received.recv().await else { break };
+                        let Some((id, at)) = received.recv().await else {
+                            break;
+                        };
                         if let Some(t0) = scheduled.lock().unwrap().remove(&id) {
-                            push.record(at.saturating_duration_since(t0).as_micros() as u64).unwrap();
+                            push.record(at.saturating_duration_since(t0).as_micros() as u64)
+                                .unwrap();
                         }
                     }
                     push
@@ -255,10 +323,17 @@ async fn main() {
                 tokio::spawn(async move {
                     let status = bench.post(i as usize % bench.args.agents, id).await;
                     assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-                    accept.lock().unwrap().record(at.elapsed().as_micros() as u64).unwrap();
+                    accept
+                        .lock()
+                        .unwrap()
+                        .record(at.elapsed().as_micros() as u64)
+                        .unwrap();
                 });
             }
-            let push = tokio::time::timeout(Duration::from_secs(30), collector).await.expect("all acked").unwrap();
+            let push = tokio::time::timeout(Duration::from_secs(30), collector)
+                .await
+                .expect("all acked")
+                .unwrap();
             println!("{total} commands at {rate}/s over {duration:?} (latency from the scheduled send time)");
             print_histogram("scheduled → 202 accepted", &accept.lock().unwrap());
             print_histogram("scheduled → agent got it & acked", &push);
@@ -266,7 +341,10 @@ async fn main() {
     }
     if let (Some(pid), Some((_, cpu0))) = (pid, before) {
         if let Some((rss, cpu)) = proc_usage(pid) {
-            println!("server RSS at end {rss} KiB; server CPU {:.2}s during the run", cpu - cpu0);
+            println!(
+                "server RSS at end {rss} KiB; server CPU {:.2}s during the run",
+                cpu - cpu0
+            );
         }
     }
 }

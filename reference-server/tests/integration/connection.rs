@@ -158,7 +158,15 @@ async fn ws_conn_3_websocket_ping_frames_get_pong_frames() {
     use futures_util::StreamExt;
     let server = TestServer::start().await;
     let mut agent = server.agent("a1").await;
-    agent.ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
-    let answer = tokio::time::timeout(PROMPT, agent.ws.next()).await.unwrap().unwrap().unwrap();
+    agent
+        .ws
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PROMPT, agent.ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(answer, Message::Pong(b"are you there".to_vec().into()));
 }
