@@ -1,0 +1,68 @@
+//! The SQLite store's tests, by concern; the fixtures they share are here.
+//! Each test opens its own database in a temporary directory.
+
+mod agents;
+mod claims;
+mod commands;
+mod schema;
+mod sweep;
+mod throughput;
+mod writer;
+
+use serde_json::json;
+
+use super::SqliteStore;
+use crate::store::{
+    CommandRow, DeliveryPolicy, InsertOutcome, Millis, NewCommand, Priority, Status, Store,
+};
+
+const T0: Millis = 1_700_000_000_000;
+
+fn policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        ack_timeout_ms: 30_000,
+        max_attempts: 3,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 60_000,
+        max_pending: 10_000,
+    }
+}
+
+fn open_with(dir: &tempfile::TempDir, policy: DeliveryPolicy) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("edge.db"), policy).expect("open store")
+}
+
+async fn setup() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(&dir, policy());
+    assert!(store.upsert_agent("a1", Some("+100"), T0).await.unwrap());
+    assert!(store.upsert_agent("a2", None, T0).await.unwrap());
+    (dir, store)
+}
+
+fn new_cmd(id: &str, agent: &str, priority: Priority, at: Millis) -> NewCommand {
+    NewCommand {
+        id: id.into(),
+        agent_id: agent.into(),
+        command_type: "send_message".into(),
+        parameters: json!({"to": "+1", "text": id, "n": [1, 2]}),
+        priority,
+        created_at: at,
+        expires_at: None,
+    }
+}
+
+async fn insert(store: &SqliteStore, cmd: NewCommand) -> CommandRow {
+    match store.insert_command(cmd, None).await.unwrap() {
+        InsertOutcome::Created(row) => row,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+fn ids(rows: &[CommandRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.id.as_str()).collect()
+}
+
+async fn status_of(store: &SqliteStore, id: &str) -> Status {
+    store.command(id).await.unwrap().unwrap().status
+}
