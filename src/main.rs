@@ -1,10 +1,29 @@
 //! edge-harness: conformance suite and load tester for edge-agent WebSocket
-//! backends. The subcommands land with their issues; for now it only
-//! describes itself.
+//! backends. `edge-harness --help` teaches the commands.
+//!
+//! Exit codes: 0 every required check passed, 1 some check failed, 2 usage
+//! error, bad scenario file or unreachable backend.
 
-fn main() {
-    println!(
-        "edge-harness {}: conformance and load commands are not built yet; see README.md",
-        env!("CARGO_PKG_VERSION")
-    );
+use std::process::ExitCode;
+
+use clap::Parser;
+use edge_harness::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edge-harness: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(cli::main(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("edge-harness: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,314 @@
+//! A raw edge-agent connection: the harness's own reading of the wire. It
+//! can send what a well-behaved agent never would (invalid UTF-8, reserved
+//! opcodes, oversized frames), and reports what came back as JSON, text, a
+//! close code, or a dropped connection.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{lookup_host, TcpSocket, TcpStream};
+use tokio::time::{timeout_at, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// What the backend did with an upgrade request.
+pub enum Upgrade {
+    Open(Box<Conn>),
+    Refused {
+        status: u16,
+        body: String,
+        retry_after: Option<String>,
+    },
+}
+
+/// Something that arrived on a socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Message(Value),
+    /// A text frame that is not JSON.
+    NotJson(String),
+    Binary(usize),
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// The TCP connection ended without a close frame.
+    Dropped(String),
+    /// Nothing arrived before the deadline.
+    Nothing,
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Message(v) => write!(f, "{v}"),
+            Event::NotJson(t) => write!(
+                f,
+                "non-JSON text {:?}",
+                t.chars().take(120).collect::<String>()
+            ),
+            Event::Binary(n) => write!(f, "a binary frame of {n} bytes"),
+            Event::Closed { code, reason } => write!(f, "close {code} {reason:?}"),
+            Event::Dropped(why) => write!(f, "connection dropped without a close frame ({why})"),
+            Event::Nothing => write!(f, "nothing"),
+        }
+    }
+}
+
+pub struct Conn {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// While waiting for events, send a WebSocket Ping this often, as a
+    /// live agent would ping: a long wait must not end in a ping timeout.
+    pub keepalive: Option<Duration>,
+    /// Messages read ahead (e.g. while probing) that a later step may want.
+    pending: VecDeque<Value>,
+    ended: Option<Event>,
+}
+
+/// Small buffers: the harness holds many sockets.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+}
+
+/// Opens a TCP connection, from `source` when given (to spread the
+/// backend's per-address limits over loopback addresses).
+async fn tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = lookup_host((host, port)).await?.collect();
+    let mut last = std::io::Error::other(format!("{host} has no address"));
+    for addr in addrs {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Sends an upgrade request to `url` with these headers.
+pub async fn connect(
+    url: &str,
+    headers: &[(String, String)],
+    source: Option<IpAddr>,
+    deadline: Duration,
+) -> Result<Upgrade, String> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("bad URL {url}: {e}"))?;
+    for (name, value) in headers {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name}: {e}"))?;
+        let value = HeaderValue::from_str(value).map_err(|e| format!("header value: {e}"))?;
+        request.headers_mut().insert(name, value);
+    }
+    let host = request
+        .uri()
+        .host()
+        .unwrap_or("localhost")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let secure = request.uri().scheme_str() == Some("wss");
+    let port = request
+        .uri()
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let attempt = async {
+        let stream = tcp(&host, port, source)
+            .await
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        match tokio_tungstenite::client_async_tls_with_config(
+            request,
+            stream,
+            Some(ws_config()),
+            None,
+        )
+        .await
+        {
+            Ok((ws, _)) => Ok(Upgrade::Open(Box::new(Conn {
+                ws,
+                keepalive: None,
+                pending: VecDeque::new(),
+                ended: None,
+            }))),
+            Err(tungstenite::Error::Http(response)) => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).to_string())
+                    .unwrap_or_default();
+                Ok(Upgrade::Refused {
+                    status: response.status().as_u16(),
+                    body,
+                    retry_after,
+                })
+            }
+            Err(e) => Err(format!("upgrade failed: {e}")),
+        }
+    };
+    tokio::time::timeout(deadline, attempt)
+        .await
+        .map_err(|_| format!("no answer to the upgrade within {deadline:?}"))?
+}
+
+impl Conn {
+    /// The next event before `deadline`; read-ahead messages come first.
+    pub async fn next_event(&mut self, deadline: Instant) -> Event {
+        self.next(deadline, true).await
+    }
+
+    /// Like [`next_event`](Self::next_event), but sends no keepalive: for
+    /// waiting on a ping-timeout close.
+    pub async fn next_event_silently(&mut self, deadline: Instant) -> Event {
+        self.next(deadline, false).await
+    }
+
+    async fn next(&mut self, deadline: Instant, alive: bool) -> Event {
+        if let Some(message) = self.pending.pop_front() {
+            return Event::Message(message);
+        }
+        if let Some(ended) = &self.ended {
+            return ended.clone();
+        }
+        let every = self.keepalive.filter(|_| alive);
+        let mut next_ping = every.map(|e| Instant::now() + e);
+        loop {
+            let wake = next_ping.map_or(deadline, |p| p.min(deadline));
+            let frame = match timeout_at(wake, self.ws.next()).await {
+                Err(_) if wake < deadline => {
+                    let _ = self.ws.send(Message::Ping(Vec::new().into())).await;
+                    next_ping = every.map(|e| Instant::now() + e);
+                    continue;
+                }
+                Err(_) => return Event::Nothing,
+                Ok(frame) => frame,
+            };
+            let event = match frame {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+                    Ok(value) => Event::Message(value),
+                    Err(_) => Event::NotJson(text.to_string()),
+                },
+                Some(Ok(Message::Binary(b))) => Event::Binary(b.len()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => {
+                    let frame: Option<CloseFrame> = frame;
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    Event::Closed { code, reason }
+                }
+                Some(Err(e)) => Event::Dropped(e.to_string()),
+                None => Event::Dropped("end of stream".into()),
+            };
+            if matches!(event, Event::Closed { .. } | Event::Dropped(_)) {
+                self.ended = Some(event.clone());
+            }
+            return event;
+        }
+    }
+
+    /// Puts a message back for the next reader.
+    pub fn unread(&mut self, message: Value) {
+        self.pending.push_back(message);
+    }
+
+    pub fn unread_front(&mut self, message: Value) {
+        self.pending.push_front(message);
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    pub async fn send_text(&mut self, text: String) -> Result<(), String> {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .map_err(|e| format!("send failed: {e}"))
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.ws
+            .send(Message::binary(bytes))
+            .await
+            .map_err(|e| format!("send failed: {e}"))
+    }
+
+    /// Frames a well-behaved client would never send (§3 bad-input table).
+    pub async fn send_bad_frame(&mut self, kind: &str) -> Result<(), String> {
+        match kind {
+            "invalid_utf8" => {
+                let frame =
+                    Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+                self.ws
+                    .send(Message::Frame(frame))
+                    .await
+                    .map_err(|e| format!("send failed: {e}"))
+            }
+            "oversized" => {
+                self.send_text(format!(
+                    "{{\"type\":\"status\",\"data\":{{\"pad\":\"{}\"}}}}",
+                    "x".repeat(70 * 1024)
+                ))
+                .await
+            }
+            "reserved_opcode" => {
+                let mut bytes = Vec::new();
+                FrameHeader {
+                    opcode: OpCode::Data(Data::Reserved(3)),
+                    mask: Some([1, 2, 3, 4]),
+                    ..FrameHeader::default()
+                }
+                .format(0, &mut bytes)
+                .map_err(|e| e.to_string())?;
+                let stream = self.ws.get_mut();
+                stream
+                    .write_all(&bytes)
+                    .await
+                    .map_err(|e| format!("send failed: {e}"))?;
+                stream
+                    .flush()
+                    .await
+                    .map_err(|e| format!("send failed: {e}"))
+            }
+            other => Err(format!(
+                "unknown frame `{other}`: use invalid_utf8, oversized or reserved_opcode"
+            )),
+        }
+    }
+
+    /// Closes normally (1000) and waits briefly for the backend's answer.
+    pub async fn close(&mut self, within: Duration) {
+        let _ = self.ws.close(None).await;
+        let deadline = Instant::now() + within;
+        while !matches!(
+            self.next_event(deadline).await,
+            Event::Closed { .. } | Event::Dropped(_) | Event::Nothing
+        ) {}
+    }
+}

@@ -1,0 +1,286 @@
+//! Runs checks against a target: capability gating, `--only`, retries,
+//! `--expect-fail`, and the verdict of each check.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use crate::report::{CheckResult, RunReport, Status};
+use crate::scenario::step::Ctx;
+use crate::scenario::{Capability, Check, Level, StepKind};
+use crate::target::Target;
+
+/// Called after each check, e.g. to show progress.
+pub type OnResult = Box<dyn Fn(&CheckResult) + Send + Sync>;
+
+#[derive(Default)]
+pub struct Options {
+    /// Rule-id or check-name patterns; `*` matches any run of characters.
+    pub only: Vec<String>,
+    pub strict: bool,
+    /// Extra attempts for timing-sensitive checks.
+    pub retries: u32,
+    /// Rule ids (or `RULE name`) known to fail on this backend.
+    pub expect_fail: HashSet<String>,
+    pub seed: u64,
+    /// Called after each check (progress on long runs).
+    pub on_result: Option<OnResult>,
+}
+
+/// `*` wildcard matching, case-insensitive.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.to_ascii_lowercase(), text.to_ascii_lowercase());
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = text.as_str();
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    rest.is_empty()
+}
+
+pub fn selected(check: &Check, only: &[String]) -> bool {
+    only.is_empty()
+        || only
+            .iter()
+            .any(|p| glob(p, &check.rule) || glob(p, &check.name))
+}
+
+/// What a check needs beyond its declared `needs`, read off its steps.
+fn implied_needs(check: &Check) -> Vec<Capability> {
+    let mut needs = check.needs.clone();
+    for step in &check.steps {
+        match &step.kind {
+            StepKind::Api(_) => needs.push(Capability::ControlApi),
+            StepKind::Restart => needs.push(Capability::Restart),
+            _ => {}
+        }
+    }
+    needs
+}
+
+/// Why a check cannot run here, if it cannot.
+pub fn skip_reason(check: &Check, target: &Target) -> Option<String> {
+    let provisions = check
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, StepKind::Provision { .. }));
+    if provisions && !target.has(Capability::ControlApi) && !target.has(Capability::Registration) {
+        return Some(
+            "needs a way to provision agents: pass --admin-token or --registration-token".into(),
+        );
+    }
+    let injects = check
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, StepKind::Command { .. }));
+    if injects
+        && matches!(target.inject, crate::target::Inject::ControlApi)
+        && !target.has(Capability::ControlApi)
+    {
+        return Some("needs a way to send commands: pass --admin-token or --inject".into());
+    }
+    implied_needs(check)
+        .into_iter()
+        .find(|c| !target.has(*c))
+        .map(|c| c.how_to_enable().to_string())
+}
+
+/// Loopback source address for check `index`, so one check's refused
+/// upgrades never count against another's (WS-RATE-1 is per address).
+fn source_for(index: usize) -> IpAddr {
+    let n = index % (250 * 250);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        1 + (n / 250) as u8,
+        2 + (n % 250) as u8,
+    ))
+}
+
+/// Runs one check once.
+async fn attempt(
+    check: &Check,
+    target: &Target,
+    prefix: String,
+    source: Option<IpAddr>,
+) -> (Result<(), crate::scenario::step::StepFailure>, Vec<String>) {
+    let mut ctx = Ctx::new(target, prefix, source);
+    let mut outcome = Ok(());
+    for step in &check.steps {
+        if let Err(failure) = ctx.run(step.line, &step.kind).await {
+            outcome = Err(failure);
+            break;
+        }
+    }
+    ctx.finish().await;
+    (outcome, ctx.transcript)
+}
+
+pub async fn run_check(
+    check: &Check,
+    index: usize,
+    target: &Target,
+    options: &Options,
+) -> CheckResult {
+    let started = Instant::now();
+    let mut result = CheckResult {
+        rule: check.rule.clone(),
+        name: check.name.clone(),
+        group: check.group.clone(),
+        level: check.level,
+        requirement: check.requirement.clone(),
+        status: Status::Pass,
+        location: format!("{}:{}", check.file.display(), check.line),
+        expected: None,
+        observed: None,
+        reason: None,
+        transcript: Vec::new(),
+        duration: Duration::ZERO,
+        attempts: 0,
+        flaky: false,
+    };
+    if let Some(reason) = skip_reason(check, target) {
+        result.status = Status::Skipped;
+        result.reason = Some(reason);
+        return result;
+    }
+    let tries = 1 + if check.timing { options.retries } else { 0 };
+    // A check that hangs fails instead of stalling the run.
+    let limit = target.timings().scaled(Duration::from_secs(60))
+        + target.timings().ping_timeout * 2
+        + target.timings().ack_timeout * 12;
+    let source = target.spread_sources.then(|| source_for(index));
+    for n in 1..=tries {
+        result.attempts = n;
+        let prefix = format!("h{:x}-{index}-{n}", options.seed % 0xffff_ffff);
+        let (outcome, transcript) =
+            match tokio::time::timeout(limit, attempt(check, target, prefix, source)).await {
+                Ok(done) => done,
+                Err(_) => (
+                    Err(crate::scenario::step::StepFailure {
+                        line: check.line,
+                        expected: format!("the check finishes within {limit:?}"),
+                        observed: "it did not".into(),
+                    }),
+                    Vec::new(),
+                ),
+            };
+        match outcome {
+            Ok(()) => {
+                result.status = Status::Pass;
+                result.flaky = n > 1;
+                result.expected = None;
+                result.observed = None;
+                result.transcript.clear();
+                break;
+            }
+            Err(failure) => {
+                result.status = if check.level == Level::Should && !options.strict {
+                    Status::NonStrict
+                } else {
+                    Status::Fail
+                };
+                result.location = format!("{}:{}", check.file.display(), failure.line);
+                result.expected = Some(failure.expected);
+                result.observed = Some(failure.observed);
+                result.transcript = transcript;
+            }
+        }
+    }
+    let listed = options.expect_fail.contains(&check.rule)
+        || options
+            .expect_fail
+            .contains(&format!("{} {}", check.rule, check.name));
+    result.status = match (listed, result.status) {
+        (true, Status::Fail | Status::NonStrict) => Status::ExpectedFail,
+        (true, Status::Pass) => Status::UnexpectedPass,
+        (_, status) => status,
+    };
+    result.duration = started.elapsed();
+    result
+}
+
+/// Runs the selected checks, one after another (their timing matters).
+pub async fn run(checks: &[Check], target: &Target, options: &Options, label: &str) -> RunReport {
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for (index, check) in checks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| selected(c, &options.only))
+    {
+        let result = run_check(check, index, target, options).await;
+        if let Some(callback) = &options.on_result {
+            callback(&result);
+        }
+        results.push(result);
+    }
+    RunReport {
+        target: label.to_string(),
+        seed: options.seed,
+        strict: options.strict,
+        results,
+        duration: started.elapsed(),
+    }
+}
+
+/// Reads an `--expect-fail` file: one rule id (or `RULE name`) a line; `#` comments.
+pub fn read_expect_fail(text: &str) -> HashSet<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("WS-CONN-*", "WS-CONN-2"));
+        assert!(glob("ws-conn-2", "WS-CONN-2"));
+        assert!(!glob("WS-CONN-*", "WS-AUTH-1"));
+        assert!(glob("*timeout*", "ping-timeout-closes-4008"));
+        assert!(glob("*", "anything"));
+        assert!(!glob("WS-CONN-2", "WS-CONN-22"));
+    }
+
+    #[test]
+    fn expect_fail_lists() {
+        let list =
+            read_expect_fail("# known\nWS-CONN-3\n\nWS-DLV-3 redelivery-backoff  # flaky here\n");
+        assert_eq!(
+            list,
+            HashSet::from([
+                "WS-CONN-3".to_string(),
+                "WS-DLV-3 redelivery-backoff".to_string()
+            ])
+        );
+    }
+
+    #[test]
+    fn sources_stay_on_loopback() {
+        for i in [0, 1, 249, 250, 62_499, 62_500] {
+            let IpAddr::V4(ip) = source_for(i) else {
+                panic!()
+            };
+            assert_eq!(ip.octets()[0], 127);
+            assert!(ip.octets()[3] >= 2);
+        }
+        assert_ne!(source_for(0), source_for(1));
+    }
+}

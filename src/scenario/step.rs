@@ -1,0 +1,862 @@
+//! Runs the steps of one check against a target. Each step either passes or
+//! fails with what was expected and what was seen; the transcript keeps what
+//! crossed the wire for the report.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::matcher::{lookup, mismatch, substitute, substitute_str};
+use super::{ConnectOutcome, HttpCall, Payload, StepKind, Window};
+use crate::client::{self, Conn, Event, Upgrade};
+use crate::target::Target;
+use crate::timing::Timings;
+
+/// Why a step failed: what the rule wanted, and what the backend did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepFailure {
+    pub line: usize,
+    pub expected: String,
+    pub observed: String,
+}
+
+type StepResult = Result<(), (String, String)>;
+
+fn fail<T>(
+    expected: impl Into<String>,
+    observed: impl Into<String>,
+) -> Result<T, (String, String)> {
+    Err((expected.into(), observed.into()))
+}
+
+struct Agent {
+    id: String,
+    token: Option<String>,
+}
+
+/// The state of one check while it runs.
+pub struct Ctx<'a> {
+    target: &'a Target,
+    /// Makes agent and command ids unique to this check and attempt.
+    prefix: String,
+    source: Option<IpAddr>,
+    agents: HashMap<String, Agent>,
+    conns: HashMap<String, (String, Conn)>,
+    vars: HashMap<String, String>,
+    marks: HashMap<String, Instant>,
+    commands: u32,
+    pub transcript: Vec<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(target: &'a Target, prefix: String, source: Option<IpAddr>) -> Self {
+        let mut vars = HashMap::new();
+        if let Some(token) = &target.registration_token {
+            vars.insert("registration_token".to_string(), token.clone());
+        }
+        // A phone number unique to this check and attempt (WS-HTTP-3).
+        let digits: String = prefix.bytes().map(|b| char::from(b'0' + b % 10)).collect();
+        vars.insert(
+            "phone".to_string(),
+            format!("+1{}", &digits[digits.len().saturating_sub(14)..]),
+        );
+        Ctx {
+            target,
+            prefix,
+            source,
+            agents: HashMap::new(),
+            conns: HashMap::new(),
+            vars,
+            marks: HashMap::new(),
+            commands: 0,
+            transcript: Vec::new(),
+        }
+    }
+
+    fn timings(&self) -> Timings {
+        self.target.timings()
+    }
+
+    /// A variable saved by an earlier step.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+
+    fn note(&mut self, line: String) {
+        let line = redact(&line);
+        const KEEP: usize = 40;
+        if self.transcript.len() == KEEP {
+            self.transcript.push("…".into());
+        } else if self.transcript.len() < KEEP {
+            self.transcript.push(line);
+        }
+    }
+
+    fn eval(&self, expr: &str) -> Result<Duration, (String, String)> {
+        self.timings()
+            .eval(expr)
+            .map_err(|e| ("a valid time expression".to_string(), e.to_string()))
+    }
+
+    fn agent_id(&mut self, name: &str) -> String {
+        if let Some(agent) = self.agents.get(name) {
+            return agent.id.clone();
+        }
+        let id = format!("{}-{name}", self.prefix);
+        self.agents.insert(
+            name.to_string(),
+            Agent {
+                id: id.clone(),
+                token: None,
+            },
+        );
+        self.vars.insert(format!("id:{name}"), id.clone());
+        id
+    }
+
+    /// Runs one step; closes nothing on failure (the caller drops the context).
+    pub async fn run(&mut self, line: usize, kind: &StepKind) -> Result<(), StepFailure> {
+        let result = match kind {
+            StepKind::Provision { agent } => self.provision(agent).await,
+            StepKind::Connect {
+                conn,
+                agent,
+                token,
+                id,
+                header_id,
+                outcome,
+                source,
+                welcome,
+            } => {
+                self.connect(
+                    conn,
+                    agent,
+                    token,
+                    id.as_deref(),
+                    header_id.as_deref(),
+                    outcome,
+                    source.as_deref(),
+                    welcome.as_deref(),
+                )
+                .await
+            }
+            StepKind::Send {
+                conn,
+                payload,
+                repeat,
+            } => self.send(conn, payload, *repeat).await,
+            StepKind::Expect {
+                conn,
+                msg_type,
+                fields,
+                save,
+                mark,
+                window,
+            } => {
+                self.expect(conn, msg_type, fields, save, mark.as_deref(), window)
+                    .await
+            }
+            StepKind::ExpectClose {
+                conn,
+                codes,
+                window,
+            } => self.expect_close(conn, codes, window).await,
+            StepKind::ExpectOpen { conn } => self.expect_open(conn).await,
+            StepKind::ExpectSilence {
+                conn,
+                msg_type,
+                during,
+            } => self.expect_silence(conn, msg_type.as_deref(), during).await,
+            StepKind::Close { conn } => self.close(conn).await,
+            StepKind::Command {
+                agent,
+                body,
+                save_as,
+            } => self.command(agent, body, save_as.as_deref()).await,
+            StepKind::Http(call) => self.http(call, false).await,
+            StepKind::Api(call) => self.http(call, true).await,
+            StepKind::Wait { during } => {
+                let during = self
+                    .eval(during)
+                    .map_err(|(expected, observed)| StepFailure {
+                        line,
+                        expected,
+                        observed,
+                    })?;
+                tokio::time::sleep(during).await;
+                Ok(())
+            }
+            StepKind::Restart => {
+                self.note("restarting the backend".into());
+                self.target
+                    .restart()
+                    .await
+                    .or_else(|e| fail("the backend restarts", e))
+            }
+        };
+        result.map_err(|(expected, observed)| StepFailure {
+            line,
+            expected,
+            observed,
+        })
+    }
+
+    /// Makes the backend know an agent: the control API, else registration.
+    async fn provision(&mut self, name: &str) -> StepResult {
+        let id = self.agent_id(name);
+        let target = self.target;
+        let (url, request) = if let Some(admin) = &target.admin_token {
+            let url = format!("{}/api/agents/{id}", target.http_base);
+            (
+                url.clone(),
+                target.http.put(url).bearer_auth(admin).json(&json!({})),
+            )
+        } else if let Some(registration) = &target.registration_token {
+            // WS-HTTP-3: a phone made from the id; the backend picks the id.
+            let digits: String = id
+                .bytes()
+                .map(|b| char::from(b'0' + b % 10))
+                .take(15)
+                .collect();
+            let url = format!("{}/edge/register", target.http_base);
+            let body =
+                json!({"user_phone": format!("+1{digits}"), "registration_token": registration});
+            (url.clone(), target.http.post(url).json(&body))
+        } else {
+            return fail(
+                "a way to provision agents",
+                "no --admin-token or --registration-token",
+            );
+        };
+        let response = request
+            .send()
+            .await
+            .or_else(|e| fail(format!("{url} answers"), e.to_string()))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        self.note(format!("provision {id}: {status} {body}"));
+        if !status.is_success() {
+            return fail(
+                format!("provisioning {id} succeeds"),
+                format!("{status} {body}"),
+            );
+        }
+        let agent = self.agents.get_mut(name).expect("named above");
+        if let Some(assigned) = body["edge_agent_id"].as_str() {
+            agent.id = assigned.to_string();
+            self.vars.insert(format!("id:{name}"), assigned.to_string());
+        }
+        agent.token = body["auth_token"].as_str().map(str::to_string);
+        if let Some(token) = &agent.token {
+            self.vars.insert(format!("token:{name}"), token.clone());
+        }
+        Ok(())
+    }
+
+    /// The `Authorization` header a token spec stands for (None: no header).
+    fn authorization(
+        &mut self,
+        spec: &str,
+        agent: &str,
+    ) -> Result<Option<String>, (String, String)> {
+        let target = self.target;
+        let id = self.agent_id(agent);
+        let bearer = |t: &str| Some(format!("Bearer {t}"));
+        let agent_token =
+            |ctx: &mut Self, name: &str| -> Result<Option<String>, (String, String)> {
+                let id = ctx.agent_id(name);
+                let token = ctx
+                    .agents
+                    .get(name)
+                    .and_then(|a| a.token.clone())
+                    .or_else(|| target.mint(&id, 0));
+                token.map(|t| bearer(&t)).ok_or_else(|| {
+                    (
+                        "a per-agent token".into(),
+                        format!("none for {id}: pass --edge-secret or --hmac-secret"),
+                    )
+                })
+            };
+        Ok(match spec {
+            "none" => None,
+            "edge" => match &target.edge_secret {
+                Some(secret) if target.hmac_secret.is_none() => bearer(secret),
+                _ => agent_token(self, agent)?,
+            },
+            "shared" => bearer(target.edge_secret.as_deref().ok_or(("the shared secret".to_string(), "no --edge-secret".to_string()))?),
+            "agent" => agent_token(self, agent)?,
+            "admin" => bearer(target.admin_token.as_deref().ok_or(("the admin token".to_string(), "no --admin-token".to_string()))?),
+            "wrong" => bearer(&format!("wrong-{}", self.prefix)),
+            "malformed" => Some("Basic ZWRnZTpzZWNyZXQ=".into()),
+            "expired" => bearer(&target.mint(&id, 24 * 3600 + 600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            "future" => bearer(&target.mint(&id, -3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            other => match (other.strip_prefix("other:"), other.strip_prefix("var:")) {
+                (Some(name), _) => agent_token(self, name)?,
+                (_, Some(var)) => bearer(&self.vars.get(var).cloned().unwrap_or_default()),
+                _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future or other:NAME")),
+            },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn connect(
+        &mut self,
+        conn: &str,
+        agent: &str,
+        token: &str,
+        id: Option<&str>,
+        header_id: Option<&str>,
+        outcome: &ConnectOutcome,
+        source: Option<&str>,
+        welcome: Option<&[(String, Value)]>,
+    ) -> StepResult {
+        let agent_id = self.agent_id(agent);
+        let query = match id {
+            None => format!("?edge_agent_id={agent_id}"),
+            Some("omit") => String::new(),
+            Some("empty") => "?edge_agent_id=".into(),
+            Some(raw) => format!(
+                "?edge_agent_id={}",
+                substitute_str(raw, &self.vars).replace(' ', "%20")
+            ),
+        };
+        let url = format!("{}/edge/ws{query}", self.target.ws_base);
+        let mut headers = Vec::new();
+        if let Some(value) = self.authorization(token, agent)? {
+            headers.push(("authorization".to_string(), value));
+        }
+        if let Some(header) = header_id {
+            let value = if header == "same" {
+                agent_id.clone()
+            } else {
+                substitute_str(header, &self.vars)
+            };
+            headers.push(("x-edge-agent-id".to_string(), value));
+        }
+        // Source addresses only make sense for a backend on loopback.
+        let source = match source.filter(|_| self.target.spread_sources) {
+            Some(ip) => Some(
+                ip.parse()
+                    .or_else(|_| fail("a source IP address", ip.to_string()))?,
+            ),
+            None => self.source,
+        };
+        let prompt = self.timings().prompt();
+        let attempts = match outcome {
+            ConnectOutcome::RateLimited { attempts, .. } => *attempts,
+            _ => 1,
+        };
+        for attempt in 1..=attempts {
+            let upgrade = client::connect(&url, &headers, source, prompt)
+                .await
+                .or_else(|e| fail("the backend answers the upgrade", e))?;
+            match (outcome, upgrade) {
+                (ConnectOutcome::Accepted, Upgrade::Open(mut socket)) => {
+                    self.note(format!("{conn}: upgraded as {agent_id}"));
+                    // WS-MSG-1: a `connected` message, if the backend sends one, comes first.
+                    let deadline = Instant::now() + prompt.min(Duration::from_secs(1));
+                    let first = socket.next_event(deadline).await;
+                    self.note(format!("{conn} ← {}", redact(&first.to_string())));
+                    match first {
+                        Event::Message(first) if first["type"] == "connected" => {
+                            self.target.learn_timings(&first);
+                            let welcome: Option<Vec<(String, Value)>> = welcome.map(|f| {
+                                f.iter()
+                                    .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
+                                    .collect()
+                            });
+                            if let Some((path, expected, actual)) =
+                                welcome.and_then(|f| mismatch(&first, &f))
+                            {
+                                return fail(
+                                    format!("`connected` with {path} = {expected}"),
+                                    format!("{path} = {actual} in {first}"),
+                                );
+                            }
+                        }
+                        Event::Message(first) if welcome.is_some() => {
+                            return fail("`connected` as the first message", first.to_string())
+                        }
+                        Event::Nothing if welcome.is_some() => {
+                            return fail("`connected` as the first message", "nothing")
+                        }
+                        Event::Message(first) => socket.unread(first),
+                        Event::Nothing => {}
+                        ended => {
+                            return fail(
+                                "the socket stays open after the upgrade",
+                                ended.to_string(),
+                            )
+                        }
+                    }
+                    // Half the ping timeout: alive as a real agent, never chatty.
+                    socket.keepalive = Some(self.timings().ping_timeout / 2);
+                    self.conns.insert(conn.to_string(), (agent_id, *socket));
+                    return Ok(());
+                }
+                (ConnectOutcome::Accepted, Upgrade::Refused { status, body, .. }) => {
+                    return fail("the upgrade is accepted", format!("HTTP {status} {body}"));
+                }
+                (
+                    ConnectOutcome::Refused { statuses, .. } | ConnectOutcome::Status(statuses),
+                    Upgrade::Refused { status, body, .. },
+                ) => {
+                    self.note(format!("{conn}: refused with HTTP {status} {body}"));
+                    return if statuses.contains(&status) {
+                        Ok(())
+                    } else {
+                        fail(
+                            format!("HTTP {statuses:?}"),
+                            format!("HTTP {status} {body}"),
+                        )
+                    };
+                }
+                (ConnectOutcome::Refused { codes, statuses }, Upgrade::Open(mut socket)) => {
+                    // WS-AUTH-2: accepted, then closed at once, with no application message.
+                    let event = socket.next_event(Instant::now() + prompt).await;
+                    self.note(format!("{conn}: upgraded, then {event}"));
+                    return match event {
+                        Event::Closed { code, .. } if codes.contains(&code) => Ok(()),
+                        other => fail(
+                            format!("HTTP {statuses:?}, or close {codes:?} before any message"),
+                            format!("upgraded, then {other}"),
+                        ),
+                    };
+                }
+                (ConnectOutcome::Status(statuses), Upgrade::Open(_)) => {
+                    return fail(format!("HTTP {statuses:?}"), "the upgrade was accepted");
+                }
+                (
+                    ConnectOutcome::RateLimited { retry_after, .. },
+                    Upgrade::Refused {
+                        status: 429,
+                        retry_after: header,
+                        body,
+                    },
+                ) => {
+                    self.note(format!(
+                        "{conn}: attempt {attempt} answered 429 (Retry-After: {header:?}) {body}"
+                    ));
+                    return match (retry_after, header) {
+                        (true, None) => {
+                            fail("429 with a Retry-After header", "429 without Retry-After")
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                (ConnectOutcome::RateLimited { .. }, Upgrade::Refused { status, .. }) => {
+                    self.note(format!("{conn}: attempt {attempt} answered {status}"));
+                }
+                (ConnectOutcome::RateLimited { .. }, Upgrade::Open(mut socket)) => {
+                    socket.close(prompt).await;
+                }
+            }
+        }
+        fail(
+            format!("HTTP 429 within {attempts} attempts"),
+            format!("{attempts} attempts and no 429"),
+        )
+    }
+
+    fn conn(&mut self, name: &str) -> Result<&mut Conn, (String, String)> {
+        match self.conns.get_mut(name) {
+            Some((_, conn)) => Ok(conn),
+            None => fail(
+                format!("a connection named `{name}`"),
+                "no such connection in this check (connect it first)",
+            ),
+        }
+    }
+
+    async fn send(&mut self, conn: &str, payload: &Payload, repeat: u32) -> StepResult {
+        let payload = match payload {
+            Payload::Json(value) => Payload::Json(substitute(value, &self.vars)),
+            other => other.clone(),
+        };
+        let shown = match &payload {
+            Payload::Json(v) => v.to_string(),
+            Payload::Text(t) => format!("text {t:?}"),
+            Payload::Binary(b) => format!("binary {} bytes", b.len()),
+            Payload::Frame(kind) => format!("frame {kind}"),
+        };
+        let suffix = if repeat > 1 {
+            format!(" ×{repeat}")
+        } else {
+            String::new()
+        };
+        self.note(format!(
+            "{conn} → {}{suffix}",
+            shown.chars().take(200).collect::<String>()
+        ));
+        let socket = self.conn(conn)?;
+        for _ in 0..repeat {
+            let sent = match &payload {
+                Payload::Json(v) => socket.send_text(v.to_string()).await,
+                Payload::Text(t) => socket.send_text(t.clone()).await,
+                Payload::Binary(b) => socket.send_binary(b.clone()).await,
+                Payload::Frame(kind) => socket.send_bad_frame(kind).await,
+            };
+            sent.or_else(|e| fail("the frame is sent", e))?;
+        }
+        Ok(())
+    }
+
+    /// The window a step's event must land in: (earliest, deadline).
+    fn window(
+        &self,
+        window: &Window,
+        started: Instant,
+    ) -> Result<(Instant, Instant), (String, String)> {
+        let base = match &window.after {
+            Some(mark) => *self
+                .marks
+                .get(mark)
+                .ok_or((format!("a mark `{mark}`"), "no such mark yet".to_string()))?,
+            None => started,
+        };
+        let timings = self.timings();
+        let within = self.eval(&window.within)?;
+        let not_before = window
+            .not_before
+            .as_deref()
+            .map(|e| self.eval(e))
+            .transpose()?
+            .unwrap_or_default();
+        let slack = if window.tolerance {
+            Timings::tolerance(within)
+        } else {
+            Duration::ZERO
+        };
+        let earliest = base
+            + not_before.saturating_sub(if window.tolerance {
+                Timings::tolerance(not_before)
+            } else {
+                Duration::ZERO
+            });
+        Ok((earliest, base + timings.scaled(within) + slack))
+    }
+
+    fn timing_error(
+        &self,
+        earliest: Instant,
+        at: Instant,
+        window: &Window,
+    ) -> Option<(String, String)> {
+        (at < earliest).then(|| {
+            let base = window
+                .after
+                .as_ref()
+                .and_then(|m| self.marks.get(m))
+                .copied();
+            let after = base
+                .map(|b| {
+                    format!(
+                        "{:?} after `{}`",
+                        at.saturating_duration_since(b),
+                        window.after.as_deref().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            (
+                format!(
+                    "not before {} {}",
+                    window.not_before.as_deref().unwrap_or("0s"),
+                    window
+                        .after
+                        .as_deref()
+                        .map(|m| format!("after `{m}`"))
+                        .unwrap_or_default()
+                ),
+                format!("too early: {after}"),
+            )
+        })
+    }
+
+    async fn expect(
+        &mut self,
+        conn: &str,
+        msg_type: &str,
+        fields: &[(String, Value)],
+        save: &std::collections::BTreeMap<String, String>,
+        mark: Option<&str>,
+        window: &Window,
+    ) -> StepResult {
+        let (earliest, deadline) = self.window(window, Instant::now())?;
+        let fields: Vec<(String, Value)> = fields
+            .iter()
+            .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
+            .collect();
+        let mut skipped = Vec::new();
+        loop {
+            let event = self.conn(conn)?.next_event(deadline).await;
+            let at = Instant::now();
+            self.note(format!("{conn} ← {event}"));
+            let message = match event {
+                Event::Message(message) => message,
+                Event::Nothing => {
+                    let seen = if skipped.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        format!("only {}", skipped.join(", "))
+                    };
+                    return fail(
+                        format!("a `{msg_type}` message within {}", window.within),
+                        seen,
+                    );
+                }
+                other => return fail(format!("a `{msg_type}` message"), other.to_string()),
+            };
+            if message["type"] != msg_type {
+                skipped.push(message.to_string());
+                continue;
+            }
+            if let Some(error) = self.timing_error(earliest, at, window) {
+                return Err(error);
+            }
+            if let Some((path, expected, actual)) = mismatch(&message, &fields) {
+                return fail(
+                    format!("`{msg_type}` with {path} = {expected}"),
+                    format!("{path} = {actual} in {message}"),
+                );
+            }
+            for (var, path) in save {
+                let value = lookup(&message, path)
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                self.vars.insert(var.clone(), value.unwrap_or_default());
+            }
+            if let Some(mark) = mark {
+                self.marks.insert(mark.to_string(), at);
+            }
+            return Ok(());
+        }
+    }
+
+    async fn expect_close(&mut self, conn: &str, codes: &[u16], window: &Window) -> StepResult {
+        let (earliest, deadline) = self.window(window, Instant::now())?;
+        loop {
+            let event = self.conn(conn)?.next_event_silently(deadline).await;
+            let at = Instant::now();
+            self.note(format!("{conn} ← {event}"));
+            match event {
+                Event::Closed { code, .. } if codes.is_empty() || codes.contains(&code) => {
+                    return self.timing_error(earliest, at, window).map_or(Ok(()), Err);
+                }
+                Event::Message(_) | Event::NotJson(_) | Event::Binary(_) => continue,
+                Event::Dropped(_) if codes.is_empty() => {
+                    return self.timing_error(earliest, at, window).map_or(Ok(()), Err)
+                }
+                Event::Nothing => {
+                    return fail(
+                        format!("close {codes:?} within {}", window.within),
+                        "the socket is still open",
+                    )
+                }
+                other => return fail(format!("close {codes:?}"), other.to_string()),
+            }
+        }
+    }
+
+    /// The socket still works: an ack for a command nobody has is answered
+    /// `unknown_command` (WS-ACK-3), which proves the backend still reads it.
+    async fn expect_open(&mut self, conn: &str) -> StepResult {
+        let probe = format!("{}-probe-{}", self.prefix, self.commands);
+        self.commands += 1;
+        let ack = json!({"type": "command_ack", "data": {"command_id": probe, "success": true, "error": null}});
+        let deadline = Instant::now() + self.timings().prompt();
+        let socket = self.conn(conn)?;
+        socket
+            .send_text(ack.to_string())
+            .await
+            .or_else(|e| fail("the socket is open", e))?;
+        let mut kept = Vec::new();
+        let result = loop {
+            match socket.next_event(deadline).await {
+                Event::Message(m)
+                    if m["type"] == "error"
+                        && (m["data"]["ref"] == probe.as_str() || m["data"]["ref"].is_null()) =>
+                {
+                    break Ok(())
+                }
+                Event::Message(m) => kept.push(m),
+                Event::NotJson(_) | Event::Binary(_) => continue,
+                Event::Nothing => {
+                    break fail(
+                        "the socket still answers (an `error` for an unknown command)",
+                        "no answer",
+                    )
+                }
+                other => break fail("the socket stays open", other.to_string()),
+            }
+        };
+        for message in kept.into_iter().rev() {
+            socket.unread_front(message);
+        }
+        result
+    }
+
+    async fn expect_silence(
+        &mut self,
+        conn: &str,
+        msg_type: Option<&str>,
+        during: &str,
+    ) -> StepResult {
+        let deadline = Instant::now() + self.eval(during)?;
+        loop {
+            let event = self.conn(conn)?.next_event(deadline).await;
+            match event {
+                Event::Nothing => return Ok(()),
+                Event::Message(m) if msg_type.is_some_and(|t| m["type"] != t) => continue,
+                other => {
+                    self.note(format!("{conn} ← {other}"));
+                    return fail(
+                        format!("no {} for {during}", msg_type.unwrap_or("message")),
+                        other.to_string(),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, conn: &str) -> StepResult {
+        let prompt = self.timings().prompt();
+        self.conn(conn)?.close(prompt).await;
+        self.conns.remove(conn);
+        self.note(format!("{conn}: closed (1000)"));
+        Ok(())
+    }
+
+    async fn command(&mut self, agent: &str, body: &Value, save_as: Option<&str>) -> StepResult {
+        let agent_id = self.agent_id(agent);
+        self.commands += 1;
+        let command_id = format!("{}-c{}", self.prefix, self.commands);
+        let body = substitute(body, &self.vars);
+        self.note(format!("inject {command_id} for {agent_id}: {body}"));
+        self.target
+            .inject(&agent_id, &command_id, &body)
+            .await
+            .or_else(|e| fail("the backend accepts the command", e))?;
+        if let Some(var) = save_as {
+            self.vars.insert(var.to_string(), command_id);
+        }
+        Ok(())
+    }
+
+    async fn http(&mut self, call: &HttpCall, admin: bool) -> StepResult {
+        let agent = call.agent.clone().unwrap_or_else(|| "a".to_string());
+        let agent_id = self.agent_id(&agent);
+        self.vars.insert("agent".into(), agent_id);
+        let path = substitute_str(&call.path, &self.vars);
+        let url = format!("{}{path}", self.target.http_base);
+        let authorization = self.authorization(&call.token, &agent)?;
+        let body = call.body.as_ref().map(|b| substitute(b, &self.vars));
+        let method = reqwest::Method::from_bytes(call.method.as_bytes())
+            .or_else(|e| fail("an HTTP method", e.to_string()))?;
+        let fields: Vec<(String, Value)> = call
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
+            .collect();
+        let patience = call
+            .eventually
+            .as_deref()
+            .map(|e| self.eval(e))
+            .transpose()?
+            .map(|d| self.timings().scaled(d));
+        let deadline = Instant::now() + patience.unwrap_or_default();
+        let kind = if admin { "api" } else { "http" };
+        loop {
+            let mut request = self.target.http.request(method.clone(), &url);
+            if let Some(auth) = &authorization {
+                request = request.header("authorization", auth);
+            }
+            for (name, value) in &call.headers {
+                request = request.header(name, substitute_str(value, &self.vars));
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .or_else(|e| fail(format!("{} {path} answers", call.method), e.to_string()))?;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let text = response.text().await.unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let problem = if !call.statuses.contains(&status) {
+                Some((
+                    format!("HTTP {:?}", call.statuses),
+                    format!("HTTP {status} {value}"),
+                ))
+            } else if call.retry_after && !retry_after {
+                Some((
+                    "a Retry-After header".to_string(),
+                    format!("HTTP {status} without Retry-After"),
+                ))
+            } else {
+                mismatch(&value, &fields)
+                    .map(|(p, e, a)| (format!("{p} = {e}"), format!("{p} = {a} in {value}")))
+            };
+            match problem {
+                Some(problem) if Instant::now() < deadline => {
+                    let _ = problem;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(problem) => {
+                    self.note(format!("{kind} {} {path} → {status} {value}", call.method));
+                    return Err(problem);
+                }
+                None => {
+                    self.note(format!("{kind} {} {path} → {status} {value}", call.method));
+                    for (var, p) in &call.save {
+                        let v = lookup(&value, p)
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                        self.vars.insert(var.clone(), v.unwrap_or_default());
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Closes every socket the check opened.
+    pub async fn finish(&mut self) {
+        for (_, (_, mut conn)) in self.conns.drain() {
+            if !conn.is_ended() {
+                conn.close(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Hides token values in what the report shows (secrets never appear in
+/// reports): the value of any `"…token…": "…"` pair becomes `<redacted>`.
+pub fn redact(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find("token\":\"") {
+        let (head, tail) = rest.split_at(at + "token\":\"".len());
+        out.push_str(head);
+        out.push_str("<redacted>");
+        rest = tail.find('"').map_or("", |end| &tail[end..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn tokens_are_redacted() {
+        assert_eq!(
+            redact(r#"{"edge_agent_id":"a","auth_token":"c2VjcmV0"}"#),
+            r#"{"edge_agent_id":"a","auth_token":"<redacted>"}"#
+        );
+        assert_eq!(redact("no secrets here"), "no secrets here");
+    }
+}

@@ -1,0 +1,299 @@
+//! The backend under test: where it is, what the harness may do with it
+//! (credentials, control API, command injection, restart), and its timers.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::scenario::matcher::substitute_str;
+use crate::scenario::Capability;
+use crate::timing::Timings;
+
+/// Restarts the backend and returns once it answers again.
+pub type Restarter =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// How commands enter the backend.
+#[derive(Debug, Clone)]
+pub enum Inject {
+    /// `POST /api/agents/{id}/commands` with the admin token (PROTOCOL.md §8).
+    ControlApi,
+    /// A user-given request: `METHOD URL` with `{agent}` and a JSON body
+    /// template with `{agent}`, `{command_id}`, `{command_type}`,
+    /// `{priority}` and `{parameters}` (raw JSON).
+    Template {
+        method: String,
+        url: String,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+pub struct Target {
+    /// `http://host:port` (or https), no trailing slash.
+    pub http_base: String,
+    /// `ws://host:port` (or wss).
+    pub ws_base: String,
+    pub edge_secret: Option<String>,
+    pub hmac_secret: Option<String>,
+    pub admin_token: Option<String>,
+    pub registration_token: Option<String>,
+    pub inject: Inject,
+    pub restarter: Option<Restarter>,
+    /// Spread connections over 127.0.0.x (the backend is on loopback).
+    pub spread_sources: bool,
+    pub http: reqwest::Client,
+    /// Timers: flags first, then what `connected` advertised.
+    pub timings: Mutex<Timings>,
+    /// Timers given as flags are not overwritten by `connected`.
+    pub timings_pinned: bool,
+}
+
+impl Target {
+    pub fn new(url: &str) -> Result<Target, String> {
+        let url = url.trim_end_matches('/');
+        let (http_base, ws_base) = if let Some(rest) = url.strip_prefix("ws://") {
+            (format!("http://{rest}"), url.to_string())
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            (format!("https://{rest}"), url.to_string())
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (url.to_string(), format!("ws://{rest}"))
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (url.to_string(), format!("wss://{rest}"))
+        } else {
+            return Err(format!(
+                "--url `{url}` must start with http://, https://, ws:// or wss://"
+            ));
+        };
+        let host = http_base
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let loopback =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        Ok(Target {
+            http_base,
+            ws_base,
+            edge_secret: None,
+            hmac_secret: None,
+            admin_token: None,
+            registration_token: None,
+            inject: Inject::ControlApi,
+            restarter: None,
+            spread_sources: loopback && host != "localhost",
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| e.to_string())?,
+            timings: Mutex::new(Timings::default()),
+            timings_pinned: false,
+        })
+    }
+
+    pub fn timings(&self) -> Timings {
+        *self.timings.lock().expect("timings lock")
+    }
+
+    /// WS-MSG-1: takes the timers a `connected` message advertises
+    /// (milliseconds when given, else seconds).
+    pub fn learn_timings(&self, connected: &Value) {
+        if self.timings_pinned {
+            return;
+        }
+        let data = &connected["data"];
+        let read = |ms: &str, s: &str| {
+            data[ms]
+                .as_u64()
+                .map(Duration::from_millis)
+                .or_else(|| data[s].as_f64().map(Duration::from_secs_f64))
+        };
+        let mut timings = self.timings.lock().expect("timings lock");
+        if let Some(d) = read("ping_interval_ms", "ping_interval_s") {
+            timings.ping_interval = d;
+        }
+        if let Some(d) = read("ping_timeout_ms", "ping_timeout_s") {
+            timings.ping_timeout = d;
+        }
+        if let Some(d) = read("ack_timeout_ms", "ack_timeout_s") {
+            timings.ack_timeout = d;
+        }
+        if let Some(n) = data["max_attempts"].as_u64() {
+            timings.max_attempts = n as u32;
+        }
+    }
+
+    pub fn has(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::ControlApi => self.admin_token.is_some(),
+            Capability::Hmac => self.hmac_key().is_some(),
+            Capability::SharedSecret => self.edge_secret.is_some(),
+            Capability::Registration => self.registration_token.is_some(),
+            Capability::Restart => self.restarter.is_some(),
+        }
+    }
+
+    fn hmac_key(&self) -> Option<&str> {
+        self.hmac_secret.as_deref().or(self.edge_secret.as_deref())
+    }
+
+    /// WS-AUTH-5: a per-agent token issued `age_s` seconds ago (negative: in the future).
+    pub fn mint(&self, agent_id: &str, age_s: i64) -> Option<String> {
+        let key = self.hmac_key()?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let message = format!("{agent_id}::{}", now - age_s);
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
+        mac.update(message.as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        Some(base64::engine::general_purpose::STANDARD.encode(format!("{message}:{signature}")))
+    }
+
+    /// Puts a command for `agent_id` into the backend.
+    pub async fn inject(
+        &self,
+        agent_id: &str,
+        command_id: &str,
+        body: &Value,
+    ) -> Result<(), String> {
+        let mut body = body.clone();
+        body["command_id"] = json!(command_id);
+        let (method, url, payload, headers) = match &self.inject {
+            Inject::ControlApi => {
+                let admin = self
+                    .admin_token
+                    .as_deref()
+                    .ok_or("injecting commands needs --admin-token or --inject")?;
+                let url = format!("{}/api/agents/{agent_id}/commands", self.http_base);
+                (
+                    reqwest::Method::POST,
+                    url,
+                    body.to_string(),
+                    vec![("authorization".to_string(), format!("Bearer {admin}"))],
+                )
+            }
+            Inject::Template {
+                method,
+                url,
+                body: template,
+                headers,
+            } => {
+                let vars = std::collections::HashMap::from([
+                    ("agent".to_string(), agent_id.to_string()),
+                    ("command_id".to_string(), command_id.to_string()),
+                    (
+                        "command_type".to_string(),
+                        body["command_type"]
+                            .as_str()
+                            .unwrap_or("send_message")
+                            .to_string(),
+                    ),
+                    (
+                        "priority".to_string(),
+                        body["priority"].as_str().unwrap_or("normal").to_string(),
+                    ),
+                    (
+                        "parameters".to_string(),
+                        body.get("parameters")
+                            .cloned()
+                            .unwrap_or(json!({}))
+                            .to_string(),
+                    ),
+                    (
+                        "ttl_s".to_string(),
+                        body.get("ttl_s")
+                            .cloned()
+                            .unwrap_or(Value::Null)
+                            .to_string(),
+                    ),
+                ]);
+                let method =
+                    reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+                (
+                    method,
+                    substitute_str(url, &vars),
+                    substitute_str(template, &vars),
+                    headers.clone(),
+                )
+            }
+        };
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("content-type", "application/json")
+            .body(payload);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("injecting a command: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            let text = response.text().await.unwrap_or_default();
+            Err(format!("injecting a command: {status} {text}"))
+        }
+    }
+
+    pub async fn restart(&self) -> Result<(), String> {
+        let restarter = self.restarter.as_ref().ok_or("no --restart-cmd")?;
+        restarter().await
+    }
+
+    /// Waits until `GET /health` answers 200.
+    pub async fn wait_healthy(&self, within: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ok = self
+                .http
+                .get(format!("{}/health", self.http_base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the backend did not answer {}/health within {within:?}",
+                    self.http_base
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `--restart-cmd`: runs the command with `sh -c`, then waits for health.
+pub fn shell_restarter(command: String, http_base: String) -> Restarter {
+    Arc::new(move || {
+        let (command, http_base) = (command.clone(), http_base.clone());
+        Box::pin(async move {
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .status()
+                .await
+                .map_err(|e| format!("--restart-cmd: {e}"))?;
+            if !status.success() {
+                return Err(format!("--restart-cmd exited with {status}"));
+            }
+            let target = Target::new(&http_base)?;
+            target.wait_healthy(Duration::from_secs(30)).await
+        })
+    })
+}
