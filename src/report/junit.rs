@@ -46,14 +46,16 @@ pub fn render(report: &RunReport) -> String {
             cases.len()
         );
         for r in cases {
+            let (file, line) = r.location.rsplit_once(':').unwrap_or((&r.location, "0"));
             let _ = write!(
                 xml,
-                "    <testcase classname=\"{}\" name=\"{} {} [{}]\" file=\"{}\" time=\"{:.3}\"",
+                "    <testcase classname=\"{}\" name=\"{} {} [{}]\" file=\"{}\" line=\"{}\" time=\"{:.3}\"",
                 escape(group),
                 escape(&r.rule),
                 escape(&r.name),
                 r.level,
-                escape(&r.location),
+                escape(file),
+                line,
                 r.duration.as_secs_f64()
             );
             let detail = || {

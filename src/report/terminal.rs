@@ -41,12 +41,12 @@ pub fn render(report: &RunReport, style: &Style) -> String {
         };
         let _ = writeln!(
             out,
-            "  {} {:<11} {:<6} {:<44} {:>7}{flaky}",
+            "  {} {:<11} {:<6} {:<46} {}{flaky}",
             paint(style, color, mark),
             r.rule,
             r.level.to_string(),
             r.name,
-            paint(style, color, r.status.label())
+            paint(style, color, &format!("{:>13}", r.status.label()))
         );
         match r.status {
             Status::Skipped => {

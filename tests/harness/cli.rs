@@ -1,0 +1,206 @@
+//! The binary as users run it: exit codes, reports on disk, errors that say
+//! what is wrong.
+
+use std::process::{Command, Output};
+
+fn harness(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-harness"))
+        .args(args)
+        .env_remove("EDGE_URL")
+        .env_remove("EDGE_SECRET")
+        .env_remove("ADMIN_TOKEN")
+        .output()
+        .expect("edge-harness runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+/// The whole suite against the embedded edge-server: every check passes,
+/// exit 0, and the JUnit and JSON reports say so.
+#[test]
+fn conform_passes_against_edge_server_and_writes_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("conform.xml");
+    let json = dir.path().join("conform.json");
+    let out = harness(&[
+        "conform",
+        "--seed",
+        "42",
+        "--retries",
+        "2",
+        "--color",
+        "never",
+        "--junit",
+        junit.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("PASSED"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["counts"]["fail"], 0);
+    assert_eq!(
+        report["counts"]["non_strict"], 0,
+        "edge-server keeps every SHOULD too: {stdout}"
+    );
+    assert_eq!(
+        report["counts"]["skipped"], 0,
+        "the embedded default has every capability"
+    );
+    assert_eq!(report["report"]["seed"], 42);
+    let results = report["report"]["results"].as_array().unwrap();
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), results.len());
+    assert!(!xml.contains("<failure"), "{xml}");
+    // Every client-observable rule group is covered.
+    for rule in [
+        "WS-AUTH-1",
+        "WS-AUTH-3",
+        "WS-AUTH-4",
+        "WS-AUTH-5",
+        "WS-MSG-1",
+        "WS-PING-1",
+        "WS-ERR-1",
+        "WS-ERR-2",
+        "WS-CONN-2",
+        "WS-CONN-3",
+        "WS-CONN-4",
+        "WS-CONN-5",
+        "WS-CONN-6",
+        "WS-CMD-1",
+        "WS-ACK-1",
+        "WS-ACK-2",
+        "WS-ACK-3",
+        "WS-DLV-1",
+        "WS-DLV-3",
+        "WS-DLV-4",
+        "WS-DLV-5",
+        "WS-DLV-7",
+        "WS-HTTP-1",
+        "WS-HTTP-2",
+        "WS-HTTP-3",
+        "WS-HTTP-4",
+        "WS-RATE-1",
+        "WS-RATE-2",
+        "WS-RATE-3",
+        "WS-API-1",
+        "WS-API-2",
+        "WS-API-3",
+        "WS-API-4",
+        "WS-STATUS-1",
+        "WS-CFG-1",
+    ] {
+        assert!(
+            results.iter().any(|r| r["rule"] == rule),
+            "no check for {rule}"
+        );
+    }
+}
+
+#[test]
+fn list_shows_every_check_without_a_backend() {
+    let out = harness(&["conform", "--list"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
+#[test]
+fn a_malformed_scenario_names_file_line_and_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.toml");
+    std::fs::write(&file, "group = \"Mine\"\n[[check]]\nname = \"x\"\nrule = \"WS-PING-1\"\nlevel = \"MUST\"\nrequirement = \"r\"\nsteps = [\n  { send = \"a\" },\n]\n").unwrap();
+    let out = harness(&["run", file.to_str().unwrap(), "--edge-secret", "s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .contains("broken.toml:8: send needs exactly one of json, text, binary (hex) or frame"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_backend_is_exit_2() {
+    let out = harness(&[
+        "conform",
+        "--url",
+        "http://127.0.0.1:9",
+        "--edge-secret",
+        "s",
+        "--admin-token",
+        "t",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is the backend running"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_are_exit_2_and_say_how_to_fix_them() {
+    let out = harness(&["conform", "--url", "ftp://x", "--edge-secret", "s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("must start with http://"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = harness(&["conform", "--url", "http://127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("pass --edge-secret"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = harness(&["conform", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn users_run_their_own_scenarios() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/hello.toml");
+    let out = harness(&["run", example, "--color", "never"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn expect_fail_reports_a_listed_check_that_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("expect-fail.txt");
+    std::fs::write(&list, "# known failures of this backend\nWS-PING-1\n").unwrap();
+    let out = harness(&[
+        "conform",
+        "--only",
+        "WS-PING-1",
+        "--fuzz-cases",
+        "0",
+        "--color",
+        "never",
+        "--expect-fail",
+        list.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("listed in --expect-fail but passes now"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 fixed"), "{stdout}");
+}
