@@ -39,6 +39,21 @@ pub enum Command {
     Conform(ConformArgs),
     /// Run scenario files (TOML; see scenarios/README.md) against a backend.
     Run(RunArgs),
+    /// Drive simulated agents and measure command latency percentiles.
+    ///
+    /// Commands are injected at a fixed arrival rate and latency is measured
+    /// from each command's scheduled send time (coordinated omission
+    /// corrected); reports go to --report as JSON and HTML.
+    ///
+    ///   edge-harness load --agents 1000 --rate 200/s --duration 30s
+    ///   edge-harness load --url http://localhost:8080 --edge-secret S --admin-token T --agents 10000 --rate 1000/s --duration 60s --fail-if 'p99<20ms' --fail-if 'lost==0'
+    Load(Box<crate::load_cli::LoadArgs>),
+    /// Merge shard reports, or re-render a report as HTML.
+    #[command(subcommand)]
+    Report(crate::load_cli::ReportCommand),
+    /// Run the embedded edge-server (used by `load` as its child process).
+    #[command(hide = true)]
+    Serve(crate::load_cli::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -167,6 +182,9 @@ pub async fn main(cli: Cli) -> Result<bool, UsageError> {
             let checks = scenario::load(&args.files).map_err(|e| UsageError(e.to_string()))?;
             execute(&args.target, &checks, 0, 0).await
         }
+        Command::Load(args) => crate::load_cli::load(*args).await,
+        Command::Report(command) => crate::load_cli::report(command).await,
+        Command::Serve(args) => crate::load_cli::serve(args).await,
     }
 }
 

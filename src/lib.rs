@@ -13,6 +13,8 @@ pub mod client;
 pub mod conform;
 pub mod embedded;
 pub mod fuzz;
+pub mod load;
+pub mod load_cli;
 pub mod report;
 pub mod scenario;
 pub mod suite;

@@ -1,0 +1,339 @@
+//! One simulated edge agent: connects with its own credentials, pings on
+//! its own phase, acks what it gets (by persona), reconnects with the spec's
+//! backoff (1 s, ×2, 60 s cap, jitter) and polls `/edge/sync` while its
+//! socket is down. Kept small: thousands of these share one process.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::collector::Sample;
+use super::plan::{AckDialect, Persona, Plan};
+
+/// Fleet-wide signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Drop the socket now (a network blip for everyone).
+    DropAll,
+    /// Churn: this agent leaves and joins again.
+    Leave(usize),
+}
+
+pub struct AgentSpec {
+    pub index: usize,
+    pub id: String,
+    /// `host:port` of the backend this agent uses.
+    pub host: String,
+    pub port: u16,
+    pub secure: bool,
+    pub http_base: String,
+    pub token: String,
+    pub persona: Persona,
+    pub source: Option<IpAddr>,
+}
+
+/// Small buffers: an idle agent should cost a few KiB.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+}
+
+/// The command's sequence number, from ids the injector makes (`ld{shard}-{seq}`).
+pub fn seq_of(command_id: &str) -> Option<u64> {
+    command_id.rsplit_once('-')?.1.parse().ok()
+}
+
+async fn open(
+    spec: &AgentSpec,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String>
+{
+    let scheme = if spec.secure { "wss" } else { "ws" };
+    let url = format!(
+        "{scheme}://{}:{}/edge/ws?edge_agent_id={}",
+        spec.host, spec.port, spec.id
+    );
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", spec.token)
+            .parse()
+            .map_err(|_| "bad token")?,
+    );
+    let addr = tokio::net::lookup_host((spec.host.as_str(), spec.port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(ip) = spec.source {
+        socket
+            .bind((ip, 0).into())
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    match tokio_tungstenite::client_async_tls_with_config(request, stream, Some(ws_config()), None)
+        .await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => {
+            Err(format!("http_{}", response.status().as_u16()))
+        }
+        Err(e) => Err(format!("upgrade: {e}")),
+    }
+}
+
+fn ack_message(dialect: AckDialect, command_id: &str, success: bool) -> String {
+    let data = match (dialect, success) {
+        (AckDialect::Spec, true) => {
+            json!({"command_id": command_id, "success": true, "error": null})
+        }
+        (AckDialect::Spec, false) => {
+            json!({"command_id": command_id, "success": false, "error": "simulated failure"})
+        }
+        (AckDialect::Compat, true) => json!({"command_id": command_id, "status": "completed"}),
+        (AckDialect::Compat, false) => {
+            json!({"command_id": command_id, "status": "failed", "error": "simulated failure"})
+        }
+    };
+    json!({"type": "command_ack", "data": data}).to_string()
+}
+
+/// Runs an agent until `stop`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    spec: Arc<AgentSpec>,
+    plan: Arc<Plan>,
+    http: reqwest::Client,
+    samples: mpsc::UnboundedSender<Sample>,
+    mut signals: broadcast::Receiver<Signal>,
+    stop: CancellationToken,
+    gate: Arc<tokio::sync::Semaphore>,
+    on_first_connect: Box<dyn FnOnce() + Send>,
+) {
+    let mut on_first_connect = Some(on_first_connect);
+    let mut rng = SmallRng::seed_from_u64(
+        plan.seed ^ (spec.index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let persona = spec.persona;
+    let mut backoff = Duration::from_secs(1);
+    let mut ever_connected = false;
+    // Each agent's ping phase spread over the interval (unless a burst is asked for).
+    let phase = if plan.ping_burst {
+        Duration::ZERO
+    } else {
+        plan.ping_interval.mul_f64(rng.random::<f64>())
+    };
+    let mut reconnect_started: Option<Instant> = None;
+    while !stop.is_cancelled() {
+        let attempt = Instant::now();
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            opened = async {
+                let _permit = gate.acquire().await;
+                open(&spec).await
+            } => opened,
+        };
+        let mut ws = match opened {
+            Ok(ws) => ws,
+            Err(why) => {
+                let _ = samples.send(Sample::ConnectFailed { persona, why });
+                reconnect_started.get_or_insert(attempt);
+                // WS-DLV-5: poll /edge/sync while the socket is down.
+                sync_once(&spec, &plan, &http, &samples).await;
+                let jitter = backoff.mul_f64(rng.random_range(0.8..1.2));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(jitter) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        let took = reconnect_started
+            .take()
+            .map_or(attempt.elapsed(), |since| since.elapsed());
+        let _ = samples.send(Sample::Connected {
+            persona,
+            took,
+            reconnect: ever_connected,
+        });
+        ever_connected = true;
+        if let Some(first) = on_first_connect.take() {
+            first();
+        }
+        backoff = Duration::from_secs(1);
+
+        let mut next_ping = tokio::time::Instant::now() + phase;
+        let flap_at =
+            tokio::time::Instant::now() + plan.flap_every.mul_f64(rng.random_range(0.5..1.5));
+        let mut acks: Vec<(tokio::time::Instant, String, bool)> = Vec::new();
+        let reason = loop {
+            let next_ack = acks.iter().map(|(at, _, _)| *at).min();
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = ws.close(None).await;
+                    let _ = samples.send(Sample::Disconnected { persona, reason: "end of run".into() });
+                    return;
+                }
+                signal = signals.recv() => {
+                    if signal == Ok(Signal::Leave(spec.index)) {
+                        let _ = ws.close(None).await;
+                        reconnect_started = Some(Instant::now());
+                        break "left (churn)".into();
+                    }
+                    if matches!(signal, Ok(Signal::DropAll)) {
+                        drop(ws);
+                        reconnect_started = Some(Instant::now());
+                        // Not all at the same millisecond: spread over a second.
+                        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
+                        break "dropped".to_string();
+                    }
+                }
+                _ = tokio::time::sleep_until(next_ping), if persona != Persona::Silent => {
+                    next_ping += plan.ping_interval;
+                    if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                        break "write error".into();
+                    }
+                    if persona == Persona::MalformedSender && rng.random_bool(0.5) {
+                        let _ = ws.send(Message::text("{not json")).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(flap_at), if persona == Persona::Flapper => {
+                    let _ = ws.close(None).await;
+                    reconnect_started = Some(Instant::now());
+                    break "flapped".into();
+                }
+                _ = tokio::time::sleep_until(next_ack.unwrap_or_else(tokio::time::Instant::now)), if next_ack.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(at, _, _)| *at <= now);
+                    acks = later;
+                    for (_, id, success) in due {
+                        if ws.send(Message::text(ack_message(plan.ack_dialect, &id, success))).await.is_err() {
+                            break;
+                        }
+                        if let Some(seq) = seq_of(&id) {
+                            let _ = samples.send(Sample::Acked { seq, at: Instant::now() });
+                        }
+                    }
+                }
+                frame = ws.next() => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Close(frame))) => {
+                            reconnect_started = Some(Instant::now());
+                            break frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code)));
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => {
+                            reconnect_started = Some(Instant::now());
+                            break "connection lost".into();
+                        }
+                    };
+                    if persona == Persona::SlowReader {
+                        tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
+                    }
+                    let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                    if message["type"] != "command" {
+                        continue;
+                    }
+                    let Some(id) = message["data"]["command_id"].as_str() else { continue };
+                    let at = Instant::now();
+                    if let Some(seq) = seq_of(id) {
+                        let _ = samples.send(Sample::Received { seq, persona, at });
+                    }
+                    let success = persona != Persona::FailingAcker && !rng.random_bool(plan.failure_ratio.clamp(0.0, 1.0));
+                    let delay = match persona {
+                        Persona::SlowAcker => {
+                            let (lo, hi) = plan.slow_ack;
+                            lo + (hi.saturating_sub(lo)).mul_f64(rng.random::<f64>())
+                        }
+                        _ => Duration::ZERO,
+                    };
+                    if delay.is_zero() {
+                        if ws.send(Message::text(ack_message(plan.ack_dialect, id, success))).await.is_err() {
+                            break "write error".into();
+                        }
+                        if let Some(seq) = seq_of(id) {
+                            let _ = samples.send(Sample::Acked { seq, at: Instant::now() });
+                        }
+                    } else {
+                        acks.push((tokio::time::Instant::now() + delay, id.to_string(), success));
+                    }
+                }
+            }
+        };
+        let _ = samples.send(Sample::Disconnected { persona, reason });
+    }
+}
+
+/// WS-DLV-5 / WS-HTTP-2: one poll of `/edge/sync`, acking what it returns over HTTP.
+async fn sync_once(
+    spec: &AgentSpec,
+    plan: &Plan,
+    http: &reqwest::Client,
+    samples: &mpsc::UnboundedSender<Sample>,
+) {
+    let body = json!({"edge_agent_id": spec.id});
+    let Ok(response) = http
+        .post(format!("{}/edge/sync", spec.http_base))
+        .bearer_auth(&spec.token)
+        .json(&body)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let Ok(value) = response.json::<Value>().await else {
+        return;
+    };
+    for command in value["commands"].as_array().into_iter().flatten() {
+        let Some(id) = command["command_id"].as_str() else {
+            continue;
+        };
+        let seq = seq_of(id);
+        if let Some(seq) = seq {
+            let _ = samples.send(Sample::Received {
+                seq,
+                persona: spec.persona,
+                at: Instant::now(),
+            });
+        }
+        let ack = json!({"command_id": id, "success": true, "error": null});
+        let acked = http
+            .post(format!("{}/edge/command/ack", spec.http_base))
+            .bearer_auth(&spec.token)
+            .header("x-edge-agent-id", &spec.id)
+            .json(&ack)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if let (true, Some(seq)) = (acked, seq) {
+            let _ = samples.send(Sample::Acked {
+                seq,
+                at: Instant::now(),
+            });
+        }
+    }
+    let _ = plan;
+}

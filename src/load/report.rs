@@ -1,0 +1,561 @@
+//! The load report: JSON with the serialized HDR histograms (so shards merge
+//! losslessly), the terminal summary table, and baseline comparison.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::collector::{Collected, PersonaStats, Second};
+
+pub const SCHEMA: &str = "edge-harness/load/v1";
+
+/// The latency histograms, by name, in microseconds.
+pub const HISTOGRAMS: [&str; 7] = [
+    "push_receive",
+    "push_receive_uncorrected",
+    "push_ack",
+    "push_ack_uncorrected",
+    "accept",
+    "connect",
+    "reconnect",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        let ms = |v: u64| v as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    pub agents: u64,
+    pub connected_at_start: u64,
+    pub scheduled: u64,
+    pub accepted: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub received: u64,
+    pub acked: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub connects: u64,
+    pub connect_failures: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reconnect {
+    /// Agents connected when the storm hit.
+    pub fleet: u64,
+    pub back: u64,
+    pub t50_ms: Option<f64>,
+    pub t99_ms: Option<f64>,
+    pub t100_ms: Option<f64>,
+    /// (ms since the storm, share of the fleet back), for the curve.
+    pub curve: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadReport {
+    pub schema: String,
+    pub command_line: String,
+    pub seed: u64,
+    pub shards: Vec<String>,
+    pub targets: Vec<String>,
+    pub plan: serde_json::Value,
+    pub duration_s: f64,
+    /// Time for every agent of the fleet to connect at the start.
+    pub connect_all_s: f64,
+    pub counts: Counts,
+    pub percentiles: BTreeMap<String, Percentiles>,
+    /// Base64 of the V2-deflate serialization of each histogram.
+    pub histograms: BTreeMap<String, String>,
+    pub timeline: Vec<Second>,
+    pub reconnect: Reconnect,
+    pub personas: BTreeMap<String, PersonaStats>,
+    /// Extra numbers a run wants to keep (RSS, CPU, …).
+    #[serde(default)]
+    pub notes: BTreeMap<String, f64>,
+}
+
+fn encode(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .expect("a histogram serializes");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode(text: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("histogram: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("histogram: {e:?}"))
+}
+
+fn reconnect_curve(fleet: u64, mut returns: Vec<std::time::Duration>) -> Reconnect {
+    returns.sort();
+    let back = returns.len() as u64;
+    let at_share = |share: f64| {
+        let need = ((fleet as f64) * share).ceil() as usize;
+        (need > 0 && need <= returns.len()).then(|| returns[need - 1].as_secs_f64() * 1000.0)
+    };
+    let step = (returns.len() / 200).max(1);
+    let curve = returns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i + 1 == returns.len())
+        .map(|(i, d)| {
+            (
+                d.as_secs_f64() * 1000.0,
+                (i + 1) as f64 / fleet.max(1) as f64,
+            )
+        })
+        .collect();
+    Reconnect {
+        fleet,
+        back,
+        t50_ms: at_share(0.5),
+        t99_ms: at_share(0.99),
+        t100_ms: at_share(1.0),
+        curve,
+    }
+}
+
+impl LoadReport {
+    pub fn build(c: Collected, meta: Meta) -> LoadReport {
+        let hist: [(&str, &Histogram<u64>); 7] = [
+            ("push_receive", &c.push_receive),
+            ("push_receive_uncorrected", &c.push_receive_uncorrected),
+            ("push_ack", &c.push_ack),
+            ("push_ack_uncorrected", &c.push_ack_uncorrected),
+            ("accept", &c.accept),
+            ("connect", &c.connect),
+            ("reconnect", &c.reconnect),
+        ];
+        LoadReport {
+            schema: SCHEMA.into(),
+            command_line: meta.command_line,
+            seed: meta.seed,
+            shards: vec![meta.shard],
+            targets: meta.targets,
+            plan: meta.plan,
+            duration_s: meta.duration_s,
+            connect_all_s: meta.connect_all_s,
+            counts: Counts {
+                agents: meta.agents,
+                connected_at_start: meta.connected_at_start,
+                scheduled: c.scheduled,
+                accepted: c.accepted,
+                rejected: c.rejected,
+                received: c.received,
+                acked: c.acked,
+                lost: c.lost,
+                duplicates: c.duplicates,
+                connects: c.connects,
+                connect_failures: c.connect_failures,
+                errors: c.errors,
+            },
+            percentiles: hist
+                .iter()
+                .map(|(n, h)| (n.to_string(), Percentiles::of(h)))
+                .collect(),
+            histograms: hist
+                .iter()
+                .map(|(n, h)| (n.to_string(), encode(h)))
+                .collect(),
+            timeline: c.timeline,
+            reconnect: reconnect_curve(c.storm_fleet, c.storm_returns),
+            personas: c.personas,
+            notes: BTreeMap::new(),
+        }
+    }
+
+    /// A report with every metric present and zero, to validate thresholds against.
+    pub fn empty_for_validation() -> LoadReport {
+        let zero = Percentiles {
+            count: 0,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            max_ms: 0.0,
+        };
+        LoadReport {
+            schema: SCHEMA.into(),
+            command_line: String::new(),
+            seed: 0,
+            shards: Vec::new(),
+            targets: Vec::new(),
+            plan: serde_json::Value::Null,
+            duration_s: 0.0,
+            connect_all_s: 0.0,
+            counts: Counts::default(),
+            percentiles: HISTOGRAMS
+                .iter()
+                .map(|n| (n.to_string(), zero.clone()))
+                .collect(),
+            histograms: BTreeMap::new(),
+            timeline: Vec::new(),
+            reconnect: Reconnect::default(),
+            personas: BTreeMap::new(),
+            notes: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<LoadReport, String> {
+        let report: LoadReport =
+            serde_json::from_str(text).map_err(|e| format!("not a load report: {e}"))?;
+        if report.schema != SCHEMA {
+            return Err(format!("schema `{}` is not {SCHEMA}", report.schema));
+        }
+        Ok(report)
+    }
+
+    pub fn histogram(&self, name: &str) -> Result<Histogram<u64>, String> {
+        decode(
+            self.histograms
+                .get(name)
+                .ok_or_else(|| format!("no histogram `{name}`"))?,
+        )
+    }
+
+    /// Merges shards: histograms added exactly, counts summed, the timeline
+    /// summed per second (its per-second p99 is the largest of the shards').
+    pub fn merge(reports: Vec<LoadReport>) -> Result<LoadReport, String> {
+        let mut iter = reports.into_iter();
+        let mut merged = iter.next().ok_or("nothing to merge")?;
+        for other in iter {
+            for name in HISTOGRAMS {
+                let mut h = merged.histogram(name)?;
+                h.add(other.histogram(name)?)
+                    .map_err(|e| format!("merging {name}: {e:?}"))?;
+                merged.percentiles.insert(name.into(), Percentiles::of(&h));
+                merged.histograms.insert(name.into(), encode(&h));
+            }
+            let (a, b) = (&mut merged.counts, other.counts);
+            a.agents += b.agents;
+            a.connected_at_start += b.connected_at_start;
+            a.scheduled += b.scheduled;
+            a.accepted += b.accepted;
+            a.received += b.received;
+            a.acked += b.acked;
+            a.lost += b.lost;
+            a.duplicates += b.duplicates;
+            a.connects += b.connects;
+            for (mine, theirs) in [
+                (&mut a.rejected, b.rejected),
+                (&mut a.connect_failures, b.connect_failures),
+                (&mut a.errors, b.errors),
+            ] {
+                for (k, v) in theirs {
+                    *mine.entry(k).or_default() += v;
+                }
+            }
+            for (i, s) in other.timeline.into_iter().enumerate() {
+                if i >= merged.timeline.len() {
+                    merged.timeline.push(s);
+                    continue;
+                }
+                let m = &mut merged.timeline[i];
+                m.sent += s.sent;
+                m.received += s.received;
+                m.acked += s.acked;
+                m.connected += s.connected;
+                m.p99_ms = m.p99_ms.max(s.p99_ms);
+            }
+            for (name, stats) in other.personas {
+                let mine = merged.personas.entry(name).or_default();
+                mine.connects += stats.connects;
+                mine.received += stats.received;
+                for (k, v) in stats.disconnects {
+                    *mine.disconnects.entry(k).or_default() += v;
+                }
+            }
+            merged.shards.extend(other.shards);
+            merged.targets.extend(other.targets);
+            merged.duration_s = merged.duration_s.max(other.duration_s);
+            merged.connect_all_s = merged.connect_all_s.max(other.connect_all_s);
+            merged.reconnect.fleet += other.reconnect.fleet;
+            merged.reconnect.back += other.reconnect.back;
+            merged.reconnect.t50_ms = max_opt(merged.reconnect.t50_ms, other.reconnect.t50_ms);
+            merged.reconnect.t99_ms = max_opt(merged.reconnect.t99_ms, other.reconnect.t99_ms);
+            merged.reconnect.t100_ms = max_opt(merged.reconnect.t100_ms, other.reconnect.t100_ms);
+        }
+        merged.targets.sort();
+        merged.targets.dedup();
+        Ok(merged)
+    }
+
+    /// Acked commands per second over the run.
+    pub fn throughput(&self) -> f64 {
+        self.counts.acked as f64 / self.duration_s.max(0.001)
+    }
+
+    /// The summary table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let mut out = String::new();
+        let _ = writeln!(out, "targets      {}", self.targets.join(", "));
+        let _ = writeln!(
+            out,
+            "shards       {}   seed {}",
+            self.shards.join(", "),
+            self.seed
+        );
+        let _ = writeln!(
+            out,
+            "agents       {} connected of {} in {:.2}s ({} connects in all)",
+            c.connected_at_start, c.agents, self.connect_all_s, c.connects
+        );
+        let _ = writeln!(
+            out,
+            "commands     {} scheduled, {} accepted, {} received, {} acked, {} lost, {} duplicates ({:.0} acked/s)",
+            c.scheduled,
+            c.accepted,
+            c.received,
+            c.acked,
+            c.lost,
+            c.duplicates,
+            self.throughput()
+        );
+        let _ = writeln!(out, "\nlatency (ms)                    count       p50       p90       p99     p99.9       max");
+        let rows = [
+            ("push→receive", "push_receive"),
+            ("  uncorrected", "push_receive_uncorrected"),
+            ("push→ack", "push_ack"),
+            ("  uncorrected", "push_ack_uncorrected"),
+            ("accept (control API)", "accept"),
+            ("connect", "connect"),
+            ("reconnect", "reconnect"),
+        ];
+        for (label, name) in rows {
+            if let Some(p) = self.percentiles.get(name) {
+                let _ = writeln!(
+                    out,
+                    "{label:<28} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                    p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
+                );
+            }
+        }
+        if self.reconnect.fleet > 0 {
+            let r = &self.reconnect;
+            let show =
+                |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{:.2}s", ms / 1000.0));
+            let _ = writeln!(
+                out,
+                "\nreconnect    {} of {} back; 50 % in {}, 99 % in {}, 100 % in {}",
+                r.back,
+                r.fleet,
+                show(r.t50_ms),
+                show(r.t99_ms),
+                show(r.t100_ms)
+            );
+        }
+        let _ = writeln!(out, "\npersonas");
+        for (name, p) in &self.personas {
+            let closes: Vec<String> = p
+                .disconnects
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {name:<17} {} connects, {} commands received; disconnects: {}",
+                p.connects,
+                p.received,
+                if closes.is_empty() {
+                    "none".into()
+                } else {
+                    closes.join(", ")
+                }
+            );
+        }
+        let problems: Vec<String> = c
+            .rejected
+            .iter()
+            .map(|(k, v)| format!("HTTP {k} ×{v}"))
+            .chain(
+                c.connect_failures
+                    .iter()
+                    .map(|(k, v)| format!("connect {k} ×{v}")),
+            )
+            .chain(c.errors.iter().map(|(k, v)| format!("{k} ×{v}")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nerrors       {}",
+            if problems.is_empty() {
+                "none".into()
+            } else {
+                problems.join(", ")
+            }
+        );
+        for (k, v) in &self.notes {
+            let _ = writeln!(out, "note         {k} = {v:.2}");
+        }
+        out
+    }
+}
+
+fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What the run knows that the collector does not.
+pub struct Meta {
+    pub command_line: String,
+    pub seed: u64,
+    pub shard: String,
+    pub targets: Vec<String>,
+    pub plan: serde_json::Value,
+    pub duration_s: f64,
+    pub connect_all_s: f64,
+    pub agents: u64,
+    pub connected_at_start: u64,
+}
+
+/// `--baseline FILE --max-regression X%`: what got worse by more than X.
+pub fn regressions(current: &LoadReport, baseline: &LoadReport, max: f64) -> Vec<String> {
+    let mut found = Vec::new();
+    for p in ["p50_ms", "p99_ms"] {
+        let get = |r: &LoadReport| {
+            r.percentiles
+                .get("push_ack")
+                .map(|x| if p == "p50_ms" { x.p50_ms } else { x.p99_ms })
+        };
+        if let (Some(now), Some(then)) = (get(current), get(baseline)) {
+            if then > 0.0 && now > then * (1.0 + max) {
+                found.push(format!(
+                    "push→ack {} {now:.2} ms vs baseline {then:.2} ms (+{:.0} %)",
+                    &p[..p.len() - 3],
+                    (now / then - 1.0) * 100.0
+                ));
+            }
+        }
+    }
+    let (now, then) = (current.throughput(), baseline.throughput());
+    if then > 0.0 && now < then * (1.0 - max) {
+        found.push(format!(
+            "throughput {now:.0}/s vs baseline {then:.0}/s (−{:.0} %)",
+            (1.0 - now / then) * 100.0
+        ));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_with(values_us: &[u64], shard: &str) -> LoadReport {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for v in values_us {
+            h.record(*v).unwrap();
+        }
+        let empty = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        let mut histograms = BTreeMap::new();
+        let mut percentiles = BTreeMap::new();
+        for name in HISTOGRAMS {
+            let which = if name == "push_ack" { &h } else { &empty };
+            histograms.insert(name.to_string(), encode(which));
+            percentiles.insert(name.to_string(), Percentiles::of(which));
+        }
+        LoadReport {
+            schema: SCHEMA.into(),
+            command_line: "edge-harness load".into(),
+            seed: 1,
+            shards: vec![shard.into()],
+            targets: vec!["http://127.0.0.1:1".into()],
+            plan: serde_json::json!({}),
+            duration_s: 10.0,
+            connect_all_s: 1.0,
+            counts: Counts {
+                agents: 10,
+                acked: values_us.len() as u64,
+                ..Counts::default()
+            },
+            percentiles,
+            histograms,
+            timeline: vec![Second {
+                t: 0,
+                acked: values_us.len() as u64,
+                ..Second::default()
+            }],
+            reconnect: Reconnect::default(),
+            personas: BTreeMap::new(),
+            notes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn merging_shards_is_lossless() {
+        let a = report_with(&[1_000; 99], "0/2");
+        let b = report_with(&[100_000], "1/2");
+        let merged = LoadReport::merge(vec![a, b]).unwrap();
+        let h = merged.histogram("push_ack").unwrap();
+        assert_eq!(h.len(), 100);
+        assert_eq!(h.max(), h.highest_equivalent(100_000));
+        assert_eq!(merged.counts.agents, 20);
+        assert_eq!(merged.shards, ["0/2", "1/2"]);
+        assert_eq!(merged.timeline[0].acked, 100);
+        // Round-trips through JSON.
+        let again = LoadReport::from_json(&merged.to_json()).unwrap();
+        assert_eq!(again, merged);
+    }
+
+    #[test]
+    fn regressions_against_a_baseline() {
+        let base = report_with(&[1_000; 100], "0/1");
+        let slower = report_with(&[2_000; 100], "0/1");
+        assert!(regressions(&base, &base, 0.1).is_empty());
+        let found = regressions(&slower, &base, 0.1);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("push→ack p50 2.00 ms vs baseline 1.00 ms"));
+    }
+
+    #[test]
+    fn reconnect_curve_percentiles() {
+        let returns: Vec<_> = (1..=100).map(std::time::Duration::from_millis).collect();
+        let r = reconnect_curve(100, returns);
+        assert_eq!(
+            (r.t50_ms, r.t99_ms, r.t100_ms),
+            (Some(50.0), Some(99.0), Some(100.0))
+        );
+        let partial = reconnect_curve(
+            200,
+            (1..=100).map(std::time::Duration::from_millis).collect(),
+        );
+        assert_eq!((partial.t50_ms, partial.t100_ms), (Some(100.0), None));
+    }
+}

@@ -1,0 +1,99 @@
+//! The embedded backend for load runs: edge-server in a child process (this
+//! binary's hidden `serve` command), so its sockets do not count against
+//! the harness's own open-file limit.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::target::Restarter;
+
+pub struct ChildServer {
+    pub addr: SocketAddr,
+    child: Arc<Mutex<Child>>,
+    database: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn(database: &PathBuf, listen: &str) -> Result<(Child, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", listen, "--database"])
+        .arg(database)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the embedded edge-server: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("the embedded edge-server said {line:?}"))?;
+    Ok((child, addr))
+}
+
+fn terminate(child: &mut Child) {
+    // SIGTERM: a graceful stop (close 1012), as a deploy would.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+impl ChildServer {
+    pub fn start() -> Result<ChildServer, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let database = dir.path().join("edge.db");
+        let (child, addr) = spawn(&database, "127.0.0.1:0")?;
+        Ok(ChildServer {
+            addr,
+            child: Arc::new(Mutex::new(child)),
+            database,
+            _dir: dir,
+        })
+    }
+
+    pub fn restarter(&self) -> Restarter {
+        let (child, database, addr) = (self.child.clone(), self.database.clone(), self.addr);
+        Arc::new(move || {
+            let (child, database) = (child.clone(), database.clone());
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut child = child.lock().expect("child lock");
+                    terminate(&mut child);
+                    let mut last = String::new();
+                    for _ in 0..50 {
+                        match spawn(&database, &addr.to_string()) {
+                            Ok((new, _)) => {
+                                *child = new;
+                                return Ok(());
+                            }
+                            Err(e) => last = e,
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(last)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        })
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self.child.lock() {
+            terminate(&mut child);
+        }
+    }
+}
