@@ -182,7 +182,7 @@ pub async fn run(
         if let Some(first) = on_first_connect.take() {
             first();
         }
-        backoff = Duration::from_secs(1);
+        let session_started = Instant::now();
 
         let mut next_ping = tokio::time::Instant::now() + phase;
         let flap_at =
@@ -283,7 +283,22 @@ pub async fn run(
                 }
             }
         };
+        // The spec's backoff: 1 s, doubling while sockets keep dropping soon
+        // after they open, 60 s at most, with jitter; at once after 1012
+        // (a deploy) and after a fleet-wide drop (already spread out).
+        let at_once = reason == "close 1012" || reason == "dropped";
         let _ = samples.send(Sample::Disconnected { persona, reason });
+        if session_started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_secs(1);
+        }
+        if !at_once {
+            let wait = backoff.mul_f64(rng.random_range(0.8..1.2));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
     }
 }
 

@@ -317,7 +317,7 @@ mod tests {
             (0..50)
                 .filter(|i| plan.persona_of(*i) == Persona::Silent)
                 .count(),
-            12
+            13
         );
     }
 

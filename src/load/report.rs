@@ -332,8 +332,8 @@ impl LoadReport {
         );
         let _ = writeln!(
             out,
-            "agents       {} connected of {} in {:.2}s ({} connects in all)",
-            c.connected_at_start, c.agents, self.connect_all_s, c.connects
+            "agents       {}: {} sockets up at the start, in {:.2}s ({} connects in all)",
+            c.agents, c.connected_at_start, self.connect_all_s, c.connects
         );
         let _ = writeln!(
             out,

@@ -4,5 +4,6 @@
 
 mod cli;
 mod faults;
+mod load;
 mod proxy;
 mod snapshots;

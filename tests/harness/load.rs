@@ -1,0 +1,271 @@
+//! `edge-harness load` end to end: a run against the embedded edge-server,
+//! thresholds, shards merged, coordinated-omission correction against a
+//! backend that stalls, the fd-limit advice, and the summary table.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use edge_harness::load::plan::Plan;
+use edge_harness::load::report::LoadReport;
+use edge_harness::load::{self, LoadConfig};
+use edge_harness::target::Target;
+
+fn harness(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-harness"))
+        .args(args)
+        .env_remove("EDGE_SECRET")
+        .env_remove("ADMIN_TOKEN")
+        .output()
+        .expect("edge-harness runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+fn report_in(dir: &std::path::Path) -> (LoadReport, std::path::PathBuf) {
+    let json = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a JSON report");
+    (
+        LoadReport::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap(),
+        json,
+    )
+}
+
+#[test]
+fn a_run_against_edge_server_loses_nothing_and_writes_both_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = harness(&[
+        "load",
+        "--agents",
+        "40",
+        "--rate",
+        "100/s",
+        "--duration",
+        "3s",
+        "--seed",
+        "5",
+        "--report",
+        dir.path().to_str().unwrap(),
+        "--fail-if",
+        "lost==0",
+        "--fail-if",
+        "p99<2s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let (report, json) = report_in(dir.path());
+    assert_eq!(report.counts.scheduled, 300);
+    assert_eq!(report.counts.accepted, 300);
+    assert_eq!(report.counts.received, 300);
+    assert_eq!(report.counts.lost, 0);
+    assert_eq!(report.counts.connected_at_start, 40);
+    assert_eq!(report.seed, 5);
+    assert!(
+        report.command_line.contains("--seed 5"),
+        "the command line is recorded for a replay"
+    );
+    assert_eq!(report.histogram("push_ack").unwrap().len(), 300);
+    let html = std::fs::read_to_string(json.with_extension("html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5, "five plots");
+    assert!(!html.contains("<script"), "self-contained: no scripts");
+    assert!(
+        !html.contains("src=\"http"),
+        "self-contained: nothing fetched"
+    );
+    assert!(text(&out.stdout).contains("push→ack"));
+}
+
+#[test]
+fn a_breached_threshold_is_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = harness(&[
+        "load",
+        "--agents",
+        "5",
+        "--rate",
+        "20/s",
+        "--duration",
+        "1s",
+        "--report",
+        dir.path().to_str().unwrap(),
+        "--fail-if",
+        "p50<1us",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("FAIL: p50<1us breached"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = harness(&["load", "--fail-if", "p98<1ms"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown metric"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn shards_merge_into_one_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |s: &str| {
+        let sub = dir.path().join(s.replace('/', "of"));
+        let out = harness(&[
+            "load",
+            "--agents",
+            "20",
+            "--rate",
+            "40/s",
+            "--duration",
+            "2s",
+            "--seed",
+            "3",
+            "--shard",
+            s,
+            "--report",
+            sub.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        report_in(&sub)
+    };
+    let (a, a_path) = shard("0/2");
+    let (b, b_path) = shard("1/2");
+    assert_eq!(a.counts.agents + b.counts.agents, 20);
+    let merged_path = dir.path().join("merged.json");
+    let out = harness(&[
+        "report",
+        "merge",
+        a_path.to_str().unwrap(),
+        b_path.to_str().unwrap(),
+        "-o",
+        merged_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let merged = LoadReport::from_json(&std::fs::read_to_string(&merged_path).unwrap()).unwrap();
+    assert_eq!(merged.counts.agents, 20);
+    assert_eq!(
+        merged.counts.scheduled,
+        a.counts.scheduled + b.counts.scheduled
+    );
+    assert_eq!(
+        merged.histogram("push_ack").unwrap().len(),
+        a.histogram("push_ack").unwrap().len() + b.histogram("push_ack").unwrap().len()
+    );
+    assert_eq!(merged.shards, ["0/2", "1/2"]);
+    assert!(merged_path.with_extension("html").exists());
+}
+
+#[test]
+fn too_many_agents_for_one_process_says_how_to_shard() {
+    let err = load::ensure_file_limit(1_000_000, 1_000_000, 1).unwrap_err();
+    assert!(err.contains("--shard i/"), "{err}");
+    assert!(err.contains("report merge"), "{err}");
+    assert!(load::ensure_file_limit(100, 100, 1).is_ok());
+}
+
+/// A backend that stalls for a second (SIGSTOP … SIGCONT) must show in the
+/// corrected p99 and max; with few requests in flight, the uncorrected
+/// numbers hide most of it, which is why the correction exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_omission_correction_shows_a_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-harness"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(dir.path().join("edge.db"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let mut target = Target::new(&format!("http://{addr}")).unwrap();
+    target.edge_secret = Some(edge_harness::embedded::EDGE_SECRET.into());
+    target.admin_token = Some(edge_harness::embedded::ADMIN_TOKEN.into());
+    let plan = Plan {
+        agents: 20,
+        rate: 200.0,
+        duration: Duration::from_secs(5),
+        seed: 1,
+        ..Plan::default()
+    };
+    let pid = server.id().to_string();
+    let stall = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    });
+    let config = LoadConfig {
+        targets: vec![target],
+        plan,
+        shard: (0, 1),
+        source_ips: vec![],
+        restarter: None,
+        provision: true,
+        command_line: "test".into(),
+        progress: false,
+        max_in_flight: 2,
+    };
+    let report = load::run(config).await.unwrap();
+    stall.await.unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let corrected = &report.percentiles["push_ack"];
+    let uncorrected = &report.percentiles["push_ack_uncorrected"];
+    assert_eq!(report.counts.lost, 0);
+    assert!(
+        corrected.max_ms >= 900.0,
+        "the stall shows in max: {corrected:?}"
+    );
+    assert!(corrected.p99_ms >= 500.0, "and in p99: {corrected:?}");
+    assert!(
+        uncorrected.p99_ms < corrected.p99_ms / 2.0,
+        "uncorrected hides it: {uncorrected:?} vs {corrected:?}"
+    );
+}
+
+#[test]
+fn summary_table_snapshot() {
+    let report = LoadReport::from_json(include_str!("fixtures/load-report.json")).unwrap();
+    insta::assert_snapshot!(report
+        .summary()
+        .replace(&report.targets[0], "http://127.0.0.1:PORT"));
+}
+
+#[test]
+fn report_html_rerenders_a_saved_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    std::fs::write(&json, include_str!("fixtures/load-report.json")).unwrap();
+    let out = harness(&["report", "html", json.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5, "five plots");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").unwrap();
+    let out = harness(&["report", "html", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a load report"),
+        "{}",
+        text(&out.stderr)
+    );
+}
