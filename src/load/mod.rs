@@ -14,6 +14,7 @@ pub mod plan;
 pub mod report;
 pub mod server;
 pub mod thresholds;
+pub mod usage;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,6 +171,8 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         }
     }
 
+    let floor = usage::loopback_floor(2000).await;
+    let before = usage::own();
     let started = Instant::now();
     let (samples, rx) = mpsc::unbounded_channel();
     let (live_tx, mut live) = watch::channel(Live::default());
@@ -235,6 +238,9 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     bar.println(format!(
         "connected {connected_at_start} of {sockets} sockets in {connect_all_s:.2}s"
     ));
+    // Let the connect burst settle before measuring what the fleet costs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connected_usage = usage::own();
 
     // Open model: command n goes out at its scheduled time whatever happened to n-1.
     let run_start = Instant::now();
@@ -347,6 +353,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         }
     }
     let injected_s = run_start.elapsed().as_secs_f64();
+    let after = usage::own();
     // Drain: wait for acks still on their way.
     let drain_until = Instant::now() + plan.drain;
     while Instant::now() < drain_until {
@@ -375,7 +382,25 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         agents: agent_count as u64,
         connected_at_start,
     };
-    Ok(LoadReport::build(collected, meta))
+    let mut report = LoadReport::build(collected, meta);
+    let notes = &mut report.notes;
+    if let (Some((rss0, _)), Some((rss1, cpu1)), Some((_, cpu2))) = (before, connected_usage, after)
+    {
+        notes.insert("harness_rss_kib".into(), rss1 as f64);
+        notes.insert(
+            "harness_rss_per_socket_bytes".into(),
+            rss1.saturating_sub(rss0) as f64 * 1024.0 / sockets.max(1) as f64,
+        );
+        notes.insert(
+            "harness_cpu_pct_of_a_core".into(),
+            (cpu2 - cpu1) / injected_s.max(0.001) * 100.0,
+        );
+    }
+    if let Some((p50, p99)) = floor {
+        notes.insert("loopback_ws_rtt_floor_p50_ms".into(), p50);
+        notes.insert("loopback_ws_rtt_floor_p99_ms".into(), p99);
+    }
+    Ok(report)
 }
 
 fn first_words(error: &str) -> String {
