@@ -68,9 +68,17 @@ pub struct Config {
     #[arg(long, env = "REGISTRATION_TOKEN", hide_env_values = true)]
     pub registration_token: Option<String>,
 
-    /// Where state lives: sqlite://PATH (one file; created if missing).
+    /// Where state lives: sqlite://PATH (one file; created if missing), or
+    /// postgres://USER:PASSWORD@HOST/DB, shared by several instances behind
+    /// a load balancer (migrations run at start).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://edge-server.db")]
     pub database_url: String,
+
+    /// This instance's name among several sharing a PostgreSQL database
+    /// (shown by GET /api/agents/{id}); unique per instance. Default:
+    /// HOSTNAME:PORT.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     /// Which agent tokens are accepted (WS-AUTH-5).
     #[arg(long, env = "EDGE_TOKEN_KINDS", value_enum, default_value_t = TokenKinds::Both)]
@@ -175,7 +183,7 @@ pub enum ConfigError {
     EmptyAdminToken,
     #[error("ADMIN_TOKEN equals EDGE_SECRET: the control API needs its own secret (WS-API-1)")]
     AdminEqualsEdge,
-    #[error("DATABASE_URL `{0}` is not supported: use sqlite://PATH")]
+    #[error("DATABASE_URL `{0}` is not supported: use sqlite://PATH or postgres://…")]
     UnsupportedDatabase(String),
     #[error("--ping-timeout must be longer than --ping-interval")]
     PingTimeoutTooShort,
@@ -185,6 +193,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL, as given.
+    Postgres(String),
 }
 
 impl Config {
@@ -206,10 +216,30 @@ impl Config {
     }
 
     pub fn database(&self) -> Result<Database, ConfigError> {
-        match self.database_url.strip_prefix("sqlite://") {
-            Some(path) if !path.is_empty() => Ok(Database::Sqlite(PathBuf::from(path))),
-            _ => Err(ConfigError::UnsupportedDatabase(self.database_url.clone())),
+        let url = &self.database_url;
+        if let Some(path) = url.strip_prefix("sqlite://").filter(|p| !p.is_empty()) {
+            return Ok(Database::Sqlite(PathBuf::from(path)));
         }
+        if ["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme))
+        {
+            return Ok(Database::Postgres(url.clone()));
+        }
+        Err(ConfigError::UnsupportedDatabase(redact_url(url)))
+    }
+
+    /// The instance's name: `--instance-id`, else HOSTNAME:PORT.
+    pub fn instance_name(&self, port: u16) -> String {
+        if let Some(id) = self.instance_id.as_ref().filter(|id| !id.is_empty()) {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "edge-server".into());
+        format!("{host}:{port}")
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -242,13 +272,28 @@ impl fmt::Debug for Config {
                 "registration_token",
                 &self.registration_token.as_ref().map(|_| "<redacted>"),
             )
-            .field("database_url", &self.database_url)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("instance_id", &self.instance_id)
             .field("token_kinds", &self.token_kinds)
             .field("ping_timeout", &self.ping_timeout)
             .field("ack_timeout", &self.ack_timeout)
             .field("max_attempts", &self.max_attempts)
             .field("max_pending", &self.max_pending)
             .finish_non_exhaustive()
+    }
+}
+
+/// A database URL without its password (`postgres://user:…@host/db`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -277,6 +322,30 @@ mod tests {
             config.validate(),
             Err(ConfigError::UnsupportedDatabase(_))
         ));
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_and_their_passwords_never_shown() {
+        let url = "postgres://edge:pa55word@db.internal:5432/edge";
+        let config = Config::for_secrets("a", "b", url);
+        assert_eq!(config.validate(), Ok(Database::Postgres(url.into())));
+        let config = Config::for_secrets("a", "b", "postgresql://h/db");
+        assert!(matches!(config.validate(), Ok(Database::Postgres(_))));
+        assert!(!format!("{config:?}").contains("pa55word"));
+        let shown = format!("{:?}", Config::for_secrets("a", "b", url));
+        assert!(!shown.contains("pa55word"), "{shown}");
+        assert!(matches!(
+            Config::for_secrets("a", "b", "postgres://").validate(),
+            Err(ConfigError::UnsupportedDatabase(_))
+        ));
+    }
+
+    #[test]
+    fn instance_name_defaults_to_host_and_port() {
+        let mut config = Config::for_secrets("a", "b", "sqlite://x.db");
+        assert!(config.instance_name(8080).ends_with(":8080"));
+        config.instance_id = Some("edge-1".into());
+        assert_eq!(config.instance_name(8080), "edge-1");
     }
 
     #[test]

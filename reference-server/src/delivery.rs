@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::cluster::Inbound;
 use crate::metrics::Metrics;
 use crate::registry::SessionMsg;
 use crate::state::AppState;
-use crate::store::{AckKind, AckOutcome, Channel, InsertOutcome, NewCommand, Status, StoreResult};
+use crate::store::{
+    AckKind, AckOutcome, Channel, ConnId, InsertOutcome, NewCommand, Status, StoreResult,
+};
 use crate::wire::now_millis;
 
 /// How often the sweeper looks for expired and dead commands; well inside
@@ -21,34 +24,62 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 impl AppState {
     /// WS-DLV-1: stores the command (durably, before the caller answers),
-    /// then pushes it if the agent is connected.
+    /// then pushes it if the agent is connected, here or on another instance.
     pub async fn submit(&self, command: NewCommand) -> StoreResult<InsertOutcome> {
         let agent_id = command.agent_id.clone();
         let target = self.registry.get(&agent_id);
-        let outcome = self
-            .store
-            .insert_command(command, target.as_ref().map(|t| t.conn))
-            .await?;
-        let InsertOutcome::Created(row) = &outcome else {
-            if matches!(outcome, InsertOutcome::QueueFull) {
+        let pushed_to = target.as_ref().map(|t| t.conn);
+        let outcome = self.store.insert_command(command, pushed_to).await?;
+        match &outcome {
+            InsertOutcome::Created(row) => {
+                Metrics::count(&self.metrics.commands, "outcome", "accepted");
+                if let Some(target) = &target {
+                    target.send(SessionMsg::Push(Box::new(row.clone())));
+                }
+                self.route(&agent_id, &row.id, pushed_to).await;
+            }
+            // A repeat of a command still queued: its first submit may have
+            // stopped (a crash) between storing and routing it.
+            InsertOutcome::Existing(row) if row.status == Status::Queued => {
+                self.route(&agent_id, &row.id, None).await;
+            }
+            InsertOutcome::QueueFull => {
                 Metrics::count(&self.metrics.commands, "outcome", "queue_full");
             }
-            return Ok(outcome);
-        };
-        Metrics::count(&self.metrics.commands, "outcome", "accepted");
-        if let Some(target) = &target {
-            target.send(SessionMsg::Push(Box::new(row.clone())));
-        }
-        // The agent may have (re)connected while the command was being
-        // stored, after its new session had already claimed its pending
-        // commands: hand the command to whichever session holds it now. The
-        // claim in the store makes a second push to one connection a no-op.
-        if let Some(current) = self.registry.get(&agent_id) {
-            if target.as_ref().map(|t| t.conn) != Some(current.conn) {
-                current.send(SessionMsg::Deliver(row.id.clone()));
-            }
+            _ => {}
         }
         Ok(outcome)
+    }
+
+    /// Hands a stored command to whichever session holds the agent now,
+    /// unless it was pushed to `pushed_to` already. Looked up after the
+    /// command was stored: the agent may have (re)connected meanwhile, here
+    /// or on another instance, after its new session had already claimed its
+    /// pending commands. The session claims it first (`Claim::One`), so a
+    /// second push to one connection is a no-op.
+    pub async fn route(&self, agent_id: &str, command_id: &str, pushed_to: Option<ConnId>) {
+        if let Some(current) = self.registry.get(agent_id) {
+            if Some(current.conn) != pushed_to {
+                current.send(SessionMsg::Deliver(command_id.to_string()));
+            }
+        }
+        // WS-DLV-1 across instances: one NOTIFY to the instance holding it.
+        let message = Inbound::Deliver {
+            agent: agent_id.to_string(),
+            command: command_id.to_string(),
+        };
+        match self.cluster.locate(agent_id).await {
+            Ok(Some(remote)) => {
+                if let Err(e) = self.cluster.forward(&remote, &message).await {
+                    warn!(
+                        agent_id,
+                        command_id, "could not reach {}: {e}", remote.instance
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(agent_id, command_id, "could not locate the agent: {e}"),
+        }
     }
 
     /// WS-ACK-2, WS-ACK-3: applies an ack from `agent_id`, over a socket or HTTP.

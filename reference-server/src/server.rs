@@ -22,10 +22,13 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
+use crate::cluster::postgres::PgCluster;
+use crate::cluster::{self, Cluster, Inbound};
 use crate::config::{Config, Database};
 use crate::http::{router, RemoteAddr};
 use crate::metrics::Metrics;
 use crate::state::AppState;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DeliveryPolicy, Store};
 use crate::{delivery, tls};
@@ -65,27 +68,67 @@ pub fn delivery_policy(config: &Config) -> DeliveryPolicy {
     }
 }
 
-/// Opens the store the configuration names.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Where state lives and how the other instances are reached.
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub cluster: Arc<dyn Cluster>,
+    /// Messages from other instances (PostgreSQL only).
+    pub inbox: Option<tokio::sync::mpsc::UnboundedReceiver<Inbound>>,
+}
+
+/// Opens the store the configuration names and, on PostgreSQL, joins the
+/// cluster of instances sharing it as `instance` (tasks end with `shutdown`).
+pub async fn open_backend(
+    config: &Config,
+    instance: String,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Backend> {
     match config.validate()? {
         Database::Sqlite(path) => {
             let store = SqliteStore::open(&path, delivery_policy(config))
                 .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
-            Ok(Arc::new(store))
+            Ok(Backend {
+                store: Arc::new(store),
+                cluster: Arc::new(cluster::Local::new(instance)),
+                inbox: None,
+            })
+        }
+        Database::Postgres(url) => {
+            let shown = crate::config::redact_url(&url);
+            let store = PgStore::open(&url, delivery_policy(config))
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL database {shown}"))?;
+            let (cluster, inbox) = PgCluster::start(store.db().clone(), instance, shutdown.clone())
+                .await
+                .with_context(|| format!("cannot join the cluster on {shown}"))?;
+            Ok(Backend {
+                store: Arc::new(store),
+                cluster,
+                inbox: Some(inbox),
+            })
         }
     }
 }
 
 /// Starts serving on `listener` in the background.
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
-    let store = open_store(&config)?;
+    let addr = listener.local_addr()?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
-    let addr = listener.local_addr()?;
-    let state = Arc::new(AppState::new(config, store, CancellationToken::new()));
+    let shutdown = CancellationToken::new();
+    let backend = open_backend(&config, config.instance_name(addr.port()), &shutdown).await?;
+    let state = Arc::new(AppState::new(
+        config,
+        backend.store,
+        backend.cluster,
+        shutdown,
+    ));
     tokio::spawn(delivery::run_sweeper(state.clone()));
+    if let Some(inbox) = backend.inbox {
+        tokio::spawn(cluster::run_inbox(state.clone(), inbox));
+    }
     let task = tokio::spawn(accept_loop(state.clone(), listener, tls));
     Ok(RunningServer { addr, state, task })
 }

@@ -59,9 +59,22 @@ pub async fn run(
         tx,
         kick: kick.clone(),
     };
+    let connected_at = handle.connected_at;
     // WS-CONN-2: the newer connection wins; the old one closes with 4000.
     if let Some(old) = state.registry.register(&agent_id, handle) {
         old.kick.kick(KickReason::Replaced);
+    }
+    // WS-CONN-1/2 across instances: recorded before the pending commands are
+    // claimed; an old socket on another instance closes with 4000.
+    if let Err(e) = state
+        .cluster
+        .hold(&agent_id, conn, connected_at, &remote.to_string())
+        .await
+    {
+        warn!(
+            agent_id,
+            "could not record which instance holds the socket: {e}"
+        );
     }
     state.metrics.connections_total.inc();
     state.metrics.connections_active.inc();
@@ -80,6 +93,9 @@ pub async fn run(
 
     let Session { agent_id, .. } = session;
     state.registry.remove(&agent_id, conn);
+    if let Err(e) = state.cluster.release(&agent_id, conn).await {
+        warn!(agent_id, "could not release the socket's record: {e}");
+    }
     state.metrics.connections_active.dec();
     Metrics::count(&state.metrics.disconnects, "reason", reason);
     if let Err(e) = state

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -20,6 +21,8 @@ const MINUTE: Duration = Duration::from_secs(60);
 pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// Other instances sharing the store (none on SQLite).
+    pub cluster: Arc<dyn Cluster>,
     pub registry: Registry,
     pub metrics: Metrics,
     pub auth: Authenticator,
@@ -37,10 +40,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
-        // Connection ids are unique across restarts of this process, so a
-        // stored `conn_id` never matches a connection of a later run.
-        let first_conn = crate::wire::now_millis() << 20;
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        cluster: Arc<dyn Cluster>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        // Connection ids are unique across restarts and instances, so a
+        // stored `conn_id` never matches another connection.
+        let first_conn = cluster.first_conn_id();
         AppState {
             auth: Authenticator::new(config.edge_secret.clone(), config.token_kinds),
             connect_limiter: RateLimiter::new(config.rate_connects_per_min, MINUTE),
@@ -52,6 +60,7 @@ impl AppState {
             next_conn: AtomicI64::new(first_conn),
             config,
             store,
+            cluster,
             shutdown,
         }
     }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::{header_str, read_json, ApiError};
 use crate::auth;
+use crate::cluster::{Inbound, RemoteSocket};
 use crate::registry::SessionMsg;
 use crate::state::AppState;
 use crate::store::{
@@ -84,17 +85,26 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn agent_json(state: &AppState, agent: &AgentRow) -> Value {
+/// An agent as the control API shows it; `remote` is its socket on another
+/// instance, if it is not connected here.
+fn agent_json(state: &AppState, agent: &AgentRow, remote: Option<&RemoteSocket>) -> Value {
     let session = state.registry.get(&agent.id);
     let mut body = json!({
         "edge_agent_id": agent.id,
-        "connected": session.is_some(),
+        "connected": session.is_some() || remote.is_some(),
         "pending_commands": agent.pending_commands,
     });
     if let Some(session) = &session {
         body["connected_since"] = json!(iso8601(session.connected_at));
         body["remote_addr"] = json!(session.remote_addr);
         body["last_seen"] = json!(iso8601(now_millis()));
+        body["instance"] = json!(state.cluster.instance());
+    } else if let Some(remote) = remote {
+        body["connected_since"] = json!(iso8601(remote.connected_at));
+        body["remote_addr"] = json!(remote.remote_addr);
+        body["last_seen"] = json!(iso8601(now_millis()));
+        // Which instance holds the socket (several behind a load balancer).
+        body["instance"] = json!(remote.instance);
     } else if let Some(seen) = agent.last_seen {
         body["last_seen"] = json!(iso8601(seen));
     }
@@ -105,6 +115,14 @@ fn agent_json(state: &AppState, agent: &AgentRow) -> Value {
         body["last_status"] = status.clone();
     }
     body
+}
+
+/// The agent's socket on another instance, unless it is connected here.
+async fn remote_socket(state: &AppState, agent_id: &str) -> Result<Option<RemoteSocket>, ApiError> {
+    if state.registry.get(agent_id).is_some() {
+        return Ok(None);
+    }
+    Ok(state.cluster.locate(agent_id).await?)
 }
 
 /// `GET /api/commands/{id}` shape (WS-API-3).
@@ -197,7 +215,8 @@ async fn get_agent(
         .await?
         .ok_or_else(|| not_found("agent"))?;
     let history = state.store.history(&id, HISTORY_LIMIT).await?;
-    let mut body = agent_json(&state, &agent);
+    let remote = remote_socket(&state, &id).await?;
+    let mut body = agent_json(&state, &agent, remote.as_ref());
     body["history"] = history
         .iter()
         .map(|h| {
@@ -229,10 +248,11 @@ async fn list_agents(
         }
     };
     let agents = state.store.agents().await?;
+    let remote = state.cluster.remote_sockets().await?;
     let listed: Vec<Value> = agents
         .iter()
-        .filter(|a| connected.is_none_or(|want| state.registry.get(&a.id).is_some() == want))
-        .map(|a| agent_json(&state, a))
+        .map(|a| agent_json(&state, a, remote.get(&a.id)))
+        .filter(|a| connected.is_none_or(|want| a["connected"] == want))
         .collect();
     Ok(axum::Json(listed).into_response())
 }
@@ -387,10 +407,8 @@ async fn retry_command(
 ) -> Result<Response, ApiError> {
     match state.store.retry(&id, now_millis()).await? {
         RetryOutcome::Requeued(row) => {
-            // Pushed at once if the agent is connected.
-            if let Some(session) = state.registry.get(&row.agent_id) {
-                session.send(SessionMsg::Deliver(row.id.clone()));
-            }
+            // Pushed at once if the agent is connected, here or elsewhere.
+            state.route(&row.agent_id, &row.id, None).await;
             Ok((StatusCode::ACCEPTED, axum::Json(command_json(&row))).into_response())
         }
         RetryOutcome::NotRetryable(row) => Err(ApiError::new(
@@ -421,10 +439,26 @@ async fn push_config(
     if state.store.agent(&id).await?.is_none() {
         return Err(not_found("agent"));
     }
-    let delivered = state
-        .registry
-        .get(&id)
-        .is_some_and(|session| session.send(SessionMsg::Config(Box::new(config))));
+    let delivered = match state.registry.get(&id) {
+        Some(session) => session.send(SessionMsg::Config(Box::new(config))),
+        // WS-CFG-1 across instances: handed to the instance holding the socket.
+        None => match remote_socket(&state, &id).await? {
+            Some(remote) => {
+                let message = Inbound::Config {
+                    agent: id.clone(),
+                    config,
+                };
+                match state.cluster.forward(&remote, &message).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(agent_id = %id, "config not forwarded: {e}");
+                        false
+                    }
+                }
+            }
+            None => false,
+        },
+    };
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "delivered": delivered })),

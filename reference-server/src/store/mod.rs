@@ -8,6 +8,7 @@
 //! Times are milliseconds since the Unix epoch (`Millis`), so the store needs
 //! no clock of its own: callers pass `now`, and tests can pass any time.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -1,0 +1,171 @@
+//! Several edge-server instances behind one load balancer: which instance
+//! holds an agent's socket, and how the others reach it.
+//!
+//! The [`Cluster`] trait is what the rest of the server sees. One process on
+//! SQLite has no other instance: [`Local`] answers "nobody else" at no cost.
+//! On PostgreSQL, [`postgres::PgCluster`] keeps the agent → instance map in
+//! the shared database and carries messages between instances with
+//! LISTEN/NOTIFY; what arrives is an [`Inbound`], which [`run_inbox`] hands
+//! to the local registry like any local caller would.
+//!
+//! What crosses instances (to add a kind: a variant of [`Inbound`], its
+//! sender, and its case in [`apply`]):
+//! - a new command for an agent held elsewhere (WS-DLV-1) → `Deliver`;
+//! - a config update (WS-CFG-1) → `Config`;
+//! - a takeover (WS-CONN-2): the old instance closes its socket with 4000.
+
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::registry::{KickReason, SessionMsg};
+use crate::state::AppState;
+use crate::store::{ConnId, Millis, StoreResult};
+
+/// An agent's socket on another instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSocket {
+    /// The instance's name (`--instance-id`).
+    pub instance: String,
+    /// The instance's number in the database; names its NOTIFY channel.
+    pub instance_tag: i64,
+    pub conn: ConnId,
+    pub connected_at: Millis,
+    pub remote_addr: String,
+}
+
+/// A message from another instance for a session of this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Inbound {
+    /// WS-DLV-1: a command was stored for an agent whose socket is here.
+    Deliver { agent: String, command: String },
+    /// WS-CFG-1: push this `config_update`.
+    Config { agent: String, config: Value },
+    /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
+    Kick { agent: String, conn: ConnId },
+}
+
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// This instance's name (`GET /api/agents/{id}` shows it).
+    fn instance(&self) -> &str;
+
+    /// The first connection id of this process. Ids are unique across
+    /// instances and restarts, so a stored `conn_id` never matches another
+    /// connection (the `Claim` semantics rely on it).
+    fn first_conn_id(&self) -> ConnId;
+
+    /// WS-CONN-1 across instances: this instance now holds the agent's socket
+    /// `conn`. If another instance held it, that one is told to close its
+    /// socket with 4000 (WS-CONN-2). Returns once recorded, so a claim of the
+    /// agent's pending commands that follows sees every command inserted
+    /// before (see `store/postgres/commands.rs`).
+    async fn hold(
+        &self,
+        agent_id: &str,
+        conn: ConnId,
+        connected_at: Millis,
+        remote_addr: &str,
+    ) -> StoreResult<()>;
+
+    /// The socket `conn` closed (a newer holder is left alone).
+    async fn release(&self, agent_id: &str, conn: ConnId) -> StoreResult<()>;
+
+    /// The agent's socket, if a live instance other than this one holds it.
+    async fn locate(&self, agent_id: &str) -> StoreResult<Option<RemoteSocket>>;
+
+    /// Every socket held by other live instances, by agent.
+    async fn remote_sockets(&self) -> StoreResult<HashMap<String, RemoteSocket>>;
+
+    /// Sends a message to the instance that holds `to` (at most once; a
+    /// message to an instance that died is lost, and its agents get their
+    /// commands when they reconnect, WS-DLV-4).
+    async fn forward(&self, to: &RemoteSocket, message: &Inbound) -> StoreResult<()>;
+}
+
+/// One instance alone (SQLite): nobody else to reach.
+pub struct Local {
+    name: String,
+}
+
+impl Local {
+    pub fn new(name: String) -> Local {
+        Local { name }
+    }
+}
+
+#[async_trait]
+impl Cluster for Local {
+    fn instance(&self) -> &str {
+        &self.name
+    }
+
+    fn first_conn_id(&self) -> ConnId {
+        // Unique across restarts of this process: the start time in the high bits.
+        crate::wire::now_millis() << 20
+    }
+
+    async fn hold(&self, _: &str, _: ConnId, _: Millis, _: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn release(&self, _: &str, _: ConnId) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn locate(&self, _: &str) -> StoreResult<Option<RemoteSocket>> {
+        Ok(None)
+    }
+
+    async fn remote_sockets(&self) -> StoreResult<HashMap<String, RemoteSocket>> {
+        Ok(HashMap::new())
+    }
+
+    async fn forward(&self, _: &RemoteSocket, _: &Inbound) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+/// Runs until shutdown: hands what other instances send to the local sessions.
+pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<Inbound>) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            message = inbox.recv() => match message {
+                Some(message) => apply(&state, message),
+                None => return,
+            },
+        }
+    }
+}
+
+/// One message from another instance, applied to the local registry.
+pub fn apply(state: &AppState, message: Inbound) {
+    match message {
+        // The session claims it for its connection first (Claim::One), so a
+        // command that already reached it is not pushed twice.
+        Inbound::Deliver { agent, command } => {
+            if let Some(session) = state.registry.get(&agent) {
+                session.send(SessionMsg::Deliver(command));
+            }
+        }
+        Inbound::Config { agent, config } => {
+            if let Some(session) = state.registry.get(&agent) {
+                session.send(SessionMsg::Config(Box::new(config)));
+            }
+        }
+        // WS-CONN-2: only that connection; a newer local one stays.
+        Inbound::Kick { agent, conn } => match state.registry.get(&agent) {
+            Some(session) if session.conn == conn => session.kick.kick(KickReason::Replaced),
+            _ => debug!(agent, conn, "takeover of a socket already gone"),
+        },
+    }
+}

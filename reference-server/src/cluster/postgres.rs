@@ -1,0 +1,376 @@
+//! The cluster on PostgreSQL: the database that holds the queue also says
+//! which instance holds each agent's socket (`agent_sockets`), and carries
+//! messages between instances with LISTEN/NOTIFY.
+//!
+//! - Each instance registers in `instances` at start and gets a `tag`: its
+//!   NOTIFY channel is `edge_i_{tag}` and its connection ids are
+//!   `tag << 40 | n`, unique across instances and restarts.
+//! - A dedicated connection LISTENs on that channel; every notification is
+//!   an [`Inbound`] (JSON) passed to the inbox (`run_inbox`). No polling on the
+//!   hot path: a command for an agent held elsewhere is one NOTIFY away.
+//! - [`Cluster::hold`] locks the agent's row, reads the old holder, records
+//!   the new one and, if another instance held it, NOTIFYs it to close that
+//!   socket with 4000 (WS-CONN-2), in one transaction: the NOTIFY goes out
+//!   only if the change committed. The same row lock is taken by command
+//!   inserts (`store/postgres/commands.rs`), so an insert and a takeover are
+//!   ordered: either the new holder's claim of pending commands sees the
+//!   command, or the submitter's `locate` after its commit sees the new
+//!   holder (WS-DLV-1, WS-DLV-4).
+//! - Liveness: a heartbeat every [`HEARTBEAT`]; an instance silent for
+//!   [`STALE`] is dead (kill -9): its rows are removed by whoever notices, and
+//!   `locate` never names it. Its agents reconnect elsewhere and get every
+//!   command not finally acked, since their new connection ids differ
+//!   (`Claim::AllPending`, WS-DLV-4, WS-DLV-6).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Cluster, Inbound, RemoteSocket};
+use crate::store::postgres::{backend, Db};
+use crate::store::{ConnId, Millis, StoreResult};
+use crate::wire::now_millis;
+
+/// How often an instance says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Silent this long, an instance counts as dead.
+pub const STALE: Duration = Duration::from_secs(10);
+/// Bits of a connection id below the instance tag.
+const CONN_BITS: u32 = 40;
+/// Wait before reconnecting a lost LISTEN connection.
+const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+
+fn channel(tag: i64) -> String {
+    format!("edge_i_{tag}")
+}
+
+pub struct PgCluster {
+    db: Db,
+    name: String,
+    tag: i64,
+}
+
+impl PgCluster {
+    /// Registers this instance, starts listening on its channel (before
+    /// returning, so nothing sent to it once it holds a socket is missed) and
+    /// starts the heartbeat. Messages for local sessions arrive on the
+    /// returned receiver; both tasks end with `shutdown`.
+    pub async fn start(
+        db: Db,
+        name: String,
+        shutdown: CancellationToken,
+    ) -> StoreResult<(Arc<PgCluster>, mpsc::UnboundedReceiver<Inbound>)> {
+        let now = now_millis();
+        let tag: i64 = db
+            .query(
+                "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+                 RETURNING tag",
+                &[&name, &now],
+            )
+            .await?[0]
+            .get(0);
+        // An earlier run under the same name is over: its sockets are gone.
+        forget_instances(
+            &db,
+            "SELECT tag FROM instances WHERE name = $1 AND tag <> $2",
+            &[&name, &tag],
+        )
+        .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let listening = listen(&db, tag, tx.clone()).await?;
+        let cluster = Arc::new(PgCluster { db, name, tag });
+        tokio::spawn(
+            cluster
+                .clone()
+                .keep_listening(listening, tx, shutdown.clone()),
+        );
+        tokio::spawn(cluster.clone().heartbeat(shutdown));
+        info!(instance = %cluster.name, tag, "joined the cluster");
+        Ok((cluster, rx))
+    }
+
+    pub fn tag(&self) -> i64 {
+        self.tag
+    }
+
+    /// Re-LISTENs whenever the listening connection is lost, until shutdown.
+    /// Notifications sent while it was down are lost; the affected commands
+    /// wait in the store until their agent reconnects (WS-DLV-4).
+    async fn keep_listening(
+        self: Arc<Self>,
+        mut listening: tokio::task::JoinHandle<()>,
+        tx: mpsc::UnboundedSender<Inbound>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    listening.abort();
+                    return;
+                }
+                _ = &mut listening => {}
+            }
+            warn!(instance = %self.name, "lost the LISTEN connection; reconnecting");
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RELISTEN_DELAY) => {}
+                }
+                match listen(&self.db, self.tag, tx.clone()).await {
+                    Ok(task) => {
+                        listening = task;
+                        break;
+                    }
+                    Err(e) => warn!("cannot LISTEN again: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Says this instance is alive, and forgets instances that stopped saying so.
+    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = now_millis();
+            let beat = self
+                .db
+                .execute(
+                    "UPDATE instances SET heartbeat_at = $2 WHERE tag = $1",
+                    &[&self.tag, &now],
+                )
+                .await;
+            if let Err(e) = beat {
+                warn!("heartbeat failed: {e}");
+                continue;
+            }
+            let stale = now - STALE.as_millis() as i64;
+            let forgotten = forget_instances(
+                &self.db,
+                "SELECT tag FROM instances WHERE heartbeat_at < $1 AND tag <> $2",
+                &[&stale, &self.tag],
+            )
+            .await;
+            if let Err(e) = forgotten {
+                warn!("cannot forget dead instances: {e}");
+            }
+        }
+        // A clean stop: sessions released their sockets; the rest goes now.
+        let gone = forget_instances(&self.db, "SELECT $1::BIGINT", &[&self.tag]).await;
+        if let Err(e) = gone {
+            warn!("cannot leave the cluster: {e}");
+        }
+    }
+}
+
+/// Removes the instances `select` names (one column: tag), and their sockets.
+async fn forget_instances(
+    db: &Db,
+    select: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> StoreResult<()> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let tags: Vec<i64> = tx
+        .query(select, params)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !tags.is_empty() {
+        tx.execute(
+            "DELETE FROM agent_sockets WHERE instance_tag = ANY($1)",
+            &[&tags],
+        )
+        .await
+        .map_err(backend)?;
+        tx.execute("DELETE FROM instances WHERE tag = ANY($1)", &[&tags])
+            .await
+            .map_err(backend)?;
+        info!(?tags, "forgot instances that stopped");
+    }
+    tx.commit().await.map_err(backend)
+}
+
+/// Opens a connection, LISTENs on the instance's channel and returns the
+/// task that forwards its notifications to `tx` (it ends when the
+/// connection does).
+async fn listen(
+    db: &Db,
+    tag: i64,
+    tx: mpsc::UnboundedSender<Inbound>,
+) -> StoreResult<tokio::task::JoinHandle<()>> {
+    let (client, mut connection) = db.connect_raw().await?;
+    // The connection must be polled for the LISTEN to complete, and its
+    // notifications arrive there. The task keeps the client (so the session
+    // and its LISTEN stay open) once the LISTEN is done.
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let (keep_tx, keep_rx) = tokio::sync::oneshot::channel::<tokio_postgres::Client>();
+    let task = tokio::spawn(async move {
+        let mut keep = Some(keep_rx);
+        let mut _client = None;
+        while let Some(message) = messages.next().await {
+            if let Some(client) = keep.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                _client = Some(client);
+                keep = None;
+            }
+            match message {
+                Ok(AsyncMessage::Notification(n)) => match serde_json::from_str(n.payload()) {
+                    Ok(inbound) => {
+                        if tx.send(inbound).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!("ignored a malformed cluster message: {e}"),
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("LISTEN connection failed: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", channel(tag)))
+        .await
+        .map_err(backend)?;
+    // If the task already ended, the client is dropped with the send.
+    let _ = keep_tx.send(client);
+    Ok(task)
+}
+
+#[async_trait]
+impl Cluster for PgCluster {
+    fn instance(&self) -> &str {
+        &self.name
+    }
+
+    fn first_conn_id(&self) -> ConnId {
+        (self.tag << CONN_BITS) + 1
+    }
+
+    async fn hold(
+        &self,
+        agent_id: &str,
+        conn: ConnId,
+        connected_at: Millis,
+        remote_addr: &str,
+    ) -> StoreResult<()> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Orders this against command inserts for the agent (see module doc).
+        tx.execute(
+            "SELECT 1 FROM agents WHERE id = $1 FOR NO KEY UPDATE",
+            &[&agent_id],
+        )
+        .await
+        .map_err(backend)?;
+        let old = tx
+            .query_opt(
+                "SELECT instance_tag, conn_id FROM agent_sockets WHERE agent_id = $1",
+                &[&agent_id],
+            )
+            .await
+            .map_err(backend)?
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+        tx.execute(
+            "INSERT INTO agent_sockets (agent_id, instance_tag, conn_id, connected_at, remote_addr) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id) DO UPDATE SET \
+             instance_tag = EXCLUDED.instance_tag, conn_id = EXCLUDED.conn_id, \
+             connected_at = EXCLUDED.connected_at, remote_addr = EXCLUDED.remote_addr",
+            &[&agent_id, &self.tag, &conn, &connected_at, &remote_addr],
+        )
+        .await
+        .map_err(backend)?;
+        // WS-CONN-2: the old instance closes its socket with 4000. (A socket
+        // of this instance was replaced in the local registry already.)
+        if let Some((old_tag, old_conn)) = old.filter(|(t, _)| *t != self.tag) {
+            let kick = Inbound::Kick {
+                agent: agent_id.to_string(),
+                conn: old_conn,
+            };
+            let payload = serde_json::to_string(&kick).map_err(backend)?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&channel(old_tag), &payload])
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn release(&self, agent_id: &str, conn: ConnId) -> StoreResult<()> {
+        self.db
+            .execute(
+                "DELETE FROM agent_sockets WHERE agent_id = $1 AND instance_tag = $2 \
+                 AND conn_id = $3",
+                &[&agent_id, &self.tag, &conn],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn locate(&self, agent_id: &str) -> StoreResult<Option<RemoteSocket>> {
+        let alive = now_millis() - STALE.as_millis() as i64;
+        let rows = self
+            .db
+            .query(
+                "SELECT s.agent_id, i.name, s.instance_tag, s.conn_id, s.connected_at, \
+                 s.remote_addr FROM agent_sockets s JOIN instances i ON i.tag = s.instance_tag \
+                 WHERE s.agent_id = $1 AND s.instance_tag <> $2 AND i.heartbeat_at > $3",
+                &[&agent_id, &self.tag, &alive],
+            )
+            .await?;
+        Ok(rows.first().map(|r| remote_socket(r).1))
+    }
+
+    async fn remote_sockets(&self) -> StoreResult<HashMap<String, RemoteSocket>> {
+        let alive = now_millis() - STALE.as_millis() as i64;
+        let rows = self
+            .db
+            .query(
+                "SELECT s.agent_id, i.name, s.instance_tag, s.conn_id, s.connected_at, \
+                 s.remote_addr FROM agent_sockets s JOIN instances i ON i.tag = s.instance_tag \
+                 WHERE s.instance_tag <> $1 AND i.heartbeat_at > $2",
+                &[&self.tag, &alive],
+            )
+            .await?;
+        Ok(rows.iter().map(remote_socket).collect())
+    }
+
+    async fn forward(&self, to: &RemoteSocket, message: &Inbound) -> StoreResult<()> {
+        // NOTIFY payloads are at most 8000 bytes; pg_notify refuses longer ones.
+        let payload = serde_json::to_string(message).map_err(backend)?;
+        self.db
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&channel(to.instance_tag), &payload],
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+fn remote_socket(r: &tokio_postgres::Row) -> (String, RemoteSocket) {
+    (
+        r.get(0),
+        RemoteSocket {
+            instance: r.get(1),
+            instance_tag: r.get(2),
+            conn: r.get(3),
+            connected_at: r.get(4),
+            remote_addr: r.get(5),
+        },
+    )
+}

@@ -1,0 +1,259 @@
+//! The PostgreSQL [`Store`]: one database shared by several edge-server
+//! instances behind a load balancer (`DATABASE_URL=postgres://…`).
+//!
+//! Every trait method runs on a pooled connection (`deadpool-postgres`) and
+//! returns after its transaction committed: with PostgreSQL's default
+//! `synchronous_commit = on` that is after the WAL reached disk, so a caller
+//! that got `Ok` may tell the world (WS-DLV-6, WS-API-2). PostgreSQL batches
+//! concurrent commits into one WAL flush by itself, so there is no writer
+//! thread here as in `sqlite/`.
+//!
+//! Instances never coordinate through memory: whatever must happen once
+//! happens under a row lock (`commands.rs`, `delivery.rs`). Routing between
+//! instances lives in `cluster/postgres.rs`, on the same database.
+//!
+//! - `schema.rs`: tables, migrations (under an advisory lock).
+//! - `agents.rs`, `commands.rs`, `delivery.rs`: the SQL of each operation;
+//!   `rows.rs` reads result rows into the store's types.
+
+mod agents;
+mod commands;
+mod delivery;
+mod rows;
+mod schema;
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Display;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use super::{
+    AckKind, AckOutcome, AgentRow, Claim, CommandRow, ConnId, DeliveryPolicy, HistoryRow,
+    InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
+};
+
+/// Pooled connections per instance.
+const POOL_SIZE: usize = 16;
+
+pub(crate) fn backend(e: impl Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// The connection pool, and what every operation needs from it.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl Db {
+    /// Connects (a pool of `POOL_SIZE`, opened lazily) to `url`, a
+    /// `postgres://` URL or a libpq key=value string.
+    pub fn new(url: &str) -> StoreResult<Db> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(backend)?;
+        Ok(Db { pool, config })
+    }
+
+    pub async fn client(&self) -> StoreResult<Object> {
+        self.pool.get().await.map_err(backend)
+    }
+
+    /// A connection of its own, outside the pool (for LISTEN, and migrations).
+    pub async fn dedicated(&self) -> StoreResult<tokio_postgres::Client> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(backend)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!("PostgreSQL connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Like [`Db::dedicated`], but also hands back the connection, whose
+    /// asynchronous messages (NOTIFY) the caller polls.
+    pub async fn connect_raw(
+        &self,
+    ) -> StoreResult<(
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    )> {
+        self.config.connect(NoTls).await.map_err(backend)
+    }
+
+    /// Runs one statement (prepared once per connection) in autocommit.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        client.execute(&stmt, params).await.map_err(backend)
+    }
+
+    /// Runs one query (prepared once per connection) in autocommit.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        client.query(&stmt, params).await.map_err(backend)
+    }
+}
+
+/// PostgreSQL-backed [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    db: Db,
+    policy: DeliveryPolicy,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.db.pool.status())
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url`, brings the schema up to date (safely when several
+    /// instances start at once) and opens the pool.
+    pub async fn open(url: &str, policy: DeliveryPolicy) -> StoreResult<PgStore> {
+        let db = Db::new(url)?;
+        let mut client = db.dedicated().await?;
+        schema::migrate(&mut client).await?;
+        Ok(PgStore { db, policy })
+    }
+
+    /// The pool, for the cluster that shares the database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn upsert_agent(
+        &self,
+        id: &str,
+        user_phone: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        agents::upsert(&self.db, id, user_phone, now).await
+    }
+
+    async fn agent(&self, id: &str) -> StoreResult<Option<AgentRow>> {
+        agents::get(&self.db, id).await
+    }
+
+    async fn agents(&self) -> StoreResult<Vec<AgentRow>> {
+        agents::list(&self.db).await
+    }
+
+    async fn set_agent_status(&self, id: &str, status: &Value, now: Millis) -> StoreResult<()> {
+        agents::set_status(&self.db, id, &status.to_string(), now).await
+    }
+
+    async fn record_connect(
+        &self,
+        agent_id: &str,
+        conn: ConnId,
+        remote_addr: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        agents::record_connect(&self.db, agent_id, conn, remote_addr, now).await
+    }
+
+    async fn record_disconnect(
+        &self,
+        agent_id: &str,
+        conn: ConnId,
+        reason: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        agents::record_disconnect(&self.db, agent_id, conn, reason, now).await
+    }
+
+    async fn history(&self, agent_id: &str, limit: u32) -> StoreResult<Vec<HistoryRow>> {
+        agents::history(&self.db, agent_id, limit).await
+    }
+
+    async fn insert_command(
+        &self,
+        command: NewCommand,
+        push_to: Option<ConnId>,
+    ) -> StoreResult<InsertOutcome> {
+        commands::insert(&self.db, &self.policy, &command, push_to).await
+    }
+
+    async fn command(&self, id: &str) -> StoreResult<Option<CommandRow>> {
+        let client = self.db.client().await?;
+        commands::by_id(&client, id).await
+    }
+
+    async fn commands(
+        &self,
+        agent_id: &str,
+        status: Option<Status>,
+        limit: u32,
+    ) -> StoreResult<Vec<CommandRow>> {
+        commands::list(&self.db, agent_id, status, limit).await
+    }
+
+    async fn claim(&self, claim: Claim, now: Millis) -> StoreResult<Vec<CommandRow>> {
+        delivery::claim(&self.db, &self.policy, claim, now).await
+    }
+
+    async fn ack(
+        &self,
+        agent_id: &str,
+        command_id: &str,
+        ack: AckKind,
+        now: Millis,
+    ) -> StoreResult<AckOutcome> {
+        commands::ack(&self.db, agent_id, command_id, ack, now).await
+    }
+
+    async fn retry(&self, command_id: &str, _now: Millis) -> StoreResult<RetryOutcome> {
+        commands::retry(&self.db, command_id).await
+    }
+
+    async fn sweep(&self, now: Millis) -> StoreResult<Vec<Swept>> {
+        delivery::sweep(&self.db, &self.policy, now).await
+    }
+
+    async fn record_event(
+        &self,
+        agent_id: &str,
+        event_id: &str,
+        event_type: &str,
+        details: &Value,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let details = details.to_string();
+        agents::record_event(&self.db, agent_id, event_id, event_type, &details, now).await
+    }
+
+    async fn status_counts(&self) -> StoreResult<Vec<(Status, u64)>> {
+        commands::status_counts(&self.db).await
+    }
+}
