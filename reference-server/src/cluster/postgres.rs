@@ -3,7 +3,7 @@
 //! messages between instances with LISTEN/NOTIFY.
 //!
 //! - Each instance registers in `instances` at start and gets a `tag`: its
-//!   NOTIFY channel is `edge_i_{tag}` and its connection ids are
+//!   NOTIFY channel is `edge_{schema}_{tag}` and its connection ids are
 //!   `tag << 40 | n`, unique across instances and restarts.
 //! - A dedicated connection LISTENs on that channel; every notification is
 //!   an [`Inbound`] (JSON) passed to the inbox (`run_inbox`). No polling on the
@@ -47,14 +47,18 @@ const CONN_BITS: u32 = 40;
 /// Wait before reconnecting a lost LISTEN connection.
 const RELISTEN_DELAY: Duration = Duration::from_secs(1);
 
-fn channel(tag: i64) -> String {
-    format!("edge_i_{tag}")
+/// The NOTIFY channel of instance `tag`. Channels are per database, not
+/// per schema: the schema's name keeps two clusters in one database apart.
+fn channel(schema: &str, tag: i64) -> String {
+    let schema: String = schema.chars().take(40).collect();
+    format!("edge_{schema}_{tag}")
 }
 
 pub struct PgCluster {
     db: Db,
     name: String,
     tag: i64,
+    schema: String,
 }
 
 impl PgCluster {
@@ -68,14 +72,14 @@ impl PgCluster {
         shutdown: CancellationToken,
     ) -> StoreResult<(Arc<PgCluster>, mpsc::UnboundedReceiver<Inbound>)> {
         let now = now_millis();
-        let tag: i64 = db
+        let row = db
             .query(
                 "INSERT INTO instances (name, started_at, heartbeat_at) VALUES ($1, $2, $2) \
-                 RETURNING tag",
+                 RETURNING tag, current_schema()",
                 &[&name, &now],
             )
-            .await?[0]
-            .get(0);
+            .await?;
+        let (tag, schema): (i64, String) = (row[0].get(0), row[0].get(1));
         // An earlier run under the same name is over: its sockets are gone.
         forget_instances(
             &db,
@@ -84,8 +88,13 @@ impl PgCluster {
         )
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let listening = listen(&db, tag, tx.clone()).await?;
-        let cluster = Arc::new(PgCluster { db, name, tag });
+        let listening = listen(&db, &channel(&schema, tag), tx.clone()).await?;
+        let cluster = Arc::new(PgCluster {
+            db,
+            name,
+            tag,
+            schema,
+        });
         tokio::spawn(
             cluster
                 .clone()
@@ -123,7 +132,7 @@ impl PgCluster {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(RELISTEN_DELAY) => {}
                 }
-                match listen(&self.db, self.tag, tx.clone()).await {
+                match listen(&self.db, &channel(&self.schema, self.tag), tx.clone()).await {
                     Ok(task) => {
                         listening = task;
                         break;
@@ -209,7 +218,7 @@ async fn forget_instances(
 /// connection does).
 async fn listen(
     db: &Db,
-    tag: i64,
+    channel: &str,
     tx: mpsc::UnboundedSender<Inbound>,
 ) -> StoreResult<tokio::task::JoinHandle<()>> {
     let (client, mut connection) = db.connect_raw().await?;
@@ -244,7 +253,7 @@ async fn listen(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {}", channel(tag)))
+        .batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
         .await
         .map_err(backend)?;
     // If the task already ended, the client is dropped with the send.
@@ -303,7 +312,8 @@ impl Cluster for PgCluster {
                 conn: old_conn,
             };
             let payload = serde_json::to_string(&kick).map_err(backend)?;
-            tx.execute("SELECT pg_notify($1, $2)", &[&channel(old_tag), &payload])
+            let to = channel(&self.schema, old_tag);
+            tx.execute("SELECT pg_notify($1, $2)", &[&to, &payload])
                 .await
                 .map_err(backend)?;
         }
@@ -355,7 +365,7 @@ impl Cluster for PgCluster {
         self.db
             .execute(
                 "SELECT pg_notify($1, $2)",
-                &[&channel(to.instance_tag), &payload],
+                &[&channel(&self.schema, to.instance_tag), &payload],
             )
             .await
             .map(|_| ())

@@ -15,13 +15,13 @@ const AGENTS: usize = 10;
 const PER_AGENT: usize = 100;
 
 /// edge-server as a child process on an ephemeral port.
-struct Process {
+pub struct Process {
     child: Child,
-    addr: String,
+    pub addr: String,
 }
 
 impl Process {
-    fn start(db: &str) -> Process {
+    pub fn start(db: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-server"))
             .args([
                 "--listen",
@@ -55,7 +55,7 @@ impl Process {
         Process { child, addr }
     }
 
-    fn kill_9(mut self) {
+    pub fn kill_9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
@@ -68,7 +68,7 @@ impl Drop for Process {
     }
 }
 
-async fn api(
+pub async fn api(
     http: &reqwest::Client,
     addr: &str,
     method: reqwest::Method,

@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod cluster;
 mod connection;
 mod control_api;
 mod crash;

@@ -61,6 +61,23 @@ impl TestServer {
         TestServer::start_in(dir, config).await
     }
 
+    /// Starts on the PostgreSQL database at `url` (shared by every server
+    /// started on it: instances of one cluster).
+    pub async fn start_pg(url: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let url = url.to_string();
+        TestServer::start_with(move |config| {
+            config.database_url = url;
+            adjust(config);
+        })
+        .await
+    }
+
+    /// This server's instance name.
+    pub fn instance(&self) -> String {
+        let server = self.server.as_ref().expect("running");
+        server.state.cluster.instance().to_string()
+    }
+
     /// Starts on an existing directory (a restart on the same database).
     pub async fn start_in(dir: TempDir, config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

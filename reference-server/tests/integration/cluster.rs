@@ -1,0 +1,330 @@
+//! Several instances on one PostgreSQL database (the "Railway" deployment):
+//! a command reaches an agent held by another instance, a duplicate
+//! connection on another instance takes over (WS-CONN-2), and the death of
+//! an instance (kill -9) loses nothing (WS-DLV-6). Each test uses a fresh
+//! schema of `EDGE_TEST_DATABASE_URL`, and without one prints why it skips.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edge_server::store::postgres::testing::schema_for;
+use futures_util::{stream, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::crash::{api, Process};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another() {
+    let test = "ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    assert_ne!(a.instance(), b.instance());
+    a.provision("x").await;
+    let mut agent = b.connect("x").await;
+
+    // GET /api/agents/{id} on A says B holds the socket.
+    let seen = a
+        .wait_agent("x", |v| {
+            v["connected"] == true && v["instance"] == b.instance()
+        })
+        .await;
+    assert!(seen["connected_since"].is_string(), "{seen}");
+    let (_, listed) = a.get("/api/agents?connected=true").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // Accepted by A, pushed by B at once (one NOTIFY, no polling).
+    let id = a
+        .send_command(
+            "x",
+            json!({"command_type": "send_message", "parameters": {"m": 1}}),
+        )
+        .await;
+    let command = agent.expect("command").await;
+    assert_eq!(command["data"]["command_id"], id);
+    assert_eq!(command["data"]["attempt"], 1);
+    agent.ack(&id, true).await;
+    a.wait_status(&id, "completed", PROMPT).await;
+
+    // WS-CFG-1 through A, and a retried command through A.
+    let (status, body) = a
+        .api(
+            Method::POST,
+            "/api/agents/x/config",
+            Some(json!({"log_level": "debug"})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["delivered"]),
+        (StatusCode::ACCEPTED, &json!(true))
+    );
+    let update = agent.expect("config_update").await;
+    assert_eq!(update["data"]["log_level"], "debug");
+
+    // The agent goes away: A sees it disconnected, and queues.
+    agent.close().await;
+    a.wait_agent("x", |v| v["connected"] == false).await;
+    let (status, body) = a
+        .command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::ACCEPTED, &json!("queued"))
+    );
+    let mut agent = a.connect("x").await;
+    assert_eq!(
+        agent.expect("command").await["data"]["command_id"],
+        body["command_id"]
+    );
+    b.wait_agent("x", |v| v["instance"] == a.instance()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_conn_2_a_duplicate_on_another_instance_closes_the_old_socket_with_4000() {
+    let test = "ws_conn_2_a_duplicate_on_another_instance_closes_the_old_socket_with_4000";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    let mut old = a.agent("x").await;
+    let id = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(old.expect("command").await["data"]["attempt"], 1);
+
+    // The same agent connects to B: A closes its socket with 4000 ...
+    let mut new = b.connect("x").await;
+    assert_eq!(
+        old.ended(PROMPT).await,
+        Ended::Closed(4000, "replaced".into())
+    );
+    // ... and the unacked command goes to the new socket.
+    let again = new.expect("command").await;
+    assert_eq!(again["data"]["command_id"], id);
+    assert_eq!(again["data"]["attempt"], 2);
+    new.ack(&id, true).await;
+    b.wait_status(&id, "completed", PROMPT).await;
+
+    // From now on A routes to B.
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let next = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(new.expect("command").await["data"]["command_id"], next);
+    let (_, history) = b.get("/api/agents/x").await;
+    assert_eq!(history["history"][1]["reason"], "replaced", "{history}");
+}
+
+const AGENTS: usize = 10;
+const PER_AGENT: usize = 100;
+
+/// One simulated agent: connects to `urls[0]`, acks everything at once, and
+/// reconnects to `urls[1]` when its socket dies, until it has seen all of
+/// its commands. Returns how many pushes it got.
+async fn agent_until_done(
+    agent: usize,
+    urls: [String; 2],
+    seen: Arc<Mutex<HashSet<String>>>,
+) -> usize {
+    let mut pushes = 0;
+    let mut url = &urls[0];
+    loop {
+        let mut socket = connect_url(
+            &format!("{url}?edge_agent_id=agent{agent}"),
+            Some(EDGE_SECRET),
+            &[],
+        )
+        .await
+        .expect("upgrade accepted");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), socket.ws.next())
+                .await
+                .expect("commands keep coming");
+            let Some(Ok(Message::Text(text))) = frame else {
+                break; // the instance died: reconnect to the other one
+            };
+            let message: Value = serde_json::from_str(&text).unwrap();
+            if message["type"] != "command" {
+                continue;
+            }
+            pushes += 1;
+            let id = message["data"]["command_id"].as_str().unwrap().to_string();
+            socket.ack(&id, true).await;
+            let done = {
+                let mut seen = seen.lock().unwrap();
+                seen.insert(id);
+                seen.len() == PER_AGENT
+            };
+            if done {
+                // The last ack is stored before the socket closes.
+                socket.round_trip().await;
+                return pushes;
+            }
+        }
+        url = &urls[1];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_6_kill_9_of_one_instance_with_1000_in_flight_loses_none_completes_none_twice() {
+    let test = "ws_dlv_6_kill_9_of_one_instance_with_1000_in_flight_loses_none";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let victim = Process::start(&url);
+    let survivor = Process::start(&url);
+    let http = reqwest::Client::new();
+    for a in 0..AGENTS {
+        let (status, _) = api(
+            &http,
+            &survivor.addr,
+            Method::PUT,
+            &format!("/api/agents/agent{a}"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let ws = |addr: &str| format!("ws://{addr}/edge/ws");
+    // Half the agents on each instance; the victim's move when it dies.
+    let seen: Vec<Arc<Mutex<HashSet<String>>>> = (0..AGENTS).map(|_| Arc::default()).collect();
+    let agents: Vec<_> = (0..AGENTS)
+        .map(|a| {
+            let first = if a % 2 == 0 {
+                &victim.addr
+            } else {
+                &survivor.addr
+            };
+            let urls = [ws(first), ws(&survivor.addr)];
+            tokio::spawn(agent_until_done(a, urls, seen[a].clone()))
+        })
+        .collect();
+    for a in 0..AGENTS {
+        let holder = if a % 2 == 0 {
+            &victim.addr
+        } else {
+            &survivor.addr
+        };
+        loop {
+            let (_, v) = api(
+                &http,
+                holder,
+                Method::GET,
+                &format!("/api/agents/agent{a}"),
+                Value::Null,
+            )
+            .await;
+            if v["connected"] == true {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // 1,000 commands, half posted to each instance; a post the victim does
+    // not answer is posted again (same id) to the survivor, as a client
+    // behind a load balancer would.
+    let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let posting = {
+        let (http, victim, survivor) = (http.clone(), victim.addr.clone(), survivor.addr.clone());
+        tokio::spawn(async move {
+            stream::iter(0..AGENTS * PER_AGENT)
+                .map(|i| {
+                    let (http, answered) = (http.clone(), answered_tx.clone());
+                    let first = if i % 2 == 0 {
+                        victim.clone()
+                    } else {
+                        survivor.clone()
+                    };
+                    let survivor = survivor.clone();
+                    async move {
+                        let path = format!("/api/agents/agent{}/commands", i % AGENTS);
+                        let body =
+                            json!({"command_type": "send_message", "command_id": format!("c{i}")});
+                        let request = http
+                            .post(format!("http://{first}{path}"))
+                            .bearer_auth(ADMIN_TOKEN)
+                            .json(&body)
+                            .send()
+                            .await;
+                        let status = match request {
+                            Ok(r) if r.status().is_success() => r.status(),
+                            _ => api(&http, &survivor, Method::POST, &path, body).await.0,
+                        };
+                        let _ = answered.send(());
+                        status
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    for _ in 0..300 {
+        answered.recv().await.expect("posts are answered");
+    }
+    victim.kill_9();
+    let statuses = posting.await.unwrap();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::ACCEPTED || *s == StatusCode::OK),
+        "every command accepted: {statuses:?}"
+    );
+    let mut pushes = 0;
+    for agent in agents {
+        pushes += agent.await.unwrap();
+    }
+    for (a, seen) in seen.iter().enumerate() {
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            PER_AGENT,
+            "agent{a} got all its commands"
+        );
+    }
+
+    // Nothing lost: every command completed, as the database says.
+    for a in 0..AGENTS {
+        let path = format!("/api/agents/agent{a}/commands?status=completed");
+        let (_, completed) = api(&http, &survivor.addr, Method::GET, &path, Value::Null).await;
+        assert_eq!(completed.as_array().unwrap().len(), PER_AGENT, "agent{a}");
+    }
+    let (_, stats) = api(
+        &http,
+        &survivor.addr,
+        Method::GET,
+        "/api/stats",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(stats["commands"]["completed"], 1000, "{stats}");
+    // Nothing completed twice: the survivor never pushed a command that had
+    // completed (its agent would have acked it again: a duplicate ack), and
+    // the completions it made plus the victim's are the 1,000.
+    let metrics = http
+        .get(format!("http://{}/metrics", survivor.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, r#"edge_acks_total{result="duplicate"}"#),
+        0.0
+    );
+    let by_survivor = metric(&metrics, r#"edge_commands_total{outcome="completed"}"#);
+    assert!(
+        by_survivor < 1000.0,
+        "the victim completed some before it died"
+    );
+    eprintln!("{pushes} pushes for 1,000 commands; {by_survivor} completed by the survivor");
+    assert!(pushes >= AGENTS * PER_AGENT);
+}
