@@ -46,7 +46,7 @@ pub struct AgentSpec {
 /// Small buffers: an idle agent should cost a few KiB.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
 }
 
@@ -147,24 +147,27 @@ pub async fn run(
     let mut reconnect_started: Option<Instant> = None;
     while !stop.is_cancelled() {
         let attempt = Instant::now();
+        // Boxed: the handshake's state is large and lives only while connecting,
+        // so it must not size every idle agent's task.
+        let connecting = Box::pin(async {
+            let _permit = gate.acquire().await;
+            open(&spec).await
+        });
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
-            opened = async {
-                let _permit = gate.acquire().await;
-                open(&spec).await
-            } => opened,
+            opened = connecting => opened,
         };
-        let mut ws = match opened {
+        let ws = match opened {
             Ok(ws) => ws,
             Err(why) => {
                 let _ = samples.send(Sample::ConnectFailed { persona, why });
                 reconnect_started.get_or_insert(attempt);
                 // WS-DLV-5: poll /edge/sync while the socket is down.
-                sync_once(&spec, &plan, &http, &samples).await;
-                let jitter = backoff.mul_f64(rng.random_range(0.8..1.2));
+                Box::pin(sync_once(&spec, &http, &samples)).await;
+                let wait = backoff.mul_f64(rng.random_range(0.8..1.2));
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(jitter) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(60));
                 continue;
@@ -183,106 +186,25 @@ pub async fn run(
             first();
         }
         let session_started = Instant::now();
-
-        let mut next_ping = tokio::time::Instant::now() + phase;
-        let flap_at =
-            tokio::time::Instant::now() + plan.flap_every.mul_f64(rng.random_range(0.5..1.5));
-        let mut acks: Vec<(tokio::time::Instant, String, bool)> = Vec::new();
-        let reason = loop {
-            let next_ack = acks.iter().map(|(at, _, _)| *at).min();
-            tokio::select! {
-                _ = stop.cancelled() => {
-                    let _ = ws.close(None).await;
-                    let _ = samples.send(Sample::Disconnected { persona, reason: "end of run".into() });
-                    return;
-                }
-                signal = signals.recv() => {
-                    if signal == Ok(Signal::Leave(spec.index)) {
-                        let _ = ws.close(None).await;
-                        reconnect_started = Some(Instant::now());
-                        break "left (churn)".into();
-                    }
-                    if matches!(signal, Ok(Signal::DropAll)) {
-                        drop(ws);
-                        reconnect_started = Some(Instant::now());
-                        // Not all at the same millisecond: spread over a second.
-                        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
-                        break "dropped".to_string();
-                    }
-                }
-                _ = tokio::time::sleep_until(next_ping), if persona != Persona::Silent => {
-                    next_ping += plan.ping_interval;
-                    if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
-                        break "write error".into();
-                    }
-                    if persona == Persona::MalformedSender && rng.random_bool(0.5) {
-                        let _ = ws.send(Message::text("{not json")).await;
-                    }
-                }
-                _ = tokio::time::sleep_until(flap_at), if persona == Persona::Flapper => {
-                    let _ = ws.close(None).await;
-                    reconnect_started = Some(Instant::now());
-                    break "flapped".into();
-                }
-                _ = tokio::time::sleep_until(next_ack.unwrap_or_else(tokio::time::Instant::now)), if next_ack.is_some() => {
-                    let now = tokio::time::Instant::now();
-                    let (due, later): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(at, _, _)| *at <= now);
-                    acks = later;
-                    for (_, id, success) in due {
-                        if ws.send(Message::text(ack_message(plan.ack_dialect, &id, success))).await.is_err() {
-                            break;
-                        }
-                        if let Some(seq) = seq_of(&id) {
-                            let _ = samples.send(Sample::Acked { seq, at: Instant::now() });
-                        }
-                    }
-                }
-                frame = ws.next() => {
-                    let text = match frame {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Close(frame))) => {
-                            reconnect_started = Some(Instant::now());
-                            break frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code)));
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(_)) | None => {
-                            reconnect_started = Some(Instant::now());
-                            break "connection lost".into();
-                        }
-                    };
-                    if persona == Persona::SlowReader {
-                        tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
-                    }
-                    let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
-                    if message["type"] != "command" {
-                        continue;
-                    }
-                    let Some(id) = message["data"]["command_id"].as_str() else { continue };
-                    let at = Instant::now();
-                    if let Some(seq) = seq_of(id) {
-                        let _ = samples.send(Sample::Received { seq, persona, at });
-                    }
-                    let success = persona != Persona::FailingAcker && !rng.random_bool(plan.failure_ratio.clamp(0.0, 1.0));
-                    let delay = match persona {
-                        Persona::SlowAcker => {
-                            let (lo, hi) = plan.slow_ack;
-                            lo + (hi.saturating_sub(lo)).mul_f64(rng.random::<f64>())
-                        }
-                        _ => Duration::ZERO,
-                    };
-                    if delay.is_zero() {
-                        if ws.send(Message::text(ack_message(plan.ack_dialect, id, success))).await.is_err() {
-                            break "write error".into();
-                        }
-                        if let Some(seq) = seq_of(id) {
-                            let _ = samples.send(Sample::Acked { seq, at: Instant::now() });
-                        }
-                    } else {
-                        acks.push((tokio::time::Instant::now() + delay, id.to_string(), success));
-                    }
-                }
-            }
+        let Some(reason) = Box::pin(session(
+            ws,
+            &spec,
+            &plan,
+            &samples,
+            &mut signals,
+            &stop,
+            &mut rng,
+            phase,
+        ))
+        .await
+        else {
+            let _ = samples.send(Sample::Disconnected {
+                persona,
+                reason: "end of run".into(),
+            });
+            return;
         };
+        reconnect_started = Some(Instant::now());
         // The spec's backoff: 1 s, doubling while sockets keep dropping soon
         // after they open, 60 s at most, with jitter; at once after 1012
         // (a deploy) and after a fleet-wide drop (already spread out).
@@ -302,10 +224,126 @@ pub async fn run(
     }
 }
 
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// One connected session; the reason it ended, or None when the run stopped.
+/// One timer serves pings, flaps and delayed acks, to keep an idle agent small.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    mut ws: Ws,
+    spec: &AgentSpec,
+    plan: &Plan,
+    samples: &mpsc::UnboundedSender<Sample>,
+    signals: &mut broadcast::Receiver<Signal>,
+    stop: &CancellationToken,
+    rng: &mut SmallRng,
+    phase: Duration,
+) -> Option<String> {
+    let persona = spec.persona;
+    let now = tokio::time::Instant::now();
+    let mut next_ping = (persona != Persona::Silent).then(|| now + phase);
+    let flap_at = (persona == Persona::Flapper)
+        .then(|| now + plan.flap_every.mul_f64(rng.random_range(0.5..1.5)));
+    let mut acks: Vec<(tokio::time::Instant, String, bool)> = Vec::new();
+    let far = now + Duration::from_secs(86_400);
+    let timer = tokio::time::sleep_until(far);
+    tokio::pin!(timer);
+    loop {
+        let wake = [next_ping, flap_at, acks.iter().map(|(at, _, _)| *at).min()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(far);
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = Box::pin(ws.close(None)).await;
+                return None;
+            }
+            signal = signals.recv() => match signal {
+                Ok(Signal::Leave(index)) if index == spec.index => {
+                    let _ = Box::pin(ws.close(None)).await;
+                    return Some("left (churn)".into());
+                }
+                Ok(Signal::DropAll) => {
+                    drop(ws);
+                    // Not all at the same millisecond: spread over a second.
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
+                    return Some("dropped".into());
+                }
+                _ => {}
+            },
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if next_ping.is_some_and(|at| at <= now) {
+                    next_ping = next_ping.map(|at| at + plan.ping_interval);
+                    if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                        return Some("write error".into());
+                    }
+                    if persona == Persona::MalformedSender && rng.random_bool(0.5) {
+                        let _ = ws.send(Message::text("{not json")).await;
+                    }
+                }
+                if flap_at.is_some_and(|at| at <= now) {
+                    let _ = Box::pin(ws.close(None)).await;
+                    return Some("flapped".into());
+                }
+                let (due, later): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(at, _, _)| *at <= now);
+                acks = later;
+                for (_, id, success) in due {
+                    if ws.send(Message::text(ack_message(plan.ack_dialect, &id, success))).await.is_err() {
+                        return Some("write error".into());
+                    }
+                    if let Some(seq) = seq_of(&id) {
+                        let _ = samples.send(Sample::Acked { seq, at: Instant::now() });
+                    }
+                }
+            }
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => return Some(frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code)))),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Some("connection lost".into()),
+                };
+                if persona == Persona::SlowReader {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
+                }
+                // Pongs and the like are most of what arrives: skip them unparsed.
+                if !text.contains("\"command\"") {
+                    continue;
+                }
+                let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                if message["type"] != "command" {
+                    continue;
+                }
+                let Some(id) = message["data"]["command_id"].as_str() else { continue };
+                if let Some(seq) = seq_of(id) {
+                    let _ = samples.send(Sample::Received { seq, persona, at: Instant::now() });
+                }
+                let success = persona != Persona::FailingAcker && !rng.random_bool(plan.failure_ratio.clamp(0.0, 1.0));
+                if persona == Persona::SlowAcker {
+                    let (lo, hi) = plan.slow_ack;
+                    let delay = lo + hi.saturating_sub(lo).mul_f64(rng.random::<f64>());
+                    acks.push((tokio::time::Instant::now() + delay, id.to_string(), success));
+                    continue;
+                }
+                if ws.send(Message::text(ack_message(plan.ack_dialect, id, success))).await.is_err() {
+                    return Some("write error".into());
+                }
+                if let Some(seq) = seq_of(id) {
+                    let _ = samples.send(Sample::Acked { seq, at: Instant::now() });
+                }
+            }
+        }
+    }
+}
+
 /// WS-DLV-5 / WS-HTTP-2: one poll of `/edge/sync`, acking what it returns over HTTP.
 async fn sync_once(
     spec: &AgentSpec,
-    plan: &Plan,
     http: &reqwest::Client,
     samples: &mpsc::UnboundedSender<Sample>,
 ) {
@@ -350,5 +388,43 @@ async fn sync_once(
             });
         }
     }
-    let _ = plan;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_task_stays_small() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (signals, _) = broadcast::channel(1);
+        let spec = Arc::new(AgentSpec {
+            index: 0,
+            id: "a".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            secure: false,
+            http_base: String::new(),
+            token: String::new(),
+            persona: Persona::WellBehaved,
+            source: None,
+        });
+        let future = run(
+            spec,
+            Arc::new(Plan::default()),
+            reqwest::Client::new(),
+            tx,
+            signals.subscribe(),
+            CancellationToken::new(),
+            Arc::new(tokio::sync::Semaphore::new(1)),
+            Box::new(|| {}),
+        );
+        // The connect and session states are boxed, so the task that lives
+        // as long as the agent stays small (it was 13 KiB inline).
+        assert!(
+            std::mem::size_of_val(&future) <= 2048,
+            "{} bytes",
+            std::mem::size_of_val(&future)
+        );
+    }
 }

@@ -305,7 +305,9 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     while at < plan.duration && agent_count > 0 {
         let rate = plan.rate_at(at) * shard_share;
         if rate <= 0.0 {
+            // Nothing to send yet (a ramp's start, or an idle run): wait, do not spin.
             at += Duration::from_millis(10);
+            tokio::time::sleep_until((run_start + at).into()).await;
             continue;
         }
         let scheduled = run_start + at;
