@@ -5,6 +5,8 @@
 //! cargo run --release -p edge-server --example bench -- idle --agents 10000 --server-pid PID
 //! cargo run --release -p edge-server --example bench -- throughput --agents 100 --commands 20000
 //! cargo run --release -p edge-server --example bench -- latency --agents 100 --rate 1000 --duration 30s
+//! # several instances on PostgreSQL: agents on one, commands posted to another
+//! cargo run --release -p edge-server --example bench -- --url http://B --post-url http://A latency
 //! ```
 //! Agents are provisioned through the control API, connect with the shared
 //! secret and ack every command at once (spec dialect). This is the
@@ -26,9 +28,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
-    /// The server's base URL.
+    /// The server's base URL (agents connect here).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Where commands are posted (another instance sharing the database);
+    /// default: --url.
+    #[arg(long)]
+    post_url: Option<String>,
     #[arg(long, env = "EDGE_SECRET", default_value = "bench-edge-secret")]
     edge_secret: String,
     #[arg(long, env = "ADMIN_TOKEN", default_value = "bench-admin-token")]
@@ -90,6 +96,10 @@ struct Bench {
 }
 
 impl Bench {
+    fn post_url(&self) -> &str {
+        self.args.post_url.as_deref().unwrap_or(&self.args.url)
+    }
+
     fn agent_id(i: usize) -> String {
         format!("bench-{i:06}")
     }
@@ -175,7 +185,7 @@ impl Bench {
     async fn post(&self, agent: usize, command_id: String) -> reqwest::StatusCode {
         let url = format!(
             "{}/api/agents/{}/commands",
-            self.args.url,
+            self.post_url(),
             Bench::agent_id(agent)
         );
         let body = json!({"command_type": "send_message", "command_id": command_id, "parameters": {"message": "hi"}});
@@ -192,7 +202,7 @@ impl Bench {
     async fn completed(&self) -> u64 {
         let stats: Value = self
             .http
-            .get(format!("{}/api/stats", self.args.url))
+            .get(format!("{}/api/stats", self.post_url()))
             .bearer_auth(&self.args.admin_token)
             .send()
             .await
