@@ -103,10 +103,10 @@ pub struct TargetArgs {
     /// Multiply every deadline (slow CI machines: 2 or 3).
     #[arg(long, default_value_t = 1.0)]
     pub timeout_scale: f64,
-    /// The backend's ping timeout, if its `connected` message does not say.
+    /// The backend's ping timeout; overrides what its `connected` message says.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ping_timeout: Option<Duration>,
-    /// The backend's ack timeout, if its `connected` message does not say.
+    /// The backend's ack timeout; overrides what its `connected` message says.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ack_timeout: Option<Duration>,
     /// Print what crossed the wire for each failure.
@@ -283,11 +283,11 @@ fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target
     timings.scale = args.timeout_scale;
     if let Some(d) = args.ping_timeout {
         timings.ping_timeout = d;
-        target.timings_pinned = true;
+        target.pinned.0 = true;
     }
     if let Some(d) = args.ack_timeout {
         timings.ack_timeout = d;
-        target.timings_pinned = true;
+        target.pinned.1 = true;
     }
     *target.timings.lock().expect("timings lock") = timings;
     Ok(target)
@@ -312,6 +312,7 @@ async fn execute(
         .wait_healthy(Duration::from_secs(2))
         .await
         .map_err(|e| UsageError(format!("{e}: is the backend running at that URL?")))?;
+    conform::learn_timings(&target).await;
     let expect_fail = match &args.expect_fail {
         Some(path) => conform::read_expect_fail(
             &std::fs::read_to_string(path)
@@ -331,6 +332,7 @@ async fn execute(
         retries: args.retries,
         expect_fail,
         seed,
+        run_id: 0,
         on_result: progress.then(|| {
             Box::new(move |r: &report::CheckResult| {
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -357,7 +359,9 @@ async fn execute(
     {
         let started = std::time::Instant::now();
         let mut result = fuzz::run(&target, seed, fuzz_cases).await;
-        if options.expect_fail.contains("WS-ERR-2") {
+        if options.expect_fail.contains("WS-ERR-2")
+            || options.expect_fail.contains("WS-ERR-2 fuzz-bad-input")
+        {
             result.status = match result.status {
                 report::Status::Fail => report::Status::ExpectedFail,
                 report::Status::Pass => report::Status::UnexpectedPass,

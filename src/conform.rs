@@ -23,6 +23,9 @@ pub struct Options {
     /// Rule ids (or `RULE name`) known to fail on this backend.
     pub expect_fail: HashSet<String>,
     pub seed: u64,
+    /// Makes agent and command ids unique to this run, so runs against one
+    /// backend never meet each other's agents (0: chosen at random).
+    pub run_id: u32,
     /// Called after each check (progress on long runs).
     pub on_result: Option<OnResult>,
 }
@@ -131,6 +134,7 @@ async fn attempt(
 pub async fn run_check(
     check: &Check,
     index: usize,
+    run_id: u32,
     target: &Target,
     options: &Options,
 ) -> CheckResult {
@@ -164,7 +168,7 @@ pub async fn run_check(
     let source = target.spread_sources.then(|| source_for(index));
     for n in 1..=tries {
         result.attempts = n;
-        let prefix = format!("h{:x}-{index}-{n}", options.seed % 0xffff_ffff);
+        let prefix = format!("h{run_id:x}-{index}-{n}");
         let (outcome, transcript) =
             match tokio::time::timeout(limit, attempt(check, target, prefix, source)).await {
                 Ok(done) => done,
@@ -215,13 +219,18 @@ pub async fn run_check(
 /// Runs the selected checks, one after another (their timing matters).
 pub async fn run(checks: &[Check], target: &Target, options: &Options, label: &str) -> RunReport {
     let started = Instant::now();
+    let run_id = if options.run_id == 0 {
+        rand::random::<u32>() | 1
+    } else {
+        options.run_id
+    };
     let mut results = Vec::new();
     for (index, check) in checks
         .iter()
         .enumerate()
         .filter(|(_, c)| selected(c, &options.only))
     {
-        let result = run_check(check, index, target, options).await;
+        let result = run_check(check, index, run_id, target, options).await;
         if let Some(callback) = &options.on_result {
             callback(&result);
         }
@@ -236,12 +245,65 @@ pub async fn run(checks: &[Check], target: &Target, options: &Options, label: &s
     }
 }
 
+/// WS-MSG-1: connects one agent before the checks to read the timers the
+/// backend advertises, so checks that never connect still wait the right
+/// time. Skipped quietly when agents cannot be provisioned.
+pub async fn learn_timings(target: &Target) {
+    let probe = Check {
+        name: "probe".into(),
+        rule: "WS-MSG-1".into(),
+        level: Level::Should,
+        requirement: String::new(),
+        needs: Vec::new(),
+        timing: false,
+        group: String::new(),
+        file: Default::default(),
+        line: 0,
+        steps: vec![
+            crate::scenario::Step {
+                line: 0,
+                kind: StepKind::Provision {
+                    agent: "probe".into(),
+                },
+            },
+            crate::scenario::Step {
+                line: 0,
+                kind: StepKind::Connect {
+                    conn: "probe".into(),
+                    agent: "probe".into(),
+                    token: "edge".into(),
+                    id: None,
+                    header_id: None,
+                    outcome: crate::scenario::ConnectOutcome::Accepted,
+                    source: None,
+                    welcome: None,
+                },
+            },
+        ],
+    };
+    if skip_reason(&probe, target).is_none() {
+        let _ = attempt(
+            &probe,
+            target,
+            format!("probe{:x}", rand::random::<u32>()),
+            None,
+        )
+        .await;
+    }
+}
+
 /// Reads an `--expect-fail` file: one rule id (or `RULE name`) a line; `#` comments.
 pub fn read_expect_fail(text: &str) -> HashSet<String> {
     text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .map(|l| {
+            l.split('#')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|l| !l.is_empty())
-        .map(str::to_string)
         .collect()
 }
 

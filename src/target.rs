@@ -52,8 +52,9 @@ pub struct Target {
     pub http: reqwest::Client,
     /// Timers: flags first, then what `connected` advertised.
     pub timings: Mutex<Timings>,
-    /// Timers given as flags are not overwritten by `connected`.
-    pub timings_pinned: bool,
+    /// Timers given as flags (ping timeout, ack timeout) are not
+    /// overwritten by what `connected` advertises.
+    pub pinned: (bool, bool),
 }
 
 impl Target {
@@ -97,7 +98,7 @@ impl Target {
                 .build()
                 .map_err(|e| e.to_string())?,
             timings: Mutex::new(Timings::default()),
-            timings_pinned: false,
+            pinned: (false, false),
         })
     }
 
@@ -108,9 +109,6 @@ impl Target {
     /// WS-MSG-1: takes the timers a `connected` message advertises
     /// (milliseconds when given, else seconds).
     pub fn learn_timings(&self, connected: &Value) {
-        if self.timings_pinned {
-            return;
-        }
         let data = &connected["data"];
         let read = |ms: &str, s: &str| {
             data[ms]
@@ -122,10 +120,10 @@ impl Target {
         if let Some(d) = read("ping_interval_ms", "ping_interval_s") {
             timings.ping_interval = d;
         }
-        if let Some(d) = read("ping_timeout_ms", "ping_timeout_s") {
+        if let Some(d) = read("ping_timeout_ms", "ping_timeout_s").filter(|_| !self.pinned.0) {
             timings.ping_timeout = d;
         }
-        if let Some(d) = read("ack_timeout_ms", "ack_timeout_s") {
+        if let Some(d) = read("ack_timeout_ms", "ack_timeout_s").filter(|_| !self.pinned.1) {
             timings.ack_timeout = d;
         }
         if let Some(n) = data["max_attempts"].as_u64() {

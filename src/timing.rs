@@ -50,7 +50,8 @@ impl Timings {
     }
 
     /// Evaluates a sum of terms, each `[factor*]name` or a literal duration.
-    /// Literal durations are scaled by `--timeout-scale` only when `scaled`.
+    /// Unscaled: deadlines (`within`, `eventually`) are scaled by the caller
+    /// with [`Timings::scaled`]; waits and `not_before` are not.
     pub fn eval(&self, expr: &str) -> Result<Duration, TimeExprError> {
         let err = |why: &str| TimeExprError {
             expr: expr.to_string(),

@@ -201,7 +201,12 @@ pub async fn collect(
                     c.accepted += 1;
                     entry.accepted = true;
                 } else {
-                    *c.rejected.entry(status.to_string()).or_default() += 1;
+                    let why = if status == 0 {
+                        "no answer".to_string()
+                    } else {
+                        format!("HTTP {status}")
+                    };
+                    *c.rejected.entry(why).or_default() += 1;
                 }
                 if let Some(sent) = entry.sent {
                     record(&mut c.accept, at - sent);

@@ -401,7 +401,7 @@ impl LoadReport {
         let problems: Vec<String> = c
             .rejected
             .iter()
-            .map(|(k, v)| format!("HTTP {k} ×{v}"))
+            .map(|(k, v)| format!("command refused ({k}) ×{v}"))
             .chain(
                 c.connect_failures
                     .iter()

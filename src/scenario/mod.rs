@@ -396,7 +396,7 @@ impl StepSpec {
             },
             "connect" => {
                 let conn = self.connect.take().unwrap();
-                let outcome = match self.outcome.as_deref().unwrap_or("accepted") {
+                let outcome = match self.outcome.take().as_deref().unwrap_or("accepted") {
                     "accepted" => ConnectOutcome::Accepted,
                     "refused" => ConnectOutcome::Refused {
                         statuses: self.statuses.take().unwrap_or_else(|| vec![401, 403]),
@@ -491,7 +491,17 @@ impl StepSpec {
                     .take()
                     .map(toml_to_json)
                     .ok_or("command needs body = { command_type = ... }")?,
-                save_as: self.save.take().and_then(|s| s.get("id").cloned()),
+                save_as: match self.save.take() {
+                    None => None,
+                    Some(save) if save.len() == 1 && save.contains_key("id") => {
+                        save.get("id").cloned()
+                    }
+                    Some(_) => {
+                        return Err(
+                            "a command step saves only its id: save = { id = \"NAME\" }".into()
+                        )
+                    }
+                },
             },
             "http" => {
                 let line = self.http.take().unwrap();
@@ -504,7 +514,12 @@ impl StepSpec {
             "wait" => StepKind::Wait {
                 during: self.wait.take().unwrap(),
             },
-            "restart" => StepKind::Restart,
+            "restart" => {
+                if self.restart != Some(true) {
+                    return Err("write `restart = true`".into());
+                }
+                StepKind::Restart
+            }
             _ => unreachable!("listed above"),
         };
         self.leftover_options().map_or(Ok(kind), |name| {
@@ -518,6 +533,11 @@ impl StepSpec {
     /// An option given that the step's kind did not use.
     fn leftover_options(&self) -> Option<&'static str> {
         let options = [
+            ("outcome", self.outcome.is_some()),
+            ("json", self.json.is_some()),
+            ("text", self.text.is_some()),
+            ("binary", self.binary.is_some()),
+            ("frame", self.frame.is_some()),
             ("agent", self.agent.is_some()),
             ("token", self.token.is_some()),
             ("id", self.id.is_some()),
