@@ -204,3 +204,70 @@ fn expect_fail_reports_a_listed_check_that_passes() {
     );
     assert!(stdout.contains("1 fixed"), "{stdout}");
 }
+
+/// A backend without our control API: commands go in through a user-given
+/// request template (`--inject`); here it points at edge-server's own API
+/// to prove the template path end to end.
+#[test]
+fn commands_can_enter_through_an_inject_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-harness"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(dir.path().join("edge.db"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let url = format!("http://{addr}");
+    let inject = format!("POST {url}/api/agents/{{agent}}/commands");
+    let header = format!(
+        "Authorization: Bearer {}",
+        edge_harness::embedded::ADMIN_TOKEN
+    );
+    let out = harness(&[
+        "conform",
+        "--url",
+        &url,
+        "--edge-secret",
+        edge_harness::embedded::EDGE_SECRET,
+        "--registration-token",
+        edge_harness::embedded::REGISTRATION_TOKEN,
+        "--inject",
+        &inject,
+        "--inject-header",
+        &header,
+        "--only",
+        "WS-CMD-1",
+        "--only",
+        "WS-DLV-1",
+        "--only",
+        "WS-DLV-4",
+        "--fuzz-cases",
+        "0",
+        "--color",
+        "never",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("command-is-pushed-with-its-fields") && stdout.contains("4 passed"),
+        "{stdout}"
+    );
+}
