@@ -211,24 +211,7 @@ fn expect_fail_reports_a_listed_check_that_passes() {
 #[test]
 fn commands_can_enter_through_an_inject_template() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-harness"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(dir.path().join("edge.db"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    let url = format!("http://{addr}");
+    let (mut server, url) = crate::serve_child(dir.path());
     let inject = format!("POST {url}/api/agents/{{agent}}/commands");
     let header = format!(
         "Authorization: Bearer {}",

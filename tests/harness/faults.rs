@@ -12,12 +12,16 @@ use edge_harness::target::Target;
 
 use crate::proxy::{self, Fault, Secrets};
 
-async fn run_against(fault: Fault, only: &[&str]) -> RunReport {
-    // The proxy makes every upstream upgrade come from 127.0.0.1: no
-    // per-address limit, so checks cannot trip each other.
-    let server = Embedded::start(|c| c.rate_rejects_per_min = 0)
+/// The proxy makes every upstream upgrade come from 127.0.0.1: the embedded
+/// server runs without a per-address limit, so checks cannot trip each other.
+async fn server() -> Embedded {
+    Embedded::start(|c| c.rate_rejects_per_min = 0)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A target that reaches `server` through a proxy injecting `fault`.
+async fn through_proxy(server: &Embedded, fault: Fault) -> Target {
     let secrets = Secrets {
         edge: embedded::EDGE_SECRET.into(),
         admin: embedded::ADMIN_TOKEN.into(),
@@ -27,6 +31,12 @@ async fn run_against(fault: Fault, only: &[&str]) -> RunReport {
     target.edge_secret = Some(embedded::EDGE_SECRET.into());
     target.admin_token = Some(embedded::ADMIN_TOKEN.into());
     target.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
+    target
+}
+
+async fn run_against(fault: Fault, only: &[&str]) -> RunReport {
+    let server = server().await;
+    let target = through_proxy(&server, fault).await;
     let options = Options {
         only: only.iter().map(|s| s.to_string()).collect(),
         strict: true,
@@ -168,18 +178,9 @@ caught!(
 /// The fuzz group catches a backend that falls over on garbage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzz_group_catches_a_crash_on_bad_json() {
-    let server = Embedded::start(|c| c.rate_rejects_per_min = 0)
-        .await
-        .unwrap();
+    let server = server().await;
     for (fault, should_pass) in [(Fault::None, true), (Fault::CrashesOnBadJson, false)] {
-        let secrets = Secrets {
-            edge: embedded::EDGE_SECRET.into(),
-            admin: embedded::ADMIN_TOKEN.into(),
-        };
-        let addr = proxy::start(server.addr, fault, secrets).await;
-        let mut target = Target::new(&format!("http://{addr}")).unwrap();
-        target.edge_secret = Some(embedded::EDGE_SECRET.into());
-        target.admin_token = Some(embedded::ADMIN_TOKEN.into());
+        let target = through_proxy(&server, fault).await;
         let result = edge_harness::fuzz::run(&target, 11, 40).await;
         assert_eq!(
             result.status == Status::Pass,

@@ -2,7 +2,7 @@
 //! thresholds, shards merged, coordinated-omission correction against a
 //! backend that stalls, the fd-limit advice, and the summary table.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use edge_harness::load::plan::Plan;
@@ -179,24 +179,8 @@ fn too_many_agents_for_one_process_says_how_to_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinated_omission_correction_shows_a_stall() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-harness"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(dir.path().join("edge.db"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    let mut target = Target::new(&format!("http://{addr}")).unwrap();
+    let (mut server, url) = crate::serve_child(dir.path());
+    let mut target = Target::new(&url).unwrap();
     target.edge_secret = Some(edge_harness::embedded::EDGE_SECRET.into());
     target.admin_token = Some(edge_harness::embedded::ADMIN_TOKEN.into());
     let plan = Plan {

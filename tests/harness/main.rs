@@ -7,3 +7,26 @@ mod faults;
 mod load;
 mod proxy;
 mod snapshots;
+
+/// `edge-harness serve` (the embedded edge-server with spec timers) as a
+/// child process on an ephemeral port: (the child, its base URL).
+pub fn serve_child(dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-harness"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(dir.join("edge.db"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("edge-harness serve starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("it says where")
+        .to_string();
+    (child, format!("http://{addr}"))
+}
