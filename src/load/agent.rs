@@ -248,6 +248,23 @@ async fn session(
     let far = now + Duration::from_secs(86_400);
     let timer = tokio::time::sleep_until(far);
     tokio::pin!(timer);
+    // Pinned once per session, not made anew on every wake: each new one
+    // would register with the shared token and channel again (a lock that
+    // every agent of the process shares), which is most of an idle agent's cost.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    let index = spec.index;
+    let signal = async {
+        loop {
+            match signals.recv().await {
+                Ok(Signal::Leave(i)) if i == index => return Signal::Leave(i),
+                Ok(Signal::DropAll) => return Signal::DropAll,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                _ => {}
+            }
+        }
+    };
+    tokio::pin!(signal);
     loop {
         let wake = [next_ping, flap_at, acks.iter().map(|(at, _, _)| *at).min()]
             .into_iter()
@@ -258,22 +275,21 @@ async fn session(
             timer.as_mut().reset(wake);
         }
         tokio::select! {
-            _ = stop.cancelled() => {
+            _ = &mut cancelled => {
                 let _ = Box::pin(ws.close(None)).await;
                 return None;
             }
-            signal = signals.recv() => match signal {
-                Ok(Signal::Leave(index)) if index == spec.index => {
+            signal = &mut signal => match signal {
+                Signal::Leave(_) => {
                     let _ = Box::pin(ws.close(None)).await;
                     return Some("left (churn)".into());
                 }
-                Ok(Signal::DropAll) => {
+                Signal::DropAll => {
                     drop(ws);
                     // Not all at the same millisecond: spread over a second.
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
                     return Some("dropped".into());
                 }
-                _ => {}
             },
             _ = &mut timer => {
                 let now = tokio::time::Instant::now();
