@@ -1,0 +1,270 @@
+//! The `provision` and `connect` steps, and the tokens they present (WS-AUTH-*).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{fail, redact, Ctx, StepResult};
+use crate::client::{self, Event, Upgrade};
+use crate::scenario::matcher::{mismatch, substitute, substitute_str};
+use crate::scenario::ConnectOutcome;
+
+impl Ctx<'_> {
+    /// Makes the backend know an agent: the control API, else registration.
+    pub(super) async fn provision(&mut self, name: &str) -> StepResult {
+        let id = self.agent_id(name);
+        let target = self.target;
+        let (url, request) = if let Some(admin) = &target.admin_token {
+            let url = format!("{}/api/agents/{id}", target.http_base);
+            (
+                url.clone(),
+                target.http.put(url).bearer_auth(admin).json(&json!({})),
+            )
+        } else if let Some(registration) = &target.registration_token {
+            // WS-HTTP-3: a phone made from the id; the backend picks the id.
+            let digits: String = id
+                .bytes()
+                .map(|b| char::from(b'0' + b % 10))
+                .take(15)
+                .collect();
+            let url = format!("{}/edge/register", target.http_base);
+            let body =
+                json!({"user_phone": format!("+1{digits}"), "registration_token": registration});
+            (url.clone(), target.http.post(url).json(&body))
+        } else {
+            return fail(
+                "a way to provision agents",
+                "no --admin-token or --registration-token",
+            );
+        };
+        let response = request
+            .send()
+            .await
+            .or_else(|e| fail(format!("{url} answers"), e.to_string()))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        self.note(format!("provision {id}: {status} {body}"));
+        if !status.is_success() {
+            return fail(
+                format!("provisioning {id} succeeds"),
+                format!("{status} {body}"),
+            );
+        }
+        let agent = self.agents.get_mut(name).expect("named above");
+        if let Some(assigned) = body["edge_agent_id"].as_str() {
+            agent.id = assigned.to_string();
+            self.vars.insert(format!("id:{name}"), assigned.to_string());
+        }
+        agent.token = body["auth_token"].as_str().map(str::to_string);
+        if let Some(token) = &agent.token {
+            self.vars.insert(format!("token:{name}"), token.clone());
+        }
+        Ok(())
+    }
+
+    /// The `Authorization` header a token spec stands for (None: no header).
+    pub(super) fn authorization(
+        &mut self,
+        spec: &str,
+        agent: &str,
+    ) -> Result<Option<String>, (String, String)> {
+        let target = self.target;
+        let id = self.agent_id(agent);
+        let bearer = |t: &str| Some(format!("Bearer {t}"));
+        let agent_token =
+            |ctx: &mut Self, name: &str| -> Result<Option<String>, (String, String)> {
+                let id = ctx.agent_id(name);
+                let token = ctx
+                    .agents
+                    .get(name)
+                    .and_then(|a| a.token.clone())
+                    .or_else(|| target.mint(&id, 0));
+                token.map(|t| bearer(&t)).ok_or_else(|| {
+                    (
+                        "a per-agent token".into(),
+                        format!("none for {id}: pass --edge-secret or --hmac-secret"),
+                    )
+                })
+            };
+        Ok(match spec {
+            "none" => None,
+            "edge" => match &target.edge_secret {
+                Some(secret) if target.hmac_secret.is_none() => bearer(secret),
+                _ => agent_token(self, agent)?,
+            },
+            "shared" => bearer(target.edge_secret.as_deref().ok_or(("the shared secret".to_string(), "no --edge-secret".to_string()))?),
+            "agent" => agent_token(self, agent)?,
+            "admin" => bearer(target.admin_token.as_deref().ok_or(("the admin token".to_string(), "no --admin-token".to_string()))?),
+            "wrong" => bearer(&format!("wrong-{}", self.prefix)),
+            "malformed" => Some("Basic ZWRnZTpzZWNyZXQ=".into()),
+            "expired" => bearer(&target.mint(&id, 24 * 3600 + 600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            "future" => bearer(&target.mint(&id, -3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            other => match (other.strip_prefix("other:"), other.strip_prefix("var:")) {
+                (Some(name), _) => agent_token(self, name)?,
+                (_, Some(var)) => bearer(&self.vars.get(var).cloned().unwrap_or_default()),
+                _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future or other:NAME")),
+            },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn connect(
+        &mut self,
+        conn: &str,
+        agent: &str,
+        token: &str,
+        id: Option<&str>,
+        header_id: Option<&str>,
+        outcome: &ConnectOutcome,
+        source: Option<&str>,
+        welcome: Option<&[(String, Value)]>,
+    ) -> StepResult {
+        let agent_id = self.agent_id(agent);
+        let query = match id {
+            None => format!("?edge_agent_id={agent_id}"),
+            Some("omit") => String::new(),
+            Some("empty") => "?edge_agent_id=".into(),
+            Some(raw) => format!(
+                "?edge_agent_id={}",
+                substitute_str(raw, &self.vars).replace(' ', "%20")
+            ),
+        };
+        let url = format!("{}/edge/ws{query}", self.target.ws_base);
+        let mut headers = Vec::new();
+        if let Some(value) = self.authorization(token, agent)? {
+            headers.push(("authorization".to_string(), value));
+        }
+        if let Some(header) = header_id {
+            let value = if header == "same" {
+                agent_id.clone()
+            } else {
+                substitute_str(header, &self.vars)
+            };
+            headers.push(("x-edge-agent-id".to_string(), value));
+        }
+        // Source addresses only make sense for a backend on loopback.
+        let source = match source.filter(|_| self.target.spread_sources) {
+            Some(ip) => Some(
+                ip.parse()
+                    .or_else(|_| fail("a source IP address", ip.to_string()))?,
+            ),
+            None => self.source,
+        };
+        let prompt = self.timings().prompt();
+        let attempts = match outcome {
+            ConnectOutcome::RateLimited { attempts, .. } => *attempts,
+            _ => 1,
+        };
+        for attempt in 1..=attempts {
+            let upgrade = client::connect(&url, &headers, source, prompt)
+                .await
+                .or_else(|e| fail("the backend answers the upgrade", e))?;
+            match (outcome, upgrade) {
+                (ConnectOutcome::Accepted, Upgrade::Open(mut socket)) => {
+                    self.note(format!("{conn}: upgraded as {agent_id}"));
+                    // WS-MSG-1: a `connected` message, if the backend sends one, comes first.
+                    let deadline = Instant::now() + prompt.min(Duration::from_secs(1));
+                    let first = socket.next_event(deadline).await;
+                    self.note(format!("{conn} ← {}", redact(&first.to_string())));
+                    match first {
+                        Event::Message(first) if first["type"] == "connected" => {
+                            self.target.learn_timings(&first);
+                            let welcome: Option<Vec<(String, Value)>> = welcome.map(|f| {
+                                f.iter()
+                                    .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
+                                    .collect()
+                            });
+                            if let Some((path, expected, actual)) =
+                                welcome.and_then(|f| mismatch(&first, &f))
+                            {
+                                return fail(
+                                    format!("`connected` with {path} = {expected}"),
+                                    format!("{path} = {actual} in {first}"),
+                                );
+                            }
+                        }
+                        Event::Message(first) if welcome.is_some() => {
+                            return fail("`connected` as the first message", first.to_string())
+                        }
+                        Event::Nothing if welcome.is_some() => {
+                            return fail("`connected` as the first message", "nothing")
+                        }
+                        Event::Message(first) => socket.unread(first),
+                        Event::Nothing => {}
+                        ended => {
+                            return fail(
+                                "the socket stays open after the upgrade",
+                                ended.to_string(),
+                            )
+                        }
+                    }
+                    // Half the ping timeout: alive as a real agent, never chatty.
+                    socket.keepalive = Some(self.timings().ping_timeout / 2);
+                    self.conns.insert(conn.to_string(), (agent_id, *socket));
+                    return Ok(());
+                }
+                (ConnectOutcome::Accepted, Upgrade::Refused { status, body, .. }) => {
+                    return fail("the upgrade is accepted", format!("HTTP {status} {body}"));
+                }
+                (
+                    ConnectOutcome::Refused { statuses, .. } | ConnectOutcome::Status(statuses),
+                    Upgrade::Refused { status, body, .. },
+                ) => {
+                    self.note(format!("{conn}: refused with HTTP {status} {body}"));
+                    return if statuses.contains(&status) {
+                        Ok(())
+                    } else {
+                        fail(
+                            format!("HTTP {statuses:?}"),
+                            format!("HTTP {status} {body}"),
+                        )
+                    };
+                }
+                (ConnectOutcome::Refused { codes, statuses }, Upgrade::Open(mut socket)) => {
+                    // WS-AUTH-2: accepted, then closed at once, with no application message.
+                    let event = socket.next_event(Instant::now() + prompt).await;
+                    self.note(format!("{conn}: upgraded, then {event}"));
+                    return match event {
+                        Event::Closed { code, .. } if codes.contains(&code) => Ok(()),
+                        other => fail(
+                            format!("HTTP {statuses:?}, or close {codes:?} before any message"),
+                            format!("upgraded, then {other}"),
+                        ),
+                    };
+                }
+                (ConnectOutcome::Status(statuses), Upgrade::Open(_)) => {
+                    return fail(format!("HTTP {statuses:?}"), "the upgrade was accepted");
+                }
+                (
+                    ConnectOutcome::RateLimited { retry_after, .. },
+                    Upgrade::Refused {
+                        status: 429,
+                        retry_after: header,
+                        body,
+                    },
+                ) => {
+                    self.note(format!(
+                        "{conn}: attempt {attempt} answered 429 (Retry-After: {header:?}) {body}"
+                    ));
+                    return match (retry_after, header) {
+                        (true, None) => {
+                            fail("429 with a Retry-After header", "429 without Retry-After")
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                (ConnectOutcome::RateLimited { .. }, Upgrade::Refused { status, .. }) => {
+                    self.note(format!("{conn}: attempt {attempt} answered {status}"));
+                }
+                (ConnectOutcome::RateLimited { .. }, Upgrade::Open(mut socket)) => {
+                    socket.close(prompt).await;
+                }
+            }
+        }
+        fail(
+            format!("HTTP 429 within {attempts} attempts"),
+            format!("{attempts} attempts and no 429"),
+        )
+    }
+}

@@ -1,0 +1,90 @@
+//! The `http` and `api` steps: one request (or a poll until it matches).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{fail, Ctx, StepResult};
+use crate::scenario::matcher::{lookup, mismatch, substitute, substitute_str};
+use crate::scenario::HttpCall;
+
+impl Ctx<'_> {
+    pub(super) async fn http(&mut self, call: &HttpCall, admin: bool) -> StepResult {
+        let agent = call.agent.clone().unwrap_or_else(|| "a".to_string());
+        let agent_id = self.agent_id(&agent);
+        self.vars.insert("agent".into(), agent_id);
+        let path = substitute_str(&call.path, &self.vars);
+        let url = format!("{}{path}", self.target.http_base);
+        let authorization = self.authorization(&call.token, &agent)?;
+        let body = call.body.as_ref().map(|b| substitute(b, &self.vars));
+        let method = reqwest::Method::from_bytes(call.method.as_bytes())
+            .or_else(|e| fail("an HTTP method", e.to_string()))?;
+        let fields: Vec<(String, Value)> = call
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
+            .collect();
+        let patience = call
+            .eventually
+            .as_deref()
+            .map(|e| self.eval(e))
+            .transpose()?
+            .map(|d| self.timings().scaled(d));
+        let deadline = Instant::now() + patience.unwrap_or_default();
+        let kind = if admin { "api" } else { "http" };
+        loop {
+            let mut request = self.target.http.request(method.clone(), &url);
+            if let Some(auth) = &authorization {
+                request = request.header("authorization", auth);
+            }
+            for (name, value) in &call.headers {
+                request = request.header(name, substitute_str(value, &self.vars));
+            }
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .or_else(|e| fail(format!("{} {path} answers", call.method), e.to_string()))?;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let text = response.text().await.unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let problem = if !call.statuses.contains(&status) {
+                Some((
+                    format!("HTTP {:?}", call.statuses),
+                    format!("HTTP {status} {value}"),
+                ))
+            } else if call.retry_after && !retry_after {
+                Some((
+                    "a Retry-After header".to_string(),
+                    format!("HTTP {status} without Retry-After"),
+                ))
+            } else {
+                mismatch(&value, &fields)
+                    .map(|(p, e, a)| (format!("{p} = {e}"), format!("{p} = {a} in {value}")))
+            };
+            match problem {
+                Some(problem) if Instant::now() < deadline => {
+                    let _ = problem;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(problem) => {
+                    self.note(format!("{kind} {} {path} → {status} {value}", call.method));
+                    return Err(problem);
+                }
+                None => {
+                    self.note(format!("{kind} {} {path} → {status} {value}", call.method));
+                    for (var, p) in &call.save {
+                        let v = lookup(&value, p)
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                        self.vars.insert(var.clone(), v.unwrap_or_default());
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
