@@ -1,0 +1,327 @@
+//! Steps as written in TOML ([`StepSpec`]) and their validation into a
+//! [`StepKind`], with an error that says what is wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ConnectOutcome, HttpCall, Payload, StepKind, Window};
+
+/// One step as written. Exactly one of the kind keys (`provision`,
+/// `connect`, `send`, `expect`, `expect_close`, `expect_open`,
+/// `expect_silence`, `close`, `command`, `http`, `api`, `wait`, `restart`)
+/// must be present; the others are options of that kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    // kinds
+    pub provision: Option<String>,
+    pub connect: Option<String>,
+    pub send: Option<String>,
+    pub expect: Option<String>,
+    pub expect_close: Option<String>,
+    pub expect_open: Option<String>,
+    pub expect_silence: Option<String>,
+    pub close: Option<String>,
+    pub command: Option<String>,
+    pub http: Option<String>,
+    pub api: Option<String>,
+    pub wait: Option<String>,
+    pub restart: Option<bool>,
+    // options
+    pub agent: Option<String>,
+    pub token: Option<String>,
+    pub id: Option<String>,
+    pub header_id: Option<String>,
+    pub outcome: Option<String>,
+    pub statuses: Option<Vec<u16>>,
+    pub codes: Option<Vec<u16>>,
+    pub json: Option<toml::Value>,
+    pub text: Option<String>,
+    pub binary: Option<String>,
+    pub frame: Option<String>,
+    pub repeat: Option<u32>,
+    #[serde(rename = "type")]
+    pub msg_type: Option<String>,
+    pub fields: Option<BTreeMap<String, toml::Value>>,
+    pub save: Option<BTreeMap<String, String>>,
+    pub mark: Option<String>,
+    pub after: Option<String>,
+    pub within: Option<String>,
+    pub not_before: Option<String>,
+    pub tolerance: Option<bool>,
+    pub body: Option<toml::Value>,
+    pub status: Option<Vec<u16>>,
+    pub header: Option<BTreeMap<String, String>>,
+    pub eventually: Option<String>,
+    pub retry_after: Option<bool>,
+    pub source: Option<String>,
+}
+
+/// How a connection attempt should end.
+pub fn toml_to_json(value: toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+fn fields(map: Option<BTreeMap<String, toml::Value>>) -> Vec<(String, Value)> {
+    map.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, toml_to_json(v)))
+        .collect()
+}
+
+impl StepSpec {
+    fn window(&mut self, default_within: &str) -> Window {
+        Window {
+            after: self.after.take(),
+            within: self
+                .within
+                .take()
+                .unwrap_or_else(|| default_within.to_string()),
+            not_before: self.not_before.take(),
+            tolerance: self.tolerance.take().unwrap_or(false),
+        }
+    }
+
+    fn http_call(&mut self, line: &str, default_token: &str) -> Result<HttpCall, String> {
+        let (method, path) = line
+            .trim()
+            .split_once(' ')
+            .ok_or("write the call as `METHOD /path`, e.g. `POST /edge/sync`")?;
+        if !path.starts_with('/') {
+            return Err(format!("the path `{path}` must start with /"));
+        }
+        Ok(HttpCall {
+            method: method.to_uppercase(),
+            path: path.trim().to_string(),
+            token: self
+                .token
+                .take()
+                .unwrap_or_else(|| default_token.to_string()),
+            agent: self.agent.take(),
+            headers: self.header.take().unwrap_or_default(),
+            body: self.body.take().map(toml_to_json),
+            statuses: self.status.take().unwrap_or_else(|| vec![200]),
+            fields: fields(self.fields.take()),
+            save: self.save.take().unwrap_or_default(),
+            eventually: self.eventually.take(),
+            retry_after: self.retry_after.take().unwrap_or(false),
+        })
+    }
+
+    /// Turns the written step into its kind, or says what is wrong.
+    pub(super) fn into_kind(mut self) -> Result<StepKind, String> {
+        let kinds = [
+            ("provision", self.provision.is_some()),
+            ("connect", self.connect.is_some()),
+            ("send", self.send.is_some()),
+            ("expect", self.expect.is_some()),
+            ("expect_close", self.expect_close.is_some()),
+            ("expect_open", self.expect_open.is_some()),
+            ("expect_silence", self.expect_silence.is_some()),
+            ("close", self.close.is_some()),
+            ("command", self.command.is_some()),
+            ("http", self.http.is_some()),
+            ("api", self.api.is_some()),
+            ("wait", self.wait.is_some()),
+            ("restart", self.restart.is_some()),
+        ];
+        let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
+        if present.len() != 1 {
+            let all: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
+            return Err(if present.is_empty() {
+                format!("a step needs one of: {}", all.join(", "))
+            } else {
+                format!(
+                    "a step has exactly one kind, this one has {}",
+                    present.join(" and ")
+                )
+            });
+        }
+        let kind = match present[0] {
+            "provision" => StepKind::Provision {
+                agent: self.provision.take().unwrap(),
+            },
+            "connect" => {
+                let conn = self.connect.take().unwrap();
+                let outcome = match self.outcome.take().as_deref().unwrap_or("accepted") {
+                    "accepted" => ConnectOutcome::Accepted,
+                    "refused" => ConnectOutcome::Refused {
+                        statuses: self.statuses.take().unwrap_or_else(|| vec![401, 403]),
+                        codes: self.codes.take().unwrap_or_else(|| vec![4001]),
+                    },
+                    "status" => ConnectOutcome::Status(
+                        self.statuses
+                            .take()
+                            .ok_or("outcome = \"status\" needs statuses = [...]")?,
+                    ),
+                    "rate_limited" => ConnectOutcome::RateLimited {
+                        attempts: self.repeat.take().unwrap_or(25),
+                        retry_after: self.retry_after.take().unwrap_or(false),
+                    },
+                    other => {
+                        return Err(format!(
+                        "unknown outcome `{other}`: use accepted, refused, status or rate_limited"
+                    ))
+                    }
+                };
+                StepKind::Connect {
+                    agent: self.agent.take().unwrap_or_else(|| conn.clone()),
+                    conn,
+                    token: self.token.take().unwrap_or_else(|| "edge".into()),
+                    id: self.id.take(),
+                    header_id: self.header_id.take(),
+                    outcome,
+                    source: self.source.take(),
+                    welcome: self.fields.take().map(|f| fields(Some(f))),
+                }
+            }
+            "send" => {
+                let payloads = [
+                    self.json.take().map(|j| Payload::Json(toml_to_json(j))),
+                    self.text.take().map(Payload::Text),
+                    self.binary
+                        .take()
+                        .map(|hex| {
+                            hex::decode(hex)
+                                .map(Payload::Binary)
+                                .map_err(|e| format!("binary must be hex: {e}"))
+                        })
+                        .transpose()?,
+                    self.frame.take().map(Payload::Frame),
+                ];
+                let mut given: Vec<Payload> = payloads.into_iter().flatten().collect();
+                if given.len() != 1 {
+                    return Err(
+                        "send needs exactly one of json, text, binary (hex) or frame".into(),
+                    );
+                }
+                StepKind::Send {
+                    conn: self.send.take().unwrap(),
+                    payload: given.remove(0),
+                    repeat: self.repeat.take().unwrap_or(1),
+                }
+            }
+            "expect" => StepKind::Expect {
+                conn: self.expect.take().unwrap(),
+                msg_type: self.msg_type.take().ok_or("expect needs type = \"...\"")?,
+                fields: fields(self.fields.take()),
+                save: self.save.take().unwrap_or_default(),
+                mark: self.mark.take(),
+                window: self.window("5s"),
+            },
+            "expect_close" => StepKind::ExpectClose {
+                conn: self.expect_close.take().unwrap(),
+                codes: self
+                    .codes
+                    .take()
+                    .ok_or("expect_close needs codes = [...] ([] for any close)")?,
+                window: self.window("5s"),
+            },
+            "expect_open" => StepKind::ExpectOpen {
+                conn: self.expect_open.take().unwrap(),
+            },
+            "expect_silence" => StepKind::ExpectSilence {
+                conn: self.expect_silence.take().unwrap(),
+                msg_type: self.msg_type.take(),
+                during: self
+                    .within
+                    .take()
+                    .ok_or("expect_silence needs within = \"...\" (how long)")?,
+            },
+            "close" => StepKind::Close {
+                conn: self.close.take().unwrap(),
+            },
+            "command" => StepKind::Command {
+                agent: self.command.take().unwrap(),
+                body: self
+                    .body
+                    .take()
+                    .map(toml_to_json)
+                    .ok_or("command needs body = { command_type = ... }")?,
+                save_as: match self.save.take() {
+                    None => None,
+                    Some(save) if save.len() == 1 && save.contains_key("id") => {
+                        save.get("id").cloned()
+                    }
+                    Some(_) => {
+                        return Err(
+                            "a command step saves only its id: save = { id = \"NAME\" }".into()
+                        )
+                    }
+                },
+            },
+            "http" => {
+                let line = self.http.take().unwrap();
+                StepKind::Http(self.http_call(&line, "edge")?)
+            }
+            "api" => {
+                let line = self.api.take().unwrap();
+                StepKind::Api(self.http_call(&line, "admin")?)
+            }
+            "wait" => StepKind::Wait {
+                during: self.wait.take().unwrap(),
+            },
+            "restart" => {
+                if self.restart != Some(true) {
+                    return Err("write `restart = true`".into());
+                }
+                StepKind::Restart
+            }
+            _ => unreachable!("listed above"),
+        };
+        self.leftover_options().map_or(Ok(kind), |name| {
+            Err(format!(
+                "`{name}` is not an option of a `{}` step",
+                present[0]
+            ))
+        })
+    }
+
+    /// An option given that the step's kind did not use.
+    fn leftover_options(&self) -> Option<&'static str> {
+        let options = [
+            ("outcome", self.outcome.is_some()),
+            ("json", self.json.is_some()),
+            ("text", self.text.is_some()),
+            ("binary", self.binary.is_some()),
+            ("frame", self.frame.is_some()),
+            ("agent", self.agent.is_some()),
+            ("token", self.token.is_some()),
+            ("id", self.id.is_some()),
+            ("header_id", self.header_id.is_some()),
+            ("statuses", self.statuses.is_some()),
+            ("codes", self.codes.is_some()),
+            ("repeat", self.repeat.is_some()),
+            ("type", self.msg_type.is_some()),
+            ("fields", self.fields.is_some()),
+            ("save", self.save.is_some()),
+            ("mark", self.mark.is_some()),
+            ("after", self.after.is_some()),
+            ("within", self.within.is_some()),
+            ("not_before", self.not_before.is_some()),
+            ("tolerance", self.tolerance.is_some()),
+            ("body", self.body.is_some()),
+            ("status", self.status.is_some()),
+            ("header", self.header.is_some()),
+            ("eventually", self.eventually.is_some()),
+            ("retry_after", self.retry_after.is_some()),
+            ("source", self.source.is_some()),
+        ];
+        options
+            .iter()
+            .find(|(_, given)| *given)
+            .map(|(name, _)| *name)
+    }
+}
