@@ -275,6 +275,11 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     };
     let mut targets = Vec::new();
     for url in &urls {
+        if url.starts_with("https://") || url.starts_with("wss://") {
+            return Err(UsageError(format!(
+                "--url {url}: load drives plain ws:// (its agents use a lean client without TLS); point it at the backend behind its TLS terminator"
+            )));
+        }
         let mut t = Target::new(url).map_err(UsageError)?;
         if child.is_some() {
             t.edge_secret = Some(crate::embedded::EDGE_SECRET.into());

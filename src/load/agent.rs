@@ -7,19 +7,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{broadcast, mpsc};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::collector::Sample;
 use super::plan::{AckDialect, Persona, Plan};
+use super::wire::{Frame, LeanWs};
 
 /// Fleet-wide signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,34 +40,13 @@ pub struct AgentSpec {
     pub source: Option<IpAddr>,
 }
 
-/// Small buffers: an idle agent should cost a few KiB.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(0)
-}
-
 /// The command's sequence number, from ids the injector makes (`ld{shard}-{seq}`).
 pub fn seq_of(command_id: &str) -> Option<u64> {
     command_id.rsplit_once('-')?.1.parse().ok()
 }
 
-async fn open(
-    spec: &AgentSpec,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, String>
-{
-    let scheme = if spec.secure { "wss" } else { "ws" };
-    let url = format!(
-        "{scheme}://{}:{}/edge/ws?edge_agent_id={}",
-        spec.host, spec.port, spec.id
-    );
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", spec.token)
-            .parse()
-            .map_err(|_| "bad token")?,
-    );
+async fn open(spec: &AgentSpec) -> Result<LeanWs, String> {
+    let path = format!("/edge/ws?edge_agent_id={}", spec.id);
     let addr = tokio::net::lookup_host((spec.host.as_str(), spec.port))
         .await
         .map_err(|e| e.to_string())?
@@ -92,15 +68,13 @@ async fn open(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    match tokio_tungstenite::client_async_tls_with_config(request, stream, Some(ws_config()), None)
-        .await
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(response)) => {
-            Err(format!("http_{}", response.status().as_u16()))
-        }
-        Err(e) => Err(format!("upgrade: {e}")),
-    }
+    LeanWs::handshake(
+        stream,
+        &format!("{}:{}", spec.host, spec.port),
+        &path,
+        &spec.token,
+    )
+    .await
 }
 
 fn ack_message(dialect: AckDialect, command_id: &str, success: bool) -> String {
@@ -224,13 +198,11 @@ pub async fn run(
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
 /// One connected session; the reason it ended, or None when the run stopped.
 /// One timer serves pings, flaps and delayed acks, to keep an idle agent small.
 #[allow(clippy::too_many_arguments)]
 async fn session(
-    mut ws: Ws,
+    mut ws: LeanWs,
     spec: &AgentSpec,
     plan: &Plan,
     samples: &mpsc::UnboundedSender<Sample>,
@@ -276,12 +248,12 @@ async fn session(
         }
         tokio::select! {
             _ = &mut cancelled => {
-                let _ = Box::pin(ws.close(None)).await;
+                let _ = ws.close().await;
                 return None;
             }
             signal = &mut signal => match signal {
                 Signal::Leave(_) => {
-                    let _ = Box::pin(ws.close(None)).await;
+                    let _ = ws.close().await;
                     return Some("left (churn)".into());
                 }
                 Signal::DropAll => {
@@ -295,21 +267,21 @@ async fn session(
                 let now = tokio::time::Instant::now();
                 if next_ping.is_some_and(|at| at <= now) {
                     next_ping = next_ping.map(|at| at + plan.ping_interval);
-                    if ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                    if ws.send_text(r#"{"type":"ping"}"#).await.is_err() {
                         return Some("write error".into());
                     }
                     if persona == Persona::MalformedSender && rng.random_bool(0.5) {
-                        let _ = ws.send(Message::text("{not json")).await;
+                        let _ = ws.send_text("{not json").await;
                     }
                 }
                 if flap_at.is_some_and(|at| at <= now) {
-                    let _ = Box::pin(ws.close(None)).await;
+                    let _ = ws.close().await;
                     return Some("flapped".into());
                 }
                 let (due, later): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(at, _, _)| *at <= now);
                 acks = later;
                 for (_, id, success) in due {
-                    if ws.send(Message::text(ack_message(plan.ack_dialect, &id, success))).await.is_err() {
+                    if ws.send_text(&ack_message(plan.ack_dialect, &id, success)).await.is_err() {
                         return Some("write error".into());
                     }
                     if let Some(seq) = seq_of(&id) {
@@ -319,10 +291,15 @@ async fn session(
             }
             frame = ws.next() => {
                 let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(frame))) => return Some(frame.map_or("close".into(), |f| format!("close {}", u16::from(f.code)))),
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return Some("connection lost".into()),
+                    Ok(Frame::Text(text)) => text,
+                    Ok(Frame::Close(close)) => return Some(close.map_or("close".into(), |(code, _)| format!("close {code}"))),
+                    // RFC 6455 §5.5.2: a Ping is answered with a Pong.
+                    Ok(Frame::Ping(payload)) => {
+                        let _ = ws.pong(&payload).await;
+                        continue;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return Some("connection lost".into()),
                 };
                 if persona == Persona::SlowReader {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
@@ -346,7 +323,7 @@ async fn session(
                     acks.push((tokio::time::Instant::now() + delay, id.to_string(), success));
                     continue;
                 }
-                if ws.send(Message::text(ack_message(plan.ack_dialect, id, success))).await.is_err() {
+                if ws.send_text(&ack_message(plan.ack_dialect, id, success)).await.is_err() {
                     return Some("write error".into());
                 }
                 if let Some(seq) = seq_of(id) {

@@ -15,6 +15,7 @@ pub mod report;
 pub mod server;
 pub mod thresholds;
 pub mod usage;
+pub mod wire;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
