@@ -121,6 +121,10 @@ pub struct LoadArgs {
     /// Agents already exist on the backend: do not provision them.
     #[arg(long)]
     pub no_provision: bool,
+    /// Threads driving the agents: 1 keeps an idle fleet cheapest; more
+    /// spread a heavy run over cores (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Control-API requests in flight at most; when the backend stalls,
     /// sends wait, and the wait counts in the corrected latency.
     #[arg(long, default_value_t = load::REQUESTS_IN_FLIGHT)]

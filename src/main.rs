@@ -7,11 +7,27 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_harness::cli::{self, Cli};
+use edge_harness::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // `load --threads N`: one thread by default, so an idle fleet's events
+    // are handled where they arrive instead of waking a second thread each.
+    let threads = match &cli.command {
+        Command::Load(args) => args.threads,
+        _ => 0,
+    };
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Runtime::new(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("edge-harness: cannot start the async runtime: {e}");

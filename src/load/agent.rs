@@ -413,9 +413,10 @@ mod tests {
             Box::new(|| {}),
         );
         // The connect and session states are boxed, so the task that lives
-        // as long as the agent stays small (it was 13 KiB inline).
+        // as long as the agent stays small (it was 13 KiB inline, 1.9 KiB with
+        // the WebSocket library's stream in it).
         assert!(
-            std::mem::size_of_val(&future) <= 2048,
+            std::mem::size_of_val(&future) <= 1024,
             "{} bytes",
             std::mem::size_of_val(&future)
         );
