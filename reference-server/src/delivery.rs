@@ -68,17 +68,8 @@ impl AppState {
             agent: agent_id.to_string(),
             command: command_id.to_string(),
         };
-        match self.cluster.locate(agent_id).await {
-            Ok(Some(remote)) => {
-                if let Err(e) = self.cluster.forward(&remote, &message).await {
-                    warn!(
-                        agent_id,
-                        command_id, "could not reach {}: {e}", remote.instance
-                    );
-                }
-            }
-            Ok(None) => {}
-            Err(e) => warn!(agent_id, command_id, "could not locate the agent: {e}"),
+        if let Err(e) = self.cluster.forward_to_holder(agent_id, &message).await {
+            warn!(agent_id, command_id, "could not hand the command over: {e}");
         }
     }
 

@@ -89,6 +89,23 @@ pub trait Cluster: Send + Sync + 'static {
     /// message to an instance that died is lost, and its agents get their
     /// commands when they reconnect, WS-DLV-4).
     async fn forward(&self, to: &RemoteSocket, message: &Inbound) -> StoreResult<()>;
+
+    /// [`Cluster::locate`] then [`Cluster::forward`]: sends `message` to the
+    /// live instance other than this one that holds the agent's socket, if
+    /// any, and returns that instance's name.
+    async fn forward_to_holder(
+        &self,
+        agent_id: &str,
+        message: &Inbound,
+    ) -> StoreResult<Option<String>> {
+        match self.locate(agent_id).await? {
+            Some(remote) => {
+                self.forward(&remote, message).await?;
+                Ok(Some(remote.instance))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// One instance alone (SQLite): nobody else to reach.

@@ -14,7 +14,8 @@
 //!   only if the change committed. The same row lock is taken by command
 //!   inserts (`store/postgres/commands.rs`), so an insert and a takeover are
 //!   ordered: either the new holder's claim of pending commands sees the
-//!   command, or the submitter's `locate` after its commit sees the new
+//!   command, or the submitter's lookup after its commit (`locate`, or
+//!   `forward_to_holder`, which also NOTIFYs) sees the new
 //!   holder (WS-DLV-1, WS-DLV-4).
 //! - Liveness: a heartbeat every [`HEARTBEAT`]; an instance silent for
 //!   [`STALE`] is dead (kill -9): its rows are removed by whoever notices, and
@@ -50,8 +51,13 @@ const RELISTEN_DELAY: Duration = Duration::from_secs(1);
 /// The NOTIFY channel of instance `tag`. Channels are per database, not
 /// per schema: the schema's name keeps two clusters in one database apart.
 fn channel(schema: &str, tag: i64) -> String {
+    format!("{}{tag}", channel_prefix(schema))
+}
+
+/// What precedes the tag in every channel of the cluster.
+fn channel_prefix(schema: &str) -> String {
     let schema: String = schema.chars().take(40).collect();
-    format!("edge_{schema}_{tag}")
+    format!("edge_{schema}_")
 }
 
 pub struct PgCluster {
@@ -369,6 +375,28 @@ impl Cluster for PgCluster {
             )
             .await
             .map(|_| ())
+    }
+
+    /// One statement: the lookup of [`Cluster::locate`] and the NOTIFY of
+    /// [`Cluster::forward`] (sent when this autocommit statement commits).
+    async fn forward_to_holder(
+        &self,
+        agent_id: &str,
+        message: &Inbound,
+    ) -> StoreResult<Option<String>> {
+        let alive = now_millis() - STALE.as_millis() as i64;
+        let payload = serde_json::to_string(message).map_err(backend)?;
+        let prefix = channel_prefix(&self.schema);
+        let rows = self
+            .db
+            .query(
+                "SELECT i.name, pg_notify($4::TEXT || s.instance_tag, $5::TEXT) \
+                 FROM agent_sockets s JOIN instances i ON i.tag = s.instance_tag \
+                 WHERE s.agent_id = $1 AND s.instance_tag <> $2 AND i.heartbeat_at > $3",
+                &[&agent_id, &self.tag, &alive, &prefix, &payload],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
     }
 }
 
