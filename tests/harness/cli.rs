@@ -1,21 +1,7 @@
 //! The binary as users run it: exit codes, reports on disk, errors that say
 //! what is wrong.
 
-use std::process::{Command, Output};
-
-fn harness(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-harness"))
-        .args(args)
-        .env_remove("EDGE_URL")
-        .env_remove("EDGE_SECRET")
-        .env_remove("ADMIN_TOKEN")
-        .output()
-        .expect("edge-harness runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_string()
-}
+use crate::{harness, text};
 
 /// The whole suite against the embedded edge-server: every check passes,
 /// exit 0, and the JUnit and JSON reports say so.

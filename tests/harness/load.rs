@@ -2,26 +2,14 @@
 //! thresholds, shards merged, coordinated-omission correction against a
 //! backend that stalls, the fd-limit advice, and the summary table.
 
-use std::process::{Command, Output};
+use crate::{harness, text};
+use std::process::Command;
 use std::time::Duration;
 
 use edge_harness::load::plan::Plan;
 use edge_harness::load::report::LoadReport;
 use edge_harness::load::{self, LoadConfig};
 use edge_harness::target::Target;
-
-fn harness(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edge-harness"))
-        .args(args)
-        .env_remove("EDGE_SECRET")
-        .env_remove("ADMIN_TOKEN")
-        .output()
-        .expect("edge-harness runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_string()
-}
 
 fn report_in(dir: &std::path::Path) -> (LoadReport, std::path::PathBuf) {
     let json = std::fs::read_dir(dir)

@@ -8,6 +8,21 @@ mod load;
 mod proxy;
 mod snapshots;
 
+/// Runs the edge-harness binary with no backend settings from the environment.
+pub fn harness(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_edge-harness"))
+        .args(args)
+        .env_remove("EDGE_URL")
+        .env_remove("EDGE_SECRET")
+        .env_remove("ADMIN_TOKEN")
+        .output()
+        .expect("edge-harness runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
 /// `edge-harness serve` (the embedded edge-server with spec timers) as a
 /// child process on an ephemeral port: (the child, its base URL).
 pub fn serve_child(dir: &std::path::Path) -> (std::process::Child, String) {
