@@ -306,9 +306,14 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     while at < plan.duration && agent_count > 0 {
         let rate = plan.rate_at(at) * shard_share;
         if rate <= 0.0 {
-            // Nothing to send yet (a ramp's start, or an idle run): wait, do not spin.
-            at += Duration::from_millis(10);
+            // Nothing to send until the rate rises: sleep until then (an idle
+            // fleet's process should not wake for nothing), refreshing the
+            // progress line now and then.
+            at = plan
+                .rate_may_rise_at(at)
+                .min(run_start.elapsed() + Duration::from_millis(250));
             tokio::time::sleep_until((run_start + at).into()).await;
+            show(&bar, &live.borrow_and_update(), sockets);
             continue;
         }
         let scheduled = run_start + at;

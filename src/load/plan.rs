@@ -242,6 +242,18 @@ impl Plan {
         rate
     }
 
+    /// While the rate is zero at `t`, the next time it may not be: the
+    /// spike's start, a step into the ramp, or the end of the run.
+    pub fn rate_may_rise_at(&self, t: Duration) -> Duration {
+        if !self.ramp.is_zero() && t < self.ramp {
+            return t + Duration::from_millis(10);
+        }
+        match &self.spike {
+            Some(spike) if spike.at > t => spike.at,
+            _ => self.duration,
+        }
+    }
+
     /// The persona of agent `index`: shares laid out over the index range,
     /// so every run with the same plan gives each agent the same persona.
     pub fn persona_of(&self, index: usize) -> Persona {
@@ -336,6 +348,36 @@ mod tests {
         assert_eq!(plan.rate_at(Duration::from_secs(5)), 50.0);
         assert_eq!(plan.rate_at(Duration::from_secs(15)), 100.0);
         assert_eq!(plan.rate_at(Duration::from_secs(22)), 1000.0);
+    }
+
+    #[test]
+    fn an_idle_stretch_sleeps_until_the_rate_can_rise() {
+        let spike = Spike {
+            rate: 1000.0,
+            at: Duration::from_secs(20),
+            lasting: Duration::from_secs(5),
+        };
+        let idle_then_spike = Plan {
+            rate: 0.0,
+            duration: Duration::from_secs(60),
+            spike: Some(spike),
+            ..Plan::default()
+        };
+        let t = Duration::from_secs(3);
+        assert_eq!(idle_then_spike.rate_may_rise_at(t), Duration::from_secs(20));
+        assert_eq!(
+            idle_then_spike.rate_may_rise_at(Duration::from_secs(30)),
+            Duration::from_secs(60)
+        );
+        let ramp = Plan {
+            rate: 100.0,
+            ramp: Duration::from_secs(10),
+            ..Plan::default()
+        };
+        assert_eq!(
+            ramp.rate_may_rise_at(Duration::ZERO),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]
