@@ -247,6 +247,39 @@ impl Target {
         }
     }
 
+    /// When the backend recorded the command's first ack: `acked_at` of
+    /// `GET /api/commands/{id}` (WS-API-3); None while it has none.
+    pub async fn acked_at(&self, command_id: &str) -> Result<Option<SystemTime>, String> {
+        let admin = self
+            .admin_token
+            .as_deref()
+            .ok_or("reading a command back needs --admin-token")?;
+        let response = self
+            .http
+            .get(format!("{}/api/commands/{command_id}", self.http_base))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .map_err(|e| format!("GET /api/commands: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET /api/commands: HTTP {}", status.as_u16()));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| format!("GET /api/commands: {e}"))?;
+        let Some(text) = body["acked_at"].as_str() else {
+            return Ok(None);
+        };
+        let utc = text
+            .strip_suffix("+00:00")
+            .map_or(text.to_string(), |t| format!("{t}Z"));
+        humantime::parse_rfc3339_weak(&utc)
+            .map(Some)
+            .map_err(|_| format!("acked_at `{text}` is not an RFC 3339 UTC time"))
+    }
+
     pub async fn restart(&self) -> Result<(), String> {
         let restarter = self.restarter.as_ref().ok_or("no --restart-cmd")?;
         restarter().await

@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::backend_view::{self, AckedCommand};
 use super::plan::Persona;
 
 /// Something a worker saw.
@@ -16,6 +20,8 @@ pub enum Sample {
     /// and the time it actually went out).
     Started {
         seq: u64,
+        /// Which of the backends (`--url`) it went to.
+        target: usize,
         scheduled: Instant,
         sent: Instant,
     },
@@ -68,12 +74,12 @@ pub struct Live {
     pub p99_ms: f64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     // Microseconds, 1 µs to 1 hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
-fn record(h: &mut Histogram<u64>, d: Duration) {
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(d.as_micros().max(1) as u64);
 }
 
@@ -81,6 +87,7 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 struct Command {
     scheduled: Option<Instant>,
     sent: Option<Instant>,
+    target: usize,
     accepted: bool,
     received: u32,
     acked: bool,
@@ -110,6 +117,11 @@ pub struct Collected {
     pub push_receive_uncorrected: Histogram<u64>,
     pub push_ack: Histogram<u64>,
     pub push_ack_uncorrected: Histogram<u64>,
+    /// Filled after the run from the backend's `acked_at` (backend_view.rs).
+    pub push_ack_backend: Histogram<u64>,
+    pub push_ack_backend_uncorrected: Histogram<u64>,
+    /// A uniform sample of the acked commands, to read back from the backend.
+    pub ack_sample: Vec<AckedCommand>,
     pub accept: Histogram<u64>,
     pub connect: Histogram<u64>,
     pub reconnect: Histogram<u64>,
@@ -132,7 +144,7 @@ pub struct Collected {
 
 pub async fn collect(
     mut rx: mpsc::UnboundedReceiver<Sample>,
-    started: Instant,
+    seed: u64,
     live: watch::Sender<Live>,
 ) -> Collected {
     let mut c = Collected {
@@ -140,6 +152,9 @@ pub async fn collect(
         push_receive_uncorrected: histogram(),
         push_ack: histogram(),
         push_ack_uncorrected: histogram(),
+        push_ack_backend: histogram(),
+        push_ack_backend_uncorrected: histogram(),
+        ack_sample: Vec::new(),
         accept: histogram(),
         connect: histogram(),
         reconnect: histogram(),
@@ -163,6 +178,7 @@ pub async fn collect(
     let mut second = Second::default();
     let mut second_hist = histogram();
     let mut storm: Option<Instant> = None;
+    let mut sampler = SmallRng::seed_from_u64(seed ^ 0xACED);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -186,6 +202,7 @@ pub async fn collect(
         match sample {
             Sample::Started {
                 seq,
+                target,
                 scheduled,
                 sent,
             } => {
@@ -194,6 +211,7 @@ pub async fn collect(
                 let entry = commands.entry(seq).or_default();
                 entry.scheduled = Some(scheduled);
                 entry.sent = Some(sent);
+                entry.target = target;
             }
             Sample::Answered { seq, status, at } => {
                 let entry = commands.entry(seq).or_default();
@@ -249,6 +267,21 @@ pub async fn collect(
                         &mut c.push_ack_uncorrected,
                         at.saturating_duration_since(sent),
                     );
+                    // Reservoir sampling: every acked command equally likely.
+                    let acked = AckedCommand {
+                        seq,
+                        target: entry.target,
+                        scheduled,
+                        sent,
+                    };
+                    if c.ack_sample.len() < backend_view::SAMPLE {
+                        c.ack_sample.push(acked);
+                    } else {
+                        let slot = sampler.random_range(0..c.acked as usize);
+                        if let Some(kept) = c.ack_sample.get_mut(slot) {
+                            *kept = acked;
+                        }
+                    }
                 }
             }
             Sample::Connected {
@@ -294,7 +327,6 @@ pub async fn collect(
             }
         }
     }
-    let _ = started;
     // Accepted (2xx) and never received: lost.
     c.lost = commands
         .values()

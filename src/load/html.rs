@@ -163,6 +163,11 @@ pub fn render(report: &LoadReport) -> String {
                 points: percentile_points(report, "push_ack_uncorrected"),
             },
             Series {
+                name: "push→ack, backend's acked_at",
+                color: "#8e44ad",
+                points: percentile_points(report, "push_ack_backend"),
+            },
+            Series {
                 name: "push→receive",
                 color: "#2980b9",
                 points: percentile_points(report, "push_receive"),

@@ -8,6 +8,7 @@
 //! `thresholds.rs` (`--fail-if`), `server.rs` (the embedded backend).
 
 pub mod agent;
+pub mod backend_view;
 pub mod collector;
 pub mod html;
 pub mod plan;
@@ -177,7 +178,8 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     let started = Instant::now();
     let (samples, rx) = mpsc::unbounded_channel();
     let (live_tx, mut live) = watch::channel(Live::default());
-    let collector = tokio::spawn(collector::collect(rx, started, live_tx));
+    let clock = backend_view::ClockPair::now();
+    let collector = tokio::spawn(collector::collect(rx, plan.seed, live_tx));
     let (signals, _) = broadcast::channel(64);
     let stop = CancellationToken::new();
     let ready = Arc::new(Ready {
@@ -331,11 +333,12 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
             let target = &targets[k % targets.len()];
             let _ = samples.send(Sample::Started {
                 seq: this,
+                target: k % targets.len(),
                 scheduled,
                 sent: Instant::now(),
             });
             let status = match target
-                .inject(&format!("load-{k:06}"), &format!("ld{shard}-{this}"), &body)
+                .inject(&format!("load-{k:06}"), &command_id(shard, this), &body)
                 .await
             {
                 Ok(()) => 202,
@@ -378,7 +381,26 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
     }
     drop(samples);
-    let collected = collector.await.map_err(|e| e.to_string())?;
+    let mut collected = collector.await.map_err(|e| e.to_string())?;
+    let mut backend_unread = Default::default();
+    if targets.iter().all(|t| t.admin_token.is_some()) && !collected.ack_sample.is_empty() {
+        if cfg.progress {
+            eprintln!(
+                "reading acked_at of {} acked commands back from the backend",
+                collected.ack_sample.len()
+            );
+        }
+        let view = backend_view::look_up(
+            &targets,
+            &collected.ack_sample,
+            |seq| command_id(shard, seq),
+            clock,
+        )
+        .await;
+        collected.push_ack_backend = view.corrected;
+        collected.push_ack_backend_uncorrected = view.uncorrected;
+        backend_unread = view.unread;
+    }
     let meta = Meta {
         command_line: cfg.command_line,
         seed: plan.seed,
@@ -391,6 +413,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         connected_at_start,
     };
     let mut report = LoadReport::build(collected, meta);
+    report.counts.backend_unread = backend_unread;
     let notes = &mut report.notes;
     if let (Some((rss0, _)), Some((rss1, cpu1)), Some((_, cpu2))) = (before, connected_usage, after)
     {
@@ -409,6 +432,11 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         notes.insert("loopback_ws_rtt_floor_p99_ms".into(), p99);
     }
     Ok(report)
+}
+
+/// The id of command `seq` of this shard; agents read `seq` back from it.
+fn command_id(shard: usize, seq: u64) -> String {
+    format!("ld{shard}-{seq}")
 }
 
 fn first_words(error: &str) -> String {

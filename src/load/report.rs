@@ -14,11 +14,13 @@ use super::collector::{Collected, PersonaStats, Second};
 pub const SCHEMA: &str = "edge-harness/load/v1";
 
 /// The latency histograms, by name, in microseconds.
-pub const HISTOGRAMS: [&str; 7] = [
+pub const HISTOGRAMS: [&str; 9] = [
     "push_receive",
     "push_receive_uncorrected",
     "push_ack",
     "push_ack_uncorrected",
+    "push_ack_backend",
+    "push_ack_backend_uncorrected",
     "accept",
     "connect",
     "reconnect",
@@ -62,6 +64,9 @@ pub struct Counts {
     pub connects: u64,
     pub connect_failures: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// Sampled acked commands whose `acked_at` could not be read back, by reason.
+    #[serde(default)]
+    pub backend_unread: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -147,11 +152,16 @@ fn reconnect_curve(fleet: u64, mut returns: Vec<std::time::Duration>) -> Reconne
 
 impl LoadReport {
     pub fn build(c: Collected, meta: Meta) -> LoadReport {
-        let hist: [(&str, &Histogram<u64>); 7] = [
+        let hist: [(&str, &Histogram<u64>); 9] = [
             ("push_receive", &c.push_receive),
             ("push_receive_uncorrected", &c.push_receive_uncorrected),
             ("push_ack", &c.push_ack),
             ("push_ack_uncorrected", &c.push_ack_uncorrected),
+            ("push_ack_backend", &c.push_ack_backend),
+            (
+                "push_ack_backend_uncorrected",
+                &c.push_ack_backend_uncorrected,
+            ),
             ("accept", &c.accept),
             ("connect", &c.connect),
             ("reconnect", &c.reconnect),
@@ -178,6 +188,7 @@ impl LoadReport {
                 connects: c.connects,
                 connect_failures: c.connect_failures,
                 errors: c.errors,
+                backend_unread: BTreeMap::new(),
             },
             percentiles: hist
                 .iter()
@@ -254,8 +265,15 @@ impl LoadReport {
         let mut merged = iter.next().ok_or("nothing to merge")?;
         for other in iter {
             for name in HISTOGRAMS {
-                let mut h = merged.histogram(name)?;
-                h.add(other.histogram(name)?)
+                // Reports from before a histogram existed merge as if it were empty.
+                let (mut h, theirs) = match (merged.histogram(name), other.histogram(name)) {
+                    (Ok(mine), Ok(theirs)) => (mine, theirs),
+                    (Ok(only), Err(_)) | (Err(_), Ok(only)) => {
+                        (only, crate::load::collector::histogram())
+                    }
+                    (Err(_), Err(_)) => continue,
+                };
+                h.add(theirs)
                     .map_err(|e| format!("merging {name}: {e:?}"))?;
                 merged.percentiles.insert(name.into(), Percentiles::of(&h));
                 merged.histograms.insert(name.into(), encode(&h));
@@ -274,6 +292,7 @@ impl LoadReport {
                 (&mut a.rejected, b.rejected),
                 (&mut a.connect_failures, b.connect_failures),
                 (&mut a.errors, b.errors),
+                (&mut a.backend_unread, b.backend_unread),
             ] {
                 for (k, v) in theirs {
                     *mine.entry(k).or_default() += v;
@@ -352,18 +371,43 @@ impl LoadReport {
             ("  uncorrected", "push_receive_uncorrected"),
             ("push→ack", "push_ack"),
             ("  uncorrected", "push_ack_uncorrected"),
+            ("push→ack, backend's clock", "push_ack_backend"),
+            ("  uncorrected", "push_ack_backend_uncorrected"),
             ("accept (control API)", "accept"),
             ("connect", "connect"),
             ("reconnect", "reconnect"),
         ];
         for (label, name) in rows {
-            if let Some(p) = self.percentiles.get(name) {
+            let unmeasured = name.starts_with("push_ack_backend");
+            if let Some(p) = self
+                .percentiles
+                .get(name)
+                .filter(|p| p.count > 0 || !unmeasured)
+            {
                 let _ = writeln!(
                     out,
                     "{label:<28} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
                     p.count, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
                 );
             }
+        }
+        if let Some(backend) = self.percentiles.get("push_ack_backend") {
+            let _ = if backend.count > 0 {
+                writeln!(out, "  (backend's clock: acked_at of {} sampled acked commands, read back through GET /api/commands/{{id}}, as precise as its timestamps)", backend.count)
+            } else {
+                writeln!(
+                    out,
+                    "  (backend's clock: not measured; it needs the control API and --admin-token)"
+                )
+            };
+        }
+        if !c.backend_unread.is_empty() {
+            let why: Vec<String> = c
+                .backend_unread
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            let _ = writeln!(out, "  acked_at not read back: {}", why.join(", "));
         }
         if self.reconnect.fleet > 0 {
             let r = &self.reconnect;
