@@ -2,13 +2,17 @@
 //! the acked commands, `acked_at` read back through
 //! `GET /api/commands/{id}` after the run and timed from the same
 //! scheduled send as the agents' view. It is the backend's clock (the
-//! harness's own on one host; keep clocks in sync otherwise) at the
-//! backend's resolution (1 ms for edge-server).
+//! harness's own on one host; keep clocks in sync otherwise). Timestamps
+//! with a coarse resolution (edge-server's are whole milliseconds) are
+//! each spread uniformly over their tick: truncation alone would read
+//! half a tick early on average.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{stream, StreamExt};
 use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use super::collector::{histogram, record};
 use crate::target::Target;
@@ -32,6 +36,8 @@ pub struct BackendView {
     pub uncorrected: Histogram<u64>,
     /// Lookups that gave no `acked_at` (or an error), by reason.
     pub unread: std::collections::BTreeMap<String, u64>,
+    /// The coarsest tick every timestamp read sits on (1 ms for edge-server).
+    pub resolution: Duration,
 }
 
 /// One instant on both clocks, to turn the harness's monotonic times into
@@ -65,11 +71,13 @@ pub async fn look_up(
     sample: &[AckedCommand],
     command_id: impl Fn(u64) -> String,
     clock: ClockPair,
+    seed: u64,
 ) -> BackendView {
     let mut view = BackendView {
         corrected: histogram(),
         uncorrected: histogram(),
         unread: Default::default(),
+        resolution: Duration::ZERO,
     };
     let answers: Vec<_> = stream::iter(sample.iter().map(|command| {
         let target = &targets[command.target % targets.len()];
@@ -79,27 +87,74 @@ pub async fn look_up(
     .buffer_unordered(LOOKUPS_IN_FLIGHT)
     .collect()
     .await;
+    let mut read = Vec::with_capacity(answers.len());
     for (command, answer) in answers {
         match answer {
-            Ok(Some(acked_at)) => {
-                let since = |at: Instant| {
-                    acked_at
-                        .duration_since(clock.wall(at))
-                        .unwrap_or(Duration::ZERO)
-                };
-                record(&mut view.corrected, since(command.scheduled));
-                record(&mut view.uncorrected, since(command.sent));
-            }
+            Ok(Some(acked_at)) => read.push((command, acked_at)),
             Ok(None) => *view.unread.entry("no acked_at".into()).or_default() += 1,
             Err(why) => *view.unread.entry(why).or_default() += 1,
         }
     }
+    view.resolution = resolution(read.iter().map(|(_, at)| *at));
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xB4C6);
+    for (command, acked_at) in read {
+        let acked_at = acked_at + view.resolution.mul_f64(rng.random::<f64>());
+        let since = |at: Instant| {
+            acked_at
+                .duration_since(clock.wall(at))
+                .unwrap_or(Duration::ZERO)
+        };
+        record(&mut view.corrected, since(command.scheduled));
+        record(&mut view.uncorrected, since(command.sent));
+    }
     view
+}
+
+/// The coarsest of 1 s, 1 ms, 1 µs that every timestamp is a whole multiple of.
+fn resolution(times: impl Iterator<Item = SystemTime>) -> Duration {
+    let mut ticks = [1_000_000_000u32, 1_000_000, 1_000];
+    for time in times {
+        let nanos = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        for tick in ticks.iter_mut() {
+            if *tick != 0 && nanos % *tick != 0 {
+                *tick = 0;
+            }
+        }
+    }
+    ticks
+        .into_iter()
+        .find(|&t| t > 0)
+        .map_or(Duration::ZERO, |t| Duration::from_nanos(u64::from(t)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resolution_is_the_coarsest_common_tick() {
+        let at = |ms: u64, us: u64| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ms) + Duration::from_micros(us)
+        };
+        assert_eq!(
+            resolution([at(1_000, 0), at(5_000, 0)].into_iter()),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            resolution([at(1_000, 0), at(5_001, 0)].into_iter()),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            resolution([at(1_000, 7), at(5_001, 0)].into_iter()),
+            Duration::from_micros(1)
+        );
+        assert_eq!(
+            resolution([SystemTime::UNIX_EPOCH + Duration::from_nanos(3)].into_iter()),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn monotonic_times_map_onto_the_wall_clock() {

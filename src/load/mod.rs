@@ -11,6 +11,7 @@ pub mod agent;
 pub mod backend_view;
 pub mod collector;
 pub mod html;
+pub mod pacer;
 pub mod plan;
 pub mod report;
 pub mod server;
@@ -302,24 +303,22 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     let agent_count = indices.len();
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(plan.seed);
     let mut seq: u64 = 0;
-    let mut at = Duration::ZERO;
-    let shard_share = 1.0 / shards as f64;
-    let mut last_live = Instant::now();
-    while at < plan.duration && agent_count > 0 {
-        let rate = plan.rate_at(at) * shard_share;
-        if rate <= 0.0 {
-            // Nothing to send until the rate rises: sleep until then (an idle
-            // fleet's process should not wake for nothing), refreshing the
-            // progress line now and then.
-            at = plan
-                .rate_may_rise_at(at)
-                .min(run_start.elapsed() + Duration::from_millis(250));
-            tokio::time::sleep_until((run_start + at).into()).await;
-            show(&bar, &live.borrow_and_update(), sockets);
-            continue;
-        }
-        let scheduled = run_start + at;
-        tokio::time::sleep_until(scheduled.into()).await;
+    let (mut schedule, pacer) = pacer::start(plan.clone(), 1.0 / shards as f64, run_start);
+    if agent_count == 0 {
+        schedule.close();
+    }
+    let mut refresh = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let scheduled = tokio::select! {
+            scheduled = schedule.recv() => match scheduled {
+                Some(scheduled) => scheduled,
+                None => break,
+            },
+            _ = refresh.tick() => {
+                show(&bar, &live.borrow_and_update(), sockets);
+                continue;
+            }
+        };
         let k = indices[rand::Rng::random_range(&mut rng, 0..agent_count)];
         let permit = in_flight
             .clone()
@@ -357,12 +356,8 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
             drop(permit);
         });
         seq += 1;
-        at += Duration::from_secs_f64(1.0 / rate);
-        if last_live.elapsed() >= Duration::from_millis(250) {
-            show(&bar, &live.borrow_and_update(), sockets);
-            last_live = Instant::now();
-        }
     }
+    let _ = pacer.join();
     let injected_s = run_start.elapsed().as_secs_f64();
     let after = usage::own();
     // Drain: wait for acks still on their way.
@@ -382,7 +377,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     }
     drop(samples);
     let mut collected = collector.await.map_err(|e| e.to_string())?;
-    let mut backend_unread = Default::default();
+    let (mut backend_unread, mut backend_resolution) = (Default::default(), None);
     if targets.iter().all(|t| t.admin_token.is_some()) && !collected.ack_sample.is_empty() {
         if cfg.progress {
             eprintln!(
@@ -395,11 +390,13 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
             &collected.ack_sample,
             |seq| command_id(shard, seq),
             clock,
+            plan.seed,
         )
         .await;
         collected.push_ack_backend = view.corrected;
         collected.push_ack_backend_uncorrected = view.uncorrected;
         backend_unread = view.unread;
+        backend_resolution = Some(view.resolution);
     }
     let meta = Meta {
         command_line: cfg.command_line,
@@ -425,6 +422,12 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         notes.insert(
             "harness_cpu_pct_of_a_core".into(),
             (cpu2 - cpu1) / injected_s.max(0.001) * 100.0,
+        );
+    }
+    if let Some(tick) = backend_resolution {
+        notes.insert(
+            "backend_ack_timestamp_resolution_ms".into(),
+            tick.as_secs_f64() * 1000.0,
         );
     }
     if let Some((p50, p99)) = floor {

@@ -393,7 +393,13 @@ impl LoadReport {
         }
         if let Some(backend) = self.percentiles.get("push_ack_backend") {
             let _ = if backend.count > 0 {
-                writeln!(out, "  (backend's clock: acked_at of {} sampled acked commands, read back through GET /api/commands/{{id}}, as precise as its timestamps)", backend.count)
+                let tick = match self.notes.get("backend_ack_timestamp_resolution_ms") {
+                    Some(ms) if *ms >= 0.001 => {
+                        format!("; each timestamp spread over its {ms} ms tick")
+                    }
+                    _ => String::new(),
+                };
+                writeln!(out, "  (backend's clock: acked_at of {} sampled acked commands, read back through GET /api/commands/{{id}}{tick})", backend.count)
             } else {
                 writeln!(
                     out,
