@@ -146,6 +146,12 @@ mod tests {
         assert_eq!((t.op, t.value), (Op::Eq, 0.0));
         let t: Threshold = "reconnect_t99 <= 5s".parse().unwrap();
         assert_eq!((t.op, t.value), (Op::Le, 5000.0));
+        // A threshold on what a run did not measure fails and says so.
+        let t: Threshold = "backend_p99<5ms".parse().unwrap();
+        assert_eq!(
+            t.breached(&LoadReport::empty_for_validation()).as_deref(),
+            Some("backend_p99<5ms breached: not measured in this run")
+        );
         assert!("p98<1ms"
             .parse::<Threshold>()
             .unwrap_err()

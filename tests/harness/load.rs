@@ -62,6 +62,24 @@ fn a_run_against_edge_server_loses_nothing_and_writes_both_reports() {
         "the command line is recorded for a replay"
     );
     assert_eq!(report.histogram("push_ack").unwrap().len(), 300);
+    // The backend's view: every acked command (fewer than the sample size)
+    // read back, at edge-server's whole-millisecond timestamps, and never
+    // before the agent could have sent its ack.
+    let backend = &report.percentiles["push_ack_backend"];
+    assert_eq!(backend.count, 300);
+    assert!(
+        report.counts.backend_unread.is_empty(),
+        "{:?}",
+        report.counts.backend_unread
+    );
+    assert_eq!(report.notes["backend_ack_timestamp_resolution_ms"], 1.0);
+    let receive = &report.percentiles["push_receive"];
+    assert!(
+        backend.p50_ms >= receive.p50_ms - 1.0,
+        "backend p50 {} ms is earlier than receipt {} ms",
+        backend.p50_ms,
+        receive.p50_ms
+    );
     let html = std::fs::read_to_string(json.with_extension("html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 5, "five plots");
     assert!(!html.contains("<script"), "self-contained: no scripts");
