@@ -42,7 +42,7 @@ impl Embedded {
         let db = format!("sqlite://{}", dir.path().join("edge.db").display());
         let mut config = config(&db);
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = edge_server::bind(([127, 0, 0, 1], 0).into())?;
         let server = edge_server::start(config.clone(), listener).await?;
         Ok(Embedded {
             addr: server.addr,
@@ -88,7 +88,7 @@ impl Embedded {
 async fn bind_again(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     let mut last = String::new();
     for _ in 0..50 {
-        match tokio::net::TcpListener::bind(addr).await {
+        match edge_server::bind(addr) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = e.to_string(),
         }

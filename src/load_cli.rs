@@ -219,9 +219,14 @@ pub async fn serve(args: ServeArgs) -> Result<bool, UsageError> {
     config.rate_messages_per_min = 0;
     config.rate_ping_interval = Duration::ZERO;
     config.max_pending = 100_000;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let cannot =
+        |e: &dyn std::fmt::Display| UsageError(format!("cannot listen on {}: {e}", args.listen));
+    let addr = tokio::net::lookup_host(&args.listen)
         .await
-        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", args.listen)))?;
+        .map_err(|e| cannot(&e))?
+        .next()
+        .ok_or_else(|| cannot(&"no address"))?;
+    let listener = edge_server::bind(addr).map_err(|e| cannot(&e))?;
     let server = edge_server::start(config, listener)
         .await
         .map_err(|e| UsageError(format!("{e:#}")))?;

@@ -26,4 +26,4 @@ pub mod tls;
 pub mod wire;
 
 pub use config::Config;
-pub use server::{start, RunningServer};
+pub use server::{bind, start, RunningServer};
