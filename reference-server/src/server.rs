@@ -316,9 +316,8 @@ mod tests {
     async fn the_accept_queue_holds_a_burst_of_connects() {
         let listener = bind(([127, 0, 0, 1], 0).into()).unwrap();
         let addr = listener.local_addr().unwrap();
-        let connects = (0..600).map(|_| {
-            tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr))
-        });
+        let connects = (0..600)
+            .map(|_| tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr)));
         let results = futures_util::future::join_all(connects).await;
         let established = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
         assert_eq!(established, 600);

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::collector::Sample;
+use super::dialer::Dialer;
 use super::plan::{AckDialect, Persona, Plan};
 use super::wire::{Frame, LeanWs};
 
@@ -45,28 +45,14 @@ pub fn seq_of(command_id: &str) -> Option<u64> {
     command_id.rsplit_once('-')?.1.parse().ok()
 }
 
-async fn open(spec: &AgentSpec) -> Result<LeanWs, String> {
+async fn open(spec: &AgentSpec, dialer: &Dialer) -> Result<LeanWs, String> {
     let path = format!("/edge/ws?edge_agent_id={}", spec.id);
     let addr = tokio::net::lookup_host((spec.host.as_str(), spec.port))
         .await
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("no address")?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| e.to_string())?;
-    if let Some(ip) = spec.source {
-        socket
-            .bind((ip, 0).into())
-            .map_err(|e| format!("bind {ip}: {e}"))?;
-    }
-    let stream = socket
-        .connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let stream = dialer.connect(addr, spec.source).await?;
     let _ = stream.set_nodelay(true);
     LeanWs::handshake(
         stream,
@@ -143,7 +129,7 @@ pub async fn run(
     samples: mpsc::UnboundedSender<Sample>,
     mut signals: broadcast::Receiver<Signal>,
     stop: CancellationToken,
-    gate: Arc<tokio::sync::Semaphore>,
+    dialer: Arc<Dialer>,
     on_first_connect: Box<dyn FnOnce() + Send>,
 ) {
     let mut on_first_connect = Some(on_first_connect);
@@ -160,8 +146,8 @@ pub async fn run(
         // Boxed: the handshake's state is large and lives only while connecting,
         // so it must not size every idle agent's task.
         let connecting = Box::pin(async {
-            let _permit = gate.acquire().await;
-            open(&spec).await
+            let _turn = dialer.turn().await;
+            open(&spec, &dialer).await
         });
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
@@ -492,7 +478,7 @@ mod tests {
             tx,
             signals.subscribe(),
             CancellationToken::new(),
-            Arc::new(tokio::sync::Semaphore::new(1)),
+            Arc::new(Dialer::new(1, (0, 1))),
             Box::new(|| {}),
         );
         // The connect and session states are boxed, so the task that lives

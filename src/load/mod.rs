@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod backend_view;
 pub mod collector;
+pub mod dialer;
 pub mod html;
 pub mod pacer;
 pub mod plan;
@@ -188,7 +189,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         all: Notify::new(),
         total: sockets,
     });
-    let gate = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
+    let dialer = Arc::new(dialer::Dialer::new(CONNECTS_IN_FLIGHT, (shard, shards)));
     let mut agents = Vec::with_capacity(sockets);
     for spec in specs {
         let copies = if spec.persona == plan::Persona::Duplicate {
@@ -198,7 +199,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         };
         let spec = Arc::new(spec);
         for _ in 0..copies {
-            let (spec, plan, http, samples, signals, stop, ready, gate) = (
+            let (spec, plan, http, samples, signals, stop, ready, dialer) = (
                 spec.clone(),
                 plan.clone(),
                 http.clone(),
@@ -206,7 +207,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
                 signals.subscribe(),
                 stop.clone(),
                 ready.clone(),
-                gate.clone(),
+                dialer.clone(),
             );
             agents.push(tokio::spawn(async move {
                 let on_first_connect = move || {
@@ -221,7 +222,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
                     samples,
                     signals,
                     stop,
-                    gate,
+                    dialer,
                     Box::new(on_first_connect),
                 )
                 .await

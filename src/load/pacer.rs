@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use super::plan::Plan;
 
 /// Sends the scheduled time of every command of the run (this process's
-/// `share` of the plan's rate), each at that time, from `start` until the
-/// plan's duration; ends early when the receiver goes away.
+/// `share` of the plan's rate), each at that time, from `start`; hangs up
+/// at the end of the plan's duration (an idle run lasts it too), or early
+/// when the receiver goes away.
 pub fn start(
     plan: Arc<Plan>,
     share: f64,
@@ -33,6 +34,9 @@ pub fn start(
                 if tx.send(scheduled).is_err() {
                     return;
                 }
+            }
+            if let Some(rest) = (start + plan.duration).checked_duration_since(Instant::now()) {
+                std::thread::sleep(rest);
             }
         })
         .expect("a thread starts");
@@ -101,13 +105,28 @@ mod tests {
             ..Plan::default()
         });
         let start = Instant::now();
-        let (mut rx, thread) = super::start(plan, 1.0, start);
+        let (mut rx, thread) = super::start(plan.clone(), 1.0, start);
         let mut n = 0;
         while let Some(scheduled) = rx.blocking_recv() {
             assert!(Instant::now() >= scheduled, "handed over before its time");
             n += 1;
         }
+        assert!(start.elapsed() >= plan.duration);
         thread.join().unwrap();
         assert_eq!(n, 20);
+    }
+
+    #[test]
+    fn an_idle_run_lasts_its_duration() {
+        let plan = Arc::new(Plan {
+            rate: 0.0,
+            duration: Duration::from_millis(200),
+            ..Plan::default()
+        });
+        let start = Instant::now();
+        let (mut rx, thread) = super::start(plan, 1.0, start);
+        assert_eq!(rx.blocking_recv(), None);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        thread.join().unwrap();
     }
 }

@@ -391,7 +391,11 @@ impl LoadReport {
                 );
             }
         }
-        if let Some(backend) = self.percentiles.get("push_ack_backend") {
+        if let Some(backend) = self
+            .percentiles
+            .get("push_ack_backend")
+            .filter(|_| c.acked > 0)
+        {
             let _ = if backend.count > 0 {
                 let tick = match self.notes.get("backend_ack_timestamp_resolution_ms") {
                     Some(ms) if *ms >= 0.001 => {
