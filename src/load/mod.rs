@@ -2,10 +2,13 @@
 //! backends, commands injected at a fixed arrival rate (open model), and
 //! latency measured from each command's scheduled time.
 //!
-//! `plan.rs` (the one value every load shape becomes), `agent.rs` (a
-//! simulated agent), `collector.rs` (the one owner of the histograms),
-//! `report.rs` (JSON, summary, merge, baseline), `html.rs` (the page),
-//! `thresholds.rs` (`--fail-if`), `server.rs` (the embedded backend).
+//! `plan.rs` (the one value every load shape becomes), `pacer.rs` (the
+//! open model's clock), `agent.rs` (a simulated agent), `dialer.rs` (how
+//! agents open sockets), `wire.rs` (their WebSocket codec), `collector.rs`
+//! (the one owner of the histograms), `backend_view.rs` (the backend's
+//! `acked_at`), `report.rs` (JSON, summary, merge, baseline), `html.rs`
+//! (the page), `thresholds.rs` (`--fail-if`), `server.rs` (the embedded
+//! backend), `usage.rs` (the harness's own cost).
 
 pub mod agent;
 pub mod backend_view;
