@@ -140,6 +140,8 @@ pub struct Collected {
     /// Time from each storm to each agent being back, for the reconnect curve.
     pub storm_returns: Vec<Duration>,
     pub storm_fleet: u64,
+    /// From the storm to the first ack of a command sent after it.
+    pub storm_flowing: Option<Duration>,
 }
 
 pub async fn collect(
@@ -172,6 +174,7 @@ pub async fn collect(
         personas: BTreeMap::new(),
         storm_returns: Vec::new(),
         storm_fleet: 0,
+        storm_flowing: None,
     };
     let mut commands: HashMap<u64, Command> = HashMap::new();
     let mut connected: i64 = 0;
@@ -260,6 +263,9 @@ pub async fn collect(
                 c.acked += 1;
                 second.acked += 1;
                 if let (Some(scheduled), Some(sent)) = (entry.scheduled, entry.sent) {
+                    if let Some(storm) = storm.filter(|s| sent >= *s && c.storm_flowing.is_none()) {
+                        c.storm_flowing = Some(at.saturating_duration_since(storm));
+                    }
                     let corrected = at.saturating_duration_since(scheduled);
                     record(&mut c.push_ack, corrected);
                     record(&mut second_hist, corrected);
@@ -320,6 +326,7 @@ pub async fn collect(
                 storm = Some(at);
                 c.storm_fleet = connected.max(0) as u64;
                 c.storm_returns.clear();
+                c.storm_flowing = None;
             }
             Sample::Error { kind } => {
                 errors_total += 1;

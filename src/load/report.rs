@@ -79,6 +79,9 @@ pub struct Reconnect {
     pub t100_ms: Option<f64>,
     /// (ms since the storm, share of the fleet back), for the curve.
     pub curve: Vec<(f64, f64)>,
+    /// From the storm to the first ack of a command sent after it.
+    #[serde(default)]
+    pub flowing_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +150,7 @@ fn reconnect_curve(fleet: u64, mut returns: Vec<std::time::Duration>) -> Reconne
         t99_ms: at_share(0.99),
         t100_ms: at_share(1.0),
         curve,
+        flowing_ms: None,
     }
 }
 
@@ -199,7 +203,10 @@ impl LoadReport {
                 .map(|(n, h)| (n.to_string(), encode(h)))
                 .collect(),
             timeline: c.timeline,
-            reconnect: reconnect_curve(c.storm_fleet, c.storm_returns),
+            reconnect: Reconnect {
+                flowing_ms: c.storm_flowing.map(|d| d.as_secs_f64() * 1000.0),
+                ..reconnect_curve(c.storm_fleet, c.storm_returns)
+            },
             personas: c.personas,
             notes: BTreeMap::new(),
         }
@@ -327,6 +334,8 @@ impl LoadReport {
             merged.reconnect.t50_ms = max_opt(merged.reconnect.t50_ms, other.reconnect.t50_ms);
             merged.reconnect.t99_ms = max_opt(merged.reconnect.t99_ms, other.reconnect.t99_ms);
             merged.reconnect.t100_ms = max_opt(merged.reconnect.t100_ms, other.reconnect.t100_ms);
+            merged.reconnect.flowing_ms =
+                max_opt(merged.reconnect.flowing_ms, other.reconnect.flowing_ms);
         }
         merged.targets.sort();
         merged.targets.dedup();
@@ -425,12 +434,13 @@ impl LoadReport {
                 |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{:.2}s", ms / 1000.0));
             let _ = writeln!(
                 out,
-                "\nreconnect    {} of {} back; 50 % in {}, 99 % in {}, 100 % in {}",
+                "\nreconnect    {} of {} back; 50 % in {}, 99 % in {}, 100 % in {}; commands flowing again in {}",
                 r.back,
                 r.fleet,
                 show(r.t50_ms),
                 show(r.t99_ms),
-                show(r.t100_ms)
+                show(r.t100_ms),
+                show(r.flowing_ms)
             );
         }
         let _ = writeln!(out, "\npersonas");

@@ -22,7 +22,7 @@ enum Op {
 
 pub const METRICS: &str = "p50, p90, p99, p999, max (push→ack, corrected), receive_p50 … receive_max (push→receive), \
 uncorrected_p99, backend_p99 (push→ack by the backend's acked_at), accept_p99, connect_p99, reconnect_p99, lost, errors, duplicates, connect_failures, rejected, \
-reconnect_t50, reconnect_t99, reconnect_t100, throughput";
+reconnect_t50, reconnect_t99, reconnect_t100, reconnect_flowing (storm to the first ack of a command sent after it), throughput";
 
 impl std::str::FromStr for Threshold {
     type Err = String;
@@ -92,6 +92,7 @@ impl Threshold {
             "reconnect_t50" => Some(report.reconnect.t50_ms.unwrap_or(f64::INFINITY)),
             "reconnect_t99" => Some(report.reconnect.t99_ms.unwrap_or(f64::INFINITY)),
             "reconnect_t100" => Some(report.reconnect.t100_ms.unwrap_or(f64::INFINITY)),
+            "reconnect_flowing" => Some(report.reconnect.flowing_ms.unwrap_or(f64::INFINITY)),
             _ => {
                 let (hist, q) = match m.split_once('_') {
                     Some(("receive", q)) => ("push_receive", q),

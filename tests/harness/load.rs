@@ -1,5 +1,5 @@
 //! `edge-harness load` end to end: a run against the embedded edge-server,
-//! thresholds, shards merged, coordinated-omission correction against a
+//! storms (a restart, a fleet-wide drop), thresholds, shards merged, coordinated-omission correction against a
 //! backend that stalls, the fd-limit advice, and the summary table.
 
 use crate::{harness, text};
@@ -88,6 +88,64 @@ fn a_run_against_edge_server_loses_nothing_and_writes_both_reports() {
         "self-contained: nothing fetched"
     );
     assert!(text(&out.stdout).contains("push→ack"));
+}
+
+/// A storm in the middle of a run: every agent is back, commands flow
+/// again, and no accepted command is lost across it.
+fn storm(event: &str) -> LoadReport {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("storm.toml");
+    std::fs::write(
+        &profile,
+        format!("agents = 40\nrate = 40\nduration = \"6s\"\nevents = [{{ kind = \"{event}\", at = \"2s\" }}]\n"),
+    )
+    .unwrap();
+    let out = harness(&[
+        "load",
+        "--profile",
+        profile.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--report",
+        dir.path().to_str().unwrap(),
+        "--fail-if",
+        "lost==0",
+        "--fail-if",
+        "reconnect_t100<4s",
+        "--fail-if",
+        "reconnect_flowing<4s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let (report, _) = report_in(dir.path());
+    assert_eq!(report.reconnect.fleet, 40);
+    assert_eq!(report.reconnect.back, 40);
+    assert!(report.reconnect.t50_ms <= report.reconnect.t100_ms);
+    let flowing = report.reconnect.flowing_ms.expect("commands flowed again");
+    assert!(flowing > 0.0);
+    assert_eq!(report.counts.accepted, report.counts.received);
+    assert!(text(&out.stdout).contains("commands flowing again in"));
+    report
+}
+
+#[test]
+fn a_backend_restart_storm_brings_every_agent_back() {
+    let report = storm("restart");
+    // Every socket was closed with 1012 by the restart.
+    let closes = &report.personas["well_behaved"].disconnects;
+    assert_eq!(closes.get("close 1012"), Some(&40), "{closes:?}");
+}
+
+#[test]
+fn a_fleet_wide_drop_brings_every_agent_back() {
+    let report = storm("drop_all");
+    let closes = &report.personas["well_behaved"].disconnects;
+    assert_eq!(closes.get("dropped"), Some(&40), "{closes:?}");
 }
 
 #[test]
