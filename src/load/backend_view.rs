@@ -79,10 +79,21 @@ pub async fn look_up(
         unread: Default::default(),
         resolution: Duration::ZERO,
     };
-    let answers: Vec<_> = stream::iter(sample.iter().map(|command| {
+    // One probe first: a backend without the endpoint is told once, not 5,000 times.
+    let lookup = |command: &AckedCommand| {
         let target = &targets[command.target % targets.len()];
         let id = command_id(command.seq);
-        async move { (command, target.acked_at(&id).await) }
+        async move { target.acked_at(&id).await }
+    };
+    if let Some(first) = sample.first() {
+        if let Err(why) = lookup(first).await {
+            view.unread.insert(why, sample.len() as u64);
+            return view;
+        }
+    }
+    let answers: Vec<_> = stream::iter(sample.iter().map(|command| {
+        let answer = lookup(command);
+        async move { (command, answer.await) }
     }))
     .buffer_unordered(LOOKUPS_IN_FLIGHT)
     .collect()
@@ -154,6 +165,68 @@ mod tests {
             resolution([SystemTime::UNIX_EPOCH + Duration::from_nanos(3)].into_iter()),
             Duration::ZERO
         );
+    }
+
+    /// A backend without `GET /api/commands/{id}` is asked once, and the
+    /// report says why nothing was read.
+    #[tokio::test]
+    async fn a_backend_without_the_endpoint_is_asked_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = socket.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            let reply = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut target = Target::new(&format!("http://{addr}")).unwrap();
+        target.admin_token = Some("admin".into());
+        let now = Instant::now();
+        let sample: Vec<_> = (0..100)
+            .map(|seq| AckedCommand {
+                seq,
+                target: 0,
+                scheduled: now,
+                sent: now,
+            })
+            .collect();
+        let view = look_up(
+            &[target],
+            &sample,
+            |seq| format!("c-{seq}"),
+            ClockPair::now(),
+            1,
+        )
+        .await;
+        assert_eq!(view.corrected.len(), 0);
+        assert_eq!(
+            view.unread.into_iter().collect::<Vec<_>>(),
+            vec![("GET /api/commands: HTTP 404".to_string(), 100)]
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
     }
 
     #[test]
