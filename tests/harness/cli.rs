@@ -1,7 +1,7 @@
 //! The binary as users run it: exit codes, reports on disk, errors that say
 //! what is wrong.
 
-use crate::{harness, text};
+use crate::{assert_exit, harness, text};
 
 /// The whole suite against the embedded edge-server: every check passes,
 /// exit 0, and the JUnit and JSON reports say so.
@@ -157,13 +157,7 @@ fn usage_errors_are_exit_2_and_say_how_to_fix_them() {
 fn users_run_their_own_scenarios() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/examples/hello.toml");
     let out = harness(&["run", example, "--color", "never"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 0);
 }
 
 #[test]

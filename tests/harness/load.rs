@@ -2,7 +2,7 @@
 //! storms (a restart, a fleet-wide drop), thresholds, shards merged, coordinated-omission correction against a
 //! backend that stalls, the fd-limit advice, and the summary table.
 
-use crate::{harness, text};
+use crate::{assert_exit, harness, text};
 use std::process::Command;
 use std::time::Duration;
 
@@ -43,13 +43,7 @@ fn a_run_against_edge_server_loses_nothing_and_writes_both_reports() {
         "--fail-if",
         "p99<2s",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let (report, json) = report_in(dir.path());
     assert_eq!(report.counts.scheduled, 300);
     assert_eq!(report.counts.accepted, 300);
@@ -115,13 +109,7 @@ fn storm(event: &str) -> LoadReport {
         "--fail-if",
         "reconnect_flowing<4s",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let (report, _) = report_in(dir.path());
     assert_eq!(report.reconnect.fleet, 40);
     assert_eq!(report.reconnect.back, 40);

@@ -19,6 +19,17 @@ pub fn harness(args: &[&str]) -> std::process::Output {
         .expect("edge-harness runs")
 }
 
+/// Asserts a run's exit code, showing its output when it is not.
+pub fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
