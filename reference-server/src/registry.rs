@@ -24,6 +24,9 @@ pub enum SessionMsg {
     Deliver(String),
     /// WS-CFG-1: send a `config_update`.
     Config(Box<Value>),
+    /// Claim and push whatever waits for the agent and was not pushed to
+    /// this connection yet (messages to this instance may have been lost).
+    ClaimPending,
 }
 
 /// Why a session is made to close; decides its close code.
@@ -125,6 +128,14 @@ impl Registry {
 
     pub fn get(&self, agent_id: &str) -> Option<SessionHandle> {
         self.lock().get(agent_id).cloned()
+    }
+
+    /// Every live connection, at this moment.
+    pub fn snapshot(&self) -> Vec<(String, SessionHandle)> {
+        self.lock()
+            .iter()
+            .map(|(id, handle)| (id.clone(), handle.clone()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -266,6 +266,19 @@ impl Session {
             SessionMsg::Config(config) => {
                 self.write(socket, wire::config_update_frame(&config)).await
             }
+            SessionMsg::ClaimPending => {
+                let claim = Claim::AllPending {
+                    agent_id: self.agent_id.clone(),
+                    conn: self.conn,
+                };
+                match self.state.store.claim(claim, now_millis()).await {
+                    Ok(rows) => self.push(socket, rows).await,
+                    Err(e) => {
+                        warn!(agent_id = %self.agent_id, "could not load pending commands: {e}");
+                        Ok(())
+                    }
+                }
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::registry::{KickReason, SessionMsg};
 use crate::state::AppState;
@@ -51,6 +51,11 @@ pub enum Inbound {
     Config { agent: String, config: Value },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
     Kick { agent: String, conn: ConnId },
+    /// This instance's listener was down, so messages to it may have been
+    /// lost: local sockets taken over elsewhere close with 4000, and the
+    /// others claim what waits for them. Never sent between instances.
+    #[serde(skip)]
+    Resync,
 }
 
 #[async_trait]
@@ -157,6 +162,7 @@ pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             message = inbox.recv() => match message {
+                Some(Inbound::Resync) => resync(&state).await,
                 Some(message) => apply(&state, message),
                 None => return,
             },
@@ -184,5 +190,40 @@ pub fn apply(state: &AppState, message: Inbound) {
             Some(session) if session.conn == conn => session.kick.kick(KickReason::Replaced),
             _ => debug!(agent, conn, "takeover of a socket already gone"),
         },
+        Inbound::Resync => {}
     }
+}
+
+/// Makes up for messages lost while this instance could not hear them
+/// (see [`Inbound::Resync`]): a socket the cluster now places on another
+/// instance, connected there after ours, was taken over (WS-CONN-2); every
+/// other one claims its pending commands, which pushes those whose NOTIFY
+/// was lost (WS-DLV-1).
+async fn resync(state: &AppState) {
+    let elsewhere = match state.cluster.remote_sockets().await {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            warn!("cannot resync with the cluster: {e}");
+            HashMap::new()
+        }
+    };
+    let sessions = state.registry.snapshot();
+    let mut kicked = 0;
+    for (agent, session) in &sessions {
+        // Newer than ours: a takeover. (Older: ours is still recording
+        // itself as the holder, and stays.)
+        let taken_over = elsewhere
+            .get(agent)
+            .is_some_and(|remote| remote.connected_at >= session.connected_at);
+        if taken_over {
+            session.kick.kick(KickReason::Replaced);
+            kicked += 1;
+        } else {
+            session.send(SessionMsg::ClaimPending);
+        }
+    }
+    info!(
+        sessions = sessions.len(),
+        kicked, "resynced with the cluster"
+    );
 }

@@ -116,8 +116,8 @@ impl PgCluster {
     }
 
     /// Re-LISTENs whenever the listening connection is lost, until shutdown.
-    /// Notifications sent while it was down are lost; the affected commands
-    /// wait in the store until their agent reconnects (WS-DLV-4).
+    /// Notifications sent while it was down are lost, so once listening
+    /// again the local sessions resync ([`Inbound::Resync`]).
     async fn keep_listening(
         self: Arc<Self>,
         mut listening: tokio::task::JoinHandle<()>,
@@ -141,6 +141,8 @@ impl PgCluster {
                 match listen(&self.db, &channel(&self.schema, self.tag), tx.clone()).await {
                     Ok(task) => {
                         listening = task;
+                        info!(instance = %self.name, "listening again; resyncing local sessions");
+                        let _ = tx.send(Inbound::Resync);
                         break;
                     }
                     Err(e) => warn!("cannot LISTEN again: {e}"),

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge_server::store::postgres::testing::schema_for;
+use edge_server::store::postgres::testing::{cut_listener, schema_for};
 use futures_util::{stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -120,6 +120,46 @@ async fn ws_conn_2_a_duplicate_on_another_instance_closes_the_old_socket_with_40
     assert_eq!(new.expect("command").await["data"]["command_id"], next);
     let (_, history) = b.get("/api/agents/x").await;
     assert_eq!(history["history"][1]["reason"], "replaced", "{history}");
+}
+
+/// An instance that could not hear the cluster for a while (its LISTEN
+/// connection cut) makes up for what it missed once it listens again: a
+/// command posted meanwhile reaches its agent (WS-DLV-1), and a socket taken
+/// over meanwhile closes with 4000 (WS-CONN-2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_messages_lost_while_an_instance_could_not_listen_are_made_up_for() {
+    let test = "ws_dlv_1_messages_lost_while_an_instance_could_not_listen_are_made_up_for";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let mut old = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+
+    // B's notifications go nowhere now; the command's NOTIFY is lost.
+    cut_listener(&url, &b.instance()).await.unwrap();
+    let id = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    let command = old.expect("command").await;
+    assert_eq!(command["data"]["command_id"], id);
+    assert_eq!(command["data"]["attempt"], 1);
+    old.ack(&id, true).await;
+    a.wait_status(&id, "completed", PROMPT).await;
+
+    // Again, and the agent connects to A meanwhile: the kick is lost too.
+    cut_listener(&url, &b.instance()).await.unwrap();
+    let mut new = a.connect("x").await;
+    assert_eq!(
+        old.ended(PROMPT).await,
+        Ended::Closed(4000, "replaced".into())
+    );
+    let next = b
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(new.expect("command").await["data"]["command_id"], next);
 }
 
 const AGENTS: usize = 10;

@@ -59,3 +59,49 @@ pub async fn schema_for(test: &str) -> Option<String> {
     let base = database_url(test)?;
     Some(fresh_schema(&base).await.expect("create a test schema"))
 }
+
+/// Ends the LISTEN connection of instance `name` from the server's side (as
+/// a failover or a network cut would) and returns once it is gone, so a
+/// NOTIFY sent now reaches nobody.
+pub async fn cut_listener(url: &str, name: &str) -> StoreResult<()> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(backend)?;
+    let driver = tokio::spawn(connection);
+    let pids: Vec<i32> = client
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN \"edge_' \
+             || left(current_schema(), 40) || '_' \
+             || (SELECT tag FROM instances WHERE name = $1) || '\"'",
+            &[&name],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if pids.is_empty() {
+        return Err(backend(format!("instance {name} is not listening")));
+    }
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::INT[]) AS pid",
+            &[&pids],
+        )
+        .await
+        .map_err(backend)?;
+    for _ in 0..2_000 {
+        let left = client
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .map_err(backend)?;
+        if left.is_empty() {
+            drop(client);
+            let _ = driver.await;
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Err(backend("the LISTEN connection did not end"))
+}
