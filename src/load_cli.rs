@@ -121,6 +121,10 @@ pub struct LoadArgs {
     /// Agents already exist on the backend: do not provision them.
     #[arg(long)]
     pub no_provision: bool,
+    /// Trust this CA certificate (PEM) besides the public roots: for
+    /// `https://`/`wss://` backends with a private or self-signed certificate.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Threads driving the agents: 1 keeps an idle fleet cheapest; more
     /// spread a heavy run over cores (0: one per core).
     #[arg(long, default_value_t = 1)]
@@ -282,14 +286,28 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         Some(c) => vec![format!("http://{}", c.addr)],
         None => args.url.clone(),
     };
+    let ca = match &args.ca_cert {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| UsageError(format!("--ca-cert {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let tls = tls_config(ca.as_deref()).map_err(|e| {
+        UsageError(format!(
+            "--ca-cert {}: {e}",
+            args.ca_cert
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        ))
+    })?;
     let mut targets = Vec::new();
     for url in &urls {
-        if url.starts_with("https://") || url.starts_with("wss://") {
-            return Err(UsageError(format!(
-                "--url {url}: load drives plain ws:// (its agents use a lean client without TLS); point it at the backend behind its TLS terminator"
-            )));
-        }
         let mut t = Target::new(url).map_err(UsageError)?;
+        if let Some(ca) = &ca {
+            t.trust(ca).map_err(UsageError)?;
+        }
         if child.is_some() {
             t.edge_secret = Some(crate::embedded::EDGE_SECRET.into());
             t.admin_token = Some(crate::embedded::ADMIN_TOKEN.into());
@@ -308,9 +326,13 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
                 "commands are injected through the control API: pass --admin-token".into(),
             ));
         }
-        t.wait_healthy(Duration::from_secs(5))
-            .await
-            .map_err(|e| UsageError(format!("{e}: is the backend running?")))?;
+        t.wait_healthy(Duration::from_secs(5)).await.map_err(|e| {
+            UsageError(if e.contains("certificate") {
+                format!("{e}: for a private or self-signed certificate, pass --ca-cert FILE")
+            } else {
+                format!("{e}: is the backend running?")
+            })
+        })?;
         targets.push(t);
     }
     let restarter = match (&child, &args.restart_cmd) {
@@ -333,6 +355,7 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         command_line,
         progress,
         max_in_flight: args.max_in_flight,
+        tls: Some(tls),
     };
     let report = load::run(config).await.map_err(UsageError)?;
     drop(child);
@@ -361,4 +384,31 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         }
     }
     Ok(ok)
+}
+
+/// Whom agents trust on `wss://` backends: the public roots, and the
+/// certificates of `ca` (PEM) if given.
+fn tls_config(ca: Option<&[u8]>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = ca {
+        let certs = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("no PEM certificate in it".into());
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("not a CA certificate: {e}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }

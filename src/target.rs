@@ -57,6 +57,20 @@ pub struct Target {
     pub pinned: (bool, bool),
 }
 
+/// The client for the backend's HTTP endpoints (a load run's agents share
+/// it, hence the bounded idle pool); `roots` are trusted besides the
+/// public ones.
+fn http_client(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30));
+    roots
+        .into_iter()
+        .fold(builder, |builder, root| builder.add_root_certificate(root))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 impl Target {
     pub fn new(url: &str) -> Result<Target, String> {
         let url = url.trim_end_matches('/');
@@ -93,13 +107,18 @@ impl Target {
             inject: Inject::ControlApi,
             restarter: None,
             spread_sources: loopback && host != "localhost",
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .map_err(|e| e.to_string())?,
+            http: http_client(Vec::new())?,
             timings: Mutex::new(Timings::default()),
             pinned: (false, false),
         })
+    }
+
+    /// Trusts the CA certificates of `pem` for the HTTP requests too.
+    pub fn trust(&mut self, pem: &[u8]) -> Result<(), String> {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("--ca-cert: {e}"))?;
+        self.http = http_client(certs)?;
+        Ok(())
     }
 
     pub fn timings(&self) -> Timings {
@@ -289,24 +308,38 @@ impl Target {
     pub async fn wait_healthy(&self, within: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let ok = self
+            let last = match self
                 .http
                 .get(format!("{}/health", self.http_base))
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return Ok(());
-            }
+            {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => format!("HTTP {}", r.status().as_u16()),
+                Err(e) => error_chain(&e),
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "the backend did not answer {}/health within {within:?}",
+                    "the backend did not answer {}/health within {within:?} ({last})",
                     self.http_base
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// An error and its causes, e.g. "error sending request: … invalid peer
+/// certificate: UnknownIssuer".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// `--restart-cmd`: runs the command with `sh -c`, then waits for health.

@@ -54,6 +54,7 @@ async fn open(spec: &AgentSpec, dialer: &Dialer) -> Result<LeanWs, String> {
         .ok_or("no address")?;
     let stream = dialer.connect(addr, spec.source).await?;
     let _ = stream.set_nodelay(true);
+    let stream = dialer.secure(stream, &spec.host, spec.secure).await?;
     LeanWs::handshake(
         stream,
         &format!("{}:{}", spec.host, spec.port),
@@ -478,7 +479,7 @@ mod tests {
             tx,
             signals.subscribe(),
             CancellationToken::new(),
-            Arc::new(Dialer::new(1, (0, 1))),
+            Arc::new(Dialer::new(1, (0, 1), None)),
             Box::new(|| {}),
         );
         // The connect and session states are boxed, so the task that lives

@@ -1,5 +1,6 @@
 //! How agents open their sockets: a few hundred connects in flight at
-//! once, each from a local port the harness picks itself.
+//! once, each from a local port the harness picks itself, then TLS for
+//! `wss://` backends.
 //!
 //! Left to the kernel, `connect()` searches the port range for a free
 //! 4-tuple to the backend's one address and port, step by step past every
@@ -9,9 +10,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
+
+use super::wire::Stream;
 
 /// Ports tried before leaving the choice to the kernel.
 const TRIES: usize = 16;
@@ -22,12 +29,19 @@ pub struct Dialer {
     low: u16,
     high: u16,
     next: AtomicU32,
+    /// For `wss://` backends.
+    tls: Option<TlsConnector>,
 }
 
 impl Dialer {
     /// `in_flight` connects at once; shard `i` of `n` starts its ports at
-    /// `i/n` of the range, so shards on one machine rarely meet.
-    pub fn new(in_flight: usize, shard: (usize, usize)) -> Dialer {
+    /// `i/n` of the range, so shards on one machine rarely meet; `tls`
+    /// is needed for `wss://` backends.
+    pub fn new(
+        in_flight: usize,
+        shard: (usize, usize),
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Dialer {
         let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|text| {
@@ -43,7 +57,26 @@ impl Dialer {
             low,
             high,
             next: AtomicU32::new(start),
+            tls: tls.map(TlsConnector::from),
         }
+    }
+
+    /// The stream to speak WebSocket over: TLS to `host` when `secure`.
+    pub async fn secure(&self, tcp: TcpStream, host: &str, secure: bool) -> Result<Stream, String> {
+        if !secure {
+            return Ok(Either::Left(tcp));
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or("wss:// needs a TLS configuration")?;
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| format!("tls: {host}: {e}"))?;
+        let stream = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        Ok(Either::Right(Box::new(stream)))
     }
 
     /// Waits for a turn to connect; the connect and handshake hold it.
@@ -113,7 +146,7 @@ mod tests {
     async fn connects_from_ports_it_picks_in_turn() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let dialer = Dialer::new(8, (0, 1));
+        let dialer = Dialer::new(8, (0, 1), None);
         let mut ports = Vec::new();
         let mut held = Vec::new();
         for _ in 0..50 {
@@ -128,15 +161,15 @@ mod tests {
             .filter(|w| w[1] > w[0] && w[1] - w[0] <= TRIES as u16);
         assert!(steps.count() >= 45, "{ports:?}");
         // A second dialer meets ports the first still holds, and moves on.
-        let again = Dialer::new(8, (0, 1));
+        let again = Dialer::new(8, (0, 1), None);
         let stream = again.connect(addr, None).await.unwrap();
         assert!(!ports.contains(&stream.local_addr().unwrap().port()));
     }
 
     #[test]
     fn shards_start_apart() {
-        let a = Dialer::new(1, (0, 3));
-        let b = Dialer::new(1, (1, 3));
+        let a = Dialer::new(1, (0, 3), None);
+        let b = Dialer::new(1, (1, 3), None);
         let span = u32::from(a.high - a.low) + 1;
         assert_eq!(a.port(), a.low);
         let gap = u32::from(b.port() - b.low);

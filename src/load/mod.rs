@@ -58,6 +58,8 @@ pub struct LoadConfig {
     pub progress: bool,
     /// Control-API requests in flight at most.
     pub max_in_flight: usize,
+    /// Whom agents trust on `wss://` backends.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Raises this process's soft open-file limit to the hard one; says how to
@@ -97,11 +99,13 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         })
         .sum::<usize>();
     ensure_file_limit(sockets as u64 + 256, plan.agents, shards)?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    // The targets' client: it trusts what --ca-cert says.
+    let http = cfg
+        .targets
+        .first()
+        .ok_or("no backend to drive")?
+        .http
+        .clone();
 
     let specs: Vec<AgentSpec> = indices
         .iter()
@@ -192,7 +196,11 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         all: Notify::new(),
         total: sockets,
     });
-    let dialer = Arc::new(dialer::Dialer::new(CONNECTS_IN_FLIGHT, (shard, shards)));
+    let dialer = Arc::new(dialer::Dialer::new(
+        CONNECTS_IN_FLIGHT,
+        (shard, shards),
+        cfg.tls.clone(),
+    ));
     let mut agents = Vec::with_capacity(sockets);
     for spec in specs {
         let copies = if spec.persona == plan::Persona::Duplicate {

@@ -1,7 +1,8 @@
 //! A lean WebSocket client for simulated agents (RFC 6455, client side,
-//! plain `ws://`). A general library keeps ~5 KiB per idle socket (its
-//! stream state alone is 1.4 KiB); an agent here keeps a socket and an
-//! empty buffer, so tens of thousands fit in one process.
+//! `ws://` or `wss://`). A general library keeps ~5 KiB per idle socket
+//! (its stream state alone is 1.4 KiB); an agent here keeps a socket and an
+//! empty buffer, so tens of thousands fit in one process. (Over TLS, the
+//! TLS session's own buffers come on top.)
 //!
 //! [`parse_frame`] is sans-I/O (property-tested); [`LeanWs`] adds the
 //! socket. Server frames must be unmasked and unfragmented (edge backends
@@ -12,6 +13,12 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+/// A plain socket, or a TLS one (boxed, so a plain agent does not carry
+/// the TLS session's size).
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Frames larger than this are refused (the protocol's are at most 64 KiB).
 pub const MAX_FRAME: u64 = 1 << 20;
@@ -124,7 +131,7 @@ pub fn accept_key(key: &str) -> String {
 }
 
 pub struct LeanWs {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet parsed; empty (no allocation) while idle.
     buf: Vec<u8>,
 }
@@ -132,7 +139,7 @@ pub struct LeanWs {
 impl LeanWs {
     /// The upgrade (RFC 6455 §4.1); an HTTP refusal comes back as `http_STATUS`.
     pub async fn handshake(
-        mut stream: TcpStream,
+        mut stream: Stream,
         host: &str,
         path: &str,
         token: &str,

@@ -6,6 +6,7 @@ use crate::{assert_exit, harness, text};
 use std::process::Command;
 use std::time::Duration;
 
+use edge_harness::embedded::{Embedded, ADMIN_TOKEN, EDGE_SECRET};
 use edge_harness::load::plan::Plan;
 use edge_harness::load::report::LoadReport;
 use edge_harness::load::{self, LoadConfig};
@@ -136,6 +137,79 @@ fn a_fleet_wide_drop_brings_every_agent_back() {
     assert_eq!(closes.get("dropped"), Some(&40), "{closes:?}");
 }
 
+/// `wss://`: agents speak TLS to a backend whose certificate is trusted
+/// through `--ca-cert`; without it, the run refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_backend_is_driven_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = (cert_path.clone(), key_path.clone());
+    let server = Embedded::start(move |c| {
+        c.tls_cert = Some(cert_file);
+        c.tls_key = Some(key_file);
+        // Load-test settings: agents ping every 30 s, many connect from one address.
+        c.ping_timeout = Duration::from_secs(90);
+        c.rate_connects_per_min = 0;
+        c.rate_rejects_per_min = 0;
+        c.rate_messages_per_min = 0;
+        c.rate_ping_interval = Duration::ZERO;
+    })
+    .await
+    .unwrap();
+    let url = format!("wss://localhost:{}", server.addr.port());
+    let reports = dir.path().join("reports");
+    let run = |trust: bool| {
+        let mut args: Vec<String> = [
+            "load",
+            "--url",
+            &url,
+            "--edge-secret",
+            EDGE_SECRET,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--agents",
+            "20",
+            "--rate",
+            "50/s",
+            "--duration",
+            "2s",
+            "--seed",
+            "4",
+            "--report",
+            reports.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if trust {
+            args.extend(["--ca-cert".into(), cert_path.to_str().unwrap().into()]);
+        }
+        tokio::task::spawn_blocking(move || {
+            harness(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let out = run(true).await.unwrap();
+    assert_exit(&out, 0);
+    let (report, _) = report_in(&reports);
+    assert_eq!(report.counts.connected_at_start, 20);
+    assert_eq!(report.counts.scheduled, 100);
+    assert_eq!(report.counts.acked, 100);
+    assert_eq!(report.counts.lost, 0);
+    assert_eq!(report.percentiles["push_ack_backend"].count, 100);
+
+    let out = run(false).await.unwrap();
+    assert_exit(&out, 2);
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("certificate") && said.contains("--ca-cert"),
+        "{said}"
+    );
+}
+
 #[test]
 fn a_breached_threshold_is_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,6 +333,7 @@ async fn coordinated_omission_correction_shows_a_stall() {
         command_line: "test".into(),
         progress: false,
         max_in_flight: 2,
+        tls: None,
     };
     let report = load::run(config).await.unwrap();
     stall.await.unwrap();
