@@ -175,17 +175,8 @@ impl Session {
         );
 
         // WS-DLV-4: everything pending, at once, in priority order.
-        let claim = Claim::AllPending {
-            agent_id: self.agent_id.clone(),
-            conn: self.conn,
-        };
-        match self.state.store.claim(claim, now_millis()).await {
-            Ok(rows) => {
-                if self.push(socket, rows).await.is_err() {
-                    return "error";
-                }
-            }
-            Err(e) => warn!(agent_id = %self.agent_id, "could not load pending commands: {e}"),
+        if self.claim_pending(socket).await.is_err() {
+            return "error";
         }
 
         // WS-CONN-3: any frame resets the idle deadline.
@@ -255,29 +246,36 @@ impl Session {
                     command_id,
                     conn: self.conn,
                 };
-                match self.state.store.claim(claim, now_millis()).await {
-                    Ok(rows) => self.push(socket, rows).await,
-                    Err(e) => {
-                        warn!(agent_id = %self.agent_id, "could not claim command: {e}");
-                        Ok(())
-                    }
-                }
+                self.claim_and_push(socket, claim).await
             }
             SessionMsg::Config(config) => {
                 self.write(socket, wire::config_update_frame(&config)).await
             }
-            SessionMsg::ClaimPending => {
-                let claim = Claim::AllPending {
-                    agent_id: self.agent_id.clone(),
-                    conn: self.conn,
-                };
-                match self.state.store.claim(claim, now_millis()).await {
-                    Ok(rows) => self.push(socket, rows).await,
-                    Err(e) => {
-                        warn!(agent_id = %self.agent_id, "could not load pending commands: {e}");
-                        Ok(())
-                    }
-                }
+            SessionMsg::ClaimPending => self.claim_pending(socket).await,
+        }
+    }
+
+    /// Claims what waits for the agent and was not pushed to this
+    /// connection yet, and pushes it (WS-DLV-4).
+    async fn claim_pending(&mut self, socket: &mut WebSocket) -> Result<(), WriteFailed> {
+        let claim = Claim::AllPending {
+            agent_id: self.agent_id.clone(),
+            conn: self.conn,
+        };
+        self.claim_and_push(socket, claim).await
+    }
+
+    /// A store error is logged and the commands stay for a later claim.
+    async fn claim_and_push(
+        &mut self,
+        socket: &mut WebSocket,
+        claim: Claim,
+    ) -> Result<(), WriteFailed> {
+        match self.state.store.claim(claim, now_millis()).await {
+            Ok(rows) => self.push(socket, rows).await,
+            Err(e) => {
+                warn!(agent_id = %self.agent_id, "could not claim commands: {e}");
+                Ok(())
             }
         }
     }
@@ -435,10 +433,7 @@ impl Session {
                 conn: self.conn,
                 attempt,
             };
-            match self.state.store.claim(claim, now_millis()).await {
-                Ok(rows) => self.push(socket, rows).await?,
-                Err(e) => warn!(agent_id = %self.agent_id, "could not claim redelivery: {e}"),
-            }
+            self.claim_and_push(socket, claim).await?;
         }
         Ok(())
     }
