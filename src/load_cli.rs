@@ -277,6 +277,13 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     if plan.agents == 0 {
         return Err(UsageError("--agents must be at least 1".into()));
     }
+    let (shard, shards) = args.shard;
+    if shard >= plan.agents {
+        return Err(UsageError(format!(
+            "--shard {shard}/{shards} gets none of the {} agents: run at most {} shards",
+            plan.agents, plan.agents
+        )));
+    }
     let child = if args.url.is_empty() {
         Some(ChildServer::start().map_err(UsageError)?)
     } else {

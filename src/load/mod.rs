@@ -245,9 +245,11 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     let bar = progress_bar(cfg.progress);
     let connect_deadline = tokio::time::sleep(Duration::from_secs(60));
     tokio::pin!(connect_deadline);
-    tokio::select! {
-        _ = ready.all.notified() => {}
-        _ = &mut connect_deadline => {}
+    if sockets > 0 {
+        tokio::select! {
+            _ = ready.all.notified() => {}
+            _ = &mut connect_deadline => {}
+        }
     }
     let connect_all_s = started.elapsed().as_secs_f64();
     let connected_at_start = ready.connected.load(Ordering::Acquire) as u64;
@@ -315,10 +317,13 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     let agent_count = indices.len();
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(plan.seed);
     let mut seq: u64 = 0;
-    let (mut schedule, pacer) = pacer::start(plan.clone(), 1.0 / shards as f64, run_start);
-    if agent_count == 0 {
-        schedule.close();
-    }
+    // A shard without agents has nothing to send and no clock to run.
+    let (mut schedule, pacer) = if agent_count > 0 {
+        let (schedule, pacer) = pacer::start(plan.clone(), 1.0 / shards as f64, run_start);
+        (schedule, Some(pacer))
+    } else {
+        (mpsc::unbounded_channel().1, None)
+    };
     let mut refresh = tokio::time::interval(Duration::from_millis(250));
     loop {
         let scheduled = tokio::select! {
@@ -369,7 +374,10 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         });
         seq += 1;
     }
-    let _ = pacer.join();
+    // The schedule ended because the pacer did: this join does not wait.
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
     let injected_s = run_start.elapsed().as_secs_f64();
     let after = usage::own();
     // Drain: wait for acks still on their way.

@@ -299,6 +299,25 @@ fn too_many_agents_for_one_process_says_how_to_shard() {
     assert!(load::ensure_file_limit(100, 100, 1).is_ok());
 }
 
+#[test]
+fn a_shard_without_agents_is_a_usage_error() {
+    let out = harness(&[
+        "load",
+        "--agents",
+        "1",
+        "--shard",
+        "1/2",
+        "--duration",
+        "1s",
+    ]);
+    assert_exit(&out, 2);
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("--shard 1/2 gets none of the 1 agents"),
+        "{said}"
+    );
+}
+
 /// A backend that stalls for a second (SIGSTOP … SIGCONT) must show in the
 /// corrected p99 and max; with few requests in flight, the uncorrected
 /// numbers hide most of it, which is why the correction exists.
