@@ -43,10 +43,19 @@ pub enum Command {
     ///
     /// Commands are injected at a fixed arrival rate and latency is measured
     /// from each command's scheduled send time (coordinated omission
-    /// corrected); reports go to --report as JSON and HTML.
+    /// corrected) to the agent's receipt, its ack, and the backend's own
+    /// record of the ack; reports go to --report as JSON and HTML.
+    ///
+    /// Examples:
     ///
     ///   edge-harness load --agents 1000 --rate 200/s --duration 30s
-    ///   edge-harness load --url http://localhost:8080 --edge-secret S --admin-token T --agents 10000 --rate 1000/s --duration 60s --fail-if 'p99<20ms' --fail-if 'lost==0'
+    ///
+    ///   edge-harness load --url https://edge.example.com --edge-secret S --admin-token T \
+    ///       --agents 10000 --rate 1000/s --duration 60s --fail-if 'p99<20ms' --fail-if 'lost==0'
+    ///
+    ///   edge-harness load --url http://localhost:8080 --edge-secret S --admin-token T \
+    ///       --profile scenarios/load/restart-storm.toml --restart-cmd 'systemctl restart edge'
+    #[command(verbatim_doc_comment)]
     Load(Box<crate::load_cli::LoadArgs>),
     /// Merge shard reports, or re-render a report as HTML.
     #[command(subcommand)]

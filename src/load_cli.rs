@@ -92,7 +92,9 @@ pub struct LoadArgs {
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "reports")]
     pub report: PathBuf,
-    /// Fail (exit 1) unless this holds, e.g. `p99<20ms`, `lost==0`; repeatable.
+    /// Fail (exit 1) unless this holds, e.g. `p99<20ms`, `lost==0`,
+    /// `backend_p99<5ms`, `reconnect_t99<5s`; repeatable. An unknown metric
+    /// is a usage error that lists them all.
     #[arg(long)]
     pub fail_if: Vec<Threshold>,
     /// Spread agents over these source addresses (past ~28,000 sockets to one address and port).

@@ -99,6 +99,14 @@ fn list_shows_every_check_without_a_backend() {
     insta::assert_snapshot!(text(&out.stdout));
 }
 
+/// `--help` is where users learn the flags: every change to it is reviewed.
+#[test]
+fn load_help_snapshot() {
+    let out = harness(&["load", "--help"]);
+    assert_exit(&out, 0);
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
 #[test]
 fn a_malformed_scenario_names_file_line_and_expectation() {
     let dir = tempfile::tempdir().unwrap();
