@@ -56,6 +56,9 @@ pub enum Inbound {
     /// others claim what waits for them. Never sent between instances.
     #[serde(skip)]
     Resync,
+    /// A message too long for a notification, stored under `id`: see
+    /// [`Cluster::take_stored`].
+    Stored { id: i64 },
 }
 
 #[async_trait]
@@ -94,6 +97,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// message to an instance that died is lost, and its agents get their
     /// commands when they reconnect, WS-DLV-4).
     async fn forward(&self, to: &RemoteSocket, message: &Inbound) -> StoreResult<()>;
+
+    /// The message stored under `id` for this instance ([`Inbound::Stored`]),
+    /// removed as it is read; None if it is gone.
+    async fn take_stored(&self, _id: i64) -> StoreResult<Option<Inbound>> {
+        Ok(None)
+    }
 
     /// [`Cluster::locate`] then [`Cluster::forward`]: sends `message` to the
     /// live instance other than this one that holds the agent's socket, if
@@ -163,6 +172,11 @@ pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<
             _ = state.shutdown.cancelled() => return,
             message = inbox.recv() => match message {
                 Some(Inbound::Resync) => resync(&state).await,
+                Some(Inbound::Stored { id }) => match state.cluster.take_stored(id).await {
+                    Ok(Some(message)) => apply(&state, message),
+                    Ok(None) => debug!(id, "a stored cluster message was already gone"),
+                    Err(e) => warn!(id, "cannot read a stored cluster message: {e}"),
+                },
                 Some(message) => apply(&state, message),
                 None => return,
             },
@@ -190,7 +204,7 @@ pub fn apply(state: &AppState, message: Inbound) {
             Some(session) if session.conn == conn => session.kick.kick(KickReason::Replaced),
             _ => debug!(agent, conn, "takeover of a socket already gone"),
         },
-        Inbound::Resync => {}
+        Inbound::Resync | Inbound::Stored { .. } => {}
     }
 }
 

@@ -47,6 +47,11 @@ pub const STALE: Duration = Duration::from_secs(10);
 const CONN_BITS: u32 = 40;
 /// Wait before reconnecting a lost LISTEN connection.
 const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+/// A NOTIFY payload must be shorter than 8,000 bytes; longer messages go
+/// through `cluster_messages`.
+const NOTIFY_MAX: usize = 7_999;
+/// Stored messages nobody took (their instance died) are removed after this.
+const STORED_FOR: Duration = Duration::from_secs(300);
 
 /// The NOTIFY channel of instance `tag`. Channels are per database, not
 /// per schema: the schema's name keeps two clusters in one database apart.
@@ -181,6 +186,17 @@ impl PgCluster {
             .await;
             if let Err(e) = forgotten {
                 warn!("cannot forget dead instances: {e}");
+            }
+            let expired = now - STORED_FOR.as_millis() as i64;
+            let swept = self
+                .db
+                .execute(
+                    "DELETE FROM cluster_messages WHERE created_at < $1",
+                    &[&expired],
+                )
+                .await;
+            if let Err(e) = swept {
+                warn!("cannot remove old cluster messages: {e}");
             }
         }
         // A clean stop: sessions released their sockets; the rest goes now.
@@ -368,15 +384,39 @@ impl Cluster for PgCluster {
     }
 
     async fn forward(&self, to: &RemoteSocket, message: &Inbound) -> StoreResult<()> {
-        // NOTIFY payloads are at most 8000 bytes; pg_notify refuses longer ones.
         let payload = serde_json::to_string(message).map_err(backend)?;
+        let to = channel(&self.schema, to.instance_tag);
+        if payload.len() <= NOTIFY_MAX {
+            return self
+                .db
+                .execute("SELECT pg_notify($1, $2)", &[&to, &payload])
+                .await
+                .map(|_| ());
+        }
+        // Too long to notify: stored, and its id notified, in one statement
+        // (the NOTIFY goes out when the row is committed).
         self.db
             .execute(
-                "SELECT pg_notify($1, $2)",
-                &[&channel(&self.schema, to.instance_tag), &payload],
+                "WITH m AS (INSERT INTO cluster_messages (payload, created_at) \
+                 VALUES ($2, $3) RETURNING id) \
+                 SELECT pg_notify($1, json_build_object('kind', 'stored', 'id', m.id)::TEXT) FROM m",
+                &[&to, &payload, &now_millis()],
             )
             .await
             .map(|_| ())
+    }
+
+    async fn take_stored(&self, id: i64) -> StoreResult<Option<Inbound>> {
+        let row = self
+            .db
+            .query(
+                "DELETE FROM cluster_messages WHERE id = $1 RETURNING payload",
+                &[&id],
+            )
+            .await?;
+        row.first()
+            .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(backend))
+            .transpose()
     }
 
     /// One statement: the lookup of [`Cluster::locate`] and the NOTIFY of
@@ -388,6 +428,13 @@ impl Cluster for PgCluster {
     ) -> StoreResult<Option<String>> {
         let alive = now_millis() - STALE.as_millis() as i64;
         let payload = serde_json::to_string(message).map_err(backend)?;
+        if payload.len() > NOTIFY_MAX {
+            let Some(remote) = self.locate(agent_id).await? else {
+                return Ok(None);
+            };
+            self.forward(&remote, message).await?;
+            return Ok(Some(remote.instance));
+        }
         let prefix = channel_prefix(&self.schema);
         let rows = self
             .db

@@ -66,6 +66,21 @@ async fn ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another(
     );
     let update = agent.expect("config_update").await;
     assert_eq!(update["data"]["log_level"], "debug");
+    // Longer than a NOTIFY can carry (8,000 bytes): it goes all the same.
+    let big = "x".repeat(20_000);
+    let (status, body) = a
+        .api(
+            Method::POST,
+            "/api/agents/x/config",
+            Some(json!({"allow_list": big})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["delivered"]),
+        (StatusCode::ACCEPTED, &json!(true))
+    );
+    let update = agent.expect("config_update").await;
+    assert_eq!(update["data"]["allow_list"], big);
 
     // The agent goes away: A sees it disconnected, and queues.
     agent.close().await;

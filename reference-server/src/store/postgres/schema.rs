@@ -25,8 +25,9 @@ macro_rules! pending {
 pub(super) use pending;
 
 /// Schema versions, applied in order, each in its own transaction.
-pub(super) const MIGRATIONS: &[&str] = &[concat!(
-    "
+pub(super) const MIGRATIONS: &[&str] = &[
+    concat!(
+        "
 CREATE TABLE agents (
     id          TEXT PRIMARY KEY,
     user_phone  TEXT,
@@ -56,13 +57,13 @@ CREATE TABLE commands (
 );
 -- WS-DLV-4: pending commands of an agent in push order; also counts them.
 CREATE INDEX commands_pending ON commands (agent_id, priority, seq) WHERE ",
-    pending!(),
-    ";
+        pending!(),
+        ";
 CREATE INDEX commands_agent ON commands (agent_id, seq);
 -- Sweeper, WS-DLV-7.
 CREATE INDEX commands_expiry ON commands (expires_at) WHERE expires_at IS NOT NULL AND ",
-    pending!(),
-    ";
+        pending!(),
+        ";
 -- Sweeper, WS-DLV-3.
 CREATE INDEX commands_dead ON commands (attempts, ack_deadline) WHERE status = 'sent';
 -- Counting by state (`status_counts`).
@@ -104,7 +105,17 @@ CREATE TABLE agent_sockets (
 );
 CREATE INDEX agent_sockets_instance ON agent_sockets (instance_tag);
 "
-)];
+    ),
+    // Messages between instances too long for a NOTIFY payload (8,000 bytes):
+    // the NOTIFY carries the row's id, the receiver takes the row.
+    "
+CREATE TABLE cluster_messages (
+    id          BIGSERIAL PRIMARY KEY,
+    payload     TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+",
+];
 
 /// Applies the migrations the database has not seen yet; refuses a database
 /// from a newer server. Safe when several instances start at once.
