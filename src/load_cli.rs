@@ -295,27 +295,12 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         Some(c) => vec![format!("http://{}", c.addr)],
         None => args.url.clone(),
     };
-    let ca = match &args.ca_cert {
-        Some(path) => Some(
-            std::fs::read(path)
-                .map_err(|e| UsageError(format!("--ca-cert {}: {e}", path.display())))?,
-        ),
-        None => None,
-    };
-    let tls = tls_config(ca.as_deref()).map_err(|e| {
-        UsageError(format!(
-            "--ca-cert {}: {e}",
-            args.ca_cert
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""))
-                .display()
-        ))
-    })?;
+    let (tls, extra_roots) = trust(args.ca_cert.as_deref()).map_err(UsageError)?;
     let mut targets = Vec::new();
     for url in &urls {
         let mut t = Target::new(url).map_err(UsageError)?;
-        if let Some(ca) = &ca {
-            t.trust(ca).map_err(UsageError)?;
+        if !extra_roots.is_empty() {
+            t.trust(extra_roots.clone()).map_err(UsageError)?;
         }
         if child.is_some() {
             t.edge_secret = Some(crate::embedded::EDGE_SECRET.into());
@@ -395,22 +380,35 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     Ok(ok)
 }
 
-/// Whom agents trust on `wss://` backends: the public roots, and the
-/// certificates of `ca` (PEM) if given.
-fn tls_config(ca: Option<&[u8]>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+/// Whom the agents (TLS) and the control-API client trust: the public
+/// roots, and the certificates of `--ca-cert` if given (returned for the
+/// HTTP client too).
+fn trust(
+    ca_cert: Option<&std::path::Path>,
+) -> Result<
+    (
+        std::sync::Arc<rustls::ClientConfig>,
+        Vec<reqwest::Certificate>,
+    ),
+    String,
+> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(pem) = ca {
+    let mut extra = Vec::new();
+    if let Some(path) = ca_cert {
+        let fail = |why: String| format!("--ca-cert {}: {why}", path.display());
+        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let certs = rustls_pemfile::certs(&mut &pem[..])
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("not PEM: {e}"))?;
+            .map_err(|e| fail(format!("not PEM: {e}")))?;
         if certs.is_empty() {
-            return Err("no PEM certificate in it".into());
+            return Err(fail("no PEM certificate in it".into()));
         }
         for cert in certs {
+            extra.push(reqwest::Certificate::from_der(&cert).map_err(|e| fail(e.to_string()))?);
             roots
                 .add(cert)
-                .map_err(|e| format!("not a CA certificate: {e}"))?;
+                .map_err(|e| fail(format!("not a CA certificate: {e}")))?;
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -419,5 +417,5 @@ fn tls_config(ca: Option<&[u8]>) -> Result<std::sync::Arc<rustls::ClientConfig>,
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
+    Ok((std::sync::Arc::new(config), extra))
 }

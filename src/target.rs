@@ -113,11 +113,9 @@ impl Target {
         })
     }
 
-    /// Trusts the CA certificates of `pem` for the HTTP requests too.
-    pub fn trust(&mut self, pem: &[u8]) -> Result<(), String> {
-        let certs =
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("--ca-cert: {e}"))?;
-        self.http = http_client(certs)?;
+    /// Trusts these CA certificates for the HTTP requests too.
+    pub fn trust(&mut self, roots: Vec<reqwest::Certificate>) -> Result<(), String> {
+        self.http = http_client(roots)?;
         Ok(())
     }
 

@@ -302,13 +302,8 @@ async fn session(
                     let _ = ws.close().await;
                     return Some("flapped".into());
                 }
-                let due: Vec<_> = if acks.is_empty() {
-                    Vec::new()
-                } else {
-                    let (due, later) = acks.drain(..).partition(|(at, _, _)| *at <= now);
-                    acks = later;
-                    due
-                };
+                let (due, later): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(at, _, _)| *at <= now);
+                acks = later;
                 for (_, id, success) in due {
                     if ws.send_text(&ack_message(plan.ack_dialect, &id, success)).await.is_err() {
                         return Some("write error".into());

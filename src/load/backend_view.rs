@@ -85,19 +85,22 @@ pub async fn look_up(
         let id = command_id(command.seq);
         async move { target.acked_at(&id).await }
     };
-    if let Some(first) = sample.first() {
-        if let Err(why) = lookup(first).await {
-            view.unread.insert(why, sample.len() as u64);
-            return view;
-        }
+    let Some((first, rest)) = sample.split_first() else {
+        return view;
+    };
+    let probe = lookup(first).await;
+    if let Err(why) = probe {
+        view.unread.insert(why, sample.len() as u64);
+        return view;
     }
-    let answers: Vec<_> = stream::iter(sample.iter().map(|command| {
+    let mut answers: Vec<_> = stream::iter(rest.iter().map(|command| {
         let answer = lookup(command);
         async move { (command, answer.await) }
     }))
     .buffer_unordered(LOOKUPS_IN_FLIGHT)
     .collect()
     .await;
+    answers.push((first, probe));
     let mut read = Vec::with_capacity(answers.len());
     for (command, answer) in answers {
         match answer {

@@ -124,7 +124,11 @@ fn decode(text: &str) -> Result<Histogram<u64>, String> {
         .map_err(|e| format!("histogram: {e:?}"))
 }
 
-fn reconnect_curve(fleet: u64, mut returns: Vec<std::time::Duration>) -> Reconnect {
+fn reconnect_curve(
+    fleet: u64,
+    mut returns: Vec<std::time::Duration>,
+    flowing: Option<std::time::Duration>,
+) -> Reconnect {
     returns.sort();
     let back = returns.len() as u64;
     let at_share = |share: f64| {
@@ -150,7 +154,7 @@ fn reconnect_curve(fleet: u64, mut returns: Vec<std::time::Duration>) -> Reconne
         t99_ms: at_share(0.99),
         t100_ms: at_share(1.0),
         curve,
-        flowing_ms: None,
+        flowing_ms: flowing.map(|d| d.as_secs_f64() * 1000.0),
     }
 }
 
@@ -203,10 +207,7 @@ impl LoadReport {
                 .map(|(n, h)| (n.to_string(), encode(h)))
                 .collect(),
             timeline: c.timeline,
-            reconnect: Reconnect {
-                flowing_ms: c.storm_flowing.map(|d| d.as_secs_f64() * 1000.0),
-                ..reconnect_curve(c.storm_fleet, c.storm_returns)
-            },
+            reconnect: reconnect_curve(c.storm_fleet, c.storm_returns, c.storm_flowing),
             personas: c.personas,
             notes: BTreeMap::new(),
         }
@@ -611,7 +612,7 @@ mod tests {
     #[test]
     fn reconnect_curve_percentiles() {
         let returns: Vec<_> = (1..=100).map(std::time::Duration::from_millis).collect();
-        let r = reconnect_curve(100, returns);
+        let r = reconnect_curve(100, returns, None);
         assert_eq!(
             (r.t50_ms, r.t99_ms, r.t100_ms),
             (Some(50.0), Some(99.0), Some(100.0))
@@ -619,6 +620,7 @@ mod tests {
         let partial = reconnect_curve(
             200,
             (1..=100).map(std::time::Duration::from_millis).collect(),
+            None,
         );
         assert_eq!((partial.t50_ms, partial.t100_ms), (Some(100.0), None));
     }

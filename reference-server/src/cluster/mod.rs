@@ -112,13 +112,23 @@ pub trait Cluster: Send + Sync + 'static {
         agent_id: &str,
         message: &Inbound,
     ) -> StoreResult<Option<String>> {
-        match self.locate(agent_id).await? {
-            Some(remote) => {
-                self.forward(&remote, message).await?;
-                Ok(Some(remote.instance))
-            }
-            None => Ok(None),
+        locate_then_forward(self, agent_id, message).await
+    }
+}
+
+/// What [`Cluster::forward_to_holder`] does unless an implementation does
+/// it in one step.
+pub async fn locate_then_forward<C: Cluster + ?Sized>(
+    cluster: &C,
+    agent_id: &str,
+    message: &Inbound,
+) -> StoreResult<Option<String>> {
+    match cluster.locate(agent_id).await? {
+        Some(remote) => {
+            cluster.forward(&remote, message).await?;
+            Ok(Some(remote.instance))
         }
+        None => Ok(None),
     }
 }
 

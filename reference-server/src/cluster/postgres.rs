@@ -429,11 +429,8 @@ impl Cluster for PgCluster {
         let alive = now_millis() - STALE.as_millis() as i64;
         let payload = serde_json::to_string(message).map_err(backend)?;
         if payload.len() > NOTIFY_MAX {
-            let Some(remote) = self.locate(agent_id).await? else {
-                return Ok(None);
-            };
-            self.forward(&remote, message).await?;
-            return Ok(Some(remote.instance));
+            // Stored first by `forward`: not in one statement.
+            return super::locate_then_forward(self, agent_id, message).await;
         }
         let prefix = channel_prefix(&self.schema);
         let rows = self
