@@ -129,6 +129,10 @@ pub struct TargetArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write one self-contained HTML page here (verdict, a table by rule
+    /// group, each check's detail and frames; no scripts, nothing fetched).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
     /// Only checks whose rule id or name matches (`WS-CONN-*`); repeatable.
     #[arg(long)]
     pub only: Vec<String>,
@@ -415,6 +419,12 @@ fn write_reports(args: &TargetArgs, report: &RunReport) -> Result<(), UsageError
     }
     if let Some(path) = &args.json {
         write(path, report::json::render(report))?;
+    }
+    if let Some(path) = &args.html {
+        write(
+            path,
+            report::html::render(report, std::time::SystemTime::now()),
+        )?;
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
-//! Results of a run and their three renderings: the terminal summary
-//! (`terminal.rs`), JUnit XML (`junit.rs`) and JSON (`json.rs`).
+//! Results of a run and their four renderings: the terminal summary
+//! (`terminal.rs`), JUnit XML (`junit.rs`), JSON (`json.rs`) and one
+//! self-contained HTML page (`html.rs`).
 
+pub mod html;
 pub mod json;
 pub mod junit;
 pub mod terminal;
