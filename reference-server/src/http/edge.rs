@@ -55,10 +55,19 @@ pub async fn ws_upgrade(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // WS-RATE-1: an address past its budget of refusals gets 429 before any other check.
-    if let Verdict::Limited { retry_after } =
-        state.reject_limiter.peek(&remote.ip(), Instant::now())
-    {
+    // WS-RATE-1: past either limit, 429 before any other check: an address
+    // past its budget of refusals, or an agent past its connection attempts
+    // (whatever the token; the agent's attempts are only peeked at here and
+    // counted after authentication below, so strangers cannot lock it out).
+    let now = Instant::now();
+    let limited = match state.reject_limiter.peek(&remote.ip(), now) {
+        Verdict::Allowed => match agent_id_param(query.as_deref()) {
+            Some(named) => state.connect_limiter.peek(&named, now),
+            None => Verdict::Allowed,
+        },
+        limited => limited,
+    };
+    if let Verdict::Limited { retry_after } = limited {
         Metrics::count(&state.metrics.connection_failures, "reason", "rate_limited");
         return ApiError::rate_limited(retry_after).into_response();
     }
@@ -103,22 +112,26 @@ pub async fn ws_upgrade(
         })
 }
 
+/// The `edge_agent_id` query parameter, unless it is missing or empty (WS-AUTH-3).
+fn agent_id_param(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(key, _)| key == "edge_agent_id")
+        .map(|(_, value)| value.into_owned())
+        .filter(|id| !id.is_empty())
+}
+
 /// WS-AUTH-1, WS-AUTH-3, WS-AUTH-4, WS-AUTH-5, in that order; the agent id on success.
 async fn authorize_upgrade(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<String, ApiError> {
-    let agent_id = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(key, _)| key == "edge_agent_id")
-        .map(|(_, value)| value.into_owned())
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "missing_agent_id",
-                "the edge_agent_id query parameter is required",
-            )
-        })?;
+    let agent_id = agent_id_param(query).ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_agent_id",
+            "the edge_agent_id query parameter is required",
+        )
+    })?;
     if !auth::valid_agent_id(&agent_id) {
         return Err(ApiError::bad_request(
             "invalid_agent_id",

@@ -94,6 +94,116 @@ async fn ws_rate_1_refused_upgrades_are_limited_per_address() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// A raw upgrade request (or, with `websocket` false, a plain GET of the
+/// endpoint): the answer's status and `Retry-After` in seconds.
+async fn upgrade_answer(
+    server: &TestServer,
+    query: &str,
+    headers: &[(&str, &str)],
+    websocket: bool,
+) -> (StatusCode, Option<u64>) {
+    let mut request = reqwest::Client::new().get(server.url(&format!("/edge/ws{query}")));
+    if websocket {
+        request = request
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("answer");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().expect("whole seconds"));
+    (response.status(), retry_after)
+}
+
+#[tokio::test]
+async fn ws_rate_1_an_agent_past_its_limit_gets_429_before_any_other_check() {
+    let server = TestServer::start_with(|c| c.rate_connects_per_min = 2).await;
+    server.provision("a1").await;
+    server.provision("a2").await;
+    for _ in 0..2 {
+        server.connect("a1").await.close().await;
+    }
+    let wrong = "Bearer wrong";
+    let right = format!("Bearer {EDGE_SECRET}");
+    let cases = [
+        ("wrong token", vec![("authorization", wrong)], true),
+        ("no token", vec![], true),
+        (
+            "X-Edge-Agent-Id differs",
+            vec![("authorization", &right), ("x-edge-agent-id", "a2")],
+            true,
+        ),
+        ("not a WebSocket", vec![("authorization", &right)], false),
+        ("right token", vec![("authorization", &right)], true),
+    ];
+    for (what, headers, websocket) in cases {
+        let (status, retry_after) =
+            upgrade_answer(&server, "?edge_agent_id=a1", &headers, websocket).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{what}");
+        assert!(
+            retry_after.is_some_and(|s| (1..=60).contains(&s)),
+            "{what}: Retry-After {retry_after:?}"
+        );
+    }
+    // The limit is a1's: a stranger's wrong token for a2 is still a 401,
+    // and it counted nothing against a2, which still connects.
+    let (status, _) = upgrade_answer(
+        &server,
+        "?edge_agent_id=a2",
+        &[("authorization", wrong)],
+        true,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let mut a2 = server.connect("a2").await;
+    assert!(a2.round_trip().await.is_empty());
+    assert_eq!(
+        metric(
+            &server.metrics().await,
+            "edge_connection_failures_total{reason=\"rate_limited\"}"
+        ),
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn ws_rate_1_an_address_past_its_limit_gets_429_even_for_a_bad_request() {
+    let server = TestServer::start_with(|c| c.rate_rejects_per_min = 2).await;
+    server.provision("a1").await;
+    for _ in 0..2 {
+        let (status, _) = upgrade_answer(
+            &server,
+            "?edge_agent_id=a1",
+            &[("authorization", "Bearer wrong")],
+            true,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let right = format!("Bearer {EDGE_SECRET}");
+    let cases: [(&str, &str, bool); 4] = [
+        ("no edge_agent_id", "", true),
+        ("invalid edge_agent_id", "?edge_agent_id=no%20spaces", true),
+        ("not a WebSocket", "?edge_agent_id=a1", false),
+        ("a valid upgrade", "?edge_agent_id=a1", true),
+    ];
+    for (what, query, websocket) in cases {
+        let (status, retry_after) =
+            upgrade_answer(&server, query, &[("authorization", &right)], websocket).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{what}");
+        assert!(
+            retry_after.is_some_and(|s| (1..=60).contains(&s)),
+            "{what}: Retry-After {retry_after:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn ws_rate_2_messages_past_the_limit_get_rate_limited_and_are_ignored() {
     let server = TestServer::start_with(|c| c.rate_messages_per_min = 5).await;
