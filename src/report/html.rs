@@ -119,6 +119,7 @@ tbody th{background:#f7f8fa;font-size:1.02em;padding-top:.6em}\
 tbody th .sub{font-weight:normal;color:#5d6b78;margin-left:.6em}\
 td.num{text-align:right;white-space:nowrap}\
 td a{color:inherit}\
+td .why{display:block;color:#5d6b78;font-size:.88em;overflow-wrap:anywhere}\
 .status{display:inline-block;min-width:7.5em;text-align:center;border-radius:3px;padding:0 .4em;color:#fff;font-weight:600;font-size:.9em}\
 .status.pass{background:var(--pass)}.status.fail{background:var(--fail)}\
 .status.nonstrict,.status.xfail{background:var(--warn)}\
@@ -130,7 +131,9 @@ td a{color:inherit}\
 details{border:1px solid var(--line);border-left:5px solid var(--skip);border-radius:4px;margin:.4em 0;padding:.3em .8em}\
 details.pass{border-left-color:var(--pass)}details.fail{border-left-color:var(--fail)}\
 details.nonstrict,details.xfail{border-left-color:var(--warn)}details.fixed{border-left-color:var(--fixed)}\
-summary{cursor:pointer;display:flex;gap:.8em;align-items:baseline}\
+summary{cursor:pointer;display:flex;gap:.8em;align-items:baseline;list-style:none}\
+summary::-webkit-details-marker{display:none}\
+summary::before{content:'\\25B8';color:#5d6b78;width:.8em}details[open]>summary::before{content:'\\25BE'}\
 summary .name{flex:1}\
 details dl{display:grid;grid-template-columns:8em 1fr;gap:.2em 1em;margin:.6em 0}\
 details dt{color:#5d6b78}details dd{margin:0;overflow-wrap:anywhere}\
@@ -257,7 +260,7 @@ pub fn render(report: &RunReport, generated: SystemTime) -> String {
                 i + 1,
                 esc(&r.rule),
                 r.level,
-                esc(&r.name),
+                esc(&r.name) + &why(r),
                 status_badge(r),
                 seconds(r.duration)
             );
@@ -289,6 +292,27 @@ fn groups(results: &[CheckResult]) -> Vec<(&str, Vec<(usize, &CheckResult)>)> {
         }
     }
     groups
+}
+
+/// One line under a check's name in the table: why it was skipped, or what
+/// was observed when it failed (shortened; the detail has all of it).
+fn why(r: &CheckResult) -> String {
+    let text = match r.status {
+        Status::Skipped => r.reason.clone(),
+        Status::Fail | Status::NonStrict | Status::ExpectedFail => {
+            r.observed.as_deref().map(redact)
+        }
+        Status::Pass | Status::UnexpectedPass => None,
+    };
+    let Some(text) = text else {
+        return String::new();
+    };
+    const SHOWN: usize = 140;
+    let mut short: String = text.chars().take(SHOWN).collect();
+    if text.chars().count() > SHOWN {
+        short.push('…');
+    }
+    format!("<span class=\"why\">{}</span>", esc(&short))
 }
 
 fn status_badge(r: &CheckResult) -> String {

@@ -92,6 +92,48 @@ fn conform_passes_against_edge_server_and_writes_reports() {
     }
 }
 
+/// `--html FILE`: one page with the verdict and every rule id of the run;
+/// a path that cannot be written is a usage error (exit 2), as for `--json`.
+#[test]
+fn html_report_has_the_verdict_and_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("out.html");
+    let out = harness(&[
+        "conform",
+        "--only",
+        "WS-PING-1",
+        "--fuzz-cases",
+        "0",
+        "--color",
+        "never",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("<h1>PASSED"), "{page}");
+    assert!(page.contains("WS-PING-1"), "{page}");
+    assert!(!page.contains("<script"), "{page}");
+
+    let unwritable = dir.path().join("no-such-dir").join("out.html");
+    let out = harness(&[
+        "conform",
+        "--only",
+        "WS-PING-1",
+        "--fuzz-cases",
+        "0",
+        "--html",
+        unwritable.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 2);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot write {}", unwritable.display())),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn list_shows_every_check_without_a_backend() {
     let out = harness(&["conform", "--list"]);

@@ -100,3 +100,36 @@ fn junit_xml() {
 fn json_report() {
     insta::assert_snapshot!(report::json::render(&fixed_run()));
 }
+
+/// Replaces every text between `open` and the next `close` with `with`.
+fn redact_between(text: &str, open: &str, close: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(open) {
+        out.push_str(&rest[..at + open.len()]);
+        rest = &rest[at + open.len()..];
+        let end = rest.find(close).unwrap_or(rest.len());
+        out.push_str(with);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn html_page() {
+    let html = report::html::render(&fixed_run(), std::time::SystemTime::now());
+    // Durations, the time of writing and the port vary from run to run; the
+    // stylesheet is one long line that says nothing about the structure.
+    let html = redact_between(&html, "<style>", "</style>", "[css]");
+    let html = redact_between(&html, "<span class=\"dur\">", "</span>", "[duration]");
+    let html = redact_between(
+        &html,
+        "<time datetime=\"",
+        "</time>",
+        "[timestamp]\">[timestamp]",
+    );
+    let html = redact_between(&html, "127.0.0.1:", "<", "[port]");
+    // One line per tag boundary keeps the snapshot's diffs readable.
+    insta::assert_snapshot!(html.replace("><", ">\n<"));
+}
