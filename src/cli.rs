@@ -90,6 +90,10 @@ pub struct TargetArgs {
     /// there is no control API.
     #[arg(long, env = "REGISTRATION_TOKEN", hide_env_values = true)]
     pub registration_token: Option<String>,
+    /// The backend has no REGISTRATION_TOKEN configured: check that
+    /// registration answers 403 `registration_disabled` (WS-HTTP-3).
+    #[arg(long, conflicts_with = "registration_token")]
+    pub no_registration: bool,
     /// Shell command that restarts the backend (for WS-CONN-5); the harness
     /// waits for /health afterwards. Checks that need it are skipped without it.
     #[arg(long)]
@@ -147,6 +151,12 @@ pub struct TargetArgs {
     /// reported, not fatal; a listed check that passes is reported too.
     #[arg(long)]
     pub expect_fail: Option<PathBuf>,
+    /// Also run checks that take minutes at the backend's timers (with the
+    /// spec's 30 s ack timeout and 10 attempts, dead-after-max-attempts takes
+    /// about 9 minutes); without it they are skipped, saying how long they
+    /// would take.
+    #[arg(long)]
+    pub slow: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -253,6 +263,7 @@ fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target
             t.hmac_secret = args.hmac_secret.clone();
             t.admin_token = args.admin_token.clone();
             t.registration_token = args.registration_token.clone();
+            t.registration_disabled = args.no_registration;
             t.restarter = args
                 .restart_cmd
                 .clone()
@@ -343,6 +354,7 @@ async fn execute(
         only: args.only.clone(),
         strict: args.strict,
         retries: args.retries,
+        slow: args.slow,
         expect_fail,
         seed,
         run_id: 0,

@@ -30,10 +30,31 @@ pub enum Upgrade {
     },
 }
 
+/// A JSON text message: the parsed value, and the text as it arrived
+/// (WS-CMD-2 compares member order, which a parsed `Value` loses).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Json {
+    pub value: Value,
+    pub text: String,
+}
+
+impl std::ops::Deref for Json {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
 /// Something that arrived on a socket.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Message(Value),
+    Message(Json),
     /// A text frame that is not JSON.
     NotJson(String),
     Binary(usize),
@@ -70,7 +91,7 @@ pub struct Conn {
     /// live agent would ping: a long wait must not end in a ping timeout.
     pub keepalive: Option<Duration>,
     /// Messages read ahead (e.g. while probing) that a later step may want.
-    pending: VecDeque<Value>,
+    pending: VecDeque<Json>,
     ended: Option<Event>,
 }
 
@@ -210,7 +231,10 @@ impl Conn {
             };
             let event = match frame {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
-                    Ok(value) => Event::Message(value),
+                    Ok(value) => Event::Message(Json {
+                        value,
+                        text: text.to_string(),
+                    }),
                     Err(_) => Event::NotJson(text.to_string()),
                 },
                 Some(Ok(Message::Binary(b))) => Event::Binary(b.len()),
@@ -233,11 +257,11 @@ impl Conn {
     }
 
     /// Puts a message back for the next reader.
-    pub fn unread(&mut self, message: Value) {
+    pub fn unread(&mut self, message: Json) {
         self.pending.push_back(message);
     }
 
-    pub fn unread_front(&mut self, message: Value) {
+    pub fn unread_front(&mut self, message: Json) {
         self.pending.push_front(message);
     }
 

@@ -20,6 +20,8 @@ pub struct Options {
     pub strict: bool,
     /// Extra attempts for timing-sensitive checks.
     pub retries: u32,
+    /// Run checks that take minutes at the backend's timers.
+    pub slow: bool,
     /// Rule ids (or `RULE name`) known to fail on this backend.
     pub expect_fail: HashSet<String>,
     pub seed: u64,
@@ -73,8 +75,46 @@ fn implied_needs(check: &Check) -> Vec<Capability> {
     needs
 }
 
+/// Checks longer than this at the backend's timers run only with `--slow`.
+const SLOW: Duration = Duration::from_secs(120);
+
+/// How long a check's timer-driven redeliveries take at the backend's
+/// timers: every attempt's ack_timeout + backoff(n) (WS-DLV-3), then the
+/// last ack_timeout, plus WS-DLV-8's tolerance on each.
+fn redelivery_time(check: &Check, timings: &crate::timing::Timings) -> Duration {
+    let runs = check
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.kind,
+                StepKind::ExpectAttempts {
+                    by: crate::scenario::AttemptsBy::Timer,
+                    ..
+                }
+            )
+        })
+        .count() as u32;
+    let one: Duration = (1..timings.max_attempts.max(1))
+        .map(|n| timings.ack_timeout + crate::timing::Timings::backoff(n))
+        .chain(std::iter::once(timings.ack_timeout))
+        .map(|d| d + crate::timing::Timings::tolerance(d))
+        .sum();
+    one * runs
+}
+
 /// Why a check cannot run here, if it cannot.
-pub fn skip_reason(check: &Check, target: &Target) -> Option<String> {
+pub fn skip_reason(check: &Check, target: &Target, slow: bool) -> Option<String> {
+    let timings = target.timings();
+    let takes = redelivery_time(check, &timings);
+    if takes > SLOW && !slow {
+        return Some(format!(
+            "takes about {} min at this backend's timers (ack_timeout {:?}, max_attempts {}): run with --slow, or against a backend with shorter timers",
+            takes.as_secs().div_ceil(60),
+            timings.ack_timeout,
+            timings.max_attempts
+        ));
+    }
     let provisions = check
         .steps
         .iter()
@@ -155,7 +195,7 @@ pub async fn run_check(
         attempts: 0,
         flaky: false,
     };
-    if let Some(reason) = skip_reason(check, target) {
+    if let Some(reason) = skip_reason(check, target, options.slow) {
         result.status = Status::Skipped;
         result.reason = Some(reason);
         return result;
@@ -164,7 +204,8 @@ pub async fn run_check(
     // A check that hangs fails instead of stalling the run.
     let limit = target.timings().scaled(Duration::from_secs(60))
         + target.timings().ping_timeout * 2
-        + target.timings().ack_timeout * 12;
+        + target.timings().ack_timeout * 12
+        + redelivery_time(check, &target.timings());
     let source = target.spread_sources.then(|| source_for(index));
     for n in 1..=tries {
         result.attempts = n;
@@ -281,7 +322,7 @@ pub async fn learn_timings(target: &Target) {
             },
         ],
     };
-    if skip_reason(&probe, target).is_none() {
+    if skip_reason(&probe, target, false).is_none() {
         let _ = attempt(
             &probe,
             target,

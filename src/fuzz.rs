@@ -188,7 +188,7 @@ async fn fuzz(
                 case as usize,
                 &StepKind::Command {
                     agent: "bystander".into(),
-                    body,
+                    body: crate::scenario::Body::Json(body),
                     save_as: Some("c".into()),
                 },
             )
@@ -198,6 +198,7 @@ async fn fuzz(
                 conn: "bystander".into(),
                 msg_type: "command".into(),
                 fields,
+                raw: Vec::new(),
                 save: Default::default(),
                 mark: None,
                 window: window("5s"),
@@ -239,6 +240,7 @@ async fn drain_answers(
             conn: "fuzzed".into(),
             msg_type: "error".into(),
             fields,
+            raw: Vec::new(),
             save: [("code".to_string(), "data.code".to_string())].into(),
             mark: None,
             window: window("0s"),

@@ -39,6 +39,10 @@ const FILES: &[(&str, &str)] = &[
         "scenarios/conformance/control_api.toml",
         include_str!("../scenarios/conformance/control_api.toml"),
     ),
+    (
+        "scenarios/conformance/observability.toml",
+        include_str!("../scenarios/conformance/observability.toml"),
+    ),
 ];
 
 pub fn builtin() -> Result<Vec<Check>, ScenarioError> {

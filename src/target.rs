@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Sha256;
 
 use crate::scenario::matcher::substitute_str;
+use crate::scenario::raw::Ordered;
 use crate::scenario::Capability;
 use crate::timing::Timings;
 
@@ -45,6 +46,8 @@ pub struct Target {
     pub hmac_secret: Option<String>,
     pub admin_token: Option<String>,
     pub registration_token: Option<String>,
+    /// The user says the backend has no REGISTRATION_TOKEN (`--no-registration`).
+    pub registration_disabled: bool,
     pub inject: Inject,
     pub restarter: Option<Restarter>,
     /// Spread connections over 127.0.0.x (the backend is on loopback).
@@ -104,6 +107,7 @@ impl Target {
             hmac_secret: None,
             admin_token: None,
             registration_token: None,
+            registration_disabled: false,
             inject: Inject::ControlApi,
             restarter: None,
             spread_sources: loopback && host != "localhost",
@@ -155,6 +159,8 @@ impl Target {
             Capability::SharedSecret => self.edge_secret.is_some(),
             Capability::Registration => self.registration_token.is_some(),
             Capability::Restart => self.restarter.is_some(),
+            Capability::RegistrationDisabled => self.registration_disabled,
+            Capability::Tls => self.http_base.starts_with("https://"),
         }
     }
 
@@ -175,15 +181,10 @@ impl Target {
         Some(base64::engine::general_purpose::STANDARD.encode(format!("{message}:{signature}")))
     }
 
-    /// Puts a command for `agent_id` into the backend.
-    pub async fn inject(
-        &self,
-        agent_id: &str,
-        command_id: &str,
-        body: &Value,
-    ) -> Result<(), String> {
-        let mut body = body.clone();
-        body["command_id"] = json!(command_id);
+    /// Puts a command for `agent_id` into the backend. `body` is the
+    /// control-API body as JSON text, sent with its members in the order
+    /// written (WS-CMD-2) and `command_id` first.
+    pub async fn inject(&self, agent_id: &str, command_id: &str, body: &str) -> Result<(), String> {
         let (method, url, payload, headers) = match &self.inject {
             Inject::ControlApi => {
                 let admin = self
@@ -194,7 +195,7 @@ impl Target {
                 (
                     reqwest::Method::POST,
                     url,
-                    body.to_string(),
+                    with_command_id(body, command_id)?,
                     vec![("authorization".to_string(), format!("Bearer {admin}"))],
                 )
             }
@@ -204,33 +205,27 @@ impl Target {
                 body: template,
                 headers,
             } => {
+                let body = Ordered::parse(body).map_err(|e| format!("a command body: {e}"))?;
+                let member = |name: &str| body.lookup(name);
+                let string = |name: &str, default: &str| match member(name) {
+                    Some(Ordered::String(s)) => s.clone(),
+                    _ => default.to_string(),
+                };
                 let vars = std::collections::HashMap::from([
                     ("agent".to_string(), agent_id.to_string()),
                     ("command_id".to_string(), command_id.to_string()),
                     (
                         "command_type".to_string(),
-                        body["command_type"]
-                            .as_str()
-                            .unwrap_or("send_message")
-                            .to_string(),
+                        string("command_type", "send_message"),
                     ),
-                    (
-                        "priority".to_string(),
-                        body["priority"].as_str().unwrap_or("normal").to_string(),
-                    ),
+                    ("priority".to_string(), string("priority", "normal")),
                     (
                         "parameters".to_string(),
-                        body.get("parameters")
-                            .cloned()
-                            .unwrap_or(json!({}))
-                            .to_string(),
+                        member("parameters").map_or("{}".to_string(), Ordered::to_string),
                     ),
                     (
                         "ttl_s".to_string(),
-                        body.get("ttl_s")
-                            .cloned()
-                            .unwrap_or(Value::Null)
-                            .to_string(),
+                        member("ttl_s").map_or("null".to_string(), Ordered::to_string),
                     ),
                 ]);
                 let method =
@@ -358,4 +353,20 @@ pub fn shell_restarter(command: String, http_base: String) -> Restarter {
             target.wait_healthy(Duration::from_secs(30)).await
         })
     })
+}
+
+/// The body text with `"command_id"` as its first member; the rest is
+/// sent byte for byte as written.
+pub(crate) fn with_command_id(body: &str, command_id: &str) -> Result<String, String> {
+    let rest = body
+        .trim_start()
+        .strip_prefix('{')
+        .ok_or("a command body must be a JSON object")?;
+    let id = Value::String(command_id.to_string());
+    let separator = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    Ok(format!("{{\"command_id\":{id}{separator}{rest}"))
 }

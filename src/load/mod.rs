@@ -344,7 +344,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
             .expect("never closed");
         let (samples, targets) = (samples.clone(), targets.clone());
         let this = seq;
-        let body = json!({"command_type": "send_message", "parameters": {"seq": this}});
+        let body = format!(r#"{{"command_type":"send_message","parameters":{{"seq":{this}}}}}"#);
         tokio::spawn(async move {
             let target = &targets[k % targets.len()];
             let _ = samples.send(Sample::Started {

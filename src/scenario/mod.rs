@@ -24,6 +24,8 @@
 //! `step.rs`. The step reference is in `scenarios/README.md`.
 
 pub mod matcher;
+pub mod prometheus;
+pub mod raw;
 mod spec;
 pub mod step;
 
@@ -71,6 +73,10 @@ pub enum Capability {
     Registration,
     /// Restarting the backend (`--restart-cmd`).
     Restart,
+    /// A backend with no registration configured (`--no-registration`).
+    RegistrationDisabled,
+    /// An `https://` target (WS-AUTH-6).
+    Tls,
 }
 
 impl Capability {
@@ -81,6 +87,12 @@ impl Capability {
             Capability::SharedSecret => "needs the shared secret: pass --edge-secret",
             Capability::Registration => "needs registration: pass --registration-token",
             Capability::Restart => "needs a way to restart the backend: pass --restart-cmd",
+            Capability::RegistrationDisabled => {
+                "needs a backend without REGISTRATION_TOKEN: pass --no-registration if yours has none"
+            }
+            Capability::Tls => {
+                "needs an https:// target: with http:// there is no certificate chain or wss:// to check"
+            }
         }
     }
 }
@@ -141,6 +153,33 @@ pub struct Window {
     pub tolerance: bool,
 }
 
+/// A request body: a table sent as JSON, or JSON text sent as written
+/// (member order kept, for WS-CMD-2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Json(Value),
+    Text(String),
+}
+
+impl Body {
+    /// The JSON text to send, placeholders replaced.
+    pub fn text(&self, vars: &std::collections::HashMap<String, String>) -> String {
+        match self {
+            Body::Json(value) => matcher::substitute(value, vars).to_string(),
+            Body::Text(text) => matcher::substitute_str(text, vars),
+        }
+    }
+}
+
+/// How `expect_attempts` gets the next delivery of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptsBy {
+    /// Waits for WS-DLV-3's redelivery: ack_timeout + backoff(n) after attempt n.
+    Timer,
+    /// Closes and reconnects before each attempt (WS-DLV-4).
+    Reconnect,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpCall {
     pub method: String,
@@ -148,9 +187,11 @@ pub struct HttpCall {
     pub token: String,
     pub agent: Option<String>,
     pub headers: BTreeMap<String, String>,
-    pub body: Option<Value>,
+    pub body: Option<Body>,
     pub statuses: Vec<u16>,
     pub fields: Vec<(String, Value)>,
+    /// Members compared as written (path, JSON text).
+    pub raw: Vec<(String, String)>,
     pub save: BTreeMap<String, String>,
     pub eventually: Option<String>,
     pub retry_after: bool,
@@ -181,6 +222,8 @@ pub enum StepKind {
         conn: String,
         msg_type: String,
         fields: Vec<(String, Value)>,
+        /// Members compared as written (path, JSON text), WS-CMD-2.
+        raw: Vec<(String, String)>,
         save: BTreeMap<String, String>,
         mark: Option<String>,
         window: Window,
@@ -203,8 +246,39 @@ pub enum StepKind {
     },
     Command {
         agent: String,
-        body: Value,
+        body: Body,
         save_as: Option<String>,
+    },
+    /// Posts commands until the backend answers one of `statuses` (WS-API-2);
+    /// the accepted ids are saved as a list.
+    Fill {
+        agent: String,
+        body: Body,
+        statuses: Vec<u16>,
+        fields: Vec<(String, Value)>,
+        max: u32,
+        save_as: Option<String>,
+    },
+    /// Every command of a saved list arrives, first deliveries in list order.
+    ExpectCommands {
+        conn: String,
+        ids: String,
+        within: String,
+    },
+    /// Deliveries `from`..=max_attempts of one command, each on time (WS-DLV-3)
+    /// or on a reconnect (WS-DLV-4).
+    ExpectAttempts {
+        conn: String,
+        command_id: String,
+        by: AttemptsBy,
+        from: u32,
+    },
+    /// `GET path` parses as Prometheus text and has these families (WS-OBS-1):
+    /// (what, name patterns).
+    Metrics {
+        path: String,
+        token: String,
+        families: Vec<(String, String)>,
     },
     Http(HttpCall),
     Api(HttpCall),

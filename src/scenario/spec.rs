@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ConnectOutcome, HttpCall, Payload, StepKind, Window};
+use super::raw::Ordered;
+use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, StepKind, Window};
 
 /// One step as written. Exactly one of the kind keys (`provision`,
 /// `connect`, `send`, `expect`, `expect_close`, `expect_open`,
-/// `expect_silence`, `close`, `command`, `http`, `api`, `wait`, `restart`)
-/// must be present; the others are options of that kind.
+/// `expect_silence`, `close`, `command`, `http`, `api`, `wait`, `restart`,
+/// `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
+/// present; the others are options of that kind.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
@@ -29,6 +31,10 @@ pub struct StepSpec {
     pub api: Option<String>,
     pub wait: Option<String>,
     pub restart: Option<bool>,
+    pub fill: Option<String>,
+    pub expect_commands: Option<String>,
+    pub expect_attempts: Option<String>,
+    pub metrics: Option<String>,
     // options
     pub agent: Option<String>,
     pub token: Option<String>,
@@ -57,6 +63,14 @@ pub struct StepSpec {
     pub eventually: Option<String>,
     pub retry_after: Option<bool>,
     pub source: Option<String>,
+    pub raw: Option<BTreeMap<String, String>>,
+    pub body_text: Option<String>,
+    pub max: Option<u32>,
+    pub ids: Option<String>,
+    pub command_id: Option<String>,
+    pub by: Option<String>,
+    pub from: Option<u32>,
+    pub families: Option<BTreeMap<String, String>>,
 }
 
 /// How a connection attempt should end.
@@ -94,6 +108,28 @@ impl StepSpec {
         }
     }
 
+    /// `body` (a table) or `body_text` (JSON text sent as written).
+    fn body(&mut self) -> Result<Option<Body>, String> {
+        match (self.body.take(), self.body_text.take()) {
+            (Some(_), Some(_)) => Err("give `body` or `body_text`, not both".into()),
+            (Some(table), None) => Ok(Some(Body::Json(toml_to_json(table)))),
+            (None, Some(text)) => {
+                Ordered::parse(&text).map_err(|e| format!("body_text is not JSON: {e}"))?;
+                Ok(Some(Body::Text(text)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// `raw = { PATH = 'JSON text' }`: members compared in written order (WS-CMD-2).
+    fn raw(&mut self) -> Result<Vec<(String, String)>, String> {
+        let raw = self.raw.take().unwrap_or_default();
+        for (path, text) in &raw {
+            Ordered::parse(text).map_err(|e| format!("raw `{path}` is not JSON text: {e}"))?;
+        }
+        Ok(raw.into_iter().collect())
+    }
+
     fn http_call(&mut self, line: &str, default_token: &str) -> Result<HttpCall, String> {
         let (method, path) = line
             .trim()
@@ -111,9 +147,10 @@ impl StepSpec {
                 .unwrap_or_else(|| default_token.to_string()),
             agent: self.agent.take(),
             headers: self.header.take().unwrap_or_default(),
-            body: self.body.take().map(toml_to_json),
+            body: self.body()?,
             statuses: self.status.take().unwrap_or_else(|| vec![200]),
             fields: fields(self.fields.take()),
+            raw: self.raw()?,
             save: self.save.take().unwrap_or_default(),
             eventually: self.eventually.take(),
             retry_after: self.retry_after.take().unwrap_or(false),
@@ -136,6 +173,10 @@ impl StepSpec {
             ("api", self.api.is_some()),
             ("wait", self.wait.is_some()),
             ("restart", self.restart.is_some()),
+            ("fill", self.fill.is_some()),
+            ("expect_commands", self.expect_commands.is_some()),
+            ("expect_attempts", self.expect_attempts.is_some()),
+            ("metrics", self.metrics.is_some()),
         ];
         let present: Vec<&str> = kinds.iter().filter(|(_, p)| *p).map(|(k, _)| *k).collect();
         if present.len() != 1 {
@@ -217,6 +258,7 @@ impl StepSpec {
                 conn: self.expect.take().unwrap(),
                 msg_type: self.msg_type.take().ok_or("expect needs type = \"...\"")?,
                 fields: fields(self.fields.take()),
+                raw: self.raw()?,
                 save: self.save.take().unwrap_or_default(),
                 mark: self.mark.take(),
                 window: self.window("5s"),
@@ -246,10 +288,8 @@ impl StepSpec {
             "command" => StepKind::Command {
                 agent: self.command.take().unwrap(),
                 body: self
-                    .body
-                    .take()
-                    .map(toml_to_json)
-                    .ok_or("command needs body = { command_type = ... }")?,
+                    .body()?
+                    .ok_or("command needs body = { command_type = ... } (or body_text)")?,
                 save_as: match self.save.take() {
                     None => None,
                     Some(save) if save.len() == 1 && save.contains_key("id") => {
@@ -279,6 +319,47 @@ impl StepSpec {
                 }
                 StepKind::Restart
             }
+            "fill" => StepKind::Fill {
+                agent: self.fill.take().unwrap(),
+                body: self
+                    .body()?
+                    .ok_or("fill needs body = { command_type = ... }")?,
+                statuses: self.status.take().unwrap_or_else(|| vec![429]),
+                fields: fields(self.fields.take()),
+                max: self.max.take().unwrap_or(2000),
+                save_as: self.ids.take(),
+            },
+            "expect_commands" => StepKind::ExpectCommands {
+                conn: self.expect_commands.take().unwrap(),
+                ids: self
+                    .ids
+                    .take()
+                    .ok_or("expect_commands needs ids = \"LIST\" (saved by a fill step)")?,
+                within: self.within.take().unwrap_or_else(|| "10s".into()),
+            },
+            "expect_attempts" => StepKind::ExpectAttempts {
+                conn: self.expect_attempts.take().unwrap(),
+                command_id: self
+                    .command_id
+                    .take()
+                    .ok_or("expect_attempts needs command_id = \"{VAR}\"")?,
+                by: match self.by.take().as_deref() {
+                    Some("timer") => AttemptsBy::Timer,
+                    Some("reconnect") => AttemptsBy::Reconnect,
+                    _ => return Err("expect_attempts needs by = \"timer\" or \"reconnect\"".into()),
+                },
+                from: self.from.take().unwrap_or(1).max(1),
+            },
+            "metrics" => StepKind::Metrics {
+                path: self.metrics.take().unwrap(),
+                token: self.token.take().unwrap_or_else(|| "none".into()),
+                families: self
+                    .families
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            },
             _ => unreachable!("listed above"),
         };
         self.leftover_options().map_or(Ok(kind), |name| {
@@ -318,6 +399,14 @@ impl StepSpec {
             ("eventually", self.eventually.is_some()),
             ("retry_after", self.retry_after.is_some()),
             ("source", self.source.is_some()),
+            ("raw", self.raw.is_some()),
+            ("body_text", self.body_text.is_some()),
+            ("max", self.max.is_some()),
+            ("ids", self.ids.is_some()),
+            ("command_id", self.command_id.is_some()),
+            ("by", self.by.is_some()),
+            ("from", self.from.is_some()),
+            ("families", self.families.is_some()),
         ];
         options
             .iter()

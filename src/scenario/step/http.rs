@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::{fail, Ctx, StepResult};
 use crate::scenario::matcher::{lookup, mismatch, substitute, substitute_str};
+use crate::scenario::raw::raw_mismatch;
 use crate::scenario::HttpCall;
 
 impl Ctx<'_> {
@@ -17,7 +18,12 @@ impl Ctx<'_> {
         let path = substitute_str(&call.path, &self.vars);
         let url = format!("{}{path}", self.target.http_base);
         let authorization = self.authorization(&call.token, &agent)?;
-        let body = call.body.as_ref().map(|b| substitute(b, &self.vars));
+        let body = call.body.as_ref().map(|b| b.text(&self.vars));
+        let raw: Vec<(String, String)> = call
+            .raw
+            .iter()
+            .map(|(path, text)| (path.clone(), substitute_str(text, &self.vars)))
+            .collect();
         let method = reqwest::Method::from_bytes(call.method.as_bytes())
             .or_else(|e| fail("an HTTP method", e.to_string()))?;
         let fields: Vec<(String, Value)> = call
@@ -42,7 +48,9 @@ impl Ctx<'_> {
                 request = request.header(name, substitute_str(value, &self.vars));
             }
             if let Some(body) = &body {
-                request = request.json(body);
+                request = request
+                    .header("content-type", "application/json")
+                    .body(body.clone());
             }
             let response = request
                 .send()
@@ -51,7 +59,8 @@ impl Ctx<'_> {
             let status = response.status().as_u16();
             let retry_after = response.headers().get("retry-after").is_some();
             let text = response.text().await.unwrap_or_default();
-            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let value: Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
             let problem = if !call.statuses.contains(&status) {
                 Some((
                     format!("HTTP {:?}", call.statuses),
@@ -62,9 +71,15 @@ impl Ctx<'_> {
                     "a Retry-After header".to_string(),
                     format!("HTTP {status} without Retry-After"),
                 ))
+            } else if let Some((p, e, a)) = mismatch(&value, &fields) {
+                Some((format!("{p} = {e}"), format!("{p} = {a} in {value}")))
             } else {
-                mismatch(&value, &fields)
-                    .map(|(p, e, a)| (format!("{p} = {e}"), format!("{p} = {a} in {value}")))
+                raw_mismatch(&text, &raw).map(|(p, e, a)| {
+                    (
+                        format!("{p} as posted (same members, order and values): {e}"),
+                        format!("{p} = {a}"),
+                    )
+                })
             };
             match problem {
                 Some(problem) if Instant::now() < deadline => {

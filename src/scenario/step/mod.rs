@@ -4,7 +4,9 @@
 //! connect steps, `http.rs` the http and api steps.
 
 mod connect;
+mod delivery;
 mod http;
+mod metrics;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,8 +15,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::matcher::{lookup, mismatch, substitute};
-use super::{Payload, StepKind, Window};
+use super::matcher::{lookup, mismatch, substitute, substitute_str};
+use super::raw::raw_mismatch;
+use super::{Body, Payload, StepKind, Window};
 use crate::client::{Conn, Event};
 use crate::target::Target;
 use crate::timing::Timings;
@@ -50,6 +53,8 @@ pub struct Ctx<'a> {
     agents: HashMap<String, Agent>,
     conns: HashMap<String, (String, Conn)>,
     vars: HashMap<String, String>,
+    /// Lists of command ids saved by `fill`.
+    lists: HashMap<String, Vec<String>>,
     marks: HashMap<String, Instant>,
     commands: u32,
     pub transcript: Vec<String>,
@@ -60,6 +65,11 @@ impl<'a> Ctx<'a> {
         let mut vars = HashMap::new();
         if let Some(token) = &target.registration_token {
             vars.insert("registration_token".to_string(), token.clone());
+        }
+        // For checks that the edge secret opens nothing else (WS-HTTP-3);
+        // a `…token` member, so the transcript redacts it.
+        if let Some(secret) = &target.edge_secret {
+            vars.insert("edge_secret".to_string(), secret.clone());
         }
         // A phone number unique to this check and attempt (WS-HTTP-3).
         let digits: String = prefix.bytes().map(|b| char::from(b'0' + b % 10)).collect();
@@ -74,6 +84,7 @@ impl<'a> Ctx<'a> {
             agents: HashMap::new(),
             conns: HashMap::new(),
             vars,
+            lists: HashMap::new(),
             marks: HashMap::new(),
             commands: 0,
             transcript: Vec::new(),
@@ -156,11 +167,12 @@ impl<'a> Ctx<'a> {
                 conn,
                 msg_type,
                 fields,
+                raw,
                 save,
                 mark,
                 window,
             } => {
-                self.expect(conn, msg_type, fields, save, mark.as_deref(), window)
+                self.expect(conn, msg_type, fields, raw, save, mark.as_deref(), window)
                     .await
             }
             StepKind::ExpectClose {
@@ -180,6 +192,31 @@ impl<'a> Ctx<'a> {
                 body,
                 save_as,
             } => self.command(agent, body, save_as.as_deref()).await,
+            StepKind::Fill {
+                agent,
+                body,
+                statuses,
+                fields,
+                max,
+                save_as,
+            } => {
+                self.fill(agent, body, statuses, fields, *max, save_as.as_deref())
+                    .await
+            }
+            StepKind::ExpectCommands { conn, ids, within } => {
+                self.expect_commands(conn, ids, within).await
+            }
+            StepKind::ExpectAttempts {
+                conn,
+                command_id,
+                by,
+                from,
+            } => self.expect_attempts(conn, command_id, *by, *from).await,
+            StepKind::Metrics {
+                path,
+                token,
+                families,
+            } => self.metrics(path, token, families).await,
             StepKind::Http(call) => self.http(call, false).await,
             StepKind::Api(call) => self.http(call, true).await,
             StepKind::Wait { during } => {
@@ -322,11 +359,13 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn expect(
         &mut self,
         conn: &str,
         msg_type: &str,
         fields: &[(String, Value)],
+        raw: &[(String, String)],
         save: &std::collections::BTreeMap<String, String>,
         mark: Option<&str>,
         window: &Window,
@@ -367,6 +406,16 @@ impl<'a> Ctx<'a> {
                 return fail(
                     format!("`{msg_type}` with {path} = {expected}"),
                     format!("{path} = {actual} in {message}"),
+                );
+            }
+            let raw: Vec<(String, String)> = raw
+                .iter()
+                .map(|(path, text)| (path.clone(), substitute_str(text, &self.vars)))
+                .collect();
+            if let Some((path, expected, actual)) = raw_mismatch(&message.text, &raw) {
+                return fail(
+                    format!("`{msg_type}` with {path} as posted (same members, order and values): {expected}"),
+                    format!("{path} = {actual}"),
                 );
             }
             for (var, path) in save {
@@ -475,11 +524,16 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
-    async fn command(&mut self, agent: &str, body: &Value, save_as: Option<&str>) -> StepResult {
-        let agent_id = self.agent_id(agent);
+    /// A command id unique to this check and attempt.
+    fn next_command_id(&mut self) -> String {
         self.commands += 1;
-        let command_id = format!("{}-c{}", self.prefix, self.commands);
-        let body = substitute(body, &self.vars);
+        format!("{}-c{}", self.prefix, self.commands)
+    }
+
+    async fn command(&mut self, agent: &str, body: &Body, save_as: Option<&str>) -> StepResult {
+        let agent_id = self.agent_id(agent);
+        let command_id = self.next_command_id();
+        let body = body.text(&self.vars);
         self.note(format!("inject {command_id} for {agent_id}: {body}"));
         self.target
             .inject(&agent_id, &command_id, &body)

@@ -1,0 +1,177 @@
+//! The Prometheus text exposition format (WS-OBS-1), read strictly enough
+//! to tell a real `/metrics` page from JSON or HTML served at that path:
+//! `# HELP`/`# TYPE` lines and samples `name{label="value",…} value [ts]`.
+
+use std::collections::BTreeSet;
+
+const TYPES: [&str; 9] = [
+    "counter",
+    "gauge",
+    "histogram",
+    "summary",
+    "untyped",
+    // OpenMetrics
+    "unknown",
+    "info",
+    "stateset",
+    "gaugehistogram",
+];
+
+fn is_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_value(text: &str) -> bool {
+    matches!(text, "NaN" | "+Inf" | "-Inf" | "Inf" | "+inf" | "-inf")
+        || text
+            .parse::<f64>()
+            .is_ok_and(|_| !text.contains(['i', 'I', 'n', 'N']))
+}
+
+/// Every metric family named on the page (by `# TYPE`/`# HELP` or by a
+/// sample), or the first line that is not the text format.
+pub fn families(text: &str) -> Result<BTreeSet<String>, String> {
+    let mut names = BTreeSet::new();
+    for (index, line) in text.lines().enumerate() {
+        let at = |why: String| format!("line {}: {why}: {:?}", index + 1, clip(line));
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.split_whitespace();
+            match words.next() {
+                Some(kind @ ("HELP" | "TYPE")) => {
+                    let name = words.next().unwrap_or("");
+                    if !is_name(name) {
+                        return Err(at(format!("`# {kind}` needs a metric name")));
+                    }
+                    if kind == "TYPE" && !words.next().is_some_and(|t| TYPES.contains(&t)) {
+                        return Err(at(format!("`# TYPE` needs one of {}", TYPES.join(", "))));
+                    }
+                    names.insert(name.to_string());
+                }
+                _ => continue,
+            }
+            continue;
+        }
+        let (name, rest) = sample_name(line);
+        if !is_name(name) {
+            return Err(at("a sample must start with a metric name".into()));
+        }
+        let rest = match rest.strip_prefix('{') {
+            Some(labels) => skip_labels(labels).map_err(at)?,
+            None => rest,
+        };
+        let mut words = rest.split_whitespace();
+        if !words.next().is_some_and(is_value) {
+            return Err(at(
+                "a sample needs a number after its name and labels".into()
+            ));
+        }
+        if words.next().is_some_and(|ts| ts.parse::<f64>().is_err()) || words.next().is_some() {
+            return Err(at("after the value only a timestamp may follow".into()));
+        }
+        names.insert(name.to_string());
+    }
+    if names.is_empty() {
+        return Err("no metrics at all".into());
+    }
+    Ok(names)
+}
+
+fn sample_name(line: &str) -> (&str, &str) {
+    let end = line
+        .find(|c: char| c == '{' || c.is_whitespace())
+        .unwrap_or(line.len());
+    line.split_at(end)
+}
+
+/// Skips `label="value",…}` and returns what follows the `}`.
+fn skip_labels(mut rest: &str) -> Result<&str, String> {
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix('}') {
+            return Ok(after);
+        }
+        let eq = rest.find('=').ok_or("a label needs `name=\"value\"`")?;
+        if !is_name(rest[..eq].trim()) {
+            return Err("a label name must be [a-zA-Z_][a-zA-Z0-9_]*".into());
+        }
+        let value = rest[eq + 1..]
+            .trim_start()
+            .strip_prefix('"')
+            .ok_or("a label value must be quoted")?;
+        let mut escaped = false;
+        let close = value
+            .char_indices()
+            .find(|&(_, c)| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            })
+            .map(|(i, _)| i)
+            .ok_or("a label value is not closed")?;
+        rest = value[close + 1..].trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
+fn clip(line: &str) -> String {
+    line.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reads_a_real_page() {
+        let page = "# HELP edge_connections_active Open sockets.\n# TYPE edge_connections_active gauge\nedge_connections_active 3\n# TYPE edge_latency_seconds histogram\nedge_latency_seconds_bucket{le=\"0.005\",kind=\"a\\\"b\"} 1 1700000000000\nedge_latency_seconds_bucket{le=\"+Inf\"} 2\nedge_latency_seconds_sum 0.01\nedge_latency_seconds_count 2\n";
+        let names = families(page).unwrap();
+        assert!(names.contains("edge_connections_active"));
+        assert!(names.contains("edge_latency_seconds"));
+        assert!(names.contains("edge_latency_seconds_bucket"));
+    }
+
+    #[test]
+    fn json_and_html_are_not_prometheus_text() {
+        for page in [
+            "{\"connections\": 3}",
+            "<html><body>metrics</body></html>",
+            "edge_up",
+            "edge_up{x=1} 1",
+            "# TYPE edge_up thing\nedge_up 1",
+            "",
+        ] {
+            assert!(families(page).is_err(), "{page:?}");
+        }
+    }
+
+    proptest! {
+        /// Any page made of valid lines reads, and names each family.
+        #[test]
+        fn valid_pages_read(samples in prop::collection::vec(("[a-z_][a-z0-9_]{0,12}", "[a-z]{1,5}", "[ -~]{0,10}", -1e9f64..1e9), 1..20)) {
+            let mut page = String::new();
+            for (name, label, value, number) in &samples {
+                let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+                page.push_str(&format!("# TYPE {name} gauge\n{name}{{{label}=\"{escaped}\"}} {number}\n"));
+            }
+            let names = families(&page).unwrap();
+            for (name, ..) in &samples {
+                prop_assert!(names.contains(name));
+            }
+        }
+
+        /// Fed by the network: any text reads or is refused, never panics.
+        #[test]
+        fn any_text_reads_or_is_refused(text in "[ -~\n{}\"=#]{0,200}") {
+            let _ = families(&text);
+        }
+    }
+}
