@@ -10,6 +10,7 @@ fn conform_passes_against_edge_server_and_writes_reports() {
     let dir = tempfile::tempdir().unwrap();
     let junit = dir.path().join("conform.xml");
     let json = dir.path().join("conform.json");
+    let html = dir.path().join("conform.html");
     let out = harness(&[
         "conform",
         "--seed",
@@ -22,6 +23,8 @@ fn conform_passes_against_edge_server_and_writes_reports() {
         junit.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
     ]);
     let stdout = text(&out.stdout);
     assert_eq!(
@@ -47,6 +50,17 @@ fn conform_passes_against_edge_server_and_writes_reports() {
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(xml.matches("<testcase ").count(), results.len());
     assert!(!xml.contains("<failure"), "{xml}");
+    // The page shows every rule id of the run, and each check's detail.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<h1>PASSED"));
+    assert_eq!(page.matches("<details ").count(), results.len());
+    for result in results {
+        let rule = result["rule"].as_str().unwrap();
+        assert!(
+            page.contains(&format!(">{rule}</a>")),
+            "{rule} not on the page"
+        );
+    }
     // Every client-observable rule group is covered.
     for rule in [
         "WS-AUTH-1",
