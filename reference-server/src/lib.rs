@@ -8,6 +8,7 @@
 //! (WS-CONN-1/2), `session` (one socket), `delivery` (§5), `store` (durable
 //! state: SQLite, or PostgreSQL for several instances), `cluster` (which
 //! instance holds a socket, and reaching it), `http` (routes and control API), `ratelimit` (§7), `metrics` (§9),
+//! `raw_json` (JSON relayed as posted, WS-CMD-2),
 //! `server` (accept loop, TLS, shutdown).
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod delivery;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod raw_json;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::raw_json::RawJson;
 use crate::store::{CommandRow, ConnId, Millis};
 
 /// What other parts of the server ask a session to do.
@@ -22,8 +22,8 @@ pub enum SessionMsg {
     /// Claim this command for this connection if nobody pushed it here yet,
     /// then push it (a push that may have raced a reconnect).
     Deliver(String),
-    /// WS-CFG-1: send a `config_update`.
-    Config(Box<Value>),
+    /// WS-CFG-1: send a `config_update` with this data, as posted (WS-CMD-2).
+    Config(RawJson),
     /// Claim and push whatever waits for the agent and was not pushed to
     /// this connection yet (messages to this instance may have been lost).
     ClaimPending,

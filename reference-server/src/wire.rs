@@ -7,8 +7,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::raw_json::RawJson;
 use crate::store::{AckKind, CommandRow, Millis};
 
 /// What an agent may send (Edge → backend table of §3).
@@ -18,8 +23,8 @@ pub enum Inbound {
     Ping,
     /// WS-ACK-1.
     Ack(Ack),
-    /// WS-STATUS-1: stored as the agent's last status.
-    Status(Value),
+    /// WS-STATUS-1: stored as the agent's last status, as sent (WS-CMD-2).
+    Status(RawJson),
 }
 
 /// An acknowledgement in either dialect (WS-ACK-1).
@@ -70,13 +75,25 @@ pub fn parse_text(text: &str) -> Result<Inbound, WireError> {
         "ping" => Ok(Inbound::Ping),
         "command_ack" => parse_ack(data).map(Inbound::Ack),
         "status" => match data {
-            Value::Object(_) => Ok(Inbound::Status(data.clone())),
+            Value::Object(_) => raw_data(text).map(Inbound::Status),
             _ => Err(WireError::InvalidMessage(
                 "`status` needs an object as `data`".into(),
             )),
         },
         other => Err(WireError::UnknownType(truncate(other, 64))),
     }
+}
+
+/// WS-CMD-2: the `data` member of a message as the agent wrote it (the
+/// `Value` that `parse_text` checked has re-sorted keys and rounded numbers).
+/// A repeated `data` key counts as the last one, as it does for `Value`.
+fn raw_data(text: &str) -> Result<RawJson, WireError> {
+    let members: HashMap<String, &RawValue> =
+        serde_json::from_str(text).map_err(|e| WireError::InvalidJson(e.to_string()))?;
+    members
+        .get("data")
+        .map(|raw| RawJson::from((*raw).to_owned()))
+        .ok_or_else(|| WireError::InvalidMessage("a message without `data`".into()))
 }
 
 /// WS-ACK-1: `{"command_id", "success", "error"}` (spec) or
@@ -135,14 +152,26 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
-fn frame(kind: &str, data: Option<Value>) -> String {
-    let mut message = Map::new();
-    message.insert("type".into(), Value::String(kind.into()));
-    if let Some(data) = data {
-        message.insert("data".into(), data);
-    }
-    message.insert("timestamp".into(), Value::String(iso8601(now_millis())));
-    Value::Object(message).to_string()
+/// One message: `{"type", "data"?, "timestamp"}` (§3).
+#[derive(Serialize)]
+struct Frame<'a, D> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<D>,
+    timestamp: String,
+}
+
+/// Written with serde_json's own serializer, so [`RawJson`] parts go out
+/// verbatim (WS-CMD-2).
+fn frame<D: Serialize>(kind: &str, data: Option<D>) -> String {
+    let frame = Frame {
+        kind,
+        data,
+        timestamp: iso8601(now_millis()),
+    };
+    // Only string keys and JSON values: nothing here can fail to serialize.
+    serde_json::to_string(&frame).expect("a frame serializes")
 }
 
 /// What `connected` advertises (WS-MSG-1).
@@ -174,20 +203,34 @@ pub fn connected_frame(agent_id: &str, timing: &Advertised, ms: &[(&str, u128)])
 }
 
 /// WS-CMD-1: the `data` of a `command` message (and of `/edge/sync`).
-pub fn command_data(command: &CommandRow) -> Value {
-    let mut data = json!({
-        "command_id": command.id,
-        "command_type": command.command_type,
-        "parameters": command.parameters,
-        "payload": command.parameters,
-        "priority": command.priority.as_str(),
-        "attempt": command.attempts,
-        "created_at": iso8601(command.created_at),
-    });
-    if let Some(expires_at) = command.expires_at {
-        data["expires_at"] = Value::String(iso8601(expires_at));
+/// Serialize it with serde_json (`to_string`, `axum::Json`), not into a
+/// `Value`, or `parameters` loses its order (WS-CMD-2).
+#[derive(Debug, Serialize)]
+pub struct CommandData<'a> {
+    pub command_id: &'a str,
+    pub command_type: &'a str,
+    /// WS-CMD-2: as posted.
+    pub parameters: &'a RawJson,
+    /// [compat] a copy of `parameters`, as posted too (WS-CMD-2).
+    pub payload: &'a RawJson,
+    pub priority: &'static str,
+    pub attempt: u32,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+pub fn command_data(command: &CommandRow) -> CommandData<'_> {
+    CommandData {
+        command_id: &command.id,
+        command_type: &command.command_type,
+        parameters: &command.parameters,
+        payload: &command.parameters,
+        priority: command.priority.as_str(),
+        attempt: command.attempts,
+        created_at: iso8601(command.created_at),
+        expires_at: command.expires_at.map(iso8601),
     }
-    data
 }
 
 pub fn command_frame(command: &CommandRow) -> String {
@@ -195,7 +238,7 @@ pub fn command_frame(command: &CommandRow) -> String {
 }
 
 pub fn pong_frame() -> String {
-    frame("pong", None)
+    frame::<Value>("pong", None)
 }
 
 /// WS-ERR-1.
@@ -207,9 +250,9 @@ pub fn error_frame(code: &str, message: &str, reference: Option<&str>) -> String
     frame("error", Some(data))
 }
 
-/// WS-CFG-1.
-pub fn config_update_frame(config: &Value) -> String {
-    frame("config_update", Some(config.clone()))
+/// WS-CFG-1; the config as posted (WS-CMD-2).
+pub fn config_update_frame(config: &RawJson) -> String {
+    frame("config_update", Some(config))
 }
 
 #[cfg(test)]
@@ -261,14 +304,13 @@ mod tests {
         assert_eq!(code(r#"{"type":"status","data":3}"#), "invalid_message");
     }
 
-    #[test]
-    fn command_frame_carries_payload_copy() {
-        let row = CommandRow {
+    fn row_with(parameters: &str) -> CommandRow {
+        CommandRow {
             seq: 1,
             id: "c1".into(),
             agent_id: "a".into(),
             command_type: "send_message".into(),
-            parameters: json!({"message": "hi"}),
+            parameters: RawJson::parse(parameters).unwrap(),
             priority: crate::store::Priority::High,
             status: crate::store::Status::Sent,
             attempts: 2,
@@ -282,7 +324,12 @@ mod tests {
             error: None,
             delivered_via: None,
             conn_id: None,
-        };
+        }
+    }
+
+    #[test]
+    fn command_frame_carries_payload_copy() {
+        let row = row_with(r#"{"message":"hi"}"#);
         let value: Value = serde_json::from_str(&command_frame(&row)).unwrap();
         assert_eq!(value["type"], "command");
         assert_eq!(value["data"]["payload"], value["data"]["parameters"]);
@@ -291,7 +338,80 @@ mod tests {
         assert_eq!(value["data"]["expires_at"], "1970-01-01T00:00:01.000Z");
     }
 
+    const POSTED: &str = r#"{"z":{"10":1,"9":[2.50,{"b":null,"a":true}]},"big":12345678901234567890123,"ü":"\u00fc ß"}"#;
+
+    #[test]
+    fn ws_cmd_2_command_and_config_frames_carry_the_text_as_posted() {
+        let frame = command_frame(&row_with(POSTED));
+        assert!(
+            frame.contains(&format!(r#""parameters":{POSTED},"payload":{POSTED},"#)),
+            "{frame}"
+        );
+        let frame = config_update_frame(&RawJson::parse(POSTED).unwrap());
+        assert!(frame.starts_with(&format!(r#"{{"type":"config_update","data":{POSTED},"#)));
+        assert!(serde_json::from_str::<Value>(&frame).is_ok());
+        assert!(!pong_frame().contains("data"));
+    }
+
+    #[test]
+    fn ws_cmd_2_status_data_as_sent() {
+        let status = |text: &str| match parse_text(text) {
+            Ok(Inbound::Status(raw)) => raw.as_str().to_string(),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            status(&format!(r#"{{"type":"status","data":{POSTED}}}"#)),
+            POSTED
+        );
+        assert_eq!(
+            status(&format!(r#"{{ "data" : {POSTED} , "type":"status"}}"#)),
+            POSTED,
+            "data before type, whitespace around it"
+        );
+        // A repeated member counts as its last, as it does for the check.
+        assert_eq!(
+            status(r#"{"type":"status","data":{"a":1},"data":{"b":2.50}}"#),
+            r#"{"b":2.50}"#
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"status","data":{"a":1},"data":[1]}"#)
+                .unwrap_err()
+                .code(),
+            "invalid_message"
+        );
+    }
+
     proptest! {
+        /// WS-CMD-2: any object an agent sends as `status` data is kept as
+        /// it wrote it, wherever `data` sits in the message.
+        #[test]
+        fn ws_cmd_2_any_status_data_is_kept_verbatim(
+            data in crate::raw_json::strategy::object_text(),
+            data_first in any::<bool>(),
+        ) {
+            let text = if data_first {
+                format!(r#"{{"data":{data},"type":"status"}}"#)
+            } else {
+                format!(r#"{{"type":"status","data":{data}}}"#)
+            };
+            match parse_text(&text) {
+                Ok(Inbound::Status(raw)) => prop_assert_eq!(raw.as_str(), data.as_str()),
+                other => prop_assert!(false, "{}: {:?}", text, other),
+            }
+        }
+
+        /// WS-CMD-2: any posted parameters go out twice, as posted, in a
+        /// frame that is JSON.
+        #[test]
+        fn ws_cmd_2_any_parameters_are_relayed_verbatim(
+            parameters in crate::raw_json::strategy::object_text(),
+        ) {
+            let frame = command_frame(&row_with(&parameters));
+            let expected = format!(r#""parameters":{parameters},"payload":{parameters},"#);
+            prop_assert!(frame.contains(&expected));
+            prop_assert!(serde_json::from_str::<Value>(&frame).is_ok());
+        }
+
         /// No text makes the parser panic, and every error has a §3 code.
         #[test]
         fn any_text_parses_or_names_its_error(text in ".{0,300}") {

@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::raw_json::RawJson;
 use crate::registry::{KickReason, SessionMsg};
 use crate::state::AppState;
 use crate::store::{ConnId, Millis, StoreResult};
@@ -41,14 +41,19 @@ pub struct RemoteSocket {
     pub remote_addr: String,
 }
 
-/// A message from another instance for a session of this one.
+/// A message from another instance for a session of this one: JSON
+/// `{"kind": "deliver"|"config"|"kick"|"stored", …}`.
+///
+/// Read through [`Envelope`] rather than serde's internally tagged enums,
+/// which buffer a message before reading it and so cannot keep `config` as
+/// the text that was posted (WS-CMD-2). The JSON is the same either way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "Envelope")]
 pub enum Inbound {
     /// WS-DLV-1: a command was stored for an agent whose socket is here.
     Deliver { agent: String, command: String },
-    /// WS-CFG-1: push this `config_update`.
-    Config { agent: String, config: Value },
+    /// WS-CFG-1: push this `config_update`, as posted (WS-CMD-2).
+    Config { agent: String, config: RawJson },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
     Kick { agent: String, conn: ConnId },
     /// This instance's listener was down, so messages to it may have been
@@ -59,6 +64,47 @@ pub enum Inbound {
     /// A message too long for a notification, stored under `id`: see
     /// [`Cluster::take_stored`].
     Stored { id: i64 },
+}
+
+/// Every member an [`Inbound`] may have; which ones it needs depends on `kind`.
+#[derive(Deserialize)]
+struct Envelope {
+    kind: String,
+    agent: Option<String>,
+    command: Option<String>,
+    config: Option<RawJson>,
+    conn: Option<ConnId>,
+    id: Option<i64>,
+}
+
+impl TryFrom<Envelope> for Inbound {
+    type Error = String;
+
+    fn try_from(e: Envelope) -> Result<Inbound, String> {
+        fn needs<T>(kind: &str, field: &str, value: Option<T>) -> Result<T, String> {
+            value.ok_or_else(|| format!("a `{kind}` cluster message needs `{field}`"))
+        }
+        let kind = e.kind.as_str();
+        match kind {
+            "deliver" => Ok(Inbound::Deliver {
+                agent: needs(kind, "agent", e.agent)?,
+                command: needs(kind, "command", e.command)?,
+            }),
+            "config" => Ok(Inbound::Config {
+                agent: needs(kind, "agent", e.agent)?,
+                config: needs(kind, "config", e.config)?,
+            }),
+            "kick" => Ok(Inbound::Kick {
+                agent: needs(kind, "agent", e.agent)?,
+                conn: needs(kind, "conn", e.conn)?,
+            }),
+            "stored" => Ok(Inbound::Stored {
+                id: needs(kind, "id", e.id)?,
+            }),
+            // `resync` is never sent between instances.
+            other => Err(format!("unknown cluster message kind `{other}`")),
+        }
+    }
 }
 
 #[async_trait]
@@ -206,7 +252,7 @@ pub fn apply(state: &AppState, message: Inbound) {
         }
         Inbound::Config { agent, config } => {
             if let Some(session) = state.registry.get(&agent) {
-                session.send(SessionMsg::Config(Box::new(config)));
+                session.send(SessionMsg::Config(config));
             }
         }
         // WS-CONN-2: only that connection; a newer local one stays.
@@ -250,4 +296,103 @@ async fn resync(state: &AppState) {
         sessions = sessions.len(),
         kicked, "resynced with the cluster"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read(text: &str) -> Result<Inbound, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    #[test]
+    fn every_kind_reads_as_it_is_written() {
+        let config = RawJson::parse(r#"{"z":1,"10":2.50,"9":[{"b":1,"a":2}]}"#).unwrap();
+        let messages = [
+            Inbound::Deliver {
+                agent: "x".into(),
+                command: "c1".into(),
+            },
+            Inbound::Config {
+                agent: "x".into(),
+                config,
+            },
+            Inbound::Kick {
+                agent: "x".into(),
+                conn: 7,
+            },
+            Inbound::Stored { id: 9 },
+        ];
+        for message in messages {
+            let text = serde_json::to_string(&message).unwrap();
+            assert_eq!(read(&text).unwrap(), message, "{text}");
+        }
+    }
+
+    #[test]
+    fn ws_cmd_2_a_config_crosses_instances_as_posted() {
+        let posted = r#"{"z":1,"10":2.50,"9":12345678901234567890123,"a":{"y":[],"x":"ü"}}"#;
+        let message = Inbound::Config {
+            agent: "x".into(),
+            config: RawJson::parse(posted).unwrap(),
+        };
+        let text = serde_json::to_string(&message).unwrap();
+        assert_eq!(
+            text,
+            format!(r#"{{"kind":"config","agent":"x","config":{posted}}}"#)
+        );
+        match read(&text).unwrap() {
+            Inbound::Config { config, .. } => assert_eq!(config.as_str(), posted),
+            other => panic!("{other:?}"),
+        }
+        // Members in another order, as a `json_build_object` or another
+        // version might write them, read the same.
+        let reordered = format!(r#"{{"config":{posted},"agent":"x","kind":"config"}}"#);
+        assert_eq!(read(&reordered).unwrap(), message);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        for text in [
+            r#"{"kind":"config","agent":"x"}"#,
+            r#"{"kind":"deliver","agent":"x"}"#,
+            r#"{"kind":"kick","agent":"x","conn":"7"}"#,
+            r#"{"kind":"resync"}"#,
+            r#"{"kind":"teleport"}"#,
+            r#"{"agent":"x"}"#,
+            "[]",
+            "",
+        ] {
+            assert!(read(text).is_err(), "{text}");
+        }
+        // What `forward` notifies for a stored message.
+        assert_eq!(
+            read(r#"{"kind" : "stored", "id" : 42}"#).unwrap(),
+            Inbound::Stored { id: 42 }
+        );
+    }
+
+    proptest! {
+        /// WS-CMD-2: any config object crosses instances byte for byte.
+        #[test]
+        fn ws_cmd_2_any_config_round_trips(config in crate::raw_json::strategy::object_text()) {
+            let message = Inbound::Config {
+                agent: "x".into(),
+                config: RawJson::parse(config.clone()).unwrap(),
+            };
+            let text = serde_json::to_string(&message).unwrap();
+            match read(&text) {
+                Ok(Inbound::Config { config: got, .. }) => prop_assert_eq!(got.as_str(), config.as_str()),
+                other => prop_assert!(false, "{}: {:?}", text, other),
+            }
+        }
+
+        /// No NOTIFY payload makes the reader panic.
+        #[test]
+        fn any_payload_reads_or_fails(text in ".{0,200}") {
+            let _ = read(&text);
+        }
+    }
 }

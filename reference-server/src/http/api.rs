@@ -11,12 +11,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{header_str, read_json, ApiError};
 use crate::auth;
 use crate::cluster::{Inbound, RemoteSocket};
+use crate::raw_json::RawJson;
 use crate::registry::SessionMsg;
 use crate::state::AppState;
 use crate::store::{
@@ -85,36 +86,72 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// An agent as the control API shows it; `remote` is its socket on another
-/// instance, if it is not connected here.
-fn agent_json(state: &AppState, agent: &AgentRow, remote: Option<&RemoteSocket>) -> Value {
-    let session = state.registry.get(&agent.id);
-    let mut body = json!({
-        "edge_agent_id": agent.id,
-        "connected": session.is_some() || remote.is_some(),
-        "pending_commands": agent.pending_commands,
-    });
-    if let Some(session) = &session {
-        body["connected_since"] = json!(iso8601(session.connected_at));
-        body["remote_addr"] = json!(session.remote_addr);
-        body["last_seen"] = json!(iso8601(now_millis()));
-        body["instance"] = json!(state.cluster.instance());
-    } else if let Some(remote) = remote {
-        body["connected_since"] = json!(iso8601(remote.connected_at));
-        body["remote_addr"] = json!(remote.remote_addr);
-        body["last_seen"] = json!(iso8601(now_millis()));
-        // Which instance holds the socket (several behind a load balancer).
-        body["instance"] = json!(remote.instance);
-    } else if let Some(seen) = agent.last_seen {
-        body["last_seen"] = json!(iso8601(seen));
+/// An agent as the control API shows it. A struct serialized by serde_json
+/// rather than a `Value`, so `last_status` keeps its text (WS-CMD-2).
+#[derive(Serialize)]
+struct AgentView<'a> {
+    edge_agent_id: &'a str,
+    connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connected_since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_addr: Option<String>,
+    /// Which instance holds the socket (several behind a load balancer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_phone: Option<&'a str>,
+    pending_commands: u64,
+    /// WS-STATUS-1, as the agent sent it (WS-CMD-2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_status: Option<&'a RawJson>,
+    /// WS-CONN-6; only for one agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<Value>>,
+}
+
+/// `remote` is the agent's socket on another instance, if it is not
+/// connected here.
+fn agent_view<'a>(
+    state: &AppState,
+    agent: &'a AgentRow,
+    remote: Option<&RemoteSocket>,
+) -> AgentView<'a> {
+    let mut view = AgentView {
+        edge_agent_id: &agent.id,
+        connected: false,
+        connected_since: None,
+        last_seen: agent.last_seen.map(iso8601),
+        remote_addr: None,
+        instance: None,
+        user_phone: agent.user_phone.as_deref(),
+        pending_commands: agent.pending_commands,
+        last_status: agent.last_status.as_ref(),
+        history: None,
+    };
+    let socket = match (state.registry.get(&agent.id), remote) {
+        (Some(session), _) => Some((
+            session.connected_at,
+            session.remote_addr,
+            state.cluster.instance().to_string(),
+        )),
+        (None, Some(remote)) => Some((
+            remote.connected_at,
+            remote.remote_addr.clone(),
+            remote.instance.clone(),
+        )),
+        (None, None) => None,
+    };
+    if let Some((connected_at, remote_addr, instance)) = socket {
+        view.connected = true;
+        view.connected_since = Some(iso8601(connected_at));
+        view.last_seen = Some(iso8601(now_millis()));
+        view.remote_addr = Some(remote_addr);
+        view.instance = Some(instance);
     }
-    if let Some(phone) = &agent.user_phone {
-        body["user_phone"] = json!(phone);
-    }
-    if let Some(status) = &agent.last_status {
-        body["last_status"] = status.clone();
-    }
-    body
+    view
 }
 
 /// The agent's socket on another instance, unless it is connected here.
@@ -125,36 +162,49 @@ async fn remote_socket(state: &AppState, agent_id: &str) -> Result<Option<Remote
     Ok(state.cluster.locate(agent_id).await?)
 }
 
-/// `GET /api/commands/{id}` shape (WS-API-3).
-fn command_json(row: &CommandRow) -> Value {
-    let mut body = json!({
-        "command_id": row.id,
-        "edge_agent_id": row.agent_id,
-        "command_type": row.command_type,
-        "parameters": row.parameters,
-        "priority": row.priority.as_str(),
-        "status": row.status.as_str(),
-        "attempts": row.attempts,
-        "created_at": iso8601(row.created_at),
-    });
-    let times = [
-        ("expires_at", row.expires_at),
-        ("sent_at", row.sent_at),
-        ("acked_at", row.acked_at),
-        ("completed_at", row.completed_at),
-    ];
-    for (key, value) in times {
-        if let Some(ms) = value {
-            body[key] = json!(iso8601(ms));
-        }
+/// `GET /api/commands/{id}` shape (WS-API-3). A struct serialized by
+/// serde_json rather than a `Value`, so `parameters` keeps its text (WS-CMD-2).
+#[derive(Serialize)]
+struct CommandView<'a> {
+    command_id: &'a str,
+    edge_agent_id: &'a str,
+    command_type: &'a str,
+    parameters: &'a RawJson,
+    priority: &'static str,
+    status: &'static str,
+    attempts: u32,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_via: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+fn command_view(row: &CommandRow) -> CommandView<'_> {
+    CommandView {
+        command_id: &row.id,
+        edge_agent_id: &row.agent_id,
+        command_type: &row.command_type,
+        parameters: &row.parameters,
+        priority: row.priority.as_str(),
+        status: row.status.as_str(),
+        attempts: row.attempts,
+        created_at: iso8601(row.created_at),
+        expires_at: row.expires_at.map(iso8601),
+        sent_at: row.sent_at.map(iso8601),
+        acked_at: row.acked_at.map(iso8601),
+        completed_at: row.completed_at.map(iso8601),
+        delivered_via: row.delivered_via.map(|via| via.as_str()),
+        error: row.error.as_deref(),
     }
-    if let Some(via) = row.delivered_via {
-        body["delivered_via"] = json!(via.as_str());
-    }
-    if let Some(error) = &row.error {
-        body["error"] = json!(error);
-    }
-    body
 }
 
 #[derive(Deserialize, Default)]
@@ -216,19 +266,21 @@ async fn get_agent(
         .ok_or_else(|| not_found("agent"))?;
     let history = state.store.history(&id, HISTORY_LIMIT).await?;
     let remote = remote_socket(&state, &id).await?;
-    let mut body = agent_json(&state, &agent, remote.as_ref());
-    body["history"] = history
-        .iter()
-        .map(|h| {
-            json!({
-                "connected_at": iso8601(h.connected_at),
-                "disconnected_at": h.disconnected_at.map(iso8601),
-                "reason": h.reason,
-                "remote_addr": h.remote_addr,
+    let mut view = agent_view(&state, &agent, remote.as_ref());
+    view.history = Some(
+        history
+            .iter()
+            .map(|h| {
+                json!({
+                    "connected_at": iso8601(h.connected_at),
+                    "disconnected_at": h.disconnected_at.map(iso8601),
+                    "reason": h.reason,
+                    "remote_addr": h.remote_addr,
+                })
             })
-        })
-        .collect();
-    Ok(axum::Json(body).into_response())
+            .collect(),
+    );
+    Ok(axum::Json(view).into_response())
 }
 
 /// GET /api/agents?connected=true|false
@@ -249,10 +301,10 @@ async fn list_agents(
     };
     let agents = state.store.agents().await?;
     let remote = state.cluster.remote_sockets().await?;
-    let listed: Vec<Value> = agents
+    let listed: Vec<AgentView> = agents
         .iter()
-        .map(|a| agent_json(&state, a, remote.get(&a.id)))
-        .filter(|a| connected.is_none_or(|want| a["connected"] == want))
+        .map(|a| agent_view(&state, a, remote.get(&a.id)))
+        .filter(|a| connected.is_none_or(|want| a.connected == want))
         .collect();
     Ok(axum::Json(listed).into_response())
 }
@@ -260,8 +312,9 @@ async fn list_agents(
 #[derive(Deserialize)]
 struct CommandRequest {
     command_type: Option<String>,
+    /// WS-CMD-2: kept as posted.
     #[serde(default)]
-    parameters: Option<Value>,
+    parameters: Option<RawJson>,
     priority: Option<String>,
     command_id: Option<String>,
     ttl_s: Option<u64>,
@@ -326,7 +379,7 @@ async fn post_command(
         id,
         agent_id,
         command_type,
-        parameters: request.parameters.unwrap_or_else(|| json!({})),
+        parameters: request.parameters.unwrap_or_else(RawJson::empty_object),
         priority,
         created_at: now,
         expires_at: ttl_ms.map(|ttl| now.saturating_add(ttl)),
@@ -337,7 +390,7 @@ async fn post_command(
             axum::Json(json!({ "command_id": row.id, "status": row.status.as_str() })),
         )
             .into_response()),
-        InsertOutcome::Existing(row) => Ok(axum::Json(command_json(&row)).into_response()),
+        InsertOutcome::Existing(row) => Ok(axum::Json(command_view(&row)).into_response()),
         InsertOutcome::Conflict => Err(ApiError::new(
             StatusCode::CONFLICT,
             "command_id_conflict",
@@ -384,7 +437,7 @@ async fn list_commands(
         return Err(not_found("agent"));
     }
     let rows = state.store.commands(&agent_id, status, limit).await?;
-    Ok(axum::Json(rows.iter().map(command_json).collect::<Vec<_>>()).into_response())
+    Ok(axum::Json(rows.iter().map(command_view).collect::<Vec<_>>()).into_response())
 }
 
 /// GET /api/commands/{id} (WS-API-3).
@@ -397,7 +450,7 @@ async fn get_command(
         .command(&id)
         .await?
         .ok_or_else(|| not_found("command"))?;
-    Ok(axum::Json(command_json(&row)).into_response())
+    Ok(axum::Json(command_view(&row)).into_response())
 }
 
 /// POST /api/commands/{id}/retry (WS-API-4).
@@ -409,7 +462,7 @@ async fn retry_command(
         RetryOutcome::Requeued(row) => {
             // Pushed at once if the agent is connected, here or elsewhere.
             state.route(&row.agent_id, &row.id, None).await;
-            Ok((StatusCode::ACCEPTED, axum::Json(command_json(&row))).into_response())
+            Ok((StatusCode::ACCEPTED, axum::Json(command_view(&row))).into_response())
         }
         RetryOutcome::NotRetryable(row) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -429,7 +482,8 @@ async fn push_config(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let config: Value = read_json(body).await?;
+    // WS-CMD-2: relayed as posted, here and through another instance.
+    let config: RawJson = read_json(body).await?;
     if !config.is_object() {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -440,7 +494,7 @@ async fn push_config(
         return Err(not_found("agent"));
     }
     let delivered = match state.registry.get(&id) {
-        Some(session) => session.send(SessionMsg::Config(Box::new(config))),
+        Some(session) => session.send(SessionMsg::Config(config)),
         // WS-CFG-1 across instances: handed to the instance holding the socket.
         None => match remote_socket(&state, &id).await? {
             Some(remote) => {

@@ -9,13 +9,14 @@ use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{Extension, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{header_str, read_json, ApiError, RemoteAddr};
 use crate::auth::{self, AuthError, Identity};
 use crate::metrics::Metrics;
 use crate::ratelimit::Verdict;
+use crate::raw_json::RawJson;
 use crate::session;
 use crate::state::AppState;
 use crate::store::{AckOutcome, Channel, Claim};
@@ -190,7 +191,17 @@ struct SyncRequest {
     edge_agent_id: Option<String>,
     #[serde(default)]
     pending_events: Vec<Value>,
-    status: Option<Value>,
+    /// WS-STATUS-1, stored as sent (WS-CMD-2).
+    status: Option<RawJson>,
+}
+
+/// WS-HTTP-1's answer. Serialized by serde_json (`axum::Json`), so each
+/// command's `parameters` goes out as posted (WS-CMD-2).
+#[derive(Serialize)]
+struct SyncResponse<'a> {
+    commands: Vec<wire::CommandData<'a>>,
+    ack_events: Vec<String>,
+    config_updates: Value,
 }
 
 /// WS-HTTP-1, WS-DLV-5: POST /edge/sync.
@@ -236,7 +247,7 @@ pub async fn sync(
             now,
         )
         .await?;
-    let data: Vec<Value> = commands
+    let data = commands
         .iter()
         .map(|row| {
             state.log_sent(&agent_id, &row.id, &row.command_type, Channel::Http);
@@ -244,11 +255,11 @@ pub async fn sync(
         })
         .collect();
     let sync_interval = state.config.sync_interval.as_secs();
-    Ok(axum::Json(json!({
-        "commands": data,
-        "ack_events": acked,
-        "config_updates": { "sync_interval": sync_interval },
-    }))
+    Ok(axum::Json(SyncResponse {
+        commands: data,
+        ack_events: acked,
+        config_updates: json!({ "sync_interval": sync_interval }),
+    })
     .into_response())
 }
 

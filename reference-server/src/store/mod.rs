@@ -14,6 +14,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::raw_json::RawJson;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
@@ -145,8 +147,9 @@ pub struct AgentRow {
     pub user_phone: Option<String>,
     pub created_at: Millis,
     pub last_seen: Option<Millis>,
-    /// WS-STATUS-1: the agent's last `status` data, as JSON.
-    pub last_status: Option<Value>,
+    /// WS-STATUS-1: the agent's last `status` data, as the agent sent it
+    /// (WS-CMD-2).
+    pub last_status: Option<RawJson>,
     /// Commands not in a final state.
     pub pending_commands: u64,
 }
@@ -158,7 +161,8 @@ pub struct CommandRow {
     pub id: String,
     pub agent_id: String,
     pub command_type: String,
-    pub parameters: Value,
+    /// WS-CMD-2: as posted.
+    pub parameters: RawJson,
     pub priority: Priority,
     pub status: Status,
     /// Deliveries so far, starting at 1 with the first push (WS-DLV-3).
@@ -186,7 +190,8 @@ pub struct NewCommand {
     pub id: String,
     pub agent_id: String,
     pub command_type: String,
-    pub parameters: Value,
+    /// WS-CMD-2: as posted.
+    pub parameters: RawJson,
     pub priority: Priority,
     pub created_at: Millis,
     pub expires_at: Option<Millis>,
@@ -312,8 +317,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     async fn agent(&self, id: &str) -> StoreResult<Option<AgentRow>>;
     async fn agents(&self) -> StoreResult<Vec<AgentRow>>;
-    /// WS-STATUS-1.
-    async fn set_agent_status(&self, id: &str, status: &Value, now: Millis) -> StoreResult<()>;
+    /// WS-STATUS-1, stored as sent (WS-CMD-2).
+    async fn set_agent_status(&self, id: &str, status: &RawJson, now: Millis) -> StoreResult<()>;
 
     /// WS-CONN-6: a connection began; returns whether the agent had connected before.
     async fn record_connect(

@@ -14,6 +14,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::as_posted::{
+    assert_member_as_posted, assert_parameters_as_posted, command_body, CONFIG, PARAMETERS, STATUS,
+};
 use crate::crash::{api, Process};
 use crate::support::*;
 
@@ -98,6 +101,86 @@ async fn ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another(
         body["command_id"]
     );
     b.wait_agent("x", |v| v["instance"] == a.instance()).await;
+}
+
+/// WS-CMD-2 on PostgreSQL: what A accepts reaches the agent on B (and back)
+/// as posted, through the store, NOTIFY and `cluster_messages`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_cmd_2_relayed_as_posted_across_instances() {
+    let Some(url) = schema_for("ws_cmd_2_relayed_as_posted_across_instances").await else {
+        return;
+    };
+    let fast_redelivery = |c: &mut edge_server::Config| c.ack_timeout = Duration::from_millis(300);
+    let a = TestServer::start_pg(&url, fast_redelivery).await;
+    let b = TestServer::start_pg(&url, fast_redelivery).await;
+    a.provision("x").await;
+    let mut agent = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+
+    // Posted to A, stored in PostgreSQL, pushed by B, then redelivered by B.
+    let (status, answer) = a
+        .post_text("/api/agents/x/commands", ADMIN_TOKEN, &command_body("c1"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    for attempt in [1, 2] {
+        let (text, frame) = agent.expect_text("command").await;
+        assert_eq!(frame["data"]["attempt"], attempt, "{text}");
+        assert_parameters_as_posted(&text);
+    }
+    // Pushed by A from the store when the agent reconnects there.
+    agent.close().await;
+    let mut agent = a.connect("x").await;
+    let (text, _) = agent.expect_text("command").await;
+    assert_parameters_as_posted(&text);
+    agent.ack("c1", true).await;
+    b.wait_status("c1", "completed", PROMPT).await;
+    let shown = b.get_text("/api/commands/c1").await;
+    assert_member_as_posted(&shown, "parameters", PARAMETERS);
+
+    // A config posted to B reaches the agent on A: in a NOTIFY, and past
+    // 8,000 bytes through `cluster_messages`.
+    b.wait_agent("x", |v| v["instance"] == a.instance()).await;
+    let long = format!(
+        r#"{{"zeta":"{}","10":1,"9":2.50,"a":{{"y":[],"x":12345678901234567890123}}}}"#,
+        "p".repeat(9_000)
+    );
+    for config in [CONFIG, long.as_str()] {
+        let (status, answer) = b
+            .post_text("/api/agents/x/config", ADMIN_TOKEN, config)
+            .await;
+        assert_eq!(
+            (status, answer.as_str()),
+            (StatusCode::ACCEPTED, r#"{"delivered":true}"#)
+        );
+        let (text, _) = agent.expect_text("config_update").await;
+        assert_member_as_posted(&text, "data", config);
+    }
+
+    // A status sent to A, as B's control API shows it.
+    agent
+        .send(Message::text(format!(
+            r#"{{"type":"status","data":{STATUS}}}"#
+        )))
+        .await;
+    assert!(agent.round_trip().await.is_empty());
+    for path in ["/api/agents/x", "/api/agents?connected=true"] {
+        let shown = b.get_text(path).await;
+        assert_member_as_posted(&shown, "last_status", STATUS);
+    }
+
+    // Queued through A while the agent is away; fetched by sync from B.
+    agent.close().await;
+    a.wait_agent("x", |v| v["connected"] == false).await;
+    let (status, answer) = a
+        .post_text("/api/agents/x/commands", ADMIN_TOKEN, &command_body("c2"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (status, answer) = b
+        .post_text("/edge/sync", EDGE_SECRET, r#"{"edge_agent_id":"x"}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer.contains(r#""command_id":"c2""#), "{answer}");
+    assert_parameters_as_posted(&answer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod as_posted;
 mod auth;
 mod cluster;
 mod connection;

@@ -132,6 +132,35 @@ impl TestServer {
         )
     }
 
+    /// A call with `token` and a body sent as this exact text; the answer's
+    /// status and text as it came (for WS-CMD-2, which is about the text).
+    pub async fn post_text(&self, path: &str, token: &str, body: &str) -> (StatusCode, String) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// `GET` on the control API; the answer's text as it came.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.text().await.expect("body")
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.api(reqwest::Method::GET, path, None).await
     }
@@ -317,15 +346,19 @@ impl Agent {
 
     /// The next application message within `within`, or None if nothing came.
     pub async fn recv_within(&mut self, within: Duration) -> Option<Value> {
+        let text = self.recv_text_within(within).await?;
+        Some(serde_json::from_str(&text).expect("server sends JSON"))
+    }
+
+    /// The next application message as the text of its frame.
+    pub async fn recv_text_within(&mut self, within: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .ok()?;
             match frame {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(serde_json::from_str(&text).expect("server sends JSON"));
-                }
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a message, got {other:?}"),
             }
@@ -337,6 +370,18 @@ impl Agent {
         let message = self.recv().await;
         assert_eq!(message["type"], kind, "expected {kind}, got {message}");
         message
+    }
+
+    /// The next message, which must be of `kind`: the text of its frame and
+    /// the frame read as JSON.
+    pub async fn expect_text(&mut self, kind: &str) -> (String, Value) {
+        let text = self
+            .recv_text_within(PROMPT)
+            .await
+            .expect("a message in time");
+        let message: Value = serde_json::from_str(&text).expect("server sends JSON");
+        assert_eq!(message["type"], kind, "expected {kind}, got {text}");
+        (text, message)
     }
 
     /// Skips messages until the socket ends; returns how, within `within`.

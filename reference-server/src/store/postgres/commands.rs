@@ -107,7 +107,8 @@ pub(super) async fn insert(
         ),
         None => (Status::Queued, 0, None, None, None, None),
     };
-    let parameters = cmd.parameters.to_string();
+    // WS-CMD-2: the text as posted.
+    let parameters = cmd.parameters.as_str();
     let priority = cmd.priority.rank();
     let max_pending = i64::try_from(policy.max_pending).unwrap_or(i64::MAX);
     let client = db.client().await?;

@@ -38,6 +38,7 @@ use super::{
     AckKind, AckOutcome, AgentRow, Claim, CommandRow, ConnId, DeliveryPolicy, HistoryRow,
     InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
 };
+use crate::raw_json::RawJson;
 
 /// Pooled connections per instance.
 const POOL_SIZE: usize = 16;
@@ -169,8 +170,9 @@ impl Store for PgStore {
         agents::list(&self.db).await
     }
 
-    async fn set_agent_status(&self, id: &str, status: &Value, now: Millis) -> StoreResult<()> {
-        agents::set_status(&self.db, id, &status.to_string(), now).await
+    async fn set_agent_status(&self, id: &str, status: &RawJson, now: Millis) -> StoreResult<()> {
+        // WS-CMD-2: the text as the agent sent it.
+        agents::set_status(&self.db, id, status.as_str(), now).await
     }
 
     async fn record_connect(

@@ -1,8 +1,8 @@
 //! Reading result rows into the store's types.
 
-use serde_json::Value;
 use tokio_postgres::Row;
 
+use crate::raw_json::RawJson;
 use crate::store::{Channel, CommandRow, Priority, Status, StoreError, StoreResult};
 
 /// The columns [`command_row`] reads, in its order.
@@ -24,14 +24,13 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, col: usize) -> S
         .map_err(|e| bad(format!("column {col}: {e}")))
 }
 
-pub(super) fn json_text(text: &str) -> StoreResult<Value> {
-    serde_json::from_str(text).map_err(|e| bad(format!("bad JSON in the database: {e}")))
+/// WS-CMD-2: JSON columns hold the text as it was posted, and are read as that text.
+fn json_text(text: String) -> StoreResult<RawJson> {
+    RawJson::parse(text).map_err(|e| bad(format!("bad JSON in the database: {e}")))
 }
 
-pub(super) fn opt_json(row: &Row, col: usize) -> StoreResult<Option<Value>> {
-    get::<Option<String>>(row, col)?
-        .map(|t| json_text(&t))
-        .transpose()
+pub(super) fn opt_json(row: &Row, col: usize) -> StoreResult<Option<RawJson>> {
+    get::<Option<String>>(row, col)?.map(json_text).transpose()
 }
 
 pub(super) fn status(text: &str) -> StoreResult<Status> {
@@ -54,7 +53,7 @@ pub(super) fn command_row(r: &Row) -> StoreResult<CommandRow> {
         id: get(r, 1)?,
         agent_id: get(r, 2)?,
         command_type: get(r, 3)?,
-        parameters: json_text(&get::<String>(r, 4)?)?,
+        parameters: json_text(get::<String>(r, 4)?)?,
         priority: Priority::from_rank(get(r, 5)?),
         status: status(&get::<String>(r, 6)?)?,
         attempts: get::<i64>(r, 7)?.clamp(0, u32::MAX as i64) as u32,

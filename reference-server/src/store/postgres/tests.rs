@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::testing::schema_for;
 use super::PgStore;
+use crate::raw_json::RawJson;
 use crate::store::{
     AckKind, AckOutcome, Channel, Claim, CommandRow, DeliveryPolicy, InsertOutcome, Millis,
     NewCommand, Priority, RetryOutcome, Status, Store, Swept,
@@ -40,7 +41,8 @@ fn new_cmd(id: &str, agent: &str, priority: Priority, at: Millis) -> NewCommand 
         id: id.into(),
         agent_id: agent.into(),
         command_type: "send_message".into(),
-        parameters: json!({"to": "+1", "text": id, "n": [1, 2]}),
+        // WS-CMD-2: kept as posted (keys not in order, 2.50 not 2.5).
+        parameters: RawJson::parse(format!(r#"{{"to":"+1","text":"{id}","n":[1,2.50]}}"#)).unwrap(),
         priority,
         created_at: at,
         expires_at: None,
@@ -91,8 +93,8 @@ async fn insert_is_durable_idempotent_and_bounded() {
         (Status::Queued, 0, None)
     );
     assert_eq!(
-        c1.parameters,
-        json!({"to": "+1", "text": "c1", "n": [1, 2]})
+        c1.parameters.as_str(),
+        r#"{"to":"+1","text":"c1","n":[1,2.50]}"#
     );
     // WS-DLV-6: what was answered is there for another instance (another pool).
     let other = PgStore::open(&url, p).await.unwrap();
@@ -100,7 +102,7 @@ async fn insert_is_durable_idempotent_and_bounded() {
 
     // WS-API-2: same id, same agent → the stored one; other agent → conflict.
     let mut again = new_cmd("c1", "a1", Priority::Low, T0 + 99);
-    again.parameters = json!({"different": true});
+    again.parameters = RawJson::parse(r#"{"different":true}"#).unwrap();
     assert_eq!(
         other.insert_command(again, Some(7)).await.unwrap(),
         InsertOutcome::Existing(c1.clone())
@@ -462,7 +464,7 @@ async fn agents_history_and_events() {
             .as_deref(),
         Some("+200")
     );
-    let status = json!({"uptime_seconds": 12});
+    let status = RawJson::parse(r#"{"uptime_seconds":12,"mem_mb":1.50}"#).unwrap();
     store.set_agent_status("a1", &status, T0 + 7).await.unwrap();
     let a1 = store.agent("a1").await.unwrap().unwrap();
     assert_eq!((a1.last_status, a1.last_seen), (Some(status), Some(T0 + 7)));

@@ -84,7 +84,8 @@ pub(super) fn insert(
                 cmd.id,
                 cmd.agent_id,
                 cmd.command_type,
-                cmd.parameters.to_string(),
+                // WS-CMD-2: the text as posted.
+                cmd.parameters.as_str(),
                 cmd.priority.rank(),
                 status.as_str(),
                 attempts,

@@ -38,6 +38,7 @@ use super::{
     AckKind, AckOutcome, AgentRow, Claim, CommandRow, ConnId, DeliveryPolicy, HistoryRow,
     InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
 };
+use crate::raw_json::RawJson;
 
 /// How much the group commit has batched so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,9 +153,10 @@ impl Store for SqliteStore {
         self.call(|c, _| agents::list(c)).await
     }
 
-    async fn set_agent_status(&self, id: &str, status: &Value, now: Millis) -> StoreResult<()> {
+    async fn set_agent_status(&self, id: &str, status: &RawJson, now: Millis) -> StoreResult<()> {
         let id = id.to_owned();
-        let status = status.to_string();
+        // WS-CMD-2: the text as the agent sent it.
+        let status = status.as_str().to_owned();
         self.call(move |c, _| agents::set_status(c, &id, &status, now))
             .await
     }

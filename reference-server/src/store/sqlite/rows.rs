@@ -1,11 +1,10 @@
 //! Reading typed values out of result rows: JSON and enum columns, and the
 //! command row that most statements return.
 
+use crate::raw_json::RawJson;
+use crate::store::{Channel, CommandRow, Priority, Status};
 use rusqlite::types::{Type, ValueRef};
 use rusqlite::Row;
-use serde_json::Value;
-
-use crate::store::{Channel, CommandRow, Priority, Status};
 
 /// The columns [`command_row`] reads, in its order.
 macro_rules! cmd_cols {
@@ -21,12 +20,13 @@ fn conversion_error(col: usize, what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, what.into())
 }
 
-fn json_col(row: &Row<'_>, col: usize) -> rusqlite::Result<Value> {
+/// WS-CMD-2: JSON columns hold the text as it was posted, and are read as that text.
+fn json_col(row: &Row<'_>, col: usize) -> rusqlite::Result<RawJson> {
     let text: String = row.get(col)?;
-    serde_json::from_str(&text).map_err(|e| conversion_error(col, format!("bad JSON: {e}")))
+    RawJson::parse(text).map_err(|e| conversion_error(col, format!("bad JSON: {e}")))
 }
 
-pub(super) fn opt_json_col(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<Value>> {
+pub(super) fn opt_json_col(row: &Row<'_>, col: usize) -> rusqlite::Result<Option<RawJson>> {
     match row.get_ref(col)? {
         ValueRef::Null => Ok(None),
         _ => json_col(row, col).map(Some),

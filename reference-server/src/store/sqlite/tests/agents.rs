@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::{insert, new_cmd, setup, T0};
+use crate::raw_json::RawJson;
 use crate::store::{AckKind, Priority, Store};
 
 #[tokio::test]
@@ -22,7 +23,10 @@ async fn agents_upsert_status_history_events() {
     assert_eq!(a1.last_status, None);
     assert!(store.agent("nobody").await.unwrap().is_none());
 
-    let status = json!({"uptime_seconds": 12, "scheduled_messages": [1, 2]});
+    // WS-CMD-2: stored as sent.
+    let status =
+        RawJson::parse(r#"{"uptime_seconds":12,"scheduled_messages":[1,2],"mem_mb":1.50}"#)
+            .unwrap();
     store.set_agent_status("a1", &status, T0 + 7).await.unwrap();
     let a1 = store.agent("a1").await.unwrap().unwrap();
     assert_eq!(a1.last_status, Some(status));

@@ -1,8 +1,7 @@
 //! Inserting commands (idempotency, conflicts, the pending limit) and acks.
 
-use serde_json::json;
-
 use super::{ids, insert, new_cmd, open_with, policy, setup, status_of, T0};
+use crate::raw_json::RawJson;
 use crate::store::{
     AckKind, AckOutcome, Channel, DeliveryPolicy, InsertOutcome, Priority, Status, Store,
 };
@@ -32,8 +31,8 @@ async fn insert_idempotency_conflict_queue_full_unknown_agent() {
     assert_eq!(c1.attempts, 0);
     assert_eq!(c1.priority, Priority::High);
     assert_eq!(
-        c1.parameters,
-        json!({"to": "+1", "text": "c1", "n": [1, 2]})
+        c1.parameters.as_str(),
+        r#"{"to":"+1","text":"c1","n":[1,2.50]}"#
     );
     assert_eq!(c1.sent_at, None);
     assert_eq!(c1.delivered_via, None);
@@ -41,7 +40,7 @@ async fn insert_idempotency_conflict_queue_full_unknown_agent() {
 
     // Same id, same agent: the stored one, unchanged (even with other fields).
     let mut again = new_cmd("c1", "a1", Priority::Low, T0 + 99);
-    again.parameters = json!({"different": true});
+    again.parameters = RawJson::parse(r#"{"different":true}"#).unwrap();
     assert_eq!(
         store.insert_command(again, Some(7)).await.unwrap(),
         InsertOutcome::Existing(c1.clone())

@@ -9,9 +9,8 @@ mod sweep;
 mod throughput;
 mod writer;
 
-use serde_json::json;
-
 use super::SqliteStore;
+use crate::raw_json::RawJson;
 use crate::store::{
     CommandRow, DeliveryPolicy, InsertOutcome, Millis, NewCommand, Priority, Status, Store,
 };
@@ -45,7 +44,8 @@ fn new_cmd(id: &str, agent: &str, priority: Priority, at: Millis) -> NewCommand 
         id: id.into(),
         agent_id: agent.into(),
         command_type: "send_message".into(),
-        parameters: json!({"to": "+1", "text": id, "n": [1, 2]}),
+        // WS-CMD-2: kept as posted (keys not in order, 2.50 not 2.5).
+        parameters: RawJson::parse(format!(r#"{{"to":"+1","text":"{id}","n":[1,2.50]}}"#)).unwrap(),
         priority,
         created_at: at,
         expires_at: None,

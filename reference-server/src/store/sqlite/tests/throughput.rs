@@ -2,8 +2,7 @@
 
 use std::time::Instant;
 
-use serde_json::json;
-
+use crate::raw_json::RawJson;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     AckKind, AckOutcome, DeliveryPolicy, InsertOutcome, NewCommand, Priority, Store,
@@ -40,7 +39,7 @@ async fn accept_and_complete() {
                         id: id.clone(),
                         agent_id: agent.clone(),
                         command_type: "send_message".into(),
-                        parameters: json!({"text": "hello"}),
+                        parameters: RawJson::parse(r#"{"text":"hello"}"#).unwrap(),
                         priority: Priority::Normal,
                         created_at: 1,
                         expires_at: None,
