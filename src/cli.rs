@@ -71,6 +71,11 @@ pub struct TargetArgs {
     /// it, edge-server runs in-process on an ephemeral port.
     #[arg(long, env = "EDGE_URL")]
     pub url: Option<String>,
+    /// Trust this CA certificate (PEM) besides the public roots, in the HTTP
+    /// requests and the wss:// upgrades: for a backend with a private or
+    /// self-signed certificate.
+    #[arg(long, env = "EDGE_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// The agents' shared secret (also the key of per-agent HMAC tokens).
     #[arg(
         long,
@@ -248,6 +253,7 @@ pub fn list(checks: &[Check]) -> String {
 
 fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target, UsageError> {
     let usage = |m: String| UsageError(m);
+    let trust = crate::tls::trust(args.ca_cert.as_deref()).map_err(usage)?;
     let mut target = match (embedded, &args.url) {
         (Some(e), _) => {
             let mut t = Target::new(&e.url()).map_err(usage)?;
@@ -267,11 +273,12 @@ fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target
             t.restarter = args
                 .restart_cmd
                 .clone()
-                .map(|cmd| shell_restarter(cmd, t.http_base.clone()));
+                .map(|cmd| shell_restarter(cmd, t.http_base.clone(), trust.clone()));
             t
         }
         (None, None) => unreachable!("embedded when no --url"),
     };
+    target.trust(&trust).map_err(usage)?;
     if target.edge_secret.is_none() && target.hmac_secret.is_none() {
         return Err(UsageError(
             "agents cannot authenticate: pass --edge-secret (or --hmac-secret)".into(),
@@ -332,10 +339,18 @@ async fn execute(
             })?),
         };
     let target = build_target(args, embedded.as_ref())?;
-    target
-        .wait_healthy(Duration::from_secs(2))
-        .await
-        .map_err(|e| UsageError(format!("{e}: is the backend running at that URL?")))?;
+    match target.wait_healthy(Duration::from_secs(2)).await {
+        // It answers, but its certificate does not verify: the checks fail, naming it.
+        Err(e) if crate::tls::is_certificate_failure(&e) => {
+            eprintln!("warning: {}", crate::tls::hint(e))
+        }
+        Err(e) => {
+            return Err(UsageError(format!(
+                "{e}: is the backend running at that URL?"
+            )))
+        }
+        Ok(()) => {}
+    }
     conform::learn_timings(&target).await;
     let expect_fail = match &args.expect_fail {
         Some(path) => conform::read_expect_fail(

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// What the backend did with an upgrade request.
 pub enum Upgrade {
@@ -127,12 +128,15 @@ async fn tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<T
     Err(last)
 }
 
-/// Sends an upgrade request to `url` with these headers.
+/// Sends an upgrade request to `url` with these headers; a `wss://` one
+/// trusts `tls` (the public roots when None). A certificate that does not
+/// verify is an error naming the cause and `--ca-cert`.
 pub async fn connect(
     url: &str,
     headers: &[(String, String)],
     source: Option<IpAddr>,
     deadline: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Upgrade, String> {
     let mut request = url
         .into_client_request()
@@ -162,7 +166,7 @@ pub async fn connect(
             request,
             stream,
             Some(ws_config()),
-            None,
+            tls.map(Connector::Rustls),
         )
         .await
         {
@@ -189,7 +193,10 @@ pub async fn connect(
                     retry_after,
                 })
             }
-            Err(e) => Err(format!("upgrade failed: {e}")),
+            Err(e) => Err(format!(
+                "upgrade failed: {}",
+                crate::tls::hint(e.to_string())
+            )),
         }
     };
     tokio::time::timeout(deadline, attempt)

@@ -5,8 +5,9 @@
 //! files, matching, the step engine), `suite` (the built-in conformance
 //! suite), `conform` (running checks), `fuzz` (the bad-input group),
 //! `client` (a raw agent socket), `target` (the backend and its
-//! credentials), `timing` (timer expressions), `report` (terminal, JUnit,
-//! JSON), `embedded` (edge-server in-process).
+//! credentials), `tls` (trusted roots, `--ca-cert`), `timing` (timer
+//! expressions), `report` (terminal, JUnit, JSON), `embedded`
+//! (edge-server in-process).
 
 pub mod cli;
 pub mod client;
@@ -20,3 +21,4 @@ pub mod scenario;
 pub mod suite;
 pub mod target;
 pub mod timing;
+pub mod tls;

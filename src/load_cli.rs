@@ -295,13 +295,11 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         Some(c) => vec![format!("http://{}", c.addr)],
         None => args.url.clone(),
     };
-    let (tls, extra_roots) = trust(args.ca_cert.as_deref()).map_err(UsageError)?;
+    let trust = crate::tls::trust(args.ca_cert.as_deref()).map_err(UsageError)?;
     let mut targets = Vec::new();
     for url in &urls {
         let mut t = Target::new(url).map_err(UsageError)?;
-        if !extra_roots.is_empty() {
-            t.trust(extra_roots.clone()).map_err(UsageError)?;
-        }
+        t.trust(&trust).map_err(UsageError)?;
         if child.is_some() {
             t.edge_secret = Some(crate::embedded::EDGE_SECRET.into());
             t.admin_token = Some(crate::embedded::ADMIN_TOKEN.into());
@@ -331,7 +329,7 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     }
     let restarter = match (&child, &args.restart_cmd) {
         (Some(c), _) => Some(c.restarter()),
-        (None, Some(cmd)) => Some(shell_restarter(cmd.clone(), urls[0].clone())),
+        (None, Some(cmd)) => Some(shell_restarter(cmd.clone(), urls[0].clone(), trust.clone())),
         (None, None) => None,
     };
     let progress = std::io::stderr().is_terminal();
@@ -349,7 +347,7 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         command_line,
         progress,
         max_in_flight: args.max_in_flight,
-        tls: Some(tls),
+        tls: Some(trust.0.clone()),
     };
     let report = load::run(config).await.map_err(UsageError)?;
     drop(child);
@@ -378,44 +376,4 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         }
     }
     Ok(ok)
-}
-
-/// Whom the agents (TLS) and the control-API client trust: the public
-/// roots, and the certificates of `--ca-cert` if given (returned for the
-/// HTTP client too).
-fn trust(
-    ca_cert: Option<&std::path::Path>,
-) -> Result<
-    (
-        std::sync::Arc<rustls::ClientConfig>,
-        Vec<reqwest::Certificate>,
-    ),
-    String,
-> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let mut extra = Vec::new();
-    if let Some(path) = ca_cert {
-        let fail = |why: String| format!("--ca-cert {}: {why}", path.display());
-        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let certs = rustls_pemfile::certs(&mut &pem[..])
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(format!("not PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(fail("no PEM certificate in it".into()));
-        }
-        for cert in certs {
-            extra.push(reqwest::Certificate::from_der(&cert).map_err(|e| fail(e.to_string()))?);
-            roots
-                .add(cert)
-                .map_err(|e| fail(format!("not a CA certificate: {e}")))?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok((std::sync::Arc::new(config), extra))
 }

@@ -53,6 +53,9 @@ pub struct Target {
     /// Spread connections over 127.0.0.x (the backend is on loopback).
     pub spread_sources: bool,
     pub http: reqwest::Client,
+    /// Whom the WebSocket upgrades trust over `wss://` (`--ca-cert`); None:
+    /// the public roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Timers: flags first, then what `connected` advertised.
     pub timings: Mutex<Timings>,
     /// Timers given as flags (ping timeout, ack timeout) are not
@@ -112,14 +115,19 @@ impl Target {
             restarter: None,
             spread_sources: loopback && host != "localhost",
             http: http_client(Vec::new())?,
+            tls: None,
             timings: Mutex::new(Timings::default()),
             pinned: (false, false),
         })
     }
 
-    /// Trusts these CA certificates for the HTTP requests too.
-    pub fn trust(&mut self, roots: Vec<reqwest::Certificate>) -> Result<(), String> {
-        self.http = http_client(roots)?;
+    /// Trusts what [`crate::tls::trust`] gives (the public roots and
+    /// `--ca-cert`), in the WebSocket upgrades and the HTTP requests.
+    pub fn trust(&mut self, (tls, roots): &crate::tls::Trust) -> Result<(), String> {
+        self.tls = Some(tls.clone());
+        if !roots.is_empty() {
+            self.http = http_client(roots.clone())?;
+        }
         Ok(())
     }
 
@@ -309,7 +317,14 @@ impl Target {
             {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => format!("HTTP {}", r.status().as_u16()),
-                Err(e) => error_chain(&e),
+                Err(e) => {
+                    let text = crate::tls::chain(&e);
+                    // A certificate that does not verify will not start to.
+                    if crate::tls::is_certificate_failure(&text) {
+                        return Err(text);
+                    }
+                    text
+                }
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
@@ -322,23 +337,11 @@ impl Target {
     }
 }
 
-/// An error and its causes, e.g. "error sending request: … invalid peer
-/// certificate: UnknownIssuer".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}
-
-/// `--restart-cmd`: runs the command with `sh -c`, then waits for health.
-pub fn shell_restarter(command: String, http_base: String) -> Restarter {
+/// `--restart-cmd`: runs the command with `sh -c`, then waits for health
+/// (trusting `trust`, as the run does).
+pub fn shell_restarter(command: String, http_base: String, trust: crate::tls::Trust) -> Restarter {
     Arc::new(move || {
-        let (command, http_base) = (command.clone(), http_base.clone());
+        let (command, http_base, trust) = (command.clone(), http_base.clone(), trust.clone());
         Box::pin(async move {
             let status = tokio::process::Command::new("sh")
                 .arg("-c")
@@ -349,7 +352,8 @@ pub fn shell_restarter(command: String, http_base: String) -> Restarter {
             if !status.success() {
                 return Err(format!("--restart-cmd exited with {status}"));
             }
-            let target = Target::new(&http_base)?;
+            let mut target = Target::new(&http_base)?;
+            target.trust(&trust)?;
             target.wait_healthy(Duration::from_secs(30)).await
         })
     })

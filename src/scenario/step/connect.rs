@@ -41,7 +41,7 @@ impl Ctx<'_> {
         let response = request
             .send()
             .await
-            .or_else(|e| fail(format!("{url} answers"), e.to_string()))?;
+            .or_else(|e| fail(format!("{url} answers"), crate::tls::describe(&e)))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         self.note(format!("provision {id}: {status} {body}"));
@@ -157,7 +157,8 @@ impl Ctx<'_> {
             _ => 1,
         };
         for attempt in 1..=attempts {
-            let upgrade = client::connect(&url, &headers, source, prompt)
+            let tls = self.target.tls.clone();
+            let upgrade = client::connect(&url, &headers, source, prompt, tls)
                 .await
                 .or_else(|e| fail("the backend answers the upgrade", e))?;
             match (outcome, upgrade) {

@@ -52,10 +52,12 @@ impl Ctx<'_> {
                     .header("content-type", "application/json")
                     .body(body.clone());
             }
-            let response = request
-                .send()
-                .await
-                .or_else(|e| fail(format!("{} {path} answers", call.method), e.to_string()))?;
+            let response = request.send().await.or_else(|e| {
+                fail(
+                    format!("{} {path} answers", call.method),
+                    crate::tls::describe(&e),
+                )
+            })?;
             let status = response.status().as_u16();
             let retry_after = response.headers().get("retry-after").is_some();
             let text = response.text().await.unwrap_or_default();
