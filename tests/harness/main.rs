@@ -7,6 +7,7 @@ mod faults;
 mod load;
 mod proxy;
 mod snapshots;
+mod tls;
 
 /// Runs the edge-harness binary with no backend settings from the environment.
 pub fn harness(args: &[&str]) -> std::process::Output {
@@ -15,6 +16,7 @@ pub fn harness(args: &[&str]) -> std::process::Output {
         .env_remove("EDGE_URL")
         .env_remove("EDGE_SECRET")
         .env_remove("ADMIN_TOKEN")
+        .env_remove("EDGE_CA_CERT")
         .output()
         .expect("edge-harness runs")
 }
