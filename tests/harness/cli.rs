@@ -307,7 +307,9 @@ fn commands_can_enter_through_an_inject_template() {
         text(&out.stderr)
     );
     assert!(
-        stdout.contains("command-is-pushed-with-its-fields") && stdout.contains("4 passed"),
+        stdout.contains("command-is-pushed-with-its-fields")
+            && stdout.contains("payload-copies-parameters")
+            && stdout.contains("5 passed, 0 failed, 0 non-strict, 2 skipped"),
         "{stdout}"
     );
 }

@@ -6,6 +6,7 @@ mod cli;
 mod faults;
 mod load;
 mod proxy;
+mod registration;
 mod snapshots;
 mod tls;
 
