@@ -87,6 +87,10 @@ impl fmt::Display for Decimal {
                     &self.digits[point..]
                 )
             }
+            e if e < 0 && -e <= 20 => {
+                let zeros = (-e as usize) - self.digits.len();
+                write!(f, "{sign}0.{}{}", "0".repeat(zeros), self.digits)
+            }
             e => write!(f, "{sign}{}e{e}", self.digits),
         }
     }
@@ -234,6 +238,8 @@ mod tests {
         assert!(same("1e2", "100"));
         assert!(same("-0", "0.0"));
         assert!(same("0.0012", "1.2e-3"));
+        assert_eq!(Ordered::parse("0.750").unwrap().to_string(), "0.75");
+        assert_eq!(Ordered::parse("-12.5e3").unwrap().to_string(), "-12500");
         assert!(!same("12345678901234567890123", "1.2345678901234568e22"));
         assert!(!same("1", "\"1\""));
         assert!(!same("[1,2]", "[2,1]"));
