@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::report::{CheckResult, RunReport, Status};
 use crate::scenario::step::Ctx;
-use crate::scenario::{Capability, Check, Level, StepKind};
+use crate::scenario::{AttemptsBy, Capability, Check, Level, StepKind};
 use crate::target::Target;
+use crate::timing::Timings;
 
 /// Called after each check, e.g. to show progress.
 pub type OnResult = Box<dyn Fn(&CheckResult) + Send + Sync>;
@@ -81,7 +82,7 @@ const SLOW: Duration = Duration::from_secs(120);
 /// How long a check's timer-driven redeliveries take at the backend's
 /// timers: every attempt's ack_timeout + backoff(n) (WS-DLV-3), then the
 /// last ack_timeout, plus WS-DLV-8's tolerance on each.
-fn redelivery_time(check: &Check, timings: &crate::timing::Timings) -> Duration {
+fn redelivery_time(check: &Check, timings: &Timings) -> Duration {
     let runs = check
         .steps
         .iter()
@@ -89,16 +90,16 @@ fn redelivery_time(check: &Check, timings: &crate::timing::Timings) -> Duration 
             matches!(
                 s.kind,
                 StepKind::ExpectAttempts {
-                    by: crate::scenario::AttemptsBy::Timer,
+                    by: AttemptsBy::Timer,
                     ..
                 }
             )
         })
         .count() as u32;
     let one: Duration = (1..timings.max_attempts.max(1))
-        .map(|n| timings.ack_timeout + crate::timing::Timings::backoff(n))
+        .map(|n| timings.ack_timeout + Timings::backoff(n))
         .chain(std::iter::once(timings.ack_timeout))
-        .map(|d| d + crate::timing::Timings::tolerance(d))
+        .map(|d| d + Timings::tolerance(d))
         .sum();
     one * runs
 }
@@ -373,6 +374,31 @@ mod tests {
                 "WS-DLV-3 redelivery-backoff".to_string()
             ])
         );
+    }
+
+    #[test]
+    fn slow_checks_are_skipped_with_how_long_they_take() {
+        let checks = crate::suite::builtin().unwrap();
+        let dead = checks
+            .iter()
+            .find(|c| c.name == "dead-after-max-attempts")
+            .unwrap();
+        let mut target = Target::new("http://127.0.0.1:9").unwrap();
+        target.admin_token = Some("admin".into());
+        // The spec's timers: 9 sends 30 s + backoff apart, then 30 s, each
+        // with WS-DLV-8's 10 %: about 9.9 minutes.
+        let takes = redelivery_time(dead, &target.timings());
+        assert_eq!(takes.as_secs(), (270 + 243 + 30) * 11 / 10);
+        let reason = skip_reason(dead, &target, false).unwrap();
+        assert!(
+            reason.contains("about 10 min") && reason.contains("--slow"),
+            "{reason}"
+        );
+        assert_eq!(skip_reason(dead, &target, true), None);
+        // Short timers run it without --slow.
+        target.timings.lock().unwrap().ack_timeout = Duration::from_secs(1);
+        target.timings.lock().unwrap().max_attempts = 3;
+        assert_eq!(skip_reason(dead, &target, false), None);
     }
 
     #[test]
