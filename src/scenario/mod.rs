@@ -480,6 +480,63 @@ mod tests {
     }
 
     #[test]
+    fn new_step_kinds_and_their_errors() {
+        let step = |body: &str| parse_str(&format!("{HEAD}steps = [\n  {body},\n]\n"));
+        let checks =
+            step("{ fill = \"a\", body = { command_type = \"x\" }, ids = \"l\" }").unwrap();
+        assert_eq!(
+            checks[0].steps[0].kind,
+            StepKind::Fill {
+                agent: "a".into(),
+                body: Body::Json(serde_json::json!({"command_type": "x"})),
+                statuses: vec![429],
+                fields: vec![],
+                max: 2000,
+                save_as: Some("l".into()),
+            }
+        );
+        let checks = step(
+            "{ expect_attempts = \"a\", command_id = \"{c1}\", by = \"reconnect\", from = 2 }",
+        )
+        .unwrap();
+        assert_eq!(
+            checks[0].steps[0].kind,
+            StepKind::ExpectAttempts {
+                conn: "a".into(),
+                command_id: "{c1}".into(),
+                by: AttemptsBy::Reconnect,
+                from: 2,
+            }
+        );
+        for (body, error) in [
+            (
+                "{ expect_attempts = \"a\", command_id = \"x\" }",
+                "by = \"timer\" or \"reconnect\"",
+            ),
+            (
+                "{ command = \"a\", body = {}, body_text = '{}' }",
+                "not both",
+            ),
+            (
+                "{ command = \"a\", body_text = '{\"a\":' }",
+                "body_text is not JSON",
+            ),
+            (
+                "{ expect = \"a\", type = \"x\", raw = { p = 'nope' } }",
+                "raw `p` is not JSON text",
+            ),
+            ("{ expect_commands = \"a\" }", "needs ids"),
+            (
+                "{ close = \"a\", raw = { p = '1' } }",
+                "`raw` is not an option of a `close` step",
+            ),
+        ] {
+            let message = step(body).unwrap_err().message;
+            assert!(message.contains(error), "{body}: {message}");
+        }
+    }
+
+    #[test]
     fn rule_ids_must_be_protocol_ids() {
         let text = HEAD.replace("WS-PING-1", "PING") + "steps = []\n";
         assert!(parse_str(&text)
