@@ -1,6 +1,16 @@
-//! The suite catches real bugs: each broken backend fails the run with the
-//! rule it breaks, and the same checks pass through the proxy when it
-//! injects nothing (so the failure is the fault's, not the proxy's).
+//! The suite catches real bugs: each broken backend (a correct edge-server
+//! behind a proxy injecting one [`Fault`]) fails the check named for it,
+//! with failures only in the family of the rule it breaks (`WS-AUTH`, …);
+//! and every check used here passes through the same proxy when it injects
+//! nothing, so a failure is the fault's, not the proxy's.
+//!
+//! One table, [`faults!`] below: `test: Fault => "RULE", [checks]`. The
+//! first check must fail with that rule; the others run too and may fail,
+//! but only within the rule's family. Each row is its own test (nextest
+//! runs them in parallel) and runs only the broken backend; one test,
+//! `transparent_proxy_passes_every_check_used`, runs the union of all the
+//! rows' checks once through the transparent proxy. scenarios/MUTATIONS.md
+//! lists the mutations behind the faults, and those no check catches yet.
 
 use std::collections::BTreeSet;
 
@@ -12,33 +22,169 @@ use edge_harness::target::Target;
 
 use crate::proxy::{self, Fault, Secrets};
 
-/// The proxy makes every upstream upgrade come from 127.0.0.1: the embedded
-/// server runs without a per-address limit, so checks cannot trip each other.
-async fn server() -> Embedded {
-    Embedded::start(|c| c.rate_rejects_per_min = 0)
-        .await
-        .unwrap()
+struct Case {
+    fault: Fault,
+    rule: &'static str,
+    /// Check names; the first must fail with `rule`.
+    checks: &'static [&'static str],
 }
 
-/// A target that reaches `server` through a proxy injecting `fault`.
-async fn through_proxy(server: &Embedded, fault: Fault) -> Target {
+macro_rules! faults {
+    ($($test:ident: $fault:ident => $rule:literal, [$($check:literal),+ $(,)?];)+) => {
+        const CASES: &[Case] = &[$(Case { fault: Fault::$fault, rule: $rule, checks: &[$($check),+] }),+];
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                assert_caught(Fault::$fault).await;
+            }
+        )+
+    };
+}
+
+faults! {
+    // ---- request head and body ----
+    accepts_any_token: AcceptsAnyToken => "WS-AUTH-1", ["wrong-token-refused", "missing-token-refused", "malformed-authorization-refused"];
+    admin_api_open_to_edge_secret: AdminApiOpenToEdgeSecret => "WS-API-1", ["edge-secret-does-not-open-the-api"];
+    api_accepts_agent_tokens: ApiAcceptsAgentTokens => "WS-API-1", ["agent-token-does-not-open-the-api", "edge-secret-does-not-open-the-api"];
+    admin_token_opens_sockets: AdminTokenOpensSockets => "WS-API-1", ["admin-token-opens-no-socket"];
+    ignores_header_id_mismatch: IgnoresHeaderIdMismatch => "WS-AUTH-3", ["header-id-mismatch-is-400", "header-may-duplicate-the-id", "missing-agent-id-is-400"];
+    falls_back_to_header_id: FallsBackToHeaderId => "WS-AUTH-3", ["missing-agent-id-is-400", "header-id-mismatch-is-400"];
+    accepts_expired_tokens: AcceptsExpiredTokens => "WS-AUTH-5", ["expired-token-refused", "future-token-refused", "own-hmac-token-opens"];
+    accepts_future_tokens: AcceptsFutureTokens => "WS-AUTH-5", ["future-token-refused", "expired-token-refused"];
+    token_opens_any_agent: TokenOpensAnyAgent => "WS-AUTH-5", ["other-agents-token-refused", "own-hmac-token-opens"];
+    sync_as_anyone: SyncAsAnyone => "WS-HTTP-1", ["sync-only-as-itself", "sync-returns-pending-commands"];
+    no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias", "http-ack-completes"];
+    registration_accepts_any_token: RegistrationAcceptsAnyToken => "WS-HTTP-3", ["register-with-wrong-token-is-401", "register-is-idempotent-per-phone"];
+    registration_not_idempotent: RegistrationNotIdempotent => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
+    ttl_ignored: TtlIgnored => "WS-DLV-7", ["ttl-expires-and-is-never-sent"];
+    ignores_command_id: IgnoresCommandId => "WS-API-2", ["command-id-is-idempotent"];
+    edge_secret_registers: EdgeSecretRegisters => "WS-HTTP-3", ["edge-secret-never-registers"];
+    refuses_second_connection: RefusesSecondConnection => "WS-CONN-2", ["duplicate-replaces-old-and-redelivers", "duplicate-closes-old-with-4000"];
+    counts_rejects_per_agent: CountsRejectsPerAgent => "WS-RATE-1", ["strangers-cannot-lock-an-agent-out", "connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
+
+    // ---- HTTP answers, refused upgrades included ----
+    refuses_with_bare_403: RefusesWithBare403 => "WS-AUTH-2", ["refusal-is-401-with-json-body", "wrong-token-refused", "missing-token-refused"];
+    refuses_with_close_1008: RefusesWithClose1008 => "WS-AUTH-2", ["refusal-is-401-with-json-body", "missing-token-refused", "wrong-token-refused"];
+    welcomes_before_refusing: WelcomesBeforeRefusing => "WS-AUTH-1", ["wrong-token-refused", "missing-token-refused"];
+    unknown_agent_is_401: UnknownAgentIs401 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
+    accepts_unknown_agents: AcceptsUnknownAgents => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
+    invalid_id_is_unknown_agent: InvalidIdIsUnknownAgent => "WS-AUTH-3", ["invalid-agent-id-is-400"];
+    rate_limit_without_retry_after: RateLimitWithoutRetryAfter => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
+    auth_before_rate_limit: AuthBeforeRateLimit => "WS-RATE-1", ["rate-limited-agent-gets-429-before-token-check", "refused-upgrades-limited-per-address", "connection-attempts-per-agent-limited", "strangers-cannot-lock-an-agent-out"];
+    address_limit_skips_valid_tokens: AddressLimitSkipsValidTokens => "WS-RATE-1", ["refused-address-gets-429-even-with-a-valid-token", "refused-upgrades-limited-per-address"];
+    rate_limit_is_503: RateLimitIs503 => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
+    no_connect_rate_limit: NoConnectRateLimit => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
+    http_ack_without_agent_id_accepted: HttpAckWithoutAgentIdAccepted => "WS-HTTP-2", ["http-ack-with-shared-secret-needs-agent-id"];
+    http_errors_not_json: HttpErrorsNotJson => "WS-HTTP-4", ["http-errors-are-json"];
+    sync_ignores_priority: SyncIgnoresPriority => "WS-HTTP-1", ["sync-returns-pending-commands"];
+    sync_acks_events_once: SyncAcksEventsOnce => "WS-HTTP-1", ["sync-acknowledges-events"];
+    sync_never_redelivers: SyncNeverRedelivers => "WS-DLV-5", ["sync-redelivers-after-ack-timeout"];
+    sync_returns_sent_again: SyncReturnsSentAgain => "WS-DLV-5", ["sync-redelivers-after-ack-timeout"];
+    last_ack_wins: LastAckWins => "WS-ACK-3", ["acks-are-idempotent", "late-ack-does-not-revive-expired", "late-ack-does-not-revive-dead"];
+    stale_command_state: StaleCommandState => "WS-API-3", ["state-visible-within-100ms"];
+    conflict_leaks_other_agents_command: ConflictLeaksOtherAgentsCommand => "WS-API-2", ["command-id-is-idempotent"];
+    final_states_not_listed: FinalStatesNotListed => "WS-API-4", ["expired-listable-and-retryable"];
+    retry_keeps_ttl: RetryKeepsTtl => "WS-API-4", ["expired-listable-and-retryable"];
+    queue_full_drops_silently: QueueFullDropsSilently => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
+    queue_full_is_503: QueueFullIs503 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
+    sync_resorts_parameter_keys: SyncResortsParameterKeys => "WS-CMD-2", ["sync-relays-parameters-as-posted"];
+    resorts_status_keys: ResortsStatusKeys => "WS-CMD-2", ["status-relayed-as-posted"];
+    skips_sent_state: SkipsSentState => "WS-DLV-2", ["states-are-visible-in-order"];
+    progress_state_reset_on_reconnect: ProgressStateResetOnReconnect => "WS-DLV-4", ["progress-state-survives-reconnect"];
+    progress_command_goes_dead: ProgressCommandGoesDead => "WS-DLV-4", ["progress-command-with-attempts-used-is-not-dead"];
+    progress_state_never_expires: ProgressStateNeverExpires => "WS-DLV-7", ["progress-state-expires-at-ttl"];
+    dead_never_marked: DeadNeverMarked => "WS-DLV-3", ["dead-after-max-attempts"];
+    metrics_as_json: MetricsAsJson => "WS-OBS-1", ["metrics-are-prometheus-text"];
+    metrics_without_reconnects: MetricsWithoutReconnects => "WS-OBS-1", ["metrics-are-prometheus-text"];
+    close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
+    history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];
+
+    // ---- agent → server frames ----
+    crashes_on_bad_json: CrashesOnBadJson => "WS-ERR-1", ["not-json-is-invalid_json"];
+    binary_closes_socket: BinaryClosesSocket => "WS-ERR-1", ["binary-frame-is-unsupported_frame"];
+    ignores_acks: IgnoresAcks => "WS-ACK-2", ["spec-ack-completes", "spec-ack-failure-fails"];
+    failure_ack_completes: FailureAckCompletes => "WS-ACK-2", ["spec-ack-failure-fails", "spec-ack-completes"];
+    ack_error_dropped: AckErrorDropped => "WS-ACK-2", ["spec-ack-failure-fails"];
+    progress_ack_completes: ProgressAckCompletes => "WS-ACK-2", ["progress-ack-keeps-command-pending"];
+    compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
+    progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
+    status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];
+    bad_input_kills_all_sockets: BadInputKillsAllSockets => "WS-ERR-2", ["bad-input-never-affects-another-agent"];
+    only_ping_messages_count: OnlyPingMessagesCount => "WS-CONN-3", ["any-frame-keeps-the-socket-alive"];
+    times_out_at_ping_interval: TimesOutAtPingInterval => "WS-DLV-8", ["ping-timeout-close-is-not-early"];
+
+    // ---- server → agent frames ----
+    no_welcome: NoWelcome => "WS-MSG-1", ["connected-comes-first"];
+    welcome_without_timers: WelcomeWithoutTimers => "WS-MSG-1", ["connected-comes-first"];
+    welcome_version_as_number: WelcomeVersionAsNumber => "WS-MSG-1", ["connected-comes-first"];
+    no_pong: NoPong => "WS-PING-1", ["ping-gets-pong"];
+    no_ping_rate_limit: NoPingRateLimit => "WS-RATE-3", ["extra-pings-get-rate_limited"];
+    no_message_rate_limit: NoMessageRateLimit => "WS-RATE-2", ["messages-past-the-limit-get-rate_limited"];
+    rate_limit_closes_socket: RateLimitClosesSocket => "WS-RATE-2", ["messages-past-the-limit-get-rate_limited", "rate-limits-never-stop-delivery"];
+    rate_limit_stops_delivery: RateLimitStopsDelivery => "WS-RATE-2", ["rate-limits-never-stop-delivery"];
+    one_error_code_for_all: OneErrorCodeForAll => "WS-ERR-1", ["not-json-is-invalid_json", "unknown-type-is-unknown_type", "binary-frame-is-unsupported_frame"];
+    unknown_type_closes_socket: UnknownTypeClosesSocket => "WS-ERR-1", ["unknown-type-is-unknown_type"];
+    silent_on_unknown_ack: SilentOnUnknownAck => "WS-ACK-3", ["unknown-command-ack-is-unknown_command"];
+    unknown_ack_is_not_found: UnknownAckIsNotFound => "WS-ACK-3", ["unknown-command-ack-is-unknown_command", "foreign-command-ack-is-unknown_command"];
+    foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];
+    drops_queued_commands: DropsQueuedCommands => "WS-DLV-1", ["offline-command-waits-for-the-agent"];
+    never_redelivers: NeverRedelivers => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
+    backoff_too_long: BackoffTooLong => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
+    wrong_priority_order: WrongPriorityOrder => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
+    ignores_priority: IgnoresPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
+    priority_sorted_by_name: PrioritySortedByName => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
+    lifo_within_priority: LifoWithinPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
+    unacked_not_repushed: UnackedNotRepushed => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
+    reconnect_push_not_counted: ReconnectPushNotCounted => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
+    attempt_starts_at_zero: AttemptStartsAtZero => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
+    priority_as_number: PriorityAsNumber => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
+    created_at_as_epoch: CreatedAtAsEpoch => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
+    parameters_as_string: ParametersAsString => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
+    camel_case_command_fields: CamelCaseCommandFields => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
+    resorts_parameter_keys: ResortsParameterKeys => "WS-CMD-2", ["parameters-relayed-as-posted"];
+    integer_keys_first: IntegerKeysFirst => "WS-CMD-2", ["parameters-relayed-as-posted"];
+    rounds_numbers_to_double: RoundsNumbersToDouble => "WS-CMD-2", ["parameters-relayed-as-posted"];
+    no_payload_copy: NoPayloadCopy => "WS-CMD-1", ["payload-copies-parameters", "command-is-pushed-with-its-fields"];
+    one_attempt_too_many: OneAttemptTooMany => "WS-DLV-3", ["dead-after-max-attempts"];
+    config_update_wrapped: ConfigUpdateWrapped => "WS-CFG-1", ["config-update-pushed"];
+    config_not_pushed: ConfigNotPushed => "WS-CFG-1", ["config-update-pushed"];
+    resorts_config_keys: ResortsConfigKeys => "WS-CMD-2", ["config-relayed-as-posted"];
+    keeps_old_socket: KeepsOldSocket => "WS-CONN-2", ["duplicate-replaces-old-and-redelivers", "duplicate-closes-old-with-4000", "one-live-connection-per-agent"];
+    replaced_cleanup_unregisters_new: ReplacedCleanupUnregistersNew => "WS-CONN-1", ["one-live-connection-per-agent"];
+    replaced_closes_with_1000: ReplacedClosesWith1000 => "WS-CONN-2", ["duplicate-closes-old-with-4000", "duplicate-replaces-old-and-redelivers"];
+    never_times_out: NeverTimesOut => "WS-CONN-3", ["silent-agent-is-closed", "ping-timeout-closes-4008"];
+    ping_timeout_closes_1001: PingTimeoutCloses1001 => "WS-CONN-3", ["ping-timeout-closes-4008", "silent-agent-is-closed"];
+    times_out_too_late: TimesOutTooLate => "WS-CONN-3", ["silent-agent-is-closed"];
+    shutdown_closes_1001: ShutdownCloses1001 => "WS-CONN-5", ["restart-closes-1012"];
+    in_flight_lost_on_restart: InFlightLostOnRestart => "WS-DLV-6", ["unacked-command-survives-a-restart"];
+    oversize_closes_1011: OversizeCloses1011 => "WS-ERR-1", ["oversized-frame-closes-1009"];
+    bad_utf8_closes_1002: BadUtf8Closes1002 => "WS-ERR-1", ["invalid-utf8-closes-1007"];
+}
+
+/// The embedded edge-server (short timers, spec rate limits) and a target
+/// that reaches it through a proxy injecting `fault`.
+async fn backend(fault: Fault) -> (Embedded, Target) {
+    let server = Embedded::start(|_| {}).await.unwrap();
     let secrets = Secrets {
         edge: embedded::EDGE_SECRET.into(),
         admin: embedded::ADMIN_TOKEN.into(),
+        registration: embedded::REGISTRATION_TOKEN.into(),
     };
     let addr = proxy::start(server.addr, fault, secrets).await;
     let mut target = Target::new(&format!("http://{addr}")).unwrap();
     target.edge_secret = Some(embedded::EDGE_SECRET.into());
     target.admin_token = Some(embedded::ADMIN_TOKEN.into());
     target.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
-    target
+    target.restarter = Some(server.restarter());
+    (server, target)
 }
 
-async fn run_against(fault: Fault, only: &[&str]) -> RunReport {
-    let server = server().await;
-    let target = through_proxy(&server, fault).await;
+async fn run_against(fault: Fault, checks: &[&str]) -> RunReport {
+    let (server, target) = backend(fault).await;
+    // As `conform` does: the timers from a probe agent's `connected`.
+    conform::learn_timings(&target).await;
     let options = Options {
-        only: only.iter().map(|s| s.to_string()).collect(),
+        only: checks.iter().map(|s| s.to_string()).collect(),
         strict: true,
         retries: 1,
         seed: 7,
@@ -49,138 +195,85 @@ async fn run_against(fault: Fault, only: &[&str]) -> RunReport {
     report
 }
 
-fn failing(report: &RunReport) -> BTreeSet<String> {
-    report
-        .results
-        .iter()
-        .filter(|r| r.status == Status::Fail)
-        .map(|r| r.rule.clone())
-        .collect()
-}
-
 fn summary(report: &RunReport) -> Vec<String> {
     report
         .results
         .iter()
-        .map(|r| format!("{} {} {:?} {:?}", r.rule, r.name, r.status, r.observed))
+        .map(|r| {
+            format!(
+                "{} {} {:?} expected {:?} observed {:?}",
+                r.rule, r.name, r.status, r.expected, r.observed
+            )
+        })
         .collect()
 }
 
-async fn assert_caught(fault: Fault, only: &[&str], rule: &str) {
-    let healthy = run_against(Fault::None, only).await;
-    assert!(!healthy.results.is_empty(), "{only:?} selects checks");
+/// `WS-AUTH-1` → `WS-AUTH`.
+fn family(rule: &str) -> &str {
+    rule.rsplit_once('-').map_or(rule, |(family, _)| family)
+}
+
+async fn assert_caught(fault: Fault) {
+    let case = CASES
+        .iter()
+        .find(|c| c.fault == fault)
+        .expect("in the table");
+    let report = run_against(fault, case.checks).await;
+    let (caught, others) = (case.checks[0], summary(&report));
+    let first = report.results.iter().find(|r| r.name == caught);
     assert!(
-        healthy.passed(),
-        "through a transparent proxy: {:#?}",
-        summary(&healthy)
+        first.is_some_and(|r| r.status == Status::Fail && r.rule == case.rule),
+        "{fault:?} should fail `{caught}` ({}): {others:#?}",
+        case.rule
     );
-    let broken = run_against(fault, only).await;
+    let strays: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.status == Status::Fail && family(&r.rule) != family(case.rule))
+        .map(|r| format!("{} {}", r.rule, r.name))
+        .collect();
     assert!(
-        !broken.passed(),
-        "{fault:?} went unnoticed: {:#?}",
-        summary(&broken)
-    );
-    assert!(
-        failing(&broken).contains(rule),
-        "{fault:?} should fail {rule}: {:#?}",
-        summary(&broken)
+        strays.is_empty(),
+        "{fault:?} breaks {} but also fails {strays:?}: {others:#?}",
+        case.rule
     );
 }
 
-macro_rules! caught {
-    ($test:ident, $fault:expr, $rule:expr, $($only:expr),+) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $test() {
-            assert_caught($fault, &[$($only),+], $rule).await;
-        }
-    };
+/// Every check the table uses passes through the transparent proxy, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_proxy_passes_every_check_used() {
+    let used: BTreeSet<&str> = CASES
+        .iter()
+        .flat_map(|c| c.checks.iter().copied())
+        .collect();
+    let suite: BTreeSet<String> = suite::builtin()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let missing: Vec<&&str> = used.iter().filter(|n| !suite.contains(**n)).collect();
+    assert!(missing.is_empty(), "not in the suite: {missing:?}");
+    let distinct: BTreeSet<String> = CASES.iter().map(|c| format!("{:?}", c.fault)).collect();
+    assert_eq!(distinct.len(), CASES.len(), "one row per fault");
+    let report = run_against(Fault::None, &used.iter().copied().collect::<Vec<_>>()).await;
+    let not_passed: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.status != Status::Pass)
+        .map(|r| format!("{} {} {:?} {:?}", r.rule, r.name, r.status, r.observed))
+        .collect();
+    assert!(
+        not_passed.is_empty(),
+        "through a transparent proxy: {not_passed:#?}"
+    );
+    assert_eq!(report.results.len(), used.len(), "{:#?}", summary(&report));
 }
-
-caught!(
-    accepts_any_token_fails_ws_auth_1,
-    Fault::AcceptsAnyToken,
-    "WS-AUTH-1",
-    "WS-AUTH-1"
-);
-caught!(
-    keeps_old_socket_fails_ws_conn_2,
-    Fault::KeepsOldSocket,
-    "WS-CONN-2",
-    "WS-CONN-2"
-);
-caught!(
-    never_times_out_fails_ws_conn_3,
-    Fault::NeverTimesOut,
-    "WS-CONN-3",
-    "silent-agent-is-closed"
-);
-caught!(
-    drops_queued_commands_fails_ws_dlv_1,
-    Fault::DropsQueuedCommands,
-    "WS-DLV-1",
-    "WS-DLV-1"
-);
-caught!(
-    never_redelivers_fails_ws_dlv_3,
-    Fault::NeverRedelivers,
-    "WS-DLV-3",
-    "unacked-command-redelivered-with-backoff"
-);
-caught!(
-    crashes_on_bad_json_fails_ws_err_1,
-    Fault::CrashesOnBadJson,
-    "WS-ERR-1",
-    "not-json-is-invalid_json"
-);
-caught!(
-    ignores_acks_fails_ws_ack_2,
-    Fault::IgnoresAcks,
-    "WS-ACK-2",
-    "spec-ack-completes"
-);
-caught!(
-    wrong_priority_order_fails_ws_dlv_4,
-    Fault::WrongPriorityOrder,
-    "WS-DLV-4",
-    "pending-pushed-on-reconnect-in-priority-order"
-);
-caught!(
-    admin_api_open_to_edge_secret_fails_ws_api_1,
-    Fault::AdminApiOpenToEdgeSecret,
-    "WS-API-1",
-    "edge-secret-does-not-open-the-api"
-);
-caught!(
-    no_pong_fails_ws_ping_1,
-    Fault::NoPong,
-    "WS-PING-1",
-    "WS-PING-1"
-);
-caught!(
-    silent_on_unknown_ack_fails_ws_ack_3,
-    Fault::SilentOnUnknownAck,
-    "WS-ACK-3",
-    "unknown-command-ack-is-unknown_command"
-);
-caught!(
-    no_message_rate_limit_fails_ws_rate_2,
-    Fault::NoMessageRateLimit,
-    "WS-RATE-2",
-    "messages-past-the-limit-get-rate_limited"
-);
-caught!(
-    no_welcome_fails_ws_msg_1,
-    Fault::NoWelcome,
-    "WS-MSG-1",
-    "WS-MSG-1"
-);
 
 /// The fuzz group catches a backend that falls over on garbage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzz_group_catches_a_crash_on_bad_json() {
-    let server = server().await;
     for (fault, should_pass) in [(Fault::None, true), (Fault::CrashesOnBadJson, false)] {
-        let target = through_proxy(&server, fault).await;
+        let (server, target) = backend(fault).await;
         let result = edge_harness::fuzz::run(&target, 11, 40).await;
         assert_eq!(
             result.status == Status::Pass,
@@ -189,6 +282,6 @@ async fn fuzz_group_catches_a_crash_on_bad_json() {
             result.expected,
             result.observed
         );
+        server.stop().await;
     }
-    server.stop().await;
 }

@@ -2,68 +2,1603 @@
 //! turns it into a backend with one realistic bug, so the tests can show
 //! that the suite catches it and names the right rule. Fault code lives
 //! here, in the tests, never in the server's request path.
+//!
+//! The proxy speaks HTTP/1.1 and WebSocket on both sides:
+//!
+//! - a plain HTTP request is one request per connection (`connection:
+//!   close` towards the server), so the proxy reads the whole request and
+//!   the whole answer and may rewrite either;
+//! - an upgrade request is relayed; a refused upgrade's answer may be
+//!   rewritten like any answer; an accepted one becomes two WebSockets
+//!   (agent side, server side) and every frame passes through the proxy.
+//!
+//! The fault logic is grouped by where it acts: [`Proxy::request`] (request
+//! head and body), [`Proxy::response`] (HTTP answers, refused upgrades
+//! included), [`Proxy::from_agent`] (agent → server frames) and
+//! [`Proxy::from_server`] (server → agent frames). The upstream connection
+//! is made from the agent's own source address, so the server's
+//! per-address limits (WS-RATE-1) see what they would see without a proxy.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use ordered::Json;
+
+/// One realistic backend bug each. Grouped by where the proxy injects it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Transparent.
     None,
-    /// Any token opens the socket (the proxy swaps in the real secret).
+
+    // ---- request head and body (agent/operator → server) ----
+    /// Any token opens the socket (the token is never compared).
     AcceptsAnyToken,
-    /// On a duplicate connection the old socket is never closed.
-    KeepsOldSocket,
-    /// A silent agent is never closed for its missing pings.
-    NeverTimesOut,
+    /// The edge secret opens the control API (one secret for everything).
+    AdminApiOpenToEdgeSecret,
+    /// Any token the backend can verify opens the control API, agent tokens included.
+    ApiAcceptsAgentTokens,
+    /// The admin token opens agent sockets (a superuser token).
+    AdminTokenOpensSockets,
+    /// `X-Edge-Agent-Id` is never compared with the query parameter.
+    IgnoresHeaderIdMismatch,
+    /// A missing or empty `edge_agent_id` falls back to the header.
+    FallsBackToHeaderId,
+    /// An HMAC token's timestamp is never checked for age.
+    AcceptsExpiredTokens,
+    /// An HMAC token's timestamp may be any time in the future.
+    AcceptsFutureTokens,
+    /// An HMAC token's agent id is never compared with the connecting id.
+    TokenOpensAnyAgent,
+    /// `/edge/sync` trusts the body's `edge_agent_id` over the token's.
+    SyncAsAnyone,
+    /// The compat alias `POST /edge/ack_command` was forgotten (404).
+    NoAckAlias,
+    /// `registration_token` is never compared.
+    RegistrationAcceptsAnyToken,
+    /// Each registration creates a new agent (not keyed by phone).
+    RegistrationNotIdempotent,
+    /// `ttl_s` is ignored: commands never expire.
+    TtlIgnored,
+    /// `command_id` from the control API is ignored: every POST is a new command.
+    IgnoresCommandId,
+    /// A second connection for a connected agent is refused (409) instead of replacing.
+    RefusesSecondConnection,
+    /// The edge secret is taken as a registration token.
+    EdgeSecretRegisters,
+    /// Failed upgrades count against the agent (before auth): strangers lock it out.
+    CountsRejectsPerAgent,
+
+    // ---- HTTP answers (refused upgrades included) ----
+    /// A refused upgrade is a bare 403 without a JSON body.
+    RefusesWithBare403,
+    /// Refuses by accepting the upgrade and closing with 1008 (not 401/403 or 4001).
+    RefusesWithClose1008,
+    /// Refuses by accepting, sending `connected`, then closing with 4001.
+    WelcomesBeforeRefusing,
+    /// An unknown agent gets 401 (not 403 or 4004).
+    UnknownAgentIs401,
+    /// An unknown agent is created on its first connect.
+    AcceptsUnknownAgents,
+    /// Ids are not validated: an invalid id is just an unknown agent (403).
+    InvalidIdIsUnknownAgent,
+    /// The upgrade 429 carries no `Retry-After`.
+    RateLimitWithoutRetryAfter,
+    /// The token is checked before the limits: past them a wrong token gets 401, not 429.
+    AuthBeforeRateLimit,
+    /// Past a rate limit the upgrade is answered 503.
+    RateLimitIs503,
+    /// No connection rate limit at all: every upgrade is accepted.
+    NoConnectRateLimit,
+    /// An HTTP ack with the shared secret and no `X-Edge-Agent-Id` is "acknowledged".
+    HttpAckWithoutAgentIdAccepted,
+    /// HTTP errors are plain text (`Unauthorized`), not JSON.
+    HttpErrorsNotJson,
+    /// `/edge/sync` returns commands in insertion order, ignoring priority.
+    SyncIgnoresPriority,
+    /// `/edge/sync` acknowledges an event id only the first time.
+    SyncAcksEventsOnce,
+    /// `/edge/sync` never returns a command again.
+    SyncNeverRedelivers,
+    /// `/edge/sync` returns sent commands on every sync, ignoring the redelivery time.
+    SyncReturnsSentAgain,
+    /// The last ack wins: a late ack overwrites a final state.
+    LastAckWins,
+    /// The control API shows a command's state 300 ms late (a cache, a replica).
+    StaleCommandState,
+    /// A command id reused for another agent answers 200 with that agent's command.
+    ConflictLeaksOtherAgentsCommand,
+    /// Listing by status leaves out final states (dead, expired).
+    FinalStatesNotListed,
+    /// `retry` keeps the TTL: the command expires again and is never sent.
+    RetryKeepsTtl,
+    /// A closed agent shows `connected: true` until its ping timeout.
+    CloseNotRemovedAtOnce,
+    /// A valid token skips the per-address limit (it is checked on failures only).
+    AddressLimitSkipsValidTokens,
+    /// A full queue accepts the command (202) and drops it.
+    QueueFullDropsSilently,
+    /// A full queue answers 503.
+    QueueFullIs503,
+    /// `/edge/sync` re-sorts `parameters` keys.
+    SyncResortsParameterKeys,
+    /// The stored `status` is read back with its keys re-sorted.
+    ResortsStatusKeys,
+    /// The control API never shows `sent` (the state changes on acks only).
+    SkipsSentState,
+    /// A re-pushed command's progress state is reset to `sent`.
+    ProgressStateResetOnReconnect,
+    /// A `received`/`executing` command that used its attempts goes `dead`.
+    ProgressCommandGoesDead,
+    /// The TTL sweep covers `queued`/`sent` only: progress states never expire.
+    ProgressStateNeverExpires,
+    /// A command is never marked `dead` (it stays `sent`).
+    DeadNeverMarked,
+    /// `/metrics` is JSON.
+    MetricsAsJson,
+    /// `/metrics` has no reconnect counter.
+    MetricsWithoutReconnects,
+    /// History records connects only: no `disconnected_at`.
+    HistoryWithoutDisconnects,
+
+    // ---- agent → server frames ----
+    /// Non-JSON text takes the connection down with 1011.
+    CrashesOnBadJson,
+    /// A binary frame closes the socket with 1003.
+    BinaryClosesSocket,
+    /// Acks from the agent are ignored.
+    IgnoresAcks,
+    /// `success: false` completes the command (a truthiness bug).
+    FailureAckCompletes,
+    /// A failed ack's `error` is not stored.
+    AckErrorDropped,
+    /// `received`/`executing` complete the command.
+    ProgressAckCompletes,
+    /// The compat ack dialect (`status`, no `success`) is ignored.
+    CompatAckIgnored,
+    /// Progress acks (`received`/`executing`) are ignored.
+    ProgressAckIgnored,
+    /// `status` messages are never stored.
+    StatusNotStored,
+    /// Bad input from one agent takes every socket down (a crash).
+    BadInputKillsAllSockets,
+    /// Only `ping` messages count as a sign of life.
+    OnlyPingMessagesCount,
+    /// The ping timeout is measured with `ping_interval` (closes too early).
+    TimesOutAtPingInterval,
+
+    // ---- server → agent frames ----
+    /// No `connected` welcome.
+    NoWelcome,
+    /// `connected` does not advertise the timers.
+    WelcomeWithoutTimers,
+    /// `protocol_version` is the number 1.0, not the string "1.0".
+    WelcomeVersionAsNumber,
+    /// Pings are never answered.
+    NoPong,
+    /// Every ping gets a pong (no ping rate limit).
+    NoPingRateLimit,
+    /// No message rate limit.
+    NoMessageRateLimit,
+    /// Past the message limit the socket is closed with 1008.
+    RateLimitClosesSocket,
+    /// Once an agent is rate limited, commands to it are dropped.
+    RateLimitStopsDelivery,
+    /// Every bad-input error has the code `invalid_message`.
+    OneErrorCodeForAll,
+    /// An unknown message type closes the socket with 1003.
+    UnknownTypeClosesSocket,
+    /// Acks for unknown commands get no `unknown_command`.
+    SilentOnUnknownAck,
+    /// Acks for unknown commands get `not_found`.
+    UnknownAckIsNotFound,
+    /// An ack for another agent's command is taken (no owner check).
+    ForeignAckAccepted,
     /// Commands queued while the agent was away are lost on connect.
     DropsQueuedCommands,
     /// Unacked commands are never sent again.
     NeverRedelivers,
-    /// Non-JSON text takes the connection down with 1011.
-    CrashesOnBadJson,
-    /// Acks from the agent are ignored.
-    IgnoresAcks,
+    /// Redeliveries come a backoff step late (the backoff is applied twice).
+    BackoffTooLong,
     /// Pending commands arrive lowest priority first.
     WrongPriorityOrder,
-    /// The edge secret opens the control API.
-    AdminApiOpenToEdgeSecret,
-    /// Pings are never answered.
-    NoPong,
-    /// Acks for unknown commands get no `unknown_command`.
-    SilentOnUnknownAck,
-    /// No message rate limit.
-    NoMessageRateLimit,
-    /// No `connected` welcome.
-    NoWelcome,
+    /// Pending commands arrive oldest first, whatever their priority.
+    IgnoresPriority,
+    /// Pending commands sorted by the priority's name (high, low, normal).
+    PrioritySortedByName,
+    /// Pending commands newest first within a priority.
+    LifoWithinPriority,
+    /// Sent but unacked commands are not pushed again on reconnect.
+    UnackedNotRepushed,
+    /// A reconnect push does not count as an attempt.
+    ReconnectPushNotCounted,
+    /// `attempt` counts from 0.
+    AttemptStartsAtZero,
+    /// `priority` is sent as a number.
+    PriorityAsNumber,
+    /// `created_at` is epoch milliseconds, not an ISO-8601 string.
+    CreatedAtAsEpoch,
+    /// `parameters` is sent as a JSON string (a text column).
+    ParametersAsString,
+    /// Command fields in camelCase (`commandId`, `commandType`).
+    CamelCaseCommandFields,
+    /// `parameters` (and `payload`) keys re-sorted (a jsonb column).
+    ResortsParameterKeys,
+    /// Integer-like keys of `parameters` moved first (a JavaScript object).
+    IntegerKeysFirst,
+    /// Numbers in `parameters` re-rounded through f64 (`JSON.parse`).
+    RoundsNumbersToDouble,
+    /// One delivery past `max_attempts` (`<=` for `<`).
+    OneAttemptTooMany,
+    /// No `payload` copy of `parameters`.
+    NoPayloadCopy,
+    /// `config_update` data wrapped as `{"config": …}`.
+    ConfigUpdateWrapped,
+    /// `config_update` never sent (though the API says delivered).
+    ConfigNotPushed,
+    /// `config_update` keys re-sorted.
+    ResortsConfigKeys,
+    /// On a duplicate connection the old socket is never closed.
+    KeepsOldSocket,
+    /// The replaced socket is closed with 1000, not 4000.
+    ReplacedClosesWith1000,
+    /// A silent agent is never closed for its missing pings.
+    NeverTimesOut,
+    /// The ping-timeout close has code 1001, not 4008.
+    PingTimeoutCloses1001,
+    /// The ping-timeout close comes a whole ping_timeout late.
+    TimesOutTooLate,
+    /// Shutdown closes sockets with 1001 (going away), not 1012.
+    ShutdownCloses1001,
+    /// Commands in flight at a restart are lost (an in-memory outbox).
+    InFlightLostOnRestart,
+    /// The replaced socket's cleanup unregisters the agent's new socket.
+    ReplacedCleanupUnregistersNew,
+    /// An oversized frame closes with 1011, not 1009.
+    OversizeCloses1011,
+    /// Invalid UTF-8 closes with 1002, not 1007.
+    BadUtf8Closes1002,
 }
 
 pub struct Secrets {
     pub edge: String,
     pub admin: String,
+    pub registration: String,
 }
 
 /// Starts the proxy on an ephemeral loopback port; it runs until the test ends.
 pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let secrets = std::sync::Arc::new(secrets);
+    let proxy = Arc::new(Proxy {
+        upstream,
+        fault,
+        secrets,
+        memory: Mutex::new(Memory::default()),
+        crash: watch::channel(0).0,
+    });
     tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            tokio::spawn(handle(client, upstream, fault, secrets.clone()));
+        while let Ok((client, peer)) = listener.accept().await {
+            tokio::spawn(proxy.clone().handle(client, peer));
         }
     });
     addr
+}
+
+struct Proxy {
+    upstream: SocketAddr,
+    fault: Fault,
+    secrets: Secrets,
+    memory: Mutex<Memory>,
+    /// Bumped when the "server" crashes: every session ends.
+    crash: watch::Sender<u32>,
+}
+
+/// What a broken backend remembers across connections (only the faults
+/// that need it fill it in).
+#[derive(Default)]
+struct Memory {
+    /// Open agent sockets per agent id.
+    live: HashMap<String, usize>,
+    /// Commands pushed to an agent on an earlier socket.
+    pushed: HashMap<String, HashSet<String>>,
+    /// Refused upgrades per agent id (CountsRejectsPerAgent).
+    rejects: HashMap<String, u32>,
+    /// The latest ack per command, as a status.
+    last_ack: HashMap<String, String>,
+    /// When each agent last closed its socket.
+    closed_at: HashMap<String, Instant>,
+    /// Commands put back by `retry`.
+    retried: HashSet<String>,
+    /// Commands accepted by the control API.
+    created: HashSet<String>,
+    /// Commands a fault lost for good.
+    lost: HashSet<String>,
+    /// Commands the control API accepted while their agent was away.
+    queued: HashSet<String>,
+    /// Commands pushed again on a later socket.
+    repushed: HashSet<String>,
+    /// The latest progress state (`received`/`executing`) acked per command.
+    progress: HashMap<String, String>,
+    /// OneAttemptTooMany: until when a command is shown `sent` instead of `dead`.
+    extra_until: HashMap<String, Instant>,
+    /// QueueFullDropsSilently: a refused command was answered 202 once.
+    phantom: bool,
+    /// Agents whose registry entry a replaced socket's cleanup removed.
+    unregistered: HashSet<String>,
+    /// `max_attempts` as advertised in `connected`.
+    max_attempts: u64,
+    /// What `/edge/sync` returned per agent.
+    synced: HashMap<String, Vec<Value>>,
+    /// Event ids `/edge/sync` acknowledged.
+    events: HashSet<String>,
+    /// Per command: the state shown, and a newer one with when it was first seen.
+    shown: HashMap<String, (Value, Option<(Value, Instant)>)>,
+}
+
+/// A parsed HTTP message: the head without its blank line, and the body.
+#[derive(Clone)]
+struct Http {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// What happens to an agent's socket after a frame.
+enum Act {
+    /// Forward to the server.
+    Server(Message),
+    /// Send to the agent now.
+    Agent(Message),
+    /// Send to the agent at this time (kept in order of time).
+    AgentAt(Instant, Message),
+    /// A command pushed at connect: held, then released re-ordered.
+    Hold(Json),
+    /// Close the agent's socket with this code; the session ends.
+    Close(u16, &'static str),
+    /// The agent's socket stays up, but nothing from the server reaches it.
+    Deafen,
+}
+
+/// One agent socket through the proxy.
+struct Session {
+    agent: String,
+    /// The last frame of any kind from the agent, and the last `ping` message.
+    last_frame: Instant,
+    last_ping: Instant,
+    last_type: String,
+    /// Text and binary messages from the agent (WS-RATE-2 counts them).
+    messages: u32,
+    rate_limited: bool,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    ack_timeout: Duration,
+    max_attempts: u64,
+    /// Commands the agent acked on this socket.
+    acked: HashSet<String>,
+    /// Commands pushed on this socket.
+    seen: HashSet<String>,
+}
+
+/// Commands pending at connect are held until none has come for this long,
+/// then released in a fault's order.
+const HOLD: Duration = Duration::from_millis(200);
+
+impl Proxy {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap()
+    }
+
+    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
+        let Some((head, rest)) = read_head(&mut client).await else {
+            return;
+        };
+        let mut request = Http { head, body: rest };
+        let length = request.content_length();
+        while request.body.len() < length {
+            let mut chunk = [0u8; 4096];
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let upgrade = request
+            .header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if let Some(answer) = self.request(&mut request) {
+            let _ = client.write_all(&answer.to_bytes()).await;
+            return;
+        }
+        if !upgrade {
+            // One request per connection, so every request passes through here.
+            request.set_header("connection", "close");
+            let Some(mut server) = self.connect_upstream(peer).await else {
+                return;
+            };
+            if server.write_all(&request.to_bytes()).await.is_err() {
+                return;
+            }
+            let mut raw = Vec::new();
+            if server.read_to_end(&mut raw).await.is_err() {
+                return;
+            }
+            // Said on every answer, so the client never reuses the connection.
+            let answer = match Http::parse(&raw) {
+                Some(mut answer) => {
+                    self.response(&request, &mut answer).await;
+                    answer.set_header("connection", "close");
+                    answer.to_bytes()
+                }
+                None => raw,
+            };
+            let _ = client.write_all(&answer).await;
+            return;
+        }
+        self.upgrade(client, peer, request).await;
+    }
+
+    /// From the agent's own source address (loopback only), so per-address
+    /// limits work as without a proxy.
+    async fn connect_upstream(&self, peer: SocketAddr) -> Option<TcpStream> {
+        let socket = TcpSocket::new_v4().ok()?;
+        if peer.ip().is_loopback() {
+            socket.bind(SocketAddr::new(peer.ip(), 0)).ok()?;
+        }
+        socket.connect(self.upstream).await.ok()
+    }
+
+    async fn upgrade(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr, request: Http) {
+        let agent = query_param(request.path(), "edge_agent_id").unwrap_or_default();
+        // A new socket registers the agent again (before the server replaces the old one).
+        self.memory().unregistered.remove(&agent);
+        let mut tries = 0;
+        let (server, server_rest) = loop {
+            tries += 1;
+            // AddressLimitSkipsValidTokens retries from another address.
+            let from = if tries == 1 {
+                peer
+            } else {
+                ([127, 0, 0, 1], 0).into()
+            };
+            let Some(mut server) = self.connect_upstream(from).await else {
+                return;
+            };
+            if server.write_all(&request.to_bytes()).await.is_err() {
+                return;
+            }
+            let Some((head, mut rest)) = read_head(&mut server).await else {
+                return;
+            };
+            if head.starts_with("HTTP/1.1 101") {
+                if client.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                break (server, rest);
+            }
+            let mut answer = Http {
+                head,
+                body: Vec::new(),
+            };
+            let length = answer.content_length();
+            while rest.len() < length {
+                let mut chunk = [0u8; 4096];
+                match server.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                }
+            }
+            answer.body = rest;
+            let refused_as = |code: u16| (answer.status() == code).then_some(code);
+            match self.fault {
+                Fault::AcceptsUnknownAgents if tries == 1 && refused_as(403).is_some() => {
+                    // Auto-provisioning: the agent is created, then let in.
+                    self.admin("PUT", &format!("/api/agents/{agent}"), "{}")
+                        .await;
+                    continue;
+                }
+                Fault::AddressLimitSkipsValidTokens
+                    if tries == 1 && refused_as(429).is_some() && self.valid_token(&request) =>
+                {
+                    continue;
+                }
+                Fault::RefusesWithClose1008 if refused_as(401).is_some() => {
+                    return accept_then_close(client, &request, None, 1008).await;
+                }
+                Fault::WelcomesBeforeRefusing if refused_as(401).is_some() => {
+                    let hello = json!({"type": "connected", "data": {"edge_agent_id": agent}});
+                    return accept_then_close(client, &request, Some(hello), 4001).await;
+                }
+                Fault::NoConnectRateLimit if refused_as(429).is_some() => {
+                    return accept_then_close(client, &request, None, 0).await;
+                }
+                _ => {}
+            }
+            self.response(&request, &mut answer).await;
+            // This connection ends here: the client must not reuse it.
+            answer.set_header("connection", "close");
+            let _ = client.write_all(&answer.to_bytes()).await;
+            return;
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20));
+        let agent_ws = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
+        let server_ws =
+            WebSocketStream::from_partially_read(server, server_rest, Role::Client, Some(config))
+                .await;
+        *self.memory().live.entry(agent.clone()).or_default() += 1;
+        self.pump(agent.clone(), agent_ws, server_ws).await;
+        let mut memory = self.memory();
+        *memory.live.entry(agent.clone()).or_default() -= 1;
+        memory.closed_at.insert(agent, Instant::now());
+    }
+
+    /// The shared secret or an HMAC-shaped token (the proxy does not verify HMACs).
+    fn valid_token(&self, request: &Http) -> bool {
+        let bearer = request.header("authorization").unwrap_or("");
+        bearer == format!("Bearer {}", self.secrets.edge)
+            || bearer
+                .strip_prefix("Bearer ")
+                .and_then(hmac_token)
+                .is_some()
+    }
+
+    /// A control-API call of the proxy's own (admin token), answer as JSON.
+    async fn admin(&self, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+        let mut stream = TcpStream::connect(self.upstream).await.ok()?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.secrets.admin,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let answer = Http::parse(&raw)?;
+        Some((answer.status(), answer.json().unwrap_or(Value::Null)))
+    }
+
+    // ---------------------------------------------------------------
+    // Request head and body. `Some(answer)` answers without the server.
+    // ---------------------------------------------------------------
+
+    fn request(&self, request: &mut Http) -> Option<Http> {
+        let path = request.path().to_string();
+        let socket = path.starts_with("/edge/ws");
+        let bearer = request
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let hmac = bearer.as_deref().and_then(hmac_token);
+        let agent = query_param(&path, "edge_agent_id").unwrap_or_default();
+        let edge = format!("Bearer {}", self.secrets.edge);
+        let admin = format!("Bearer {}", self.secrets.admin);
+        let now = unix_now();
+        match self.fault {
+            Fault::AcceptsAnyToken if socket => request.set_header("authorization", &edge),
+            Fault::AdminApiOpenToEdgeSecret
+                if path.starts_with("/api") && request.header("authorization") == Some(&edge) =>
+            {
+                request.set_header("authorization", &admin)
+            }
+            Fault::ApiAcceptsAgentTokens if path.starts_with("/api") && hmac.is_some() => {
+                request.set_header("authorization", &admin)
+            }
+            Fault::AdminTokenOpensSockets
+                if socket && request.header("authorization") == Some(&admin) =>
+            {
+                request.set_header("authorization", &edge)
+            }
+            Fault::IgnoresHeaderIdMismatch if socket => request.remove_header("x-edge-agent-id"),
+            Fault::FallsBackToHeaderId if socket && agent.is_empty() => {
+                if let Some(id) = request.header("x-edge-agent-id").map(str::to_string) {
+                    request.set_path(&format!("/edge/ws?edge_agent_id={id}"));
+                }
+            }
+            Fault::AcceptsExpiredTokens
+                if socket
+                    && hmac
+                        .as_ref()
+                        .is_some_and(|t| t.0 == agent && t.1 < now - 86_400) =>
+            {
+                request.set_header("authorization", &edge)
+            }
+            Fault::AcceptsFutureTokens
+                if socket
+                    && hmac
+                        .as_ref()
+                        .is_some_and(|t| t.0 == agent && t.1 > now + 300) =>
+            {
+                request.set_header("authorization", &edge)
+            }
+            Fault::TokenOpensAnyAgent if socket && hmac.as_ref().is_some_and(|t| t.0 != agent) => {
+                request.set_header("authorization", &edge)
+            }
+            Fault::SyncAsAnyone if path == "/edge/sync" => {
+                let named = request
+                    .json()
+                    .and_then(|b| b["edge_agent_id"].as_str().map(str::to_string));
+                if hmac.is_some_and(|t| Some(t.0) != named) {
+                    request.set_header("authorization", &edge);
+                }
+            }
+            Fault::NoAckAlias if path == "/edge/ack_command" => {
+                return Some(Http::answer(
+                    404,
+                    json!({"error": "not_found", "message": "no route"}),
+                ));
+            }
+            Fault::RegistrationAcceptsAnyToken if path == "/edge/register" => {
+                let token = Json::String(self.secrets.registration.clone());
+                request.edit_json(|body| body.insert("registration_token", token));
+            }
+            Fault::RegistrationNotIdempotent if path == "/edge/register" => {
+                let salt = rand::random::<u8>() % 90 + 10;
+                request.edit_json(|body| {
+                    if let Some(Json::String(phone)) = body.get_mut("user_phone") {
+                        phone.push_str(&salt.to_string());
+                    }
+                });
+            }
+            Fault::EdgeSecretRegisters if path == "/edge/register" => {
+                let token = Json::String(self.secrets.registration.clone());
+                let edge = Json::String(self.secrets.edge.clone());
+                request.edit_json(|body| {
+                    if body.get("registration_token") == Some(&edge) {
+                        body.insert("registration_token", token);
+                    }
+                });
+            }
+            Fault::TtlIgnored if is_command_post(request) => {
+                request.edit_json(|body| body.remove("ttl_s"));
+            }
+            Fault::IgnoresCommandId if is_command_post(request) => {
+                request.edit_json(|body| body.remove("command_id"));
+            }
+            Fault::RefusesSecondConnection
+                if socket && self.memory().live.get(&agent).is_some_and(|n| *n > 0) =>
+            {
+                return Some(Http::answer(
+                    409,
+                    json!({"error": "already_connected", "message": "this agent is connected"}),
+                ));
+            }
+            Fault::CountsRejectsPerAgent
+                if socket && self.memory().rejects.get(&agent).is_some_and(|n| *n >= 10) =>
+            {
+                let mut answer = Http::answer(
+                    429,
+                    json!({"error": "rate_limited", "message": "too many attempts"}),
+                );
+                answer.set_header("retry-after", "60");
+                return Some(answer);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    // ---------------------------------------------------------------
+    // HTTP answers, refused upgrades included.
+    // ---------------------------------------------------------------
+
+    async fn response(&self, request: &Http, answer: &mut Http) {
+        let path = request.path().to_string();
+        let route = path.split('?').next().unwrap_or("").to_string();
+        let socket = path.starts_with("/edge/ws");
+        let status = answer.status();
+        let method = request.method().to_string();
+        let agent = query_param(&path, "edge_agent_id").unwrap_or_default();
+        // The command id of `/api/commands/{id}` (and `/retry`).
+        if is_command_post(request) && status == 202 {
+            let body = answer.json().unwrap_or_default();
+            if body["status"] == "queued" {
+                let id = body["command_id"].as_str().unwrap_or("").to_string();
+                self.memory().queued.insert(id);
+            }
+        }
+        let command = route
+            .strip_prefix("/api/commands/")
+            .map(|rest| rest.trim_end_matches("/retry").to_string());
+        match self.fault {
+            Fault::RefusesWithBare403 if socket && status == 401 => {
+                answer.set_status(403);
+                answer.set_body("text/plain", "");
+            }
+            Fault::UnknownAgentIs401 if socket && status == 403 => {
+                answer.set_status(401);
+                answer.set_json(json!({"error": "unauthorized", "message": "unknown agent"}));
+            }
+            Fault::InvalidIdIsUnknownAgent
+                if socket
+                    && answer
+                        .json()
+                        .is_some_and(|b| b["error"] == "invalid_agent_id") =>
+            {
+                answer.set_status(403);
+                answer.set_json(json!({"error": "unknown_agent", "message": "not registered"}));
+            }
+            Fault::RateLimitWithoutRetryAfter if status == 429 => {
+                answer.remove_header("retry-after")
+            }
+            Fault::AuthBeforeRateLimit if socket && status == 429 => {
+                if !self.valid_token(request) {
+                    answer.set_status(401);
+                    answer.remove_header("retry-after");
+                    answer.set_json(json!({"error": "unauthorized", "message": "bad token"}));
+                }
+            }
+            Fault::RateLimitIs503 if status == 429 => {
+                answer.set_status(503);
+                answer.remove_header("retry-after");
+                answer.set_json(json!({"error": "unavailable", "message": "try later"}));
+            }
+            Fault::CountsRejectsPerAgent if socket && status == 401 => {
+                *self.memory().rejects.entry(agent).or_default() += 1;
+                return;
+            }
+            Fault::HttpAckWithoutAgentIdAccepted
+                if route == "/edge/command/ack"
+                    && answer
+                        .json()
+                        .is_some_and(|b| b["error"] == "missing_agent_id") =>
+            {
+                answer.set_status(200);
+                answer.set_json(json!({"acknowledged": true}));
+            }
+            Fault::HttpErrorsNotJson if status >= 400 && route.starts_with("/edge/") => {
+                answer.set_body("text/plain", "Unauthorized");
+            }
+            Fault::SyncIgnoresPriority if route == "/edge/sync" => {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        commands.sort_by_key(|c| {
+                            c.get("created_at").map(|t| t.to_text()).unwrap_or_default()
+                        });
+                    }
+                });
+            }
+            Fault::SyncResortsParameterKeys if route == "/edge/sync" => {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        for command in commands {
+                            for key in ["parameters", "payload"] {
+                                if let Some(value) = command.get_mut(key) {
+                                    value.sort_keys();
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            Fault::QueueFullDropsSilently if is_command_post(request) && status == 429 => {
+                let mut memory = self.memory();
+                if memory.phantom {
+                    return;
+                }
+                memory.phantom = true;
+                let id = request.json().map(|b| b["command_id"].clone());
+                answer.set_status(202);
+                answer.set_json(json!({"command_id": id, "status": "queued"}));
+            }
+            Fault::QueueFullIs503 if is_command_post(request) && status == 429 => {
+                answer.set_status(503);
+                answer.set_json(json!({"error": "unavailable", "message": "queue full"}));
+            }
+            Fault::MetricsAsJson if route == "/metrics" => {
+                let text = String::from_utf8_lossy(&answer.body).to_string();
+                let metrics: serde_json::Map<String, Value> = text
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .filter_map(|l| l.rsplit_once(' '))
+                    .map(|(name, value)| (name.to_string(), json!(value)))
+                    .collect();
+                answer.set_json(Value::Object(metrics));
+            }
+            Fault::MetricsWithoutReconnects if route == "/metrics" => {
+                let text = String::from_utf8_lossy(&answer.body).to_string();
+                let kept: Vec<&str> = text.lines().filter(|l| !l.contains("reconnect")).collect();
+                let content_type = answer
+                    .header("content-type")
+                    .unwrap_or("text/plain")
+                    .to_string();
+                answer.set_body(&content_type, &(kept.join("\n") + "\n"));
+            }
+            Fault::SkipsSentState
+            | Fault::ProgressStateResetOnReconnect
+            | Fault::ProgressCommandGoesDead
+            | Fault::ProgressStateNeverExpires
+            | Fault::OneAttemptTooMany
+            | Fault::DeadNeverMarked
+                if method == "GET" && command.is_some() && status == 200 =>
+            {
+                let Some(body) = answer.json() else {
+                    return;
+                };
+                let id = command.unwrap();
+                let state = body["status"].as_str().unwrap_or("").to_string();
+                let progress = state == "received" || state == "executing";
+                let memory = self.memory();
+                let shown = match self.fault {
+                    Fault::SkipsSentState if state == "sent" => "queued".to_string(),
+                    Fault::ProgressStateResetOnReconnect
+                        if progress && memory.repushed.contains(&id) =>
+                    {
+                        "sent".to_string()
+                    }
+                    Fault::ProgressCommandGoesDead
+                        if progress && body["attempts"].as_u64() >= Some(memory.max_attempts) =>
+                    {
+                        "dead".to_string()
+                    }
+                    Fault::ProgressStateNeverExpires if state == "expired" => {
+                        let Some(progress) = memory.progress.get(&id) else {
+                            return;
+                        };
+                        progress.clone()
+                    }
+                    Fault::OneAttemptTooMany
+                        if state == "dead"
+                            && memory
+                                .extra_until
+                                .get(&id)
+                                .is_some_and(|t| Instant::now() < *t) =>
+                    {
+                        "sent".to_string()
+                    }
+                    Fault::DeadNeverMarked if state == "dead" => "sent".to_string(),
+                    _ => return,
+                };
+                drop(memory);
+                answer.edit_json(|body| body.insert("status", Json::String(shown)));
+            }
+            Fault::ResortsStatusKeys if method == "GET" && route.starts_with("/api/agents/") => {
+                answer.edit_json(|body| {
+                    if let Some(status) = body.get_mut("last_status") {
+                        status.sort_keys();
+                    }
+                });
+            }
+            Fault::ReplacedCleanupUnregistersNew
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                let id = route.trim_start_matches("/api/agents/");
+                if self.memory().unregistered.contains(id) {
+                    answer.edit_json(|body| body.insert("connected", Json::Bool(false)));
+                }
+            }
+            Fault::SyncAcksEventsOnce if route == "/edge/sync" => {
+                let mut memory = self.memory();
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(acked)) = body.get_mut("ack_events") {
+                        acked.retain(|e| memory.events.insert(e.to_text()));
+                    }
+                });
+            }
+            Fault::SyncNeverRedelivers if route == "/edge/sync" => {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        commands.retain(|c| c.get("attempt").and_then(Json::as_u64) == Some(1));
+                    }
+                });
+            }
+            Fault::SyncReturnsSentAgain if route == "/edge/sync" && status == 200 => {
+                let Some(mut body) = answer.json() else {
+                    return;
+                };
+                let named = request
+                    .json()
+                    .and_then(|b| b["edge_agent_id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let mut memory = self.memory();
+                let before = memory.synced.entry(named).or_default();
+                let Some(commands) = body["commands"].as_array_mut() else {
+                    return;
+                };
+                for old in before.iter() {
+                    if !commands
+                        .iter()
+                        .any(|c| c["command_id"] == old["command_id"])
+                    {
+                        commands.push(old.clone());
+                    }
+                }
+                *before = commands.clone();
+                answer.set_json(body);
+            }
+            Fault::LastAckWins | Fault::ForeignAckAccepted
+                if method == "GET" && command.is_some() && status == 200 =>
+            {
+                let Some(late) = self
+                    .memory()
+                    .last_ack
+                    .get(command.as_ref().unwrap())
+                    .cloned()
+                else {
+                    return;
+                };
+                answer.edit_json(|body| body.insert("status", Json::String(late)));
+            }
+            Fault::StaleCommandState if method == "GET" && command.is_some() && status == 200 => {
+                let Some(fresh) = answer.json() else {
+                    return;
+                };
+                let now = Instant::now();
+                let mut memory = self.memory();
+                let (shown, newer) = memory
+                    .shown
+                    .entry(command.unwrap())
+                    .or_insert_with(|| (fresh.clone(), None));
+                if fresh["status"] == shown["status"] {
+                    *newer = None;
+                    return;
+                }
+                match newer {
+                    Some((_, since)) if now - *since >= Duration::from_millis(300) => {
+                        *shown = fresh;
+                        *newer = None;
+                        return;
+                    }
+                    Some(_) => {}
+                    None => *newer = Some((fresh, now)),
+                }
+                answer.set_json(shown.clone());
+            }
+            Fault::ConflictLeaksOtherAgentsCommand if status == 409 && is_command_post(request) => {
+                let id = request
+                    .json()
+                    .and_then(|b| b["command_id"].as_str().map(str::to_string));
+                let Some((200, existing)) = self
+                    .admin(
+                        "GET",
+                        &format!("/api/commands/{}", id.unwrap_or_default()),
+                        "",
+                    )
+                    .await
+                else {
+                    return;
+                };
+                answer.set_status(200);
+                answer.set_json(existing);
+            }
+            Fault::ForeignAckAccepted if is_command_post(request) && status == 202 => {
+                if let Some(id) = answer
+                    .json()
+                    .and_then(|b| b["command_id"].as_str().map(str::to_string))
+                {
+                    self.memory().created.insert(id);
+                }
+                return;
+            }
+            Fault::FinalStatesNotListed
+                if route.ends_with("/commands")
+                    && (path.contains("status=dead") || path.contains("status=expired")) =>
+            {
+                answer.set_json(json!([]));
+            }
+            Fault::RetryKeepsTtl if route.ends_with("/retry") && status == 202 => {
+                self.memory().retried.insert(command.unwrap_or_default());
+                return;
+            }
+            Fault::CloseNotRemovedAtOnce
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                let id = route.trim_start_matches("/api/agents/");
+                let recent = self
+                    .memory()
+                    .closed_at
+                    .get(id)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+                if !recent {
+                    return;
+                }
+                answer.edit_json(|body| body.insert("connected", Json::Bool(true)));
+            }
+            Fault::HistoryWithoutDisconnects
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(history)) = body.get_mut("history") {
+                        for entry in history {
+                            entry.remove("disconnected_at");
+                        }
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // The WebSocket: both directions, with the per-socket timers.
+    // ---------------------------------------------------------------
+
+    async fn pump(
+        &self,
+        agent: String,
+        mut client: WebSocketStream<TcpStream>,
+        mut server: WebSocketStream<TcpStream>,
+    ) {
+        let now = Instant::now();
+        let mut s = Session {
+            agent,
+            last_frame: now,
+            last_ping: now,
+            last_type: String::new(),
+            messages: 0,
+            rate_limited: false,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(30),
+            max_attempts: 10,
+            acked: HashSet::new(),
+            seen: HashSet::new(),
+        };
+        let mut crash = self.crash.subscribe();
+        let mut later: Vec<(Instant, Message)> = Vec::new();
+        let mut held: Vec<Json> = Vec::new();
+        let mut release = now;
+        let mut deaf = false;
+        // The agent's reader fails for good after a broken frame (it is fused).
+        let mut agent_broken = false;
+        let far = now + Duration::from_secs(3600);
+        loop {
+            let due = later.first().map(|(t, _)| *t);
+            let idle = self.idle_deadline(&s);
+            let acts = tokio::select! {
+                _ = sleep_until(due.unwrap_or(far)), if due.is_some() => {
+                    let (_, message) = later.remove(0);
+                    let done = matches!(message, Message::Close(_));
+                    let stale = json(&message).is_some_and(|v| {
+                        v["type"] == "command" && v["data"]["command_id"].as_str().is_some_and(|id| s.acked.contains(id))
+                    });
+                    if !stale && client.send(message).await.is_err() || done {
+                        let _ = server.close(None).await;
+                        return;
+                    }
+                    continue;
+                }
+                _ = sleep_until(release), if !held.is_empty() => {
+                    let mut commands = std::mem::take(&mut held);
+                    self.connect_order(&mut commands);
+                    commands.into_iter().map(|c| Act::Agent(Message::text(c.to_text()))).collect()
+                }
+                _ = sleep_until(idle.unwrap_or(far)), if idle.is_some() => {
+                    vec![Act::Close(4008, "ping timeout")]
+                }
+                _ = crash.changed() => vec![Act::Close(1011, "internal error")],
+                from_client = client.next(), if !agent_broken => match from_client {
+                    Some(Ok(message)) => {
+                        s.last_frame = Instant::now();
+                        self.from_agent(&mut s, message)
+                    }
+                    // A broken frame the proxy's own reader refuses: the
+                    // server gets the same, and answers for itself.
+                    Some(Err(WsError::Utf8(_))) => {
+                        agent_broken = true;
+                        let bytes = vec![b'{', 0xff, 0xfe, b'}'];
+                        let frame = Frame::message(bytes, OpCode::Data(Data::Text), true);
+                        vec![Act::Server(Message::Frame(frame))]
+                    }
+                    Some(Err(WsError::Protocol(_))) => {
+                        agent_broken = true;
+                        let _ = server.get_mut().write_all(&reserved_opcode_frame()).await;
+                        continue;
+                    }
+                    _ => {
+                        let _ = server.close(None).await;
+                        return;
+                    }
+                },
+                from_server = server.next(), if !deaf => match from_server {
+                    Some(Ok(message)) => self.from_server(&mut s, message),
+                    _ => {
+                        let _ = client.close(None).await;
+                        return;
+                    }
+                },
+            };
+            for act in acts {
+                let sent = match act {
+                    Act::Server(message) => server.send(message).await.is_ok(),
+                    Act::Agent(message) => client.send(message).await.is_ok(),
+                    Act::AgentAt(at, message) => {
+                        let at = at.max(later.last().map_or(at, |(t, _)| *t));
+                        later.push((at, message));
+                        true
+                    }
+                    Act::Hold(command) => {
+                        held.push(command);
+                        release = Instant::now() + HOLD;
+                        true
+                    }
+                    Act::Close(code, reason) => {
+                        let frame = CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        };
+                        let _ = client.send(Message::Close(Some(frame))).await;
+                        let _ = server.close(None).await;
+                        false
+                    }
+                    Act::Deafen => {
+                        deaf = true;
+                        true
+                    }
+                };
+                if !sent {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// When the proxy itself closes a quiet agent (faults with their own ping timeout).
+    fn idle_deadline(&self, s: &Session) -> Option<Instant> {
+        match self.fault {
+            Fault::OnlyPingMessagesCount => Some(s.last_ping + s.ping_timeout),
+            Fault::TimesOutAtPingInterval => Some(s.last_frame + s.ping_interval),
+            _ => None,
+        }
+    }
+
+    /// The order a fault pushes pending commands in at connect.
+    fn connect_order(&self, commands: &mut [Json]) {
+        let field = |c: &Json, name: &str| {
+            c.get("data")
+                .and_then(|d| d.get(name))
+                .map(|v| v.to_text())
+                .unwrap_or_default()
+        };
+        let rank = |c: &Json| match field(c, "priority").as_str() {
+            "\"high\"" => 0,
+            "\"normal\"" => 1,
+            _ => 2,
+        };
+        match self.fault {
+            Fault::WrongPriorityOrder => commands.reverse(),
+            Fault::IgnoresPriority => commands.sort_by_key(|c| field(c, "created_at")),
+            Fault::PrioritySortedByName => commands.sort_by_key(|c| field(c, "priority")),
+            Fault::LifoWithinPriority => {
+                commands.sort_by_key(|c| (rank(c), std::cmp::Reverse(field(c, "created_at"))))
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Agent → server frames.
+    // ---------------------------------------------------------------
+
+    fn from_agent(&self, s: &mut Session, message: Message) -> Vec<Act> {
+        let value = json(&message);
+        let kind = value
+            .as_ref()
+            .and_then(|v| v["type"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if !kind.is_empty() {
+            s.last_type = kind.clone();
+        }
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            s.messages += 1;
+            // Past the spec's 100 a minute (RateLimitStopsDelivery's memory).
+            s.rate_limited |= s.messages > 100;
+        }
+        if kind == "ping" {
+            s.last_ping = Instant::now();
+        }
+        let ack = (kind == "command_ack").then(|| value.clone().unwrap()["data"].clone());
+        if let Some(ack) = &ack {
+            let id = ack["command_id"].as_str().unwrap_or("").to_string();
+            let status = match (&ack["success"], ack["status"].as_str()) {
+                (Value::Bool(true), _) => "completed".to_string(),
+                (Value::Bool(false), _) => "failed".to_string(),
+                (_, Some(status)) => status.to_string(),
+                _ => String::new(),
+            };
+            if status == "received" || status == "executing" {
+                self.memory().progress.insert(id.clone(), status.clone());
+            }
+            if !status.is_empty() {
+                s.acked.insert(id.clone());
+                if self.fault == Fault::LastAckWins {
+                    self.memory().last_ack.insert(id, status);
+                }
+            }
+        }
+        let not_json = matches!(message, Message::Text(_)) && value.is_none();
+        let progress = ack
+            .as_ref()
+            .is_some_and(|a| a["status"] == "received" || a["status"] == "executing");
+        match self.fault {
+            Fault::CrashesOnBadJson if not_json => return vec![Act::Close(1011, "internal error")],
+            Fault::BadInputKillsAllSockets if not_json => {
+                self.crash.send_modify(|n| *n += 1);
+                return vec![];
+            }
+            Fault::BinaryClosesSocket if matches!(message, Message::Binary(_)) => {
+                return vec![Act::Close(1003, "unsupported data")]
+            }
+            Fault::IgnoresAcks if ack.is_some() => return vec![],
+            Fault::CompatAckIgnored if ack.as_ref().is_some_and(|a| a.get("success").is_none()) => {
+                return vec![]
+            }
+            Fault::ProgressAckIgnored if progress => return vec![],
+            Fault::StatusNotStored if kind == "status" => return vec![],
+            Fault::FailureAckCompletes | Fault::AckErrorDropped | Fault::ProgressAckCompletes
+                if ack.is_some() =>
+            {
+                let mut frame = Json::parse(&message).unwrap();
+                let data = frame.get_mut("data").unwrap();
+                match self.fault {
+                    Fault::FailureAckCompletes
+                        if data.get("success") == Some(&Json::Bool(false)) =>
+                    {
+                        data.insert("success", Json::Bool(true))
+                    }
+                    Fault::AckErrorDropped => data.remove("error"),
+                    Fault::ProgressAckCompletes if progress => {
+                        data.insert("status", Json::String("completed".into()))
+                    }
+                    _ => {}
+                }
+                return vec![Act::Server(Message::text(frame.to_text()))];
+            }
+            _ => {}
+        }
+        vec![Act::Server(message)]
+    }
+
+    // ---------------------------------------------------------------
+    // Server → agent frames.
+    // ---------------------------------------------------------------
+
+    fn from_server(&self, s: &mut Session, message: Message) -> Vec<Act> {
+        if let Message::Close(Some(frame)) = &message {
+            let code = u16::from(frame.code);
+            let replace = |code: u16, reason: &str| {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.to_string().into(),
+                };
+                vec![Act::Agent(Message::Close(Some(frame)))]
+            };
+            return match (self.fault, code) {
+                // The agent's socket stays up; nothing reaches it any more.
+                (Fault::KeepsOldSocket, 4000) | (Fault::NeverTimesOut, 4008) => vec![Act::Deafen],
+                (Fault::TimesOutTooLate, 4008) => vec![
+                    Act::Deafen,
+                    Act::AgentAt(Instant::now() + s.ping_timeout, message.clone()),
+                ],
+                (Fault::ReplacedClosesWith1000, 4000) => replace(1000, ""),
+                (Fault::ReplacedCleanupUnregistersNew, 4000) => {
+                    self.memory().unregistered.insert(s.agent.clone());
+                    vec![Act::Agent(message)]
+                }
+                (Fault::InFlightLostOnRestart, 1012) => {
+                    let mut memory = self.memory();
+                    let pushed = memory.pushed.get(&s.agent).cloned().unwrap_or_default();
+                    memory.lost.extend(pushed.difference(&s.acked).cloned());
+                    vec![Act::Agent(message)]
+                }
+                (Fault::PingTimeoutCloses1001, 4008) => replace(1001, "going away"),
+                (Fault::ShutdownCloses1001, 1012) => replace(1001, "going away"),
+                (Fault::OversizeCloses1011, 1009) => replace(1011, "internal error"),
+                (Fault::BadUtf8Closes1002, 1007) => replace(1002, "protocol error"),
+                _ => vec![Act::Agent(message)],
+            };
+        }
+        let Some(value) = json(&message) else {
+            return vec![Act::Agent(message)];
+        };
+        let kind = value["type"].as_str().unwrap_or("").to_string();
+        let data = &value["data"];
+        let code = data["code"].as_str().unwrap_or("").to_string();
+        let id = data["command_id"].as_str().unwrap_or("").to_string();
+        let attempt = data["attempt"].as_u64().unwrap_or(1);
+        if kind == "connected" {
+            // Milliseconds when given (the `_s` values are whole seconds).
+            let timer = |name: &str| {
+                data[format!("{name}_ms")]
+                    .as_u64()
+                    .map(Duration::from_millis)
+                    .or_else(|| {
+                        data[format!("{name}_s")]
+                            .as_f64()
+                            .map(Duration::from_secs_f64)
+                    })
+            };
+            s.ping_interval = timer("ping_interval").unwrap_or(s.ping_interval);
+            s.ping_timeout = timer("ping_timeout").unwrap_or(s.ping_timeout);
+            s.ack_timeout = timer("ack_timeout").unwrap_or(s.ack_timeout);
+            s.max_attempts = data["max_attempts"].as_u64().unwrap_or(s.max_attempts);
+            self.memory().max_attempts = s.max_attempts;
+        }
+        if kind == "error" && code == "rate_limited" {
+            s.rate_limited = true;
+        }
+        // A command pushed again on a new socket (WS-DLV-4), and one that
+        // was pending when this socket opened: queued or pushed before.
+        let (mut repush, mut at_connect) = (false, false);
+        if kind == "command" && s.seen.insert(id.clone()) {
+            let mut memory = self.memory();
+            let pushed = memory.pushed.entry(s.agent.clone()).or_default();
+            repush = !pushed.insert(id.clone());
+            at_connect = repush || memory.queued.contains(&id);
+            if repush {
+                memory.repushed.insert(id.clone());
+            }
+        }
+        let edit = |f: &dyn Fn(&mut Json)| {
+            let mut frame = Json::parse(&message).unwrap();
+            f(&mut frame);
+            vec![Act::Agent(Message::text(frame.to_text()))]
+        };
+        let command = kind == "command";
+        match self.fault {
+            Fault::NoWelcome if kind == "connected" => vec![],
+            Fault::WelcomeWithoutTimers if kind == "connected" => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                for timer in ["ping_interval", "ping_timeout", "ack_timeout"] {
+                    data.remove(&format!("{timer}_s"));
+                    data.remove(&format!("{timer}_ms"));
+                }
+                for timer in ["max_attempts"] {
+                    data.remove(timer);
+                }
+            }),
+            Fault::WelcomeVersionAsNumber if kind == "connected" => edit(&|f| {
+                f.get_mut("data").unwrap().insert(
+                    "protocol_version",
+                    Json::Number(serde_json::Number::from_f64(1.0).unwrap()),
+                );
+            }),
+            Fault::NoPong if kind == "pong" => vec![],
+            Fault::NoPingRateLimit if code == "rate_limited" && s.last_type == "ping" => {
+                vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
+            }
+            Fault::NoMessageRateLimit if code == "rate_limited" => vec![],
+            Fault::RateLimitClosesSocket if code == "rate_limited" && s.last_type != "ping" => {
+                vec![Act::Close(1008, "rate limited")]
+            }
+            Fault::RateLimitStopsDelivery if command && s.rate_limited => vec![],
+            Fault::OneErrorCodeForAll
+                if ["invalid_json", "unknown_type", "unsupported_frame"]
+                    .contains(&code.as_str()) =>
+            {
+                edit(&|f| {
+                    f.get_mut("data")
+                        .unwrap()
+                        .insert("code", Json::String("invalid_message".into()))
+                })
+            }
+            Fault::UnknownTypeClosesSocket if code == "unknown_type" => {
+                vec![Act::Close(1003, "unsupported data")]
+            }
+            Fault::SilentOnUnknownAck if code == "unknown_command" => vec![],
+            Fault::UnknownAckIsNotFound if code == "unknown_command" => edit(&|f| {
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("code", Json::String("not_found".into()))
+            }),
+            Fault::ForeignAckAccepted if code == "unknown_command" => {
+                // Taken as if the agent owned it: no error, and the state changes.
+                let cid = data["ref"].as_str().unwrap_or("").to_string();
+                let mut memory = self.memory();
+                if !memory.created.contains(&cid) {
+                    return vec![Act::Agent(message)];
+                }
+                memory.last_ack.insert(cid, "completed".into());
+                vec![]
+            }
+            // Lost for good: every later delivery of them too.
+            Fault::DropsQueuedCommands if command && self.memory().queued.contains(&id) => vec![],
+            Fault::NeverRedelivers if command && attempt > 1 => vec![],
+            Fault::BackoffTooLong if command && attempt > 1 => {
+                let extra = Duration::from_secs(2 << (attempt - 2).min(6));
+                vec![Act::AgentAt(Instant::now() + extra, message)]
+            }
+            Fault::WrongPriorityOrder
+            | Fault::IgnoresPriority
+            | Fault::PrioritySortedByName
+            | Fault::LifoWithinPriority
+                if command && at_connect =>
+            {
+                vec![Act::Hold(Json::parse(&message).unwrap())]
+            }
+            Fault::UnackedNotRepushed if repush => vec![],
+            Fault::ReconnectPushNotCounted if repush && attempt > 1 => edit(&|f| {
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("attempt", Json::from(attempt - 1))
+            }),
+            Fault::AttemptStartsAtZero if command => edit(&|f| {
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("attempt", Json::from(attempt - 1))
+            }),
+            Fault::PriorityAsNumber if command => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                let rank = match data.get("priority").map(Json::to_text).as_deref() {
+                    Some("\"high\"") => 1,
+                    Some("\"low\"") => 3,
+                    _ => 2,
+                };
+                data.insert("priority", Json::from(rank));
+            }),
+            Fault::CreatedAtAsEpoch if command => edit(&|f| {
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("created_at", Json::from(unix_now() as u64 * 1000));
+            }),
+            Fault::ParametersAsString if command => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                for key in ["parameters", "payload"] {
+                    if let Some(value) = data.get(key) {
+                        let text = Json::String(value.to_text());
+                        data.insert(key, text);
+                    }
+                }
+            }),
+            Fault::CamelCaseCommandFields if command => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                data.rename("command_id", "commandId");
+                data.rename("command_type", "commandType");
+                data.rename("created_at", "createdAt");
+            }),
+            Fault::ResortsParameterKeys if command => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                for key in ["parameters", "payload"] {
+                    if let Some(value) = data.get_mut(key) {
+                        value.sort_keys();
+                    }
+                }
+            }),
+            Fault::IntegerKeysFirst if command => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                for key in ["parameters", "payload"] {
+                    if let Some(value) = data.get_mut(key) {
+                        value.integer_keys_first();
+                    }
+                }
+            }),
+            // Every edit goes through f64 for numbers: an empty edit is the fault.
+            Fault::RoundsNumbersToDouble if command => edit(&|_| {}),
+            Fault::OneAttemptTooMany if command && attempt == s.max_attempts => {
+                let backoff =
+                    Duration::from_secs(1 << (attempt - 1).min(6)).min(Duration::from_secs(60));
+                let at = Instant::now() + s.ack_timeout + backoff;
+                self.memory()
+                    .extra_until
+                    .insert(id.clone(), at + s.ack_timeout);
+                let mut extra = Json::parse(&message).unwrap();
+                extra
+                    .get_mut("data")
+                    .unwrap()
+                    .insert("attempt", Json::from(attempt + 1));
+                vec![
+                    Act::Agent(message),
+                    Act::AgentAt(at, Message::text(extra.to_text())),
+                ]
+            }
+            Fault::InFlightLostOnRestart if command && self.memory().lost.contains(&id) => vec![],
+            Fault::ReplacedCleanupUnregistersNew
+                if command && self.memory().unregistered.contains(&s.agent) =>
+            {
+                vec![]
+            }
+            Fault::NoPayloadCopy if command => {
+                edit(&|f| f.get_mut("data").unwrap().remove("payload"))
+            }
+            Fault::RetryKeepsTtl if command && self.memory().retried.contains(&id) => vec![],
+            Fault::ConfigUpdateWrapped if kind == "config_update" => edit(&|f| {
+                let data = f.remove_value("data").unwrap_or(Json::Null);
+                f.insert("data", Json::Object(vec![("config".into(), data)]));
+            }),
+            Fault::ConfigNotPushed if kind == "config_update" => vec![],
+            Fault::ResortsConfigKeys if kind == "config_update" => {
+                edit(&|f| f.get_mut("data").unwrap().sort_keys())
+            }
+            _ => vec![Act::Agent(message)],
+        }
+    }
+}
+
+/// Accepts the upgrade itself (no server behind it), then sends `first`
+/// and closes with `code` (0: waits for the agent to close).
+async fn accept_then_close(mut client: TcpStream, request: &Http, first: Option<Value>, code: u16) {
+    let key = request
+        .header("sec-websocket-key")
+        .unwrap_or("")
+        .to_string();
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if client.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut ws = WebSocketStream::from_raw_socket(client, Role::Server, None).await;
+    if let Some(first) = first {
+        let _ = ws.send(Message::text(first.to_string())).await;
+    }
+    if code != 0 {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+    }
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// An empty, masked frame with the reserved opcode 3 (as the harness sends it).
+fn reserved_opcode_frame() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Reserved(3)),
+        mask: Some([1, 2, 3, 4]),
+        ..FrameHeader::default()
+    };
+    header.format(0, &mut bytes).unwrap();
+    bytes
+}
+
+fn json(message: &Message) -> Option<Value> {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).ok(),
+        _ => None,
+    }
+}
+
+fn is_command_post(request: &Http) -> bool {
+    request.method() == "POST"
+        && request.path().starts_with("/api/agents/")
+        && request.path().ends_with("/commands")
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A per-agent HMAC token (WS-AUTH-5): (agent id, issued at).
+fn hmac_token(token: &str) -> Option<(String, i64)> {
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let text = String::from_utf8(text).ok()?;
+    let parts: Vec<&str> = text.split(':').collect();
+    match parts.as_slice() {
+        [id, _phone, ts, _mac] => Some((id.to_string(), ts.parse().ok()?)),
+        _ => None,
+    }
+}
+
+fn query_param(path: &str, name: &str) -> Option<String> {
+    let query = path.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| value.to_string())
+    })
 }
 
 /// Reads up to the end of an HTTP head; returns (head, bytes read past it).
@@ -83,176 +1618,332 @@ async fn read_head(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
+impl Http {
+    /// A whole message as read to the end of the connection.
+    fn parse(raw: &[u8]) -> Option<Http> {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let mut http = Http {
+            head: String::from_utf8_lossy(&raw[..end + 4]).to_string(),
+            body: raw[end + 4..].to_vec(),
+        };
+        if http
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            http.body = dechunk(&http.body);
+            http.remove_header("transfer-encoding");
+            http.set_header("content-length", &http.body.len().to_string());
+        }
+        Some(http)
+    }
 
-fn set_header(head: &str, name: &str, value: &str) -> String {
-    let mut lines: Vec<String> = head
-        .trim_end()
-        .lines()
-        .filter(|l| {
-            !l.split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(name)
+    /// An answer made by the proxy.
+    fn answer(status: u16, body: Value) -> Http {
+        let mut http = Http {
+            head: format!("HTTP/1.1 {status} X\r\n\r\n"),
+            body: Vec::new(),
+        };
+        http.set_json(body);
+        http.set_header("connection", "close");
+        http
+    }
+
+    fn first_line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    fn method(&self) -> &str {
+        self.first_line().split_whitespace().next().unwrap_or("")
+    }
+
+    fn path(&self) -> &str {
+        self.first_line().split_whitespace().nth(1).unwrap_or("")
+    }
+
+    fn status(&self) -> u16 {
+        self.path().parse().unwrap_or(0)
+    }
+
+    fn set_path(&mut self, path: &str) {
+        let line = format!("{} {path} HTTP/1.1", self.method());
+        let rest = self
+            .head
+            .split_once("\r\n")
+            .map_or("", |(_, r)| r)
+            .to_string();
+        self.head = format!("{line}\r\n{rest}");
+    }
+
+    fn set_status(&mut self, status: u16) {
+        let rest = self
+            .head
+            .split_once("\r\n")
+            .map_or("", |(_, r)| r)
+            .to_string();
+        self.head = format!("HTTP/1.1 {status} X\r\n{rest}");
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
-        .map(str::to_string)
-        .collect();
-    lines.push(format!("{name}: {value}"));
-    lines.join("\r\n") + "\r\n\r\n"
-}
+    }
 
-async fn handle(
-    mut client: TcpStream,
-    upstream: SocketAddr,
-    fault: Fault,
-    secrets: std::sync::Arc<Secrets>,
-) {
-    let Some((mut head, rest)) = read_head(&mut client).await else {
-        return;
-    };
-    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-    let upgrade = header(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if fault == Fault::AcceptsAnyToken && path.starts_with("/edge/ws") {
-        head = set_header(&head, "authorization", &format!("Bearer {}", secrets.edge));
+    fn remove_header(&mut self, name: &str) {
+        let lines: Vec<&str> = self
+            .head
+            .trim_end()
+            .lines()
+            .filter(|l| {
+                !l.split(':')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case(name)
+            })
+            .collect();
+        self.head = lines.join("\r\n") + "\r\n\r\n";
     }
-    if fault == Fault::AdminApiOpenToEdgeSecret
-        && path.starts_with("/api")
-        && header(&head, "authorization") == Some(&format!("Bearer {}", secrets.edge))
-    {
-        head = set_header(&head, "authorization", &format!("Bearer {}", secrets.admin));
-    }
-    if !upgrade {
-        // One request per connection, so every request passes through here.
-        head = set_header(&head, "connection", "close");
-    }
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
-        return;
-    };
-    if server.write_all(head.as_bytes()).await.is_err() || server.write_all(&rest).await.is_err() {
-        return;
-    }
-    if !upgrade {
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-        return;
-    }
-    let Some((response, server_rest)) = read_head(&mut server).await else {
-        return;
-    };
-    if client.write_all(response.as_bytes()).await.is_err() {
-        return;
-    }
-    if !response.starts_with("HTTP/1.1 101") {
-        let _ = client.write_all(&server_rest).await;
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-        return;
-    }
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20));
-    let client_ws = WebSocketStream::from_raw_socket(client, Role::Server, Some(config)).await;
-    let server_ws =
-        WebSocketStream::from_partially_read(server, server_rest, Role::Client, Some(config)).await;
-    pump(client_ws, server_ws, fault).await;
-}
 
-fn json(message: &Message) -> Option<Value> {
-    match message {
-        Message::Text(text) => serde_json::from_str(text).ok(),
-        _ => None,
+    fn set_header(&mut self, name: &str, value: &str) {
+        self.remove_header(name);
+        self.head = format!("{}\r\n{name}: {value}\r\n\r\n", self.head.trim_end());
+    }
+
+    fn content_length(&self) -> usize {
+        self.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    fn set_body(&mut self, content_type: &str, body: &str) {
+        self.body = body.as_bytes().to_vec();
+        self.set_header("content-type", content_type);
+        self.set_header("content-length", &self.body.len().to_string());
+    }
+
+    fn set_json(&mut self, body: Value) {
+        self.set_body("application/json", &body.to_string());
+    }
+
+    /// Edits the JSON body in place, keeping its members' order.
+    fn edit_json(&mut self, edit: impl FnOnce(&mut Json)) {
+        let Ok(mut body) = serde_json::from_slice::<Json>(&self.body) else {
+            return;
+        };
+        edit(&mut body);
+        self.set_body("application/json", &body.to_text());
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.head.clone().into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
     }
 }
 
-async fn pump(
-    mut client: WebSocketStream<TcpStream>,
-    mut server: WebSocketStream<TcpStream>,
-    fault: Fault,
-) {
-    let opened = Instant::now();
-    let mut held: Vec<Message> = Vec::new();
-    let release_at = opened + Duration::from_millis(300);
-    let mut server_gone = false;
-    let mut lost: std::collections::HashSet<String> = std::collections::HashSet::new();
-    loop {
-        tokio::select! {
-            _ = sleep_until(release_at), if !held.is_empty() => {
-                // WrongPriorityOrder: what arrived at connect, reversed.
-                for message in held.drain(..).rev() {
-                    if client.send(message).await.is_err() {
-                        return;
-                    }
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || body.len() < end + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&body[end + 2..end + 2 + size]);
+        body = &body[(end + 4 + size).min(body.len())..];
+    }
+    out
+}
+
+/// JSON that keeps its members in the order they were written, so a fault
+/// that edits one field changes nothing else (WS-CMD-2 compares order).
+mod ordered {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+    use tokio_tungstenite::tungstenite::Message;
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Json {
+        Null,
+        Bool(bool),
+        Number(serde_json::Number),
+        String(String),
+        Array(Vec<Json>),
+        Object(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        pub fn parse(message: &Message) -> Option<Json> {
+            match message {
+                Message::Text(text) => serde_json::from_str(text).ok(),
+                _ => None,
+            }
+        }
+
+        pub fn to_text(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+
+        pub fn get(&self, key: &str) -> Option<&Json> {
+            match self {
+                Json::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+
+        pub fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
+            match self {
+                Json::Object(members) => members.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+
+        pub fn as_u64(&self) -> Option<u64> {
+            match self {
+                Json::Number(n) => n.as_u64(),
+                _ => None,
+            }
+        }
+
+        /// Sets a member: in its place if it exists, else at the end.
+        pub fn insert(&mut self, key: &str, value: Json) {
+            if let Some(slot) = self.get_mut(key) {
+                *slot = value;
+            } else if let Json::Object(members) = self {
+                members.push((key.to_string(), value));
+            }
+        }
+
+        pub fn remove_value(&mut self, key: &str) -> Option<Json> {
+            let Json::Object(members) = self else {
+                return None;
+            };
+            let at = members.iter().position(|(k, _)| k == key)?;
+            Some(members.remove(at).1)
+        }
+
+        pub fn remove(&mut self, key: &str) {
+            self.remove_value(key);
+        }
+
+        pub fn rename(&mut self, from: &str, to: &str) {
+            if let Json::Object(members) = self {
+                for (key, _) in members.iter_mut().filter(|(k, _)| k == from) {
+                    *key = to.to_string();
                 }
             }
-            from_client = client.next() => {
-                let Some(Ok(message)) = from_client else {
-                    let _ = server.close(None).await;
-                    return;
-                };
-                if server_gone {
-                    continue;
+        }
+
+        /// Integer-like keys first, ascending, at every depth (what a
+        /// JavaScript object does with its property order).
+        pub fn integer_keys_first(&mut self) {
+            match self {
+                Json::Object(members) => {
+                    let index = |k: &str| {
+                        k.parse::<u32>()
+                            .ok()
+                            .filter(|_| !k.starts_with('0') || k == "0")
+                    };
+                    members.sort_by_key(|(k, _)| index(k).map_or((1, 0), |n| (0, n)));
+                    members.iter_mut().for_each(|(_, v)| v.integer_keys_first());
                 }
-                let value = json(&message);
-                if fault == Fault::CrashesOnBadJson && matches!(message, Message::Text(_)) && value.is_none() {
-                    let frame = CloseFrame { code: CloseCode::Error, reason: "internal error".into() };
-                    let _ = client.send(Message::Close(Some(frame))).await;
-                    let _ = server.close(None).await;
-                    return;
+                Json::Array(items) => items.iter_mut().for_each(Json::integer_keys_first),
+                _ => {}
+            }
+        }
+
+        /// Sorts object keys at every depth (what a jsonb column does).
+        pub fn sort_keys(&mut self) {
+            match self {
+                Json::Object(members) => {
+                    members.sort_by(|a, b| a.0.cmp(&b.0));
+                    members.iter_mut().for_each(|(_, v)| v.sort_keys());
                 }
-                if fault == Fault::IgnoresAcks && value.as_ref().is_some_and(|v| v["type"] == "command_ack") {
-                    continue;
+                Json::Array(items) => items.iter_mut().for_each(Json::sort_keys),
+                _ => {}
+            }
+        }
+    }
+
+    impl From<u64> for Json {
+        fn from(n: u64) -> Json {
+            Json::Number(n.into())
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Json {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Json;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("JSON")
                 }
-                if server.send(message).await.is_err() {
-                    return;
+                fn visit_unit<E>(self) -> Result<Json, E> {
+                    Ok(Json::Null)
+                }
+                fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+                    Ok(Json::Bool(b))
+                }
+                fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
+                    Ok(Json::Number(n.into()))
+                }
+                fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
+                    Ok(Json::Number(n.into()))
+                }
+                fn visit_f64<E>(self, n: f64) -> Result<Json, E> {
+                    Ok(serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+                    Ok(Json::String(s.to_string()))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(item) = seq.next_element()? {
+                        items.push(item);
+                    }
+                    Ok(Json::Array(items))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some((k, v)) = map.next_entry::<String, Json>()? {
+                        members.push((k, v));
+                    }
+                    Ok(Json::Object(members))
                 }
             }
-            from_server = server.next(), if !server_gone => {
-                let Some(Ok(message)) = from_server else {
-                    let _ = client.close(None).await;
-                    return;
-                };
-                if let Message::Close(Some(frame)) = &message {
-                    let code = u16::from(frame.code);
-                    if (fault == Fault::KeepsOldSocket && code == 4000) || (fault == Fault::NeverTimesOut && code == 4008) {
-                        // The agent's socket stays up; nothing reaches it any more.
-                        server_gone = true;
-                        continue;
+            d.deserialize_any(V)
+        }
+    }
+
+    impl Serialize for Json {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Json::Null => s.serialize_unit(),
+                Json::Bool(b) => s.serialize_bool(*b),
+                Json::Number(n) => n.serialize(s),
+                Json::String(text) => s.serialize_str(text),
+                Json::Array(items) => {
+                    let mut seq = s.serialize_seq(Some(items.len()))?;
+                    for item in items {
+                        seq.serialize_element(item)?;
                     }
+                    seq.end()
                 }
-                let value = json(&message);
-                let kind = value.as_ref().map(|v| v["type"].as_str().unwrap_or("").to_string()).unwrap_or_default();
-                let code = value.as_ref().and_then(|v| v["data"]["code"].as_str().map(str::to_string)).unwrap_or_default();
-                let attempt = value.as_ref().and_then(|v| v["data"]["attempt"].as_u64()).unwrap_or(1);
-                let early = opened.elapsed() < Duration::from_millis(300);
-                let drop = match fault {
-                    // Lost for good: every later delivery of them too.
-                    Fault::DropsQueuedCommands if kind == "command" => {
-                        let id = value.as_ref().and_then(|v| v["data"]["command_id"].as_str()).unwrap_or("").to_string();
-                        if opened.elapsed() < Duration::from_millis(500) {
-                            lost.insert(id.clone());
-                        }
-                        lost.contains(&id)
+                Json::Object(members) => {
+                    let mut map = s.serialize_map(Some(members.len()))?;
+                    for (k, v) in members {
+                        map.serialize_entry(k, v)?;
                     }
-                    Fault::NeverRedelivers => kind == "command" && attempt > 1,
-                    Fault::NoPong => kind == "pong",
-                    Fault::SilentOnUnknownAck => kind == "error" && code == "unknown_command",
-                    Fault::NoMessageRateLimit => kind == "error" && code == "rate_limited",
-                    Fault::NoWelcome => kind == "connected",
-                    _ => false,
-                };
-                if drop {
-                    continue;
-                }
-                if fault == Fault::WrongPriorityOrder && kind == "command" && early {
-                    held.push(message);
-                    continue;
-                }
-                if client.send(message).await.is_err() {
-                    return;
+                    map.end()
                 }
             }
         }
