@@ -19,19 +19,29 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 /// One JSON value, kept as the text it came as (without the whitespace
 /// around it). Equal when the texts are equal.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize)]
 #[serde(transparent)]
 pub struct RawJson(Box<RawValue>);
 
 impl RawJson {
     /// Checks that `text` is one JSON value and keeps it.
     pub fn parse(text: impl Into<String>) -> Result<RawJson, serde_json::Error> {
-        RawValue::from_string(text.into()).map(RawJson)
+        RawJson::checked(RawValue::from_string(text.into())?)
+    }
+
+    /// A `RawValue` only checks the grammar loosely: it takes `1e999` and
+    /// lone surrogates (`"\ud800"`), which agents parsing with serde_json
+    /// (or any strict parser) cannot read. What `Value` refuses is refused
+    /// here too, as it was before WS-CMD-2 kept the text.
+    fn checked(raw: Box<RawValue>) -> Result<RawJson, serde_json::Error> {
+        serde_json::from_str::<Value>(raw.get())?;
+        Ok(RawJson(raw))
     }
 
     /// `{}`.
@@ -51,9 +61,10 @@ impl RawJson {
     }
 }
 
-impl From<Box<RawValue>> for RawJson {
-    fn from(raw: Box<RawValue>) -> RawJson {
-        RawJson(raw)
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawJson, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        RawJson::checked(raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -153,12 +164,13 @@ mod tests {
         let text = serde_json::to_string(&Frame { data: &raw }).unwrap();
         assert_eq!(text, format!(r#"{{"data":{POSTED}}}"#));
         // Read back from a larger document (as a request body is).
-        #[derive(Deserialize)]
-        struct Body {
-            data: RawJson,
-        }
         let body: Body = serde_json::from_str(&text).unwrap();
         assert_eq!(body.data, raw);
+    }
+
+    #[derive(Deserialize)]
+    struct Body {
+        data: RawJson,
     }
 
     #[test]
@@ -166,6 +178,17 @@ mod tests {
         assert!(RawJson::parse("{").is_err());
         assert!(RawJson::parse("{} x").is_err());
         assert!(RawJson::parse("").is_err());
+        // Refused as serde_json's `Value` refuses them (a RawValue alone takes them).
+        for unreadable in [r#"{"a":1e999}"#, r#"{"a":"\ud800"}"#, r#"["\udc00 x"]"#] {
+            assert!(RawJson::parse(unreadable).is_err(), "{unreadable}");
+            let in_body = format!(r#"{{"data":{unreadable}}}"#);
+            assert!(serde_json::from_str::<Body>(&in_body).is_err(), "{in_body}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(
+            RawJson::parse(deep).is_err(),
+            "past serde_json's nesting limit"
+        );
         let padded = RawJson::parse("  {\"a\" : 1}\n").unwrap();
         assert_eq!(
             padded.as_str(),

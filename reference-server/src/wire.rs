@@ -92,7 +92,9 @@ fn raw_data(text: &str) -> Result<RawJson, WireError> {
         serde_json::from_str(text).map_err(|e| WireError::InvalidJson(e.to_string()))?;
     members
         .get("data")
-        .map(|raw| RawJson::from((*raw).to_owned()))
+        .map(|raw| RawJson::parse(raw.get()))
+        .transpose()
+        .map_err(|e| WireError::InvalidJson(e.to_string()))?
         .ok_or_else(|| WireError::InvalidMessage("a message without `data`".into()))
 }
 

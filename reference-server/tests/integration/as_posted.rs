@@ -87,15 +87,15 @@ async fn ws_cmd_2_parameters_reach_the_agent_as_posted_on_every_push() {
         let (text, _) = agent.expect_text("command").await;
         assert!(text.contains(r#""parameters":{},"payload":{}"#), "{text}");
     }
-    // A body that is not JSON is refused as before.
-    let (status, _) = server
-        .post_text(
-            "/api/agents/a1/commands",
-            ADMIN_TOKEN,
-            r#"{"command_type":"send_message","parameters":{"a":}"#,
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A body that is not JSON, or that a strict parser cannot read, is
+    // refused as before.
+    for parameters in [r#"{"a":}"#, r#"{"a":1e999}"#, r#"{"a":"\udc00"}"#] {
+        let body = format!(r#"{{"command_type":"send_message","parameters":{parameters}}}"#);
+        let (status, answer) = server
+            .post_text("/api/agents/a1/commands", ADMIN_TOKEN, &body)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
+    }
     // Unacked commands keep being redelivered: close before the server
     // goes (dropping a server with a redelivering session takes ~6 s).
     agent.close().await;
@@ -138,7 +138,17 @@ async fn ws_cmd_2_config_update_reaches_the_agent_as_posted() {
     assert_member_as_posted(&text, "data", CONFIG);
 
     // Still only objects (WS-CFG-1), and only JSON.
-    for body in ["[1,2]", r#""x""#, "3", "null", "{", "{} {}"] {
+    // A number or string a strict parser cannot read is refused too.
+    for body in [
+        "[1,2]",
+        r#""x""#,
+        "3",
+        "null",
+        "{",
+        "{} {}",
+        r#"{"a":1e999}"#,
+        r#"{"a":"\ud800"}"#,
+    ] {
         let (status, answer) = server
             .post_text("/api/agents/a1/config", ADMIN_TOKEN, body)
             .await;
