@@ -15,30 +15,39 @@
 //! - `schema.rs`: tables, migrations (under an advisory lock).
 //! - `agents.rs`, `commands.rs`, `delivery.rs`: the SQL of each operation;
 //!   `rows.rs` reads result rows into the store's types.
+//! - `sslmode.rs`, `tls.rs`: TLS to the database with libpq's `sslmode`s;
+//!   every connection (pool, dedicated, LISTEN) goes through [`PgTls`].
 
 mod agents;
 mod commands;
 mod delivery;
 mod rows;
 mod schema;
+pub mod sslmode;
 pub mod testing;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 use std::fmt::Display;
+use std::path::Path;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
+use tokio_postgres::Socket;
 
 use super::{
     AckKind, AckOutcome, AgentRow, Claim, CommandRow, ConnId, DeliveryPolicy, HistoryRow,
     InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
 };
 use crate::raw_json::RawJson;
+use sslmode::SslMode;
+use tls::{describe, PgTls, PgTlsStream};
 
 /// Pooled connections per instance.
 const POOL_SIZE: usize = 16;
@@ -47,23 +56,75 @@ pub(crate) fn backend(e: impl Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A failed connection or statement, with its causes (tokio-postgres's
+/// `Display` leaves out why a TLS handshake failed).
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(describe(&e))
+}
+
 /// The connection pool, and what every operation needs from it.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
     config: tokio_postgres::Config,
+    tls: PgTls,
+}
+
+/// How the pool opens its connections: as [`Db::connect_raw`] does.
+struct PoolConnect(PgTls);
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, connection) = self.0.connect(&config).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!("PostgreSQL connection ended: {}", describe(&e));
+                }
+            });
+            Ok((client, task))
+        })
+    }
 }
 
 impl Db {
     /// Connects (a pool of `POOL_SIZE`, opened lazily) to `url`, a
     /// `postgres://` URL or a libpq key=value string.
     pub fn new(url: &str) -> StoreResult<Db> {
-        let config: tokio_postgres::Config = url
-            .parse()
+        Db::with_ca(url, None)
+    }
+
+    /// Like [`Db::new`], trusting the CAs in `ca_cert` (PEM) unless the URL
+    /// names its own (`sslrootcert`). `sslmode` is read as libpq reads it
+    /// (`sslmode.rs`, `tls.rs`).
+    pub fn with_ca(url: &str, ca_cert: Option<&Path>) -> StoreResult<Db> {
+        let (url, mut settings) = sslmode::split(url)
             .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(
+        if settings.root_cert.is_none() {
+            settings.root_cert = ca_cert.map(Path::to_path_buf);
+        }
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {}", describe(&e))))?;
+        config.ssl_mode(settings.mode.negotiation());
+        let tls = PgTls::new(&settings).map_err(backend)?;
+        let manager = Manager::from_connect(
             config.clone(),
-            NoTls,
+            PoolConnect(tls.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -72,16 +133,35 @@ impl Db {
             .max_size(POOL_SIZE)
             .build()
             .map_err(backend)?;
-        Ok(Db { pool, config })
+        Ok(Db { pool, config, tls })
     }
 
     pub async fn client(&self) -> StoreResult<Object> {
-        self.pool.get().await.map_err(backend)
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => self.connect_error(e),
+            e => backend(e),
+        })
+    }
+
+    /// A failed connection, with what to do when the server wants TLS.
+    fn connect_error(&self, e: tokio_postgres::Error) -> StoreError {
+        let tls_only = e
+            .as_db_error()
+            .is_some_and(|db| db.message().ends_with("no encryption"));
+        match pg_error(e) {
+            StoreError::Backend(text) if tls_only && self.tls.mode() == SslMode::Disable => {
+                StoreError::Backend(format!(
+                    "{text}; the server admits this user over TLS only: use sslmode=require, \
+                     or sslmode=verify-full with the server's CA"
+                ))
+            }
+            other => other,
+        }
     }
 
     /// A connection of its own, outside the pool (for LISTEN, and migrations).
     pub async fn dedicated(&self) -> StoreResult<tokio_postgres::Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(backend)?;
+        let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!("PostgreSQL connection ended: {e}");
@@ -96,9 +176,12 @@ impl Db {
         &self,
     ) -> StoreResult<(
         tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        tokio_postgres::Connection<Socket, PgTlsStream>,
     )> {
-        self.config.connect(NoTls).await.map_err(backend)
+        self.tls
+            .connect(&self.config)
+            .await
+            .map_err(|e| self.connect_error(e))
     }
 
     /// Runs one statement (prepared once per connection) in autocommit.
@@ -139,7 +222,17 @@ impl PgStore {
     /// Connects to `url`, brings the schema up to date (safely when several
     /// instances start at once) and opens the pool.
     pub async fn open(url: &str, policy: DeliveryPolicy) -> StoreResult<PgStore> {
-        let db = Db::new(url)?;
+        PgStore::open_with_ca(url, None, policy).await
+    }
+
+    /// Like [`PgStore::open`], trusting the CAs in `ca_cert` (PEM) for TLS
+    /// unless the URL names its own (`sslrootcert`).
+    pub async fn open_with_ca(
+        url: &str,
+        ca_cert: Option<&Path>,
+        policy: DeliveryPolicy,
+    ) -> StoreResult<PgStore> {
+        let db = Db::with_ca(url, ca_cert)?;
         let mut client = db.dedicated().await?;
         schema::migrate(&mut client).await?;
         Ok(PgStore { db, policy })

@@ -6,9 +6,7 @@
 //! `DATABASE_URL`). Without one, tests print why they skip and pass; under
 //! CI (`CI` set) they fail instead, since `.ci/run` always provides one.
 
-use tokio_postgres::NoTls;
-
-use super::backend;
+use super::{backend, Db};
 use crate::store::StoreResult;
 
 /// The variables read, in order.
@@ -38,9 +36,7 @@ pub fn database_url(test: &str) -> Option<String> {
 /// connections use it (`search_path`).
 pub async fn fresh_schema(base: &str) -> StoreResult<String> {
     let schema = format!("edge_t_{:016x}", rand::random::<u64>());
-    let (client, connection) = tokio_postgres::connect(base, NoTls)
-        .await
-        .map_err(backend)?;
+    let (client, connection) = Db::new(base)?.connect_raw().await?;
     let driver = tokio::spawn(connection);
     client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
@@ -64,7 +60,7 @@ pub async fn schema_for(test: &str) -> Option<String> {
 /// a failover or a network cut would) and returns once it is gone, so a
 /// NOTIFY sent now reaches nobody.
 pub async fn cut_listener(url: &str, name: &str) -> StoreResult<()> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(backend)?;
+    let (client, connection) = Db::new(url)?.connect_raw().await?;
     let driver = tokio::spawn(connection);
     let pids: Vec<i32> = client
         .query(
