@@ -70,9 +70,23 @@ pub struct Config {
 
     /// Where state lives: sqlite://PATH (one file; created if missing), or
     /// postgres://USER:PASSWORD@HOST/DB, shared by several instances behind
-    /// a load balancer (migrations run at start).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://edge-server.db")]
+    /// a load balancer (migrations run at start). TLS to PostgreSQL as libpq
+    /// does it: ?sslmode=disable|prefer (default)|require|verify-ca|verify-full,
+    /// and &sslrootcert=PATH for the CA.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://edge-server.db"
+    )]
     pub database_url: String,
+
+    /// PEM file of the CA that signed the PostgreSQL server's certificate:
+    /// sslmode=verify-ca and verify-full check against it (and require
+    /// then checks the chain too). Without it they trust the public web
+    /// CAs. sslrootcert in DATABASE_URL takes precedence.
+    #[arg(long, env = "DATABASE_CA_CERT", value_name = "PEM_FILE")]
+    pub database_ca_cert: Option<PathBuf>,
 
     /// This instance's name among several sharing a PostgreSQL database
     /// (shown by GET /api/agents/{id}); unique per instance. Default:
@@ -185,6 +199,8 @@ pub enum ConfigError {
     AdminEqualsEdge,
     #[error("DATABASE_URL `{0}` is not supported: use sqlite://PATH or postgres://…")]
     UnsupportedDatabase(String),
+    #[error("DATABASE_URL: {0}")]
+    DatabaseTls(#[from] crate::store::postgres::sslmode::SslModeError),
     #[error("--ping-timeout must be longer than --ping-interval")]
     PingTimeoutTooShort,
 }
@@ -224,6 +240,9 @@ impl Config {
             .iter()
             .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme))
         {
+            // A bad sslmode is a configuration error (exit 2), found before
+            // any connection.
+            crate::store::postgres::sslmode::split(url)?;
             return Ok(Database::Postgres(url.clone()));
         }
         Err(ConfigError::UnsupportedDatabase(redact_url(url)))
@@ -273,6 +292,7 @@ impl fmt::Debug for Config {
                 &self.registration_token.as_ref().map(|_| "<redacted>"),
             )
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_ca_cert", &self.database_ca_cert)
             .field("instance_id", &self.instance_id)
             .field("token_kinds", &self.token_kinds)
             .field("ping_timeout", &self.ping_timeout)
@@ -338,6 +358,18 @@ mod tests {
             Config::for_secrets("a", "b", "postgres://").validate(),
             Err(ConfigError::UnsupportedDatabase(_))
         ));
+    }
+
+    #[test]
+    fn postgres_sslmodes_are_checked_before_connecting() {
+        let url = "postgres://edge:pa55word@db/edge?sslmode=verify-full&sslrootcert=/ca.pem";
+        let config = Config::for_secrets("a", "b", url);
+        assert_eq!(config.validate(), Ok(Database::Postgres(url.into())));
+        let config = Config::for_secrets("a", "b", "postgres://edge:pa55word@db/edge?sslmode=on");
+        let e = config.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::DatabaseTls(_)), "{e}");
+        assert!(e.to_string().contains("verify-full"), "{e}");
+        assert!(!e.to_string().contains("pa55word"), "{e}");
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub async fn open_backend(
         }
         Database::Postgres(url) => {
             let shown = crate::config::redact_url(&url);
-            let store = PgStore::open(&url, delivery_policy(config))
+            let ca = config.database_ca_cert.as_deref();
+            let store = PgStore::open_with_ca(&url, ca, delivery_policy(config))
                 .await
                 .with_context(|| format!("cannot open the PostgreSQL database {shown}"))?;
             let (cluster, inbox) = PgCluster::start(store.db().clone(), instance, shutdown.clone())
