@@ -53,6 +53,7 @@ faults! {
     accepts_future_tokens: AcceptsFutureTokens => "WS-AUTH-5", ["future-token-refused", "expired-token-refused"];
     token_opens_any_agent: TokenOpensAnyAgent => "WS-AUTH-5", ["other-agents-token-refused", "own-hmac-token-opens"];
     sync_as_anyone: SyncAsAnyone => "WS-HTTP-1", ["sync-only-as-itself", "sync-returns-pending-commands"];
+    http_ack_ignored: HttpAckIgnored => "WS-HTTP-2", ["http-ack-completes"];
     no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias", "http-ack-completes"];
     registration_accepts_any_token: RegistrationAcceptsAnyToken => "WS-HTTP-3", ["register-with-wrong-token-is-401", "register-is-idempotent-per-phone"];
     registration_not_idempotent: RegistrationNotIdempotent => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
@@ -75,6 +76,8 @@ faults! {
     rate_limit_is_503: RateLimitIs503 => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
     no_connect_rate_limit: NoConnectRateLimit => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
     http_ack_without_agent_id_accepted: HttpAckWithoutAgentIdAccepted => "WS-HTTP-2", ["http-ack-with-shared-secret-needs-agent-id"];
+    http_ack_unknown_is_200: HttpAckUnknownIs200 => "WS-HTTP-2", ["http-ack-unknown-is-404"];
+    registration_token_useless: RegistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
     http_errors_not_json: HttpErrorsNotJson => "WS-HTTP-4", ["http-errors-are-json"];
     sync_ignores_priority: SyncIgnoresPriority => "WS-HTTP-1", ["sync-returns-pending-commands"];
     sync_acks_events_once: SyncAcksEventsOnce => "WS-HTTP-1", ["sync-acknowledges-events"];
@@ -126,6 +129,10 @@ faults! {
     unknown_type_closes_socket: UnknownTypeClosesSocket => "WS-ERR-1", ["unknown-type-is-unknown_type"];
     silent_on_unknown_ack: SilentOnUnknownAck => "WS-ACK-3", ["unknown-command-ack-is-unknown_command"];
     unknown_ack_is_not_found: UnknownAckIsNotFound => "WS-ACK-3", ["unknown-command-ack-is-unknown_command", "foreign-command-ack-is-unknown_command"];
+    foreign_ack_is_forbidden: ForeignAckIsForbidden => "WS-ACK-3", ["foreign-command-ack-is-unknown_command", "unknown-command-ack-is-unknown_command"];
+    no_string_type_is_unknown_type: NoStringTypeIsUnknownType => "WS-ERR-1", ["no-string-type-is-invalid_message", "unknown-type-is-unknown_type"];
+    bad_data_ignored: BadDataIgnored => "WS-ERR-1", ["bad-data-is-invalid_message"];
+    extra_pings_dropped: ExtraPingsDropped => "WS-RATE-3", ["extra-pings-get-rate_limited"];
     foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];
     drops_queued_commands: DropsQueuedCommands => "WS-DLV-1", ["offline-command-waits-for-the-agent"];
     never_redelivers: NeverRedelivers => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
@@ -135,6 +142,8 @@ faults! {
     priority_sorted_by_name: PrioritySortedByName => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     lifo_within_priority: LifoWithinPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     unacked_not_repushed: UnackedNotRepushed => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
+    progress_not_repushed: ProgressNotRepushed => "WS-DLV-4", ["progress-state-survives-reconnect"];
+    one_attempt_too_few: OneAttemptTooFew => "WS-DLV-3", ["dead-after-max-attempts"];
     reconnect_push_not_counted: ReconnectPushNotCounted => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
     attempt_starts_at_zero: AttemptStartsAtZero => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     priority_as_number: PriorityAsNumber => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
@@ -156,6 +165,8 @@ faults! {
     ping_timeout_closes_1001: PingTimeoutCloses1001 => "WS-CONN-3", ["ping-timeout-closes-4008", "silent-agent-is-closed"];
     times_out_too_late: TimesOutTooLate => "WS-CONN-3", ["silent-agent-is-closed"];
     shutdown_closes_1001: ShutdownCloses1001 => "WS-CONN-5", ["restart-closes-1012"];
+    shutdown_drops_sockets: ShutdownDropsSockets => "WS-CONN-5", ["restart-closes-1012"];
+    protocol_error_no_close_frame: ProtocolErrorNoCloseFrame => "WS-ERR-1", ["protocol-error-closes-1002"];
     in_flight_lost_on_restart: InFlightLostOnRestart => "WS-DLV-6", ["unacked-command-survives-a-restart"];
     oversize_closes_1011: OversizeCloses1011 => "WS-ERR-1", ["oversized-frame-closes-1009"];
     bad_utf8_closes_1002: BadUtf8Closes1002 => "WS-ERR-1", ["invalid-utf8-closes-1007"];

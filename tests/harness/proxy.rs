@@ -70,6 +70,8 @@ pub enum Fault {
     SyncAsAnyone,
     /// The compat alias `POST /edge/ack_command` was forgotten (404).
     NoAckAlias,
+    /// `POST /edge/command/ack` answers `acknowledged` and does nothing.
+    HttpAckIgnored,
     /// `registration_token` is never compared.
     RegistrationAcceptsAnyToken,
     /// Each registration creates a new agent (not keyed by phone).
@@ -110,6 +112,10 @@ pub enum Fault {
     HttpAckWithoutAgentIdAccepted,
     /// HTTP errors are plain text (`Unauthorized`), not JSON.
     HttpErrorsNotJson,
+    /// An HTTP ack for an unknown command answers 200.
+    HttpAckUnknownIs200,
+    /// Registration answers a token the socket refuses (signed with the wrong key).
+    RegistrationTokenUseless,
     /// `/edge/sync` returns commands in insertion order, ignoring priority.
     SyncIgnoresPriority,
     /// `/edge/sync` acknowledges an event id only the first time.
@@ -208,6 +214,14 @@ pub enum Fault {
     SilentOnUnknownAck,
     /// Acks for unknown commands get `not_found`.
     UnknownAckIsNotFound,
+    /// An ack for another agent's command gets `forbidden` (it exists, elsewhere).
+    ForeignAckIsForbidden,
+    /// JSON with a non-string `type` gets `unknown_type`.
+    NoStringTypeIsUnknownType,
+    /// An ack without `command_id` is ignored silently.
+    BadDataIgnored,
+    /// Extra pings are dropped silently (no `rate_limited`).
+    ExtraPingsDropped,
     /// An ack for another agent's command is taken (no owner check).
     ForeignAckAccepted,
     /// Commands queued while the agent was away are lost on connect.
@@ -226,6 +240,10 @@ pub enum Fault {
     LifoWithinPriority,
     /// Sent but unacked commands are not pushed again on reconnect.
     UnackedNotRepushed,
+    /// `received`/`executing` commands are not pushed again on reconnect.
+    ProgressNotRepushed,
+    /// The last attempt is never sent (`<` for `<=`).
+    OneAttemptTooFew,
     /// A reconnect push does not count as an attempt.
     ReconnectPushNotCounted,
     /// `attempt` counts from 0.
@@ -268,6 +286,10 @@ pub enum Fault {
     ShutdownCloses1001,
     /// Commands in flight at a restart are lost (an in-memory outbox).
     InFlightLostOnRestart,
+    /// Shutdown drops the sockets without a close frame.
+    ShutdownDropsSockets,
+    /// A WebSocket protocol error drops the connection without a close frame.
+    ProtocolErrorNoCloseFrame,
     /// The replaced socket's cleanup unregisters the agent's new socket.
     ReplacedCleanupUnregistersNew,
     /// An oversized frame closes with 1011, not 1009.
@@ -373,6 +395,8 @@ enum Act {
     Close(u16, &'static str),
     /// The agent's socket stays up, but nothing from the server reaches it.
     Deafen,
+    /// Drop both connections, no close frame.
+    Drop,
 }
 
 /// One agent socket through the proxy.
@@ -382,6 +406,8 @@ struct Session {
     last_frame: Instant,
     last_ping: Instant,
     last_type: String,
+    /// The last message from the agent was JSON without a string `type`.
+    untyped: bool,
     /// Text and binary messages from the agent (WS-RATE-2 counts them).
     messages: u32,
     rate_limited: bool,
@@ -637,6 +663,9 @@ impl Proxy {
                     request.set_header("authorization", &edge);
                 }
             }
+            Fault::HttpAckIgnored if path == "/edge/command/ack" => {
+                return Some(Http::answer(200, json!({"acknowledged": true})));
+            }
             Fault::NoAckAlias if path == "/edge/ack_command" => {
                 return Some(Http::answer(
                     404,
@@ -707,6 +736,8 @@ impl Proxy {
         // The command id of `/api/commands/{id}` (and `/retry`).
         if is_command_post(request) && status == 202 {
             let body = answer.json().unwrap_or_default();
+            let id = body["command_id"].as_str().unwrap_or("").to_string();
+            self.memory().created.insert(id);
             if body["status"] == "queued" {
                 let id = body["command_id"].as_str().unwrap_or("").to_string();
                 self.memory().queued.insert(id);
@@ -760,6 +791,17 @@ impl Proxy {
             {
                 answer.set_status(200);
                 answer.set_json(json!({"acknowledged": true}));
+            }
+            Fault::HttpAckUnknownIs200 if route == "/edge/command/ack" && status == 404 => {
+                answer.set_status(200);
+                answer.set_json(json!({"acknowledged": true}));
+            }
+            Fault::RegistrationTokenUseless if route == "/edge/register" && status == 200 => {
+                answer.edit_json(|body| {
+                    if let Some(Json::String(token)) = body.get_mut("auth_token") {
+                        *token = forge(token);
+                    }
+                });
             }
             Fault::HttpErrorsNotJson if status >= 400 && route.starts_with("/edge/") => {
                 answer.set_body("text/plain", "Unauthorized");
@@ -976,15 +1018,6 @@ impl Proxy {
                 answer.set_status(200);
                 answer.set_json(existing);
             }
-            Fault::ForeignAckAccepted if is_command_post(request) && status == 202 => {
-                if let Some(id) = answer
-                    .json()
-                    .and_then(|b| b["command_id"].as_str().map(str::to_string))
-                {
-                    self.memory().created.insert(id);
-                }
-                return;
-            }
             Fault::FinalStatesNotListed
                 if route.ends_with("/commands")
                     && (path.contains("status=dead") || path.contains("status=expired")) =>
@@ -1040,6 +1073,7 @@ impl Proxy {
             last_frame: now,
             last_ping: now,
             last_type: String::new(),
+            untyped: false,
             messages: 0,
             rate_limited: false,
             ping_interval: Duration::from_secs(30),
@@ -1140,6 +1174,7 @@ impl Proxy {
                         deaf = true;
                         true
                     }
+                    Act::Drop => false,
                 };
                 if !sent {
                     return;
@@ -1195,6 +1230,7 @@ impl Proxy {
         if !kind.is_empty() {
             s.last_type = kind.clone();
         }
+        s.untyped = value.is_some() && kind.is_empty();
         if matches!(message, Message::Text(_) | Message::Binary(_)) {
             s.messages += 1;
             // Past the spec's 100 a minute (RateLimitStopsDelivery's memory).
@@ -1290,6 +1326,9 @@ impl Proxy {
                 (Fault::ReplacedCleanupUnregistersNew, 4000) => {
                     self.memory().unregistered.insert(s.agent.clone());
                     vec![Act::Agent(message)]
+                }
+                (Fault::ShutdownDropsSockets, 1012) | (Fault::ProtocolErrorNoCloseFrame, 1002) => {
+                    vec![Act::Drop]
                 }
                 (Fault::InFlightLostOnRestart, 1012) => {
                     let mut memory = self.memory();
@@ -1392,6 +1431,29 @@ impl Proxy {
                 vec![Act::Close(1003, "unsupported data")]
             }
             Fault::SilentOnUnknownAck if code == "unknown_command" => vec![],
+            Fault::ForeignAckIsForbidden
+                if code == "unknown_command"
+                    && data["ref"]
+                        .as_str()
+                        .is_some_and(|r| self.memory().created.contains(r)) =>
+            {
+                edit(&|f| {
+                    f.get_mut("data")
+                        .unwrap()
+                        .insert("code", Json::String("forbidden".into()))
+                })
+            }
+            Fault::NoStringTypeIsUnknownType if code == "invalid_message" && s.untyped => {
+                edit(&|f| {
+                    f.get_mut("data")
+                        .unwrap()
+                        .insert("code", Json::String("unknown_type".into()))
+                })
+            }
+            Fault::BadDataIgnored if code == "invalid_message" && s.last_type == "command_ack" => {
+                vec![]
+            }
+            Fault::ExtraPingsDropped if code == "rate_limited" && s.last_type == "ping" => vec![],
             Fault::UnknownAckIsNotFound if code == "unknown_command" => edit(&|f| {
                 f.get_mut("data")
                     .unwrap()
@@ -1423,6 +1485,10 @@ impl Proxy {
                 vec![Act::Hold(Json::parse(&message).unwrap())]
             }
             Fault::UnackedNotRepushed if repush => vec![],
+            Fault::ProgressNotRepushed if repush && self.memory().progress.contains_key(&id) => {
+                vec![]
+            }
+            Fault::OneAttemptTooFew if command && attempt == s.max_attempts => vec![],
             Fault::ReconnectPushNotCounted if repush && attempt > 1 => edit(&|f| {
                 f.get_mut("data")
                     .unwrap()
@@ -1578,6 +1644,16 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// The same token with one hex digit of its HMAC changed.
+fn forge(token: &str) -> String {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut text = engine.decode(token).unwrap_or_default();
+    if let Some(last) = text.last_mut() {
+        *last = if *last == b'0' { b'1' } else { b'0' };
+    }
+    engine.encode(text)
 }
 
 /// A per-agent HMAC token (WS-AUTH-5): (agent id, issued at).
