@@ -5,6 +5,8 @@
 
 use std::collections::HashSet;
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -161,7 +163,8 @@ impl Ctx<'_> {
 
     /// Deliveries `from..=max_attempts` of one command: by timer, each
     /// ack_timeout + backoff(n) after the one before (WS-DLV-3, within
-    /// WS-DLV-8's tolerance); by reconnect, at once after each reconnect.
+    /// WS-DLV-8's tolerance); by reconnect, at once after each reconnect,
+    /// and nothing after one more (WS-DLV-4: none past max_attempts).
     pub(super) async fn expect_attempts(
         &mut self,
         conn: &str,
@@ -214,10 +217,18 @@ impl Ctx<'_> {
             )
             .await?;
         }
+        if by == AttemptsBy::Reconnect {
+            // WS-DLV-4: none goes past max_attempts.
+            self.reconnect(conn).await?;
+            self.expect_silence(conn, Some("command"), "1s").await?;
+        }
         Ok(())
     }
 
-    /// Closes a connection and opens it again as the same agent.
+    /// Closes a connection and opens it again as the same agent. Many
+    /// reconnects in a row meet the backend's connect limit (WS-RATE-1: 10 a
+    /// minute by spec, and `max_attempts` is 10): a 429 is waited out, as a
+    /// real agent would, for up to a window and a bit.
     async fn reconnect(&mut self, conn: &str) -> StepResult {
         let Some((agent_id, _)) = self.conns.get(conn) else {
             return fail(
@@ -232,16 +243,29 @@ impl Ctx<'_> {
             .map(|(name, _)| name.clone())
             .unwrap_or_else(|| conn.to_string());
         self.close(conn).await?;
-        self.connect(
-            conn,
-            &agent,
-            "edge",
-            None,
-            None,
-            &ConnectOutcome::Accepted,
-            None,
-            None,
-        )
-        .await
+        let patience = Instant::now() + Duration::from_secs(65);
+        loop {
+            let connected = self
+                .connect(
+                    conn,
+                    &agent,
+                    "edge",
+                    None,
+                    None,
+                    &ConnectOutcome::Accepted,
+                    None,
+                    None,
+                )
+                .await;
+            match connected {
+                Err((_, observed))
+                    if observed.starts_with("HTTP 429") && Instant::now() < patience =>
+                {
+                    self.note(format!("{conn}: 429 on reconnect (WS-RATE-1), waiting 5 s"));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
