@@ -14,8 +14,8 @@
 //!
 //! The fault logic is grouped by where it acts: [`Proxy::request`] (request
 //! head and body), [`Proxy::response`] (HTTP answers, refused upgrades
-//! included), [`Proxy::from_agent`] (agent → server frames) and
-//! [`Proxy::from_server`] (server → agent frames). The upstream connection
+//! included), [`Proxy::agent_frame`] (agent → server frames) and
+//! [`Proxy::server_frame`] (server → agent frames). The upstream connection
 //! is made from the agent's own source address, so the server's
 //! per-address limits (WS-RATE-1) see what they would see without a proxy.
 
@@ -767,12 +767,10 @@ impl Proxy {
             Fault::RateLimitWithoutRetryAfter if status == 429 => {
                 answer.remove_header("retry-after")
             }
-            Fault::AuthBeforeRateLimit if socket && status == 429 => {
-                if !self.valid_token(request) {
-                    answer.set_status(401);
-                    answer.remove_header("retry-after");
-                    answer.set_json(json!({"error": "unauthorized", "message": "bad token"}));
-                }
+            Fault::AuthBeforeRateLimit if socket && status == 429 && !self.valid_token(request) => {
+                answer.set_status(401);
+                answer.remove_header("retry-after");
+                answer.set_json(json!({"error": "unauthorized", "message": "bad token"}));
             }
             Fault::RateLimitIs503 if status == 429 => {
                 answer.set_status(503);
@@ -781,7 +779,6 @@ impl Proxy {
             }
             Fault::CountsRejectsPerAgent if socket && status == 401 => {
                 *self.memory().rejects.entry(agent).or_default() += 1;
-                return;
             }
             Fault::HttpAckWithoutAgentIdAccepted
                 if route == "/edge/command/ack"
@@ -1026,7 +1023,6 @@ impl Proxy {
             }
             Fault::RetryKeepsTtl if route.ends_with("/retry") && status == 202 => {
                 self.memory().retried.insert(command.unwrap_or_default());
-                return;
             }
             Fault::CloseNotRemovedAtOnce
                 if method == "GET" && route.starts_with("/api/agents/") =>
@@ -1097,15 +1093,15 @@ impl Proxy {
             let acts = tokio::select! {
                 _ = sleep_until(due.unwrap_or(far)), if due.is_some() => {
                     let (_, message) = later.remove(0);
-                    let done = matches!(message, Message::Close(_));
-                    let stale = json(&message).is_some_and(|v| {
-                        v["type"] == "command" && v["data"]["command_id"].as_str().is_some_and(|id| s.acked.contains(id))
+                    let acked = json(&message).is_some_and(|v| {
+                        v["data"]["command_id"].as_str().is_some_and(|id| s.acked.contains(id))
                     });
-                    if !stale && client.send(message).await.is_err() || done {
-                        let _ = server.close(None).await;
-                        return;
+                    match message {
+                        // A delayed delivery of a command acked meanwhile is not sent.
+                        _ if acked => vec![],
+                        Message::Close(_) => vec![Act::Agent(message), Act::Drop],
+                        _ => vec![Act::Agent(message)],
                     }
-                    continue;
                 }
                 _ = sleep_until(release), if !held.is_empty() => {
                     let mut commands = std::mem::take(&mut held);
@@ -1119,7 +1115,7 @@ impl Proxy {
                 from_client = client.next(), if !agent_broken => match from_client {
                     Some(Ok(message)) => {
                         s.last_frame = Instant::now();
-                        self.from_agent(&mut s, message)
+                        self.agent_frame(&mut s, message)
                     }
                     // A broken frame the proxy's own reader refuses: the
                     // server gets the same, and answers for itself.
@@ -1140,7 +1136,7 @@ impl Proxy {
                     }
                 },
                 from_server = server.next(), if !deaf => match from_server {
-                    Some(Ok(message)) => self.from_server(&mut s, message),
+                    Some(Ok(message)) => self.server_frame(&mut s, message),
                     _ => {
                         let _ = client.close(None).await;
                         return;
@@ -1220,7 +1216,7 @@ impl Proxy {
     // Agent → server frames.
     // ---------------------------------------------------------------
 
-    fn from_agent(&self, s: &mut Session, message: Message) -> Vec<Act> {
+    fn agent_frame(&self, s: &mut Session, message: Message) -> Vec<Act> {
         let value = json(&message);
         let kind = value
             .as_ref()
@@ -1305,7 +1301,7 @@ impl Proxy {
     // Server → agent frames.
     // ---------------------------------------------------------------
 
-    fn from_server(&self, s: &mut Session, message: Message) -> Vec<Act> {
+    fn server_frame(&self, s: &mut Session, message: Message) -> Vec<Act> {
         if let Message::Close(Some(frame)) = &message {
             let code = u16::from(frame.code);
             let replace = |code: u16, reason: &str| {
@@ -1398,9 +1394,7 @@ impl Proxy {
                     data.remove(&format!("{timer}_s"));
                     data.remove(&format!("{timer}_ms"));
                 }
-                for timer in ["max_attempts"] {
-                    data.remove(timer);
-                }
+                data.remove("max_attempts");
             }),
             Fault::WelcomeVersionAsNumber if kind == "connected" => edit(&|f| {
                 f.get_mut("data").unwrap().insert(
