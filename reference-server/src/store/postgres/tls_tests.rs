@@ -271,3 +271,31 @@ async fn disable_is_refused_by_a_server_that_requires_tls() {
     let db = Db::with_ca(&with(&url, "sslmode=verify-full"), Some(&ca)).unwrap();
     assert!(encrypted(&db).await.expect("the same role over TLS"));
 }
+
+#[tokio::test]
+async fn the_server_takes_its_ca_from_database_ca_cert() {
+    let test = "the_server_takes_its_ca_from_database_ca_cert";
+    let Some((base, ca)) = tls_env(test) else {
+        return;
+    };
+    let schema_url = fresh_schema(&base).await.expect("create a test schema");
+    let listener = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    // Without the CA, verify-full stops the start and says what to pass.
+    let url = with(&schema_url, "sslmode=verify-full");
+    let config = crate::Config::for_secrets("edge-s", "admin-s", &url);
+    let Err(e) = crate::start(config.clone(), listener().await.unwrap()).await else {
+        panic!("started without the CA");
+    };
+    let e = format!("{e:#}");
+    assert!(e.contains("--database-ca-cert"), "{e}");
+    let secret = password(&base);
+    assert!(!e.contains(&format!(":{secret}@")), "{e}");
+    // With --database-ca-cert it starts (store, migrations, LISTEN).
+    let mut config = config;
+    config.database_ca_cert = Some(ca);
+    config.instance_id = Some("tls-1".into());
+    let server = crate::start(config, listener().await.unwrap())
+        .await
+        .expect("start with --database-ca-cert");
+    server.stop().await;
+}
