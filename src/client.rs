@@ -91,6 +91,9 @@ pub struct Conn {
     /// While waiting for events, send a WebSocket Ping this often, as a
     /// live agent would ping: a long wait must not end in a ping timeout.
     pub keepalive: Option<Duration>,
+    /// When the harness last sent a frame: the next keepalive is due
+    /// `keepalive` after it, however the waits between steps fall.
+    last_sent: Instant,
     /// Messages read ahead (e.g. while probing) that a later step may want.
     pending: VecDeque<Json>,
     ended: Option<Event>,
@@ -173,6 +176,7 @@ pub async fn connect(
             Ok((ws, _)) => Ok(Upgrade::Open(Box::new(Conn {
                 ws,
                 keepalive: None,
+                last_sent: Instant::now(),
                 pending: VecDeque::new(),
                 ended: None,
             }))),
@@ -224,13 +228,16 @@ impl Conn {
             return ended.clone();
         }
         let every = self.keepalive.filter(|_| alive);
-        let mut next_ping = every.map(|e| Instant::now() + e);
         loop {
+            // Due `every` after the last frame sent, not after this call
+            // began: a wait that starts just before a ping was due must not
+            // stretch the silence to twice `every`.
+            let next_ping = every.map(|e| self.last_sent + e);
             let wake = next_ping.map_or(deadline, |p| p.min(deadline));
             let frame = match timeout_at(wake, self.ws.next()).await {
                 Err(_) if wake < deadline => {
                     let _ = self.ws.send(Message::Ping(Vec::new().into())).await;
-                    next_ping = every.map(|e| Instant::now() + e);
+                    self.last_sent = Instant::now();
                     continue;
                 }
                 Err(_) => return Event::Nothing,
@@ -277,6 +284,7 @@ impl Conn {
     }
 
     pub async fn send_text(&mut self, text: String) -> Result<(), String> {
+        self.last_sent = Instant::now();
         self.ws
             .send(Message::text(text))
             .await
@@ -284,6 +292,7 @@ impl Conn {
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.last_sent = Instant::now();
         self.ws
             .send(Message::binary(bytes))
             .await
@@ -292,6 +301,7 @@ impl Conn {
 
     /// Frames a well-behaved client would never send (§3 bad-input table).
     pub async fn send_bad_frame(&mut self, kind: &str) -> Result<(), String> {
+        self.last_sent = Instant::now();
         match kind {
             "invalid_utf8" => {
                 let frame =
