@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{info, warn};
@@ -179,7 +179,6 @@ impl Session {
             return "error";
         }
 
-        // WS-CONN-3: any frame resets the idle deadline.
         let idle = sleep(ping_timeout);
         tokio::pin!(idle);
         loop {
@@ -188,8 +187,17 @@ impl Session {
                 biased;
                 _ = kick.kicked() => return self.close_for(kick.reason(), socket, rx).await,
                 _ = &mut idle => {
-                    self.close(socket, close::PING_TIMEOUT, "ping timeout").await;
-                    return "ping_timeout";
+                    // WS-CONN-3: a frame that arrived while this task was
+                    // busy (a slow store call) is a sign of life; read what
+                    // waits before calling the agent silent.
+                    let Some(frame) = socket.recv().now_or_never() else {
+                        self.close(socket, close::PING_TIMEOUT, "ping timeout").await;
+                        return "ping_timeout";
+                    };
+                    idle.as_mut().reset(Instant::now() + ping_timeout);
+                    if let Some(end) = self.on_frame(socket, frame).await {
+                        return end;
+                    }
                 }
                 Some(msg) = rx.recv() => {
                     if self.on_session_msg(socket, msg).await.is_err() {
@@ -202,36 +210,52 @@ impl Session {
                     }
                 }
                 frame = socket.recv() => {
-                    let frame = match frame {
-                        None => return "error",
-                        Some(Err(e)) => {
-                            let (code, reason) = close_code_for(e);
-                            self.close(socket, code, reason).await;
-                            return "error";
-                        }
-                        Some(Ok(frame)) => frame,
-                    };
+                    // WS-CONN-3: any frame resets the idle deadline.
                     idle.as_mut().reset(Instant::now() + ping_timeout);
-                    let handled = match frame {
-                        Message::Text(text) => self.on_text(socket, text.as_str()).await,
-                        Message::Binary(_) => {
-                            // §3: binary frames are answered, not fatal.
-                            self.reply_error(socket, "unsupported_frame", "send JSON in text frames", None).await
-                        }
-                        // WebSocket Pings are answered by the library (RFC 6455).
-                        Message::Ping(_) | Message::Pong(_) => Ok(()),
-                        // WS-CONN-4: the agent closes; tungstenite answers the close.
-                        Message::Close(_) => {
-                            let _ = timeout(CLOSE_LINGER, socket.flush()).await;
-                            return "normal";
-                        }
-                    };
-                    if handled.is_err() {
-                        return "error";
+                    if let Some(end) = self.on_frame(socket, frame).await {
+                        return end;
                     }
                 }
             }
         }
+    }
+
+    /// One frame from the agent; `Some(reason)` when the session ends.
+    async fn on_frame(
+        &mut self,
+        socket: &mut WebSocket,
+        frame: Option<Result<Message, axum::Error>>,
+    ) -> Option<&'static str> {
+        let frame = match frame {
+            None => return Some("error"),
+            Some(Err(e)) => {
+                let (code, reason) = close_code_for(e);
+                self.close(socket, code, reason).await;
+                return Some("error");
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let handled = match frame {
+            Message::Text(text) => self.on_text(socket, text.as_str()).await,
+            Message::Binary(_) => {
+                // §3: binary frames are answered, not fatal.
+                self.reply_error(
+                    socket,
+                    "unsupported_frame",
+                    "send JSON in text frames",
+                    None,
+                )
+                .await
+            }
+            // WebSocket Pings are answered by the library (RFC 6455).
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            // WS-CONN-4: the agent closes; tungstenite answers the close.
+            Message::Close(_) => {
+                let _ = timeout(CLOSE_LINGER, socket.flush()).await;
+                return Some("normal");
+            }
+        };
+        handled.is_err().then_some("error")
     }
 
     async fn on_session_msg(
