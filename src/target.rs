@@ -178,15 +178,15 @@ impl Target {
 
     /// WS-AUTH-5: a per-agent token issued `age_s` seconds ago (negative: in the future).
     pub fn mint(&self, agent_id: &str, age_s: i64) -> Option<String> {
-        let key = self.hmac_key()?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let message = format!("{agent_id}::{}", now - age_s);
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
-        mac.update(message.as_bytes());
-        let signature = hex::encode(mac.finalize().into_bytes());
-        Some(base64::engine::general_purpose::STANDARD.encode(format!("{message}:{signature}")))
+        mint_with(self.hmac_key()?, agent_id, age_s)
+    }
+
+    /// A fresh, well-formed token for the agent whose signature was made
+    /// with another key: a backend that decodes the token and trusts its id
+    /// and time without checking the HMAC opens the socket (WS-AUTH-5).
+    pub fn forge(&self, agent_id: &str) -> String {
+        let key = format!("not-{}", self.hmac_key().unwrap_or("the-secret"));
+        mint_with(&key, agent_id, 0).expect("HMAC takes any key")
     }
 
     /// Puts a command for `agent_id` into the backend. `body` is the
@@ -373,4 +373,16 @@ pub(crate) fn with_command_id(body: &str, command_id: &str) -> Result<String, St
         ","
     };
     Ok(format!("{{\"command_id\":{id}{separator}{rest}"))
+}
+
+/// `base64("{id}::{unix_ts}:{hex(HMAC-SHA256(key, "{id}::{unix_ts}"))}")`, issued `age_s` ago.
+fn mint_with(key: &str, agent_id: &str, age_s: i64) -> Option<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let message = format!("{agent_id}::{}", now - age_s);
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
+    mac.update(message.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    Some(base64::engine::general_purpose::STANDARD.encode(format!("{message}:{signature}")))
 }

@@ -100,10 +100,14 @@ impl Ctx<'_> {
             "malformed" => Some("Basic ZWRnZTpzZWNyZXQ=".into()),
             "expired" => bearer(&target.mint(&id, 24 * 3600 + 600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
             "future" => bearer(&target.mint(&id, -3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            // Still valid: 23 h old (valid for 24 h), and 4 min ahead (5 min of skew allowed).
+            "aged" => bearer(&target.mint(&id, 23 * 3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            "skewed" => bearer(&target.mint(&id, -240).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            "forged" => bearer(&target.forge(&id)),
             other => match (other.strip_prefix("other:"), other.strip_prefix("var:")) {
                 (Some(name), _) => agent_token(self, name)?,
                 (_, Some(var)) => bearer(&self.vars.get(var).cloned().unwrap_or_default()),
-                _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future or other:NAME")),
+                _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future, aged, skewed, forged, other:NAME or var:NAME")),
             },
         })
     }

@@ -78,6 +78,9 @@ impl Ctx<'_> {
             if let Some(name) = save_as {
                 self.vars
                     .insert(format!("{name}.count"), accepted.len().to_string());
+                if let Some(first) = accepted.first() {
+                    self.vars.insert(format!("{name}.first"), first.clone());
+                }
                 self.lists.insert(name.to_string(), accepted);
             }
             return Ok(());
