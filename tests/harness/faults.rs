@@ -9,7 +9,7 @@
 //! checks of `also` run too (most pass: the fault is narrow). Any failure
 //! must stay in the rule's family. Each row is its own test (nextest
 //! runs them in parallel) and runs only the broken backend; one test,
-//! `transparent_proxy_passes_every_check_used`, runs the union of all the
+//! `all_checks_used_pass_through_the_transparent_proxy`, runs the union of all the
 //! rows' checks once through the transparent proxy. scenarios/MUTATIONS.md
 //! lists the mutations behind the faults, and those no check catches yet.
 
@@ -103,7 +103,7 @@ faults! {
     conflict_leaks_other_agents_command: ConflictLeaksOtherAgentsCommand => "WS-API-2", ["command-id-is-idempotent"];
     final_states_not_listed: FinalStatesNotListed => "WS-API-4", ["expired-listable-and-retryable"];
     retry_keeps_ttl: RetryKeepsTtl => "WS-API-4", ["expired-listable-and-retryable"];
-    queue_full_drops_silently: QueueFullDropsSilently => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
+    queue_full_evicts_oldest: QueueFullEvictsOldest => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     queue_full_is_503: QueueFullIs503 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     sync_resorts_parameter_keys: SyncResortsParameterKeys => "WS-CMD-2", ["sync-relays-parameters-as-posted"];
     resorts_status_keys: ResortsStatusKeys => "WS-CMD-2", ["status-relayed-as-posted"];
@@ -278,7 +278,7 @@ async fn assert_caught(fault: Fault) {
 
 /// Every check the table uses passes through the transparent proxy, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transparent_proxy_passes_every_check_used() {
+async fn all_checks_used_pass_through_the_transparent_proxy() {
     let used: BTreeSet<&str> = CASES.iter().flat_map(Case::checks).collect();
     let suite: BTreeSet<String> = suite::builtin()
         .unwrap()

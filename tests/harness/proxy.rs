@@ -138,8 +138,8 @@ pub enum Fault {
     CloseNotRemovedAtOnce,
     /// A valid token skips the per-address limit (it is checked on failures only).
     AddressLimitSkipsValidTokens,
-    /// A full queue accepts the command (202) and drops it.
-    QueueFullDropsSilently,
+    /// A full queue accepts the command (202) and evicts the agent's oldest one.
+    QueueFullEvictsOldest,
     /// A full queue answers 503.
     QueueFullIs503,
     /// `/edge/sync` re-sorts `parameters` keys.
@@ -338,7 +338,7 @@ struct Proxy {
 struct Memory {
     /// Open agent sockets per agent id.
     live: HashMap<String, usize>,
-    /// Commands pushed to an agent on an earlier socket.
+    /// Commands pushed to each agent, on any of its sockets.
     pushed: HashMap<String, HashSet<String>>,
     /// Refused upgrades per agent id (CountsRejectsPerAgent).
     rejects: HashMap<String, u32>,
@@ -350,7 +350,7 @@ struct Memory {
     retried: HashSet<String>,
     /// Commands accepted by the control API.
     created: HashSet<String>,
-    /// Commands a fault lost for good.
+    /// Commands lost for good (InFlightLostOnRestart, QueueFullEvictsOldest).
     lost: HashSet<String>,
     /// Commands the control API accepted while their agent was away.
     queued: HashSet<String>,
@@ -360,8 +360,8 @@ struct Memory {
     progress: HashMap<String, String>,
     /// OneAttemptTooMany: until when a command is shown `sent` instead of `dead`.
     extra_until: HashMap<String, Instant>,
-    /// QueueFullDropsSilently: a refused command was answered 202 once.
-    phantom: bool,
+    /// QueueFullEvictsOldest: agents whose oldest command is to be lost.
+    evict: HashSet<String>,
     /// Agents whose registry entry a replaced socket's cleanup removed.
     unregistered: HashSet<String>,
     /// `max_attempts` as advertised in `connected`.
@@ -825,12 +825,14 @@ impl Proxy {
                     }
                 });
             }
-            Fault::QueueFullDropsSilently if is_command_post(request) && status == 429 => {
-                let mut memory = self.memory();
-                if memory.phantom {
+            Fault::QueueFullEvictsOldest if is_command_post(request) && status == 429 => {
+                let agent = route
+                    .trim_start_matches("/api/agents/")
+                    .trim_end_matches("/commands");
+                // Once: the next POST gets the server's 429.
+                if !self.memory().evict.insert(agent.to_string()) {
                     return;
                 }
-                memory.phantom = true;
                 let id = request.json().map(|b| b["command_id"].clone());
                 answer.set_status(202);
                 answer.set_json(json!({"command_id": id, "status": "queued"}));
@@ -1558,6 +1560,16 @@ impl Proxy {
                 ]
             }
             Fault::InFlightLostOnRestart if command && self.memory().lost.contains(&id) => vec![],
+            Fault::QueueFullEvictsOldest if command => {
+                let mut memory = self.memory();
+                if memory.evict.remove(&s.agent) {
+                    memory.lost.insert(id.clone());
+                }
+                if memory.lost.contains(&id) {
+                    return vec![];
+                }
+                vec![Act::Agent(message)]
+            }
             Fault::ReplacedCleanupUnregistersNew
                 if command && self.memory().unregistered.contains(&s.agent) =>
             {
