@@ -1,13 +1,17 @@
 //! Durable state: agents, commands, connection history, sync events.
 //!
-//! The [`Store`] trait is what the rest of the server sees; `sqlite.rs` is the
-//! embedded default and a PostgreSQL store will implement the same trait.
+//! The [`Store`] trait is what the rest of the server sees; `sqlite/` is the
+//! embedded default and `postgres/` the store several instances share. Both
+//! pass one contract test suite, `contract/`: a behaviour every store must
+//! keep is tested there once, not per store.
 //! Every method that changes state returns only after the change is durable
 //! (WS-DLV-6, WS-API-2): a caller that got `Ok` may tell the world.
 //!
 //! Times are milliseconds since the Unix epoch (`Millis`), so the store needs
 //! no clock of its own: callers pass `now`, and tests can pass any time.
 
+#[cfg(test)]
+mod contract;
 pub mod postgres;
 pub mod sqlite;
 
