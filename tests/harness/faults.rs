@@ -67,6 +67,14 @@ faults! {
     accepts_expired_tokens: AcceptsExpiredTokens => "WS-AUTH-5", ["expired-token-refused"; "future-token-refused", "own-hmac-token-opens"];
     accepts_future_tokens: AcceptsFutureTokens => "WS-AUTH-5", ["future-token-refused"; "expired-token-refused"];
     token_opens_any_agent: TokenOpensAnyAgent => "WS-AUTH-5", ["other-agents-token-refused"; "own-hmac-token-opens"];
+    signature_not_verified: SignatureNotVerified => "WS-AUTH-5", ["forged-token-refused"; "own-hmac-token-opens"];
+    token_valid_one_hour: TokenValidOneHour => "WS-AUTH-5", ["token-valid-for-24h-with-skew"; "expired-token-refused"];
+    no_clock_skew: NoClockSkew => "WS-AUTH-5", ["token-valid-for-24h-with-skew"; "future-token-refused"];
+    api_accepts_missing_token: ApiAcceptsMissingToken => "WS-API-1", ["no-or-wrong-token-does-not-open-the-api"; "edge-secret-does-not-open-the-api"];
+    immediate_is_normal: ImmediateIsNormal => "WS-CMD-1", ["priority-defaults-and-compat"];
+    default_priority_low: DefaultPriorityLow => "WS-CMD-1", ["priority-defaults-and-compat"];
+    only_spec_command_types: OnlySpecCommandTypes => "WS-CMD-1", ["ttl-gives-expires_at-and-other-types-pass"; "command-is-pushed-with-its-fields"];
+    http_last_ack_wins: HttpLastAckWins => "WS-HTTP-2", ["http-late-ack-keeps-the-final-state"];
     sync_as_anyone: SyncAsAnyone => "WS-HTTP-1", ["sync-only-as-itself"; "sync-returns-pending-commands"];
     http_ack_ignored: HttpAckIgnored => "WS-HTTP-2", ["http-ack-completes"];
     no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias"; "http-ack-completes"];
@@ -93,6 +101,14 @@ faults! {
     http_ack_without_agent_id_accepted: HttpAckWithoutAgentIdAccepted => "WS-HTTP-2", ["http-ack-with-shared-secret-needs-agent-id"];
     http_ack_unknown_is_200: HttpAckUnknownIs200 => "WS-HTTP-2", ["http-ack-unknown-is-404"];
     registration_token_useless: RegistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
+    empty_body_on_405: EmptyBodyOn405 => "WS-HTTP-4", ["http-errors-are-json"];
+    http_ack_no_owner_check: HttpAckNoOwnerCheck => "WS-HTTP-2", ["http-ack-of-another-agents-command-is-404"; "http-ack-unknown-is-404"];
+    retry_any_state: RetryAnyState => "WS-API-4", ["retry-is-only-for-dead-or-expired"];
+    repeated_id_at_limit_is_429: RepeatedIdAtLimitIs429 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
+    sync_returns_in_progress: SyncReturnsInProgress => "WS-DLV-5", ["sync-leaves-commands-in-progress"];
+    status_merged: StatusMerged => "WS-STATUS-1", ["a-new-status-replaces-the-last"; "status-is-stored"];
+    config_delivered_when_offline: ConfigDeliveredWhenOffline => "WS-CFG-1", ["config-for-an-offline-agent-is-not-delivered"; "config-update-pushed"];
+    timed_out_agent_stays_registered: TimedOutAgentStaysRegistered => "WS-CONN-3", ["timed-out-agent-leaves-the-registry"; "silent-agent-is-closed"];
     http_errors_not_json: HttpErrorsNotJson => "WS-HTTP-4", ["http-errors-are-json"];
     sync_ignores_priority: SyncIgnoresPriority => "WS-HTTP-1", ["sync-returns-pending-commands"];
     sync_acks_events_once: SyncAcksEventsOnce => "WS-HTTP-1", ["sync-acknowledges-events"];
@@ -134,6 +150,9 @@ faults! {
     // ---- server → agent frames ----
     no_welcome: NoWelcome => "WS-MSG-1", ["connected-comes-first"];
     welcome_without_timers: WelcomeWithoutTimers => "WS-MSG-1", ["connected-comes-first"];
+    pending_before_welcome: PendingBeforeWelcome => "WS-MSG-1", ["connected-comes-before-pending-commands"; "connected-comes-first"];
+    ws_pings_not_counted: WsPingsNotCounted => "WS-CONN-3", ["websocket-pings-keep-the-socket-alive"];
+    no_expires_at: NoExpiresAt => "WS-CMD-1", ["ttl-gives-expires_at-and-other-types-pass"; "command-is-pushed-with-its-fields"];
     welcome_version_as_number: WelcomeVersionAsNumber => "WS-MSG-1", ["connected-comes-first"];
     no_pong: NoPong => "WS-PING-1", ["ping-gets-pong"];
     no_ping_rate_limit: NoPingRateLimit => "WS-RATE-3", ["extra-pings-get-rate_limited"];

@@ -66,6 +66,20 @@ pub enum Fault {
     AcceptsFutureTokens,
     /// An HMAC token's agent id is never compared with the connecting id.
     TokenOpensAnyAgent,
+    /// An HMAC token's signature is never verified (id and time are trusted).
+    SignatureNotVerified,
+    /// HMAC tokens are valid for 1 h, not 24 h.
+    TokenValidOneHour,
+    /// No clock skew: a token from the future is refused.
+    NoClockSkew,
+    /// The control API lets a request without `Authorization` through.
+    ApiAcceptsMissingToken,
+    /// `priority: immediate` is not understood (taken as `normal`).
+    ImmediateIsNormal,
+    /// A command without `priority` is `low`.
+    DefaultPriorityLow,
+    /// Only the spec's four command types are accepted (400 for others).
+    OnlySpecCommandTypes,
     /// `/edge/sync` trusts the body's `edge_agent_id` over the token's.
     SyncAsAnyone,
     /// The compat alias `POST /edge/ack_command` was forgotten (404).
@@ -112,6 +126,24 @@ pub enum Fault {
     HttpAckWithoutAgentIdAccepted,
     /// HTTP errors are plain text (`Unauthorized`), not JSON.
     HttpErrorsNotJson,
+    /// A 405 has an empty body (a router's default).
+    EmptyBodyOn405,
+    /// An HTTP ack for another agent's command is taken (no owner check).
+    HttpAckNoOwnerCheck,
+    /// A late HTTP ack overwrites a final state.
+    HttpLastAckWins,
+    /// `retry` accepts a command in any state.
+    RetryAnyState,
+    /// At the pending limit, a repeated `command_id` gets 429 too.
+    RepeatedIdAtLimitIs429,
+    /// `/edge/sync` returns `received`/`executing` commands too.
+    SyncReturnsInProgress,
+    /// A new status is merged into the last one (`status || $new`).
+    StatusMerged,
+    /// A config for an offline agent answers `delivered: true`.
+    ConfigDeliveredWhenOffline,
+    /// A ping-timed-out agent stays `connected` in the registry.
+    TimedOutAgentStaysRegistered,
     /// An HTTP ack for an unknown command answers 200.
     HttpAckUnknownIs200,
     /// Registration answers a token the socket refuses (signed with the wrong key).
@@ -194,6 +226,12 @@ pub enum Fault {
     NoWelcome,
     /// `connected` does not advertise the timers.
     WelcomeWithoutTimers,
+    /// Pending commands are pushed before `connected`.
+    PendingBeforeWelcome,
+    /// WebSocket Ping frames are not a sign of life.
+    WsPingsNotCounted,
+    /// No `expires_at` on a command with a TTL.
+    NoExpiresAt,
     /// `protocol_version` is the number 1.0, not the string "1.0".
     WelcomeVersionAsNumber,
     /// Pings are never answered.
@@ -366,6 +404,12 @@ struct Memory {
     unregistered: HashSet<String>,
     /// `max_attempts` as advertised in `connected`.
     max_attempts: u64,
+    /// Agents the control API refused a command for (queue full).
+    full: HashSet<String>,
+    /// Agents whose last socket was closed for its missing pings.
+    timed_out: HashSet<String>,
+    /// Per agent: every status member it ever sent (StatusMerged).
+    statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.
     synced: HashMap<String, Vec<Value>>,
     /// Event ids `/edge/sync` acknowledged.
@@ -655,6 +699,79 @@ impl Proxy {
             Fault::TokenOpensAnyAgent if socket && hmac.as_ref().is_some_and(|t| t.0 != agent) => {
                 request.set_header("authorization", &edge)
             }
+            Fault::SignatureNotVerified
+                if socket
+                    && hmac.as_ref().is_some_and(|t| {
+                        t.0 == agent && (now - 86_400..=now + 300).contains(&t.1)
+                    }) =>
+            {
+                request.set_header("authorization", &edge)
+            }
+            Fault::TokenValidOneHour
+                if socket && hmac.as_ref().is_some_and(|t| t.1 < now - 3600) =>
+            {
+                return Some(Http::answer(
+                    401,
+                    json!({"error": "unauthorized", "message": "token expired"}),
+                ));
+            }
+            Fault::NoClockSkew if socket && hmac.as_ref().is_some_and(|t| t.1 > now) => {
+                return Some(Http::answer(
+                    401,
+                    json!({"error": "unauthorized", "message": "token from the future"}),
+                ));
+            }
+            Fault::ApiAcceptsMissingToken
+                if path.starts_with("/api") && request.header("authorization").is_none() =>
+            {
+                request.set_header("authorization", &admin)
+            }
+            Fault::ImmediateIsNormal if is_command_post(request) => {
+                request.edit_json(|body| {
+                    if body.get("priority") == Some(&Json::String("immediate".into())) {
+                        body.insert("priority", Json::String("normal".into()));
+                    }
+                });
+            }
+            Fault::DefaultPriorityLow if is_command_post(request) => {
+                request.edit_json(|body| {
+                    if body.get("priority").is_none() {
+                        body.insert("priority", Json::String("low".into()));
+                    }
+                });
+            }
+            Fault::OnlySpecCommandTypes if is_command_post(request) => {
+                let spec = [
+                    "send_message",
+                    "schedule_message",
+                    "cancel_message",
+                    "update_config",
+                ];
+                let kind = request
+                    .json()
+                    .map(|b| b["command_type"].clone())
+                    .unwrap_or_default();
+                if !spec.iter().any(|t| kind == *t) {
+                    return Some(Http::answer(
+                        400,
+                        json!({"error": "invalid_command_type", "message": "unknown command_type"}),
+                    ));
+                }
+            }
+            Fault::HttpLastAckWins if path == "/edge/command/ack" => {
+                let ack = request.json().unwrap_or_default();
+                let status = match (&ack["success"], ack["status"].as_str()) {
+                    (Value::Bool(true), _) => "completed",
+                    (Value::Bool(false), _) => "failed",
+                    (_, Some(status)) => status,
+                    _ => "",
+                };
+                if let Some(id) = ack["command_id"].as_str() {
+                    self.memory()
+                        .last_ack
+                        .insert(id.to_string(), status.to_string());
+                }
+            }
             Fault::SyncAsAnyone if path == "/edge/sync" => {
                 let named = request
                     .json()
@@ -799,6 +916,91 @@ impl Proxy {
                         *token = forge(token);
                     }
                 });
+            }
+            Fault::EmptyBodyOn405 if status == 405 => answer.set_body("text/plain", ""),
+            Fault::HttpAckNoOwnerCheck
+                if route == "/edge/command/ack"
+                    && status == 404
+                    && request.json().is_some_and(|b| {
+                        b["command_id"]
+                            .as_str()
+                            .is_some_and(|id| self.memory().created.contains(id))
+                    }) =>
+            {
+                let id = request.json().unwrap()["command_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                self.memory().last_ack.insert(id, "completed".into());
+                answer.set_status(200);
+                answer.set_json(json!({"acknowledged": true}));
+            }
+            Fault::RetryAnyState if route.ends_with("/retry") && status == 409 => {
+                let id = command.clone().unwrap_or_default();
+                let Some((200, existing)) =
+                    self.admin("GET", &format!("/api/commands/{id}"), "").await
+                else {
+                    return;
+                };
+                answer.set_status(202);
+                answer.set_json(existing);
+            }
+            Fault::RepeatedIdAtLimitIs429 if is_command_post(request) => {
+                let agent = route
+                    .trim_start_matches("/api/agents/")
+                    .trim_end_matches("/commands")
+                    .to_string();
+                let mut memory = self.memory();
+                if status == 429 {
+                    memory.full.insert(agent);
+                } else if status == 200 && memory.full.contains(&agent) {
+                    answer.set_status(429);
+                    answer.set_json(
+                        json!({"error": "queue_full", "message": "too many pending commands"}),
+                    );
+                }
+            }
+            Fault::SyncReturnsInProgress if route == "/edge/sync" && status == 200 => {
+                let progress: Vec<String> = self.memory().progress.keys().cloned().collect();
+                let Some(mut body) = answer.json() else {
+                    return;
+                };
+                let named = request
+                    .json()
+                    .and_then(|b| b["edge_agent_id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                for id in progress {
+                    if let Some((200, command)) =
+                        self.admin("GET", &format!("/api/commands/{id}"), "").await
+                    {
+                        let working =
+                            command["status"] == "received" || command["status"] == "executing";
+                        if working && command["edge_agent_id"] == named.as_str() {
+                            if let Some(commands) = body["commands"].as_array_mut() {
+                                commands.push(command);
+                            }
+                        }
+                    }
+                }
+                answer.set_json(body);
+            }
+            Fault::StatusMerged if method == "GET" && route.starts_with("/api/agents/") => {
+                let id = route.trim_start_matches("/api/agents/");
+                let Some(merged) = self.memory().statuses.get(id).cloned() else {
+                    return;
+                };
+                answer.edit_json(|body| body.insert("last_status", Json::Object(merged)));
+            }
+            Fault::ConfigDeliveredWhenOffline if route.ends_with("/config") && status == 202 => {
+                answer.set_json(json!({"delivered": true}));
+            }
+            Fault::TimedOutAgentStaysRegistered
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                let id = route.trim_start_matches("/api/agents/");
+                if self.memory().timed_out.contains(id) {
+                    answer.edit_json(|body| body.insert("connected", Json::Bool(true)));
+                }
             }
             Fault::HttpErrorsNotJson if status >= 400 && route.starts_with("/edge/") => {
                 answer.set_body("text/plain", "Unauthorized");
@@ -962,7 +1164,10 @@ impl Proxy {
                 *before = commands.clone();
                 answer.set_json(body);
             }
-            Fault::LastAckWins | Fault::ForeignAckAccepted
+            Fault::LastAckWins
+            | Fault::ForeignAckAccepted
+            | Fault::HttpAckNoOwnerCheck
+            | Fault::HttpLastAckWins
                 if method == "GET" && command.is_some() && status == 200 =>
             {
                 let Some(late) = self
@@ -1275,6 +1480,21 @@ impl Proxy {
             }
             Fault::ProgressAckIgnored if progress => return vec![],
             Fault::StatusNotStored if kind == "status" => return vec![],
+            Fault::StatusMerged if kind == "status" => {
+                if let Some(Json::Object(members)) =
+                    Json::parse(&message).and_then(|m| m.get("data").cloned())
+                {
+                    let mut memory = self.memory();
+                    let merged = memory.statuses.entry(s.agent.clone()).or_default();
+                    for (key, value) in members {
+                        match merged.iter_mut().find(|(k, _)| *k == key) {
+                            Some(slot) => slot.1 = value,
+                            None => merged.push((key, value)),
+                        }
+                    }
+                }
+            }
+            Fault::WsPingsNotCounted if matches!(message, Message::Ping(_)) => return vec![],
             Fault::FailureAckCompletes | Fault::AckErrorDropped | Fault::ProgressAckCompletes
                 if ack.is_some() =>
             {
@@ -1321,6 +1541,10 @@ impl Proxy {
                     Act::AgentAt(Instant::now() + s.ping_timeout, message.clone()),
                 ],
                 (Fault::ReplacedClosesWith1000, 4000) => replace(1000, ""),
+                (Fault::TimedOutAgentStaysRegistered, 4008) => {
+                    self.memory().timed_out.insert(s.agent.clone());
+                    vec![Act::Agent(message)]
+                }
                 (Fault::ReplacedCleanupUnregistersNew, 4000) => {
                     self.memory().unregistered.insert(s.agent.clone());
                     vec![Act::Agent(message)]
@@ -1390,6 +1614,10 @@ impl Proxy {
         let command = kind == "command";
         match self.fault {
             Fault::NoWelcome if kind == "connected" => vec![],
+            // Held a moment: the pending commands, pushed meanwhile, go first.
+            Fault::PendingBeforeWelcome if kind == "connected" => {
+                vec![Act::AgentAt(Instant::now() + HOLD, message)]
+            }
             Fault::WelcomeWithoutTimers if kind == "connected" => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
                 for timer in ["ping_interval", "ping_timeout", "ack_timeout"] {
@@ -1574,6 +1802,9 @@ impl Proxy {
                 if command && self.memory().unregistered.contains(&s.agent) =>
             {
                 vec![]
+            }
+            Fault::NoExpiresAt if command => {
+                edit(&|f| f.get_mut("data").unwrap().remove("expires_at"))
             }
             Fault::NoPayloadCopy if command => {
                 edit(&|f| f.get_mut("data").unwrap().remove("payload"))
