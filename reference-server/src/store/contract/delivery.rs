@@ -301,4 +301,12 @@ pub(super) async fn ws_dlv_5_http_sync_takes_queued_commands_then_sent_ones_once
         ids(&claim(store, http("a1"), later_due).await),
         ["sent_later"]
     );
+    // What went out over HTTP comes back at a later sync once due (WS-DLV-3).
+    let again = POLICY.next_attempt_at(due - 1, 1);
+    assert!(claim(store, http("a1"), again - 1).await.is_empty());
+    let got = claim(store, http("a1"), again).await;
+    assert_eq!(ids(&got), ["q_high", "q_low"]);
+    assert!(got
+        .iter()
+        .all(|r| r.attempts == 2 && r.sent_at == Some(again)));
 }

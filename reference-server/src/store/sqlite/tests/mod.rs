@@ -1,18 +1,17 @@
-//! The SQLite store's tests, by concern; the fixtures they share are here.
-//! Each test opens its own database in a temporary directory.
+//! The SQLite store's own tests, by concern: its writer thread (group
+//! commit), its schema (indexes, reopening a file) and a throughput check.
+//! What every store must do is tested once for all stores in
+//! `store/contract/`. Each test opens its own database in a temporary
+//! directory.
 
-mod agents;
-mod claims;
-mod commands;
 mod schema;
-mod sweep;
 mod throughput;
 mod writer;
 
 use super::SqliteStore;
 use crate::raw_json::RawJson;
 use crate::store::{
-    CommandRow, DeliveryPolicy, InsertOutcome, Millis, NewCommand, Priority, Status, Store,
+    CommandRow, DeliveryPolicy, InsertOutcome, Millis, NewCommand, Priority, Store,
 };
 
 const T0: Millis = 1_700_000_000_000;
@@ -57,12 +56,4 @@ async fn insert(store: &SqliteStore, cmd: NewCommand) -> CommandRow {
         InsertOutcome::Created(row) => row,
         other => panic!("expected Created, got {other:?}"),
     }
-}
-
-fn ids(rows: &[CommandRow]) -> Vec<&str> {
-    rows.iter().map(|r| r.id.as_str()).collect()
-}
-
-async fn status_of(store: &SqliteStore, id: &str) -> Status {
-    store.command(id).await.unwrap().unwrap().status
 }
