@@ -4,9 +4,9 @@
 
 use super::{
     all_pending, claim, http, ids, insert, insert_pushed, new_cmd, one, redeliver, status_of,
-    stored, ttl_cmd, two_agents, POLICY, T0,
+    stored, ttl_cmd, two_agents, DEFAULTS, POLICY, T0,
 };
-use crate::store::{AckKind, Channel, Priority, Status, Store};
+use crate::store::{AckKind, Channel, CommandRow, Millis, Priority, Status, Store};
 
 pub(super) async fn ws_dlv_4_a_reconnect_claims_every_pending_command_by_priority_then_fifo(
     store: &dyn Store,
@@ -171,6 +171,66 @@ pub(super) async fn ws_dlv_3_no_claim_goes_past_max_attempts(store: &dyn Store) 
         .is_empty());
     assert!(claim(store, http("a1"), much_later).await.is_empty());
     assert_eq!(stored(store, "c1").await, exhausted);
+}
+
+/// Opened with [`DEFAULTS`]: the numbers are PROTOCOL.md's, written out.
+pub(super) async fn ws_dlv_3_each_attempt_is_due_an_ack_timeout_and_a_doubling_backoff_capped_at_60_s_after_the_last(
+    store: &dyn Store,
+) {
+    assert_eq!(DEFAULTS.max_attempts, 10);
+    two_agents(store).await;
+    // After attempt n: min(1 s · 2ⁿ⁻¹, 60 s).
+    let backoff = [
+        1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000, 60_000,
+    ];
+    let check = |row: &CommandRow, n: u32, sent: Millis| {
+        assert_eq!(row.attempts, n, "{}", row.id);
+        assert_eq!(row.sent_at, Some(sent), "{} attempt {n}", row.id);
+        assert_eq!(
+            row.ack_deadline,
+            Some(sent + 30_000),
+            "{} attempt {n}",
+            row.id
+        );
+        assert_eq!(
+            row.next_attempt_at,
+            Some(sent + 30_000 + backoff[n as usize - 1]),
+            "{} attempt {n}",
+            row.id
+        );
+    };
+    // Over a socket: each redelivery claimed when the one before says.
+    let mut row = insert_pushed(store, new_cmd("ws", "a1", Priority::Normal, T0), 1).await;
+    let mut ws_sent = T0;
+    for n in 1..=10 {
+        check(&row, n, ws_sent);
+        if n < 10 {
+            ws_sent = row.next_attempt_at.unwrap();
+            row = claim(store, redeliver("ws", 1, n), ws_sent)
+                .await
+                .pop()
+                .expect("redelivered");
+        }
+    }
+    // Over HTTP: a sync takes it once due, and not a millisecond before.
+    insert(store, new_cmd("h", "a2", Priority::Normal, T0)).await;
+    let mut h_sent = T0;
+    for n in 1..=10 {
+        let got = claim(store, http("a2"), h_sent).await;
+        assert_eq!(ids(&got), ["h"]);
+        check(&got[0], n, h_sent);
+        let due = got[0].next_attempt_at.unwrap();
+        assert!(claim(store, http("a2"), due - 1).await.is_empty());
+        h_sent = due;
+    }
+    // Ten sends: no eleventh, however late.
+    let much_later = h_sent + 10_000_000;
+    assert!(claim(store, redeliver("ws", 1, 10), much_later)
+        .await
+        .is_empty());
+    assert!(claim(store, http("a2"), much_later).await.is_empty());
+    assert_eq!(stored(store, "ws").await.attempts, 10);
+    assert_eq!(stored(store, "h").await.attempts, 10);
 }
 
 pub(super) async fn ws_ack_2_a_progress_ack_stops_redelivery_but_not_a_push_to_a_new_connection(

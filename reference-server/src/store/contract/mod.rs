@@ -47,6 +47,15 @@ const POLICY: DeliveryPolicy = DeliveryPolicy {
     max_pending: 10_000,
 };
 
+/// PROTOCOL.md's defaults (WS-DLV-3, WS-API-2), for tests of the numbers.
+const DEFAULTS: DeliveryPolicy = DeliveryPolicy {
+    ack_timeout_ms: 30_000,
+    max_attempts: 10,
+    backoff_base_ms: 1_000,
+    backoff_cap_ms: 60_000,
+    max_pending: 1_000,
+};
+
 /// For the pending limit (WS-API-2).
 const TWO_PENDING: DeliveryPolicy = DeliveryPolicy {
     max_pending: 2,
@@ -84,6 +93,7 @@ macro_rules! contract_tests {
             delivery::ws_dlv_4_reconnects_stop_at_max_attempts_and_work_in_progress_keeps_its_state(POLICY);
             delivery::ws_dlv_3_a_redelivery_is_claimed_only_at_its_attempt_on_its_connection(POLICY);
             delivery::ws_dlv_3_no_claim_goes_past_max_attempts(POLICY);
+            delivery::ws_dlv_3_each_attempt_is_due_an_ack_timeout_and_a_doubling_backoff_capped_at_60_s_after_the_last(DEFAULTS);
             delivery::ws_ack_2_a_progress_ack_stops_redelivery_but_not_a_push_to_a_new_connection(POLICY);
             delivery::claim_one_pushes_a_command_once_per_connection_and_never_a_final_one(POLICY);
             delivery::ws_dlv_7_a_command_past_its_ttl_is_never_claimed(POLICY);

@@ -67,6 +67,11 @@ pub(super) async fn ws_dlv_7_ttl_expires_a_command_in_any_non_final_state(store:
     );
     assert!(sweep(store, T0 + 1_000_000).await.is_empty());
     assert_eq!(status_of(store, "no_ttl").await, Status::Queued);
+    // Expired is no longer pending (WS-API-2 counts only what is).
+    assert_eq!(
+        store.agent("a1").await.unwrap().unwrap().pending_commands,
+        1
+    );
 
     // WS-ACK-3: `expired` is final.
     let expired = stored(store, "ttl_exec").await;
@@ -123,6 +128,10 @@ pub(super) async fn ws_dlv_3_dead_when_the_ack_timeout_of_the_last_attempt_passe
     assert_eq!(status_of(store, "busy").await, Status::Received);
     assert_eq!(status_of(store, "waiting").await, Status::Sent);
     assert!(sweep(store, T0 + 61_000).await.is_empty());
+    assert_eq!(
+        store.agent("a1").await.unwrap().unwrap().pending_commands,
+        2
+    );
 
     // WS-ACK-3: `dead` is final; a late ack changes nothing.
     assert_eq!(
