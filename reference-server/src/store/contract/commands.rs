@@ -152,6 +152,14 @@ pub(super) async fn ws_api_2_a_full_queue_refuses_new_commands_but_answers_repea
     );
     // Another agent's queue is its own.
     insert(store, new_cmd("d1", "a2", Priority::Normal, T0)).await;
+    // Another agent's id is a conflict whether or not the queue is full.
+    assert_eq!(
+        store
+            .insert_command(new_cmd("d1", "a1", Priority::Normal, T0), None)
+            .await
+            .unwrap(),
+        InsertOutcome::Conflict
+    );
 
     // A command in progress is still pending; only a final one frees a slot.
     store
@@ -225,4 +233,35 @@ pub(super) async fn commands_are_listed_in_insertion_order_filtered_by_state_and
         .await
         .unwrap()
         .is_empty());
+}
+
+pub(super) async fn ws_cmd_2_parameters_keep_escapes_big_numbers_unicode_and_spacing(
+    store: &dyn Store,
+) {
+    two_agents(store).await;
+    let posted = concat!(
+        r#"{"z":1, "a" : {"y":[true,null,-0.0,1E+2]},"#,
+        r#""big":123456789012345678901234567890,"esc":"\u00e9\n\"\u0000","#,
+        r#""text":"héllo ✓ 🚀","dup":1,"dup":2}"#
+    );
+    let mut cmd = new_cmd("c1", "a1", Priority::Normal, T0);
+    cmd.parameters = RawJson::parse(posted).unwrap();
+    let kept = cmd.parameters.as_str().to_owned();
+    assert_eq!(kept, posted, "RawJson keeps the text as posted");
+    let row = insert(store, cmd).await;
+    assert_eq!(row.parameters.as_str(), kept);
+    assert_eq!(stored(store, "c1").await.parameters.as_str(), kept);
+    assert_eq!(
+        store.commands("a1", None, 10).await.unwrap()[0]
+            .parameters
+            .as_str(),
+        kept
+    );
+    // And an agent's status the same way (WS-STATUS-1).
+    store
+        .set_agent_status("a1", &RawJson::parse(posted).unwrap(), T0)
+        .await
+        .unwrap();
+    let status = store.agent("a1").await.unwrap().unwrap().last_status;
+    assert_eq!(status.as_ref().map(RawJson::as_str), Some(kept.as_str()));
 }

@@ -76,6 +76,7 @@ macro_rules! contract_tests {
         contract_tests!(@each $open;
             commands::a_command_for_an_unknown_agent_is_refused(POLICY);
             commands::ws_cmd_2_a_new_command_is_stored_queued_with_its_parameters_as_posted(POLICY);
+            commands::ws_cmd_2_parameters_keep_escapes_big_numbers_unicode_and_spacing(POLICY);
             commands::ws_api_2_a_repeated_command_id_for_the_same_agent_returns_the_stored_command(POLICY);
             commands::ws_api_2_a_command_id_reused_for_another_agent_conflicts(POLICY);
             commands::ws_dlv_1_a_command_stored_for_a_connection_is_stored_as_its_first_push(POLICY);
