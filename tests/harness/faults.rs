@@ -23,9 +23,28 @@ use edge_harness::target::Target;
 
 use crate::proxy::{self, Fault, Secrets};
 
+/// The server a row runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Setup {
+    /// The embedded edge-server as `conform` runs it (registration on).
+    Default,
+    /// No REGISTRATION_TOKEN: registration answers 403 (`@ NoRegistration`).
+    NoRegistration,
+}
+
+macro_rules! setup {
+    () => {
+        Setup::Default
+    };
+    ($setup:ident) => {
+        Setup::$setup
+    };
+}
+
 struct Case {
     fault: Fault,
     rule: &'static str,
+    setup: Setup,
     /// Checks that must fail: the first with `rule`, the others in its family.
     fails: &'static [&'static str],
     /// Checks that run too (e.g. the fault leaves them alone); a failure
@@ -40,10 +59,11 @@ impl Case {
 }
 
 macro_rules! faults {
-    ($($test:ident: $fault:ident => $rule:literal, [$($fail:literal),+ $(; $($also:literal),+)?];)+) => {
+    ($($test:ident: $fault:ident => $rule:literal $(@ $setup:ident)?, [$($fail:literal),+ $(; $($also:literal),+)?];)+) => {
         const CASES: &[Case] = &[$(Case {
             fault: Fault::$fault,
             rule: $rule,
+            setup: setup!($($setup)?),
             fails: &[$($fail),+],
             also: &[$($($also),+)?],
         }),+];
@@ -79,6 +99,7 @@ faults! {
     http_ack_ignored: HttpAckIgnored => "WS-HTTP-2", ["http-ack-completes"];
     no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias"; "http-ack-completes"];
     registration_accepts_any_token: RegistrationAcceptsAnyToken => "WS-HTTP-3", ["register-with-wrong-token-is-401"; "register-is-idempotent-per-phone"];
+    registration_disabled_is_401: RegistrationDisabledIs401 => "WS-HTTP-3" @ NoRegistration, ["registration-disabled-is-403"];
     registration_not_idempotent: RegistrationNotIdempotent => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
     ttl_ignored: TtlIgnored => "WS-DLV-7", ["ttl-expires-and-is-never-sent"];
     ignores_command_id: IgnoresCommandId => "WS-API-2", ["command-id-is-idempotent"];
@@ -92,6 +113,7 @@ faults! {
     welcomes_before_refusing: WelcomesBeforeRefusing => "WS-AUTH-1", ["wrong-token-refused", "missing-token-refused"];
     unknown_agent_is_401: UnknownAgentIs401 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
     accepts_unknown_agents: AcceptsUnknownAgents => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
+    empty_id_is_unknown_agent: EmptyIdIsUnknownAgent => "WS-AUTH-3", ["empty-agent-id-is-400"; "missing-agent-id-is-400"];
     invalid_id_is_unknown_agent: InvalidIdIsUnknownAgent => "WS-AUTH-3", ["invalid-agent-id-is-400"];
     rate_limit_without_retry_after: RateLimitWithoutRetryAfter => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
     auth_before_rate_limit: AuthBeforeRateLimit => "WS-RATE-1", ["rate-limited-agent-gets-429-before-token-check", "refused-upgrades-limited-per-address", "strangers-cannot-lock-an-agent-out"; "connection-attempts-per-agent-limited"];
@@ -208,8 +230,15 @@ faults! {
 
 /// The embedded edge-server (short timers, spec rate limits) and a target
 /// that reaches it through a proxy injecting `fault`.
-async fn backend(fault: Fault) -> (Embedded, Target) {
-    let server = Embedded::start(|_| {}).await.unwrap();
+async fn backend(fault: Fault, setup: Setup) -> (Embedded, Target) {
+    let registration = setup != Setup::NoRegistration;
+    let server = Embedded::start(|c| {
+        if !registration {
+            c.registration_token = None;
+        }
+    })
+    .await
+    .unwrap();
     let secrets = Secrets {
         edge: embedded::EDGE_SECRET.into(),
         admin: embedded::ADMIN_TOKEN.into(),
@@ -219,13 +248,14 @@ async fn backend(fault: Fault) -> (Embedded, Target) {
     let mut target = Target::new(&format!("http://{addr}")).unwrap();
     target.edge_secret = Some(embedded::EDGE_SECRET.into());
     target.admin_token = Some(embedded::ADMIN_TOKEN.into());
-    target.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
+    target.registration_token = registration.then(|| embedded::REGISTRATION_TOKEN.into());
+    target.registration_disabled = !registration;
     target.restarter = Some(server.restarter());
     (server, target)
 }
 
-async fn run_against(fault: Fault, checks: &[&str]) -> RunReport {
-    let (server, target) = backend(fault).await;
+async fn run_against(fault: Fault, setup: Setup, checks: &[&str]) -> RunReport {
+    let (server, target) = backend(fault, setup).await;
     // As `conform` does: the timers from a probe agent's `connected`.
     conform::learn_timings(&target).await;
     let options = Options {
@@ -265,7 +295,8 @@ async fn assert_caught(fault: Fault) {
         .iter()
         .find(|c| c.fault == fault)
         .expect("in the table");
-    let report = run_against(fault, &case.checks().collect::<Vec<_>>()).await;
+    let checks: Vec<&str> = case.checks().collect();
+    let report = run_against(fault, case.setup, &checks).await;
     let all = summary(&report);
     for (n, name) in case.fails.iter().enumerate() {
         let result = report.results.iter().find(|r| &r.name == name);
@@ -308,9 +339,26 @@ async fn all_checks_used_pass_through_the_transparent_proxy() {
     assert!(missing.is_empty(), "not in the suite: {missing:?}");
     let distinct: BTreeSet<String> = CASES.iter().map(|c| format!("{:?}", c.fault)).collect();
     assert_eq!(distinct.len(), CASES.len(), "one row per fault");
-    let report = run_against(Fault::None, &used.iter().copied().collect::<Vec<_>>()).await;
-    let not_passed: Vec<String> = report
-        .results
+    // Once per server setup, every check the rows of that setup use.
+    let setups: BTreeSet<Setup> = CASES.iter().map(|c| c.setup).collect();
+    let mut results = Vec::new();
+    for setup in setups {
+        let checks: BTreeSet<&str> = CASES
+            .iter()
+            .filter(|c| c.setup == setup)
+            .flat_map(Case::checks)
+            .collect();
+        let checks: Vec<&str> = checks.into_iter().collect();
+        let report = run_against(Fault::None, setup, &checks).await;
+        assert_eq!(
+            report.results.len(),
+            checks.len(),
+            "{setup:?}: {:#?}",
+            summary(&report)
+        );
+        results.extend(report.results);
+    }
+    let not_passed: Vec<String> = results
         .iter()
         .filter(|r| r.status != Status::Pass)
         .map(|r| format!("{} {} {:?} {:?}", r.rule, r.name, r.status, r.observed))
@@ -319,14 +367,13 @@ async fn all_checks_used_pass_through_the_transparent_proxy() {
         not_passed.is_empty(),
         "through a transparent proxy: {not_passed:#?}"
     );
-    assert_eq!(report.results.len(), used.len(), "{:#?}", summary(&report));
 }
 
 /// The fuzz group catches a backend that falls over on garbage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzz_group_catches_a_crash_on_bad_json() {
     for (fault, should_pass) in [(Fault::None, true), (Fault::CrashesOnBadJson, false)] {
-        let (server, target) = backend(fault).await;
+        let (server, target) = backend(fault, Setup::Default).await;
         let result = edge_harness::fuzz::run(&target, 11, 40).await;
         assert_eq!(
             result.status == Status::Pass,

@@ -114,6 +114,10 @@ pub enum Fault {
     AcceptsUnknownAgents,
     /// Ids are not validated: an invalid id is just an unknown agent (403).
     InvalidIdIsUnknownAgent,
+    /// An empty `edge_agent_id` is looked up (403 unknown agent), not refused with 400.
+    EmptyIdIsUnknownAgent,
+    /// Without a configured REGISTRATION_TOKEN, registration answers 401 (compared with "").
+    RegistrationDisabledIs401,
     /// The upgrade 429 carries no `Retry-After`.
     RateLimitWithoutRetryAfter,
     /// The token is checked before the limits: past them a wrong token gets 401, not 429.
@@ -880,6 +884,28 @@ impl Proxy {
             {
                 answer.set_status(403);
                 answer.set_json(json!({"error": "unknown_agent", "message": "not registered"}));
+            }
+            Fault::EmptyIdIsUnknownAgent
+                if socket
+                    && path.contains("edge_agent_id=")
+                    && agent.is_empty()
+                    && answer
+                        .json()
+                        .is_some_and(|b| b["error"] == "missing_agent_id") =>
+            {
+                answer.set_status(403);
+                answer.set_json(json!({"error": "unknown_agent", "message": "not registered"}));
+            }
+            Fault::RegistrationDisabledIs401
+                if route == "/edge/register"
+                    && answer
+                        .json()
+                        .is_some_and(|b| b["error"] == "registration_disabled") =>
+            {
+                answer.set_status(401);
+                answer.set_json(
+                    json!({"error": "unauthorized", "message": "wrong registration_token"}),
+                );
             }
             Fault::RateLimitWithoutRetryAfter if status == 429 => {
                 answer.remove_header("retry-after")
