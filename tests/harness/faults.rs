@@ -7,13 +7,15 @@
 //! One table, [`faults!`] below: `test: Fault => "RULE", [fails; also]`.
 //! Every check of `fails` must fail, the first with that very rule; the
 //! checks of `also` run too (most pass: the fault is narrow). Any failure
-//! must stay in the rule's family. Each row is its own test (nextest
+//! must stay in the rule's family. `"RULE" @ Setup` runs the row against
+//! another server setup (e.g. without a registration token). Each row is its own test (nextest
 //! runs them in parallel) and runs only the broken backend; one test,
 //! `all_checks_used_pass_through_the_transparent_proxy`, runs the union of all the
 //! rows' checks once through the transparent proxy. scenarios/MUTATIONS.md
 //! lists the mutations behind the faults, and those no check catches yet.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use edge_harness::conform::{self, Options};
 use edge_harness::embedded::{self, Embedded};
@@ -223,6 +225,7 @@ faults! {
     shutdown_closes_1001: ShutdownCloses1001 => "WS-CONN-5", ["restart-closes-1012"];
     shutdown_drops_sockets: ShutdownDropsSockets => "WS-CONN-5", ["restart-closes-1012"];
     protocol_error_no_close_frame: ProtocolErrorNoCloseFrame => "WS-ERR-1", ["protocol-error-closes-1002"];
+    queue_in_memory: QueueInMemory => "WS-CONN-5", ["queued-commands-survive-restart"];
     in_flight_lost_on_restart: InFlightLostOnRestart => "WS-DLV-6", ["unacked-command-survives-a-restart"];
     oversize_closes_1011: OversizeCloses1011 => "WS-ERR-1", ["oversized-frame-closes-1009"];
     bad_utf8_closes_1002: BadUtf8Closes1002 => "WS-ERR-1", ["invalid-utf8-closes-1007"];
@@ -244,13 +247,18 @@ async fn backend(fault: Fault, setup: Setup) -> (Embedded, Target) {
         admin: embedded::ADMIN_TOKEN.into(),
         registration: embedded::REGISTRATION_TOKEN.into(),
     };
-    let addr = proxy::start(server.addr, fault, secrets).await;
-    let mut target = Target::new(&format!("http://{addr}")).unwrap();
+    let proxy = proxy::start(server.addr, fault, secrets).await;
+    let mut target = Target::new(&format!("http://{}", proxy.addr)).unwrap();
     target.edge_secret = Some(embedded::EDGE_SECRET.into());
     target.admin_token = Some(embedded::ADMIN_TOKEN.into());
     target.registration_token = registration.then(|| embedded::REGISTRATION_TOKEN.into());
     target.registration_disabled = !registration;
-    target.restarter = Some(server.restarter());
+    // The proxy hears of a restart (it sees none while no socket is open).
+    let restart = server.restarter();
+    target.restarter = Some(Arc::new(move || {
+        proxy.restarting();
+        restart()
+    }));
     (server, target)
 }
 

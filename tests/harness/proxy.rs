@@ -328,6 +328,8 @@ pub enum Fault {
     ShutdownCloses1001,
     /// Commands in flight at a restart are lost (an in-memory outbox).
     InFlightLostOnRestart,
+    /// Commands waiting for an offline agent are lost on a restart (an in-memory queue).
+    QueueInMemory,
     /// Shutdown drops the sockets without a close frame.
     ShutdownDropsSockets,
     /// A WebSocket protocol error drops the connection without a close frame.
@@ -346,8 +348,28 @@ pub struct Secrets {
     pub registration: String,
 }
 
+/// A running proxy: where it listens, and what the test tells it.
+#[derive(Clone)]
+pub struct Handle {
+    pub addr: SocketAddr,
+    proxy: Arc<Proxy>,
+}
+
+impl Handle {
+    /// The backend is being restarted (the test's restarter says so; the
+    /// proxy cannot see a restart while no socket is open).
+    pub fn restarting(&self) {
+        if self.proxy.fault == Fault::QueueInMemory {
+            let mut memory = self.proxy.memory();
+            let pushed: HashSet<String> = memory.pushed.values().flatten().cloned().collect();
+            let waiting: Vec<String> = memory.queued.difference(&pushed).cloned().collect();
+            memory.lost.extend(waiting);
+        }
+    }
+}
+
 /// Starts the proxy on an ephemeral loopback port; it runs until the test ends.
-pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> SocketAddr {
+pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> Handle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = Arc::new(Proxy {
@@ -357,12 +379,16 @@ pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> Sock
         memory: Mutex::new(Memory::default()),
         crash: watch::channel(0).0,
     });
+    let handle = Handle {
+        addr,
+        proxy: proxy.clone(),
+    };
     tokio::spawn(async move {
         while let Ok((client, peer)) = listener.accept().await {
             tokio::spawn(proxy.clone().handle(client, peer));
         }
     });
-    addr
+    handle
 }
 
 struct Proxy {
@@ -392,7 +418,7 @@ struct Memory {
     retried: HashSet<String>,
     /// Commands accepted by the control API.
     created: HashSet<String>,
-    /// Commands lost for good (InFlightLostOnRestart, QueueFullEvictsOldest).
+    /// Commands lost for good (a restart's, QueueFullEvictsOldest's).
     lost: HashSet<String>,
     /// Commands the control API accepted while their agent was away.
     queued: HashSet<String>,
@@ -1813,7 +1839,11 @@ impl Proxy {
                     Act::AgentAt(at, Message::text(extra.to_text())),
                 ]
             }
-            Fault::InFlightLostOnRestart if command && self.memory().lost.contains(&id) => vec![],
+            Fault::InFlightLostOnRestart | Fault::QueueInMemory
+                if command && self.memory().lost.contains(&id) =>
+            {
+                vec![]
+            }
             Fault::QueueFullEvictsOldest if command => {
                 let mut memory = self.memory();
                 if memory.evict.remove(&s.agent) {
