@@ -690,15 +690,8 @@ impl Proxy {
         let admin = format!("Bearer {}", self.secrets.admin);
         let now = unix_now();
         match self.fault {
+            // The upgrade (`/edge/ws`).
             Fault::AcceptsAnyToken if socket => request.set_header("authorization", &edge),
-            Fault::AdminApiOpenToEdgeSecret
-                if path.starts_with("/api") && request.header("authorization") == Some(&edge) =>
-            {
-                request.set_header("authorization", &admin)
-            }
-            Fault::ApiAcceptsAgentTokens if path.starts_with("/api") && hmac.is_some() => {
-                request.set_header("authorization", &admin)
-            }
             Fault::AdminTokenOpensSockets
                 if socket && request.header("authorization") == Some(&admin) =>
             {
@@ -751,43 +744,25 @@ impl Proxy {
                     json!({"error": "unauthorized", "message": "token from the future"}),
                 ));
             }
-            Fault::ApiAcceptsMissingToken
-                if path.starts_with("/api") && request.header("authorization").is_none() =>
+            Fault::RefusesSecondConnection
+                if socket && self.memory().live.get(&agent).is_some_and(|n| *n > 0) =>
             {
-                request.set_header("authorization", &admin)
+                return Some(Http::answer(
+                    409,
+                    json!({"error": "already_connected", "message": "this agent is connected"}),
+                ));
             }
-            Fault::ImmediateIsNormal if is_command_post(request) => {
-                request.edit_json(|body| {
-                    if body.get("priority") == Some(&Json::String("immediate".into())) {
-                        body.insert("priority", Json::String("normal".into()));
-                    }
-                });
+            Fault::CountsRejectsPerAgent
+                if socket && self.memory().rejects.get(&agent).is_some_and(|n| *n >= 10) =>
+            {
+                let mut answer = Http::answer(
+                    429,
+                    json!({"error": "rate_limited", "message": "too many attempts"}),
+                );
+                answer.set_header("retry-after", "60");
+                return Some(answer);
             }
-            Fault::DefaultPriorityLow if is_command_post(request) => {
-                request.edit_json(|body| {
-                    if body.get("priority").is_none() {
-                        body.insert("priority", Json::String("low".into()));
-                    }
-                });
-            }
-            Fault::OnlySpecCommandTypes if is_command_post(request) => {
-                let spec = [
-                    "send_message",
-                    "schedule_message",
-                    "cancel_message",
-                    "update_config",
-                ];
-                let kind = request
-                    .json()
-                    .map(|b| b["command_type"].clone())
-                    .unwrap_or_default();
-                if !spec.iter().any(|t| kind == *t) {
-                    return Some(Http::answer(
-                        400,
-                        json!({"error": "invalid_command_type", "message": "unknown command_type"}),
-                    ));
-                }
-            }
+            // The edge's HTTP endpoints.
             Fault::HttpLastAckWins if path == "/edge/command/ack" => {
                 let ack = request.json().unwrap_or_default();
                 let status = match (&ack["success"], ack["status"].as_str()) {
@@ -840,29 +815,57 @@ impl Proxy {
                     }
                 });
             }
+            // The control API.
+            Fault::AdminApiOpenToEdgeSecret
+                if path.starts_with("/api") && request.header("authorization") == Some(&edge) =>
+            {
+                request.set_header("authorization", &admin)
+            }
+            Fault::ApiAcceptsAgentTokens if path.starts_with("/api") && hmac.is_some() => {
+                request.set_header("authorization", &admin)
+            }
+            Fault::ApiAcceptsMissingToken
+                if path.starts_with("/api") && request.header("authorization").is_none() =>
+            {
+                request.set_header("authorization", &admin)
+            }
+            Fault::ImmediateIsNormal if is_command_post(request) => {
+                request.edit_json(|body| {
+                    if body.get("priority") == Some(&Json::String("immediate".into())) {
+                        body.insert("priority", Json::String("normal".into()));
+                    }
+                });
+            }
+            Fault::DefaultPriorityLow if is_command_post(request) => {
+                request.edit_json(|body| {
+                    if body.get("priority").is_none() {
+                        body.insert("priority", Json::String("low".into()));
+                    }
+                });
+            }
+            Fault::OnlySpecCommandTypes if is_command_post(request) => {
+                let spec = [
+                    "send_message",
+                    "schedule_message",
+                    "cancel_message",
+                    "update_config",
+                ];
+                let kind = request
+                    .json()
+                    .map(|b| b["command_type"].clone())
+                    .unwrap_or_default();
+                if !spec.iter().any(|t| kind == *t) {
+                    return Some(Http::answer(
+                        400,
+                        json!({"error": "invalid_command_type", "message": "unknown command_type"}),
+                    ));
+                }
+            }
             Fault::TtlIgnored if is_command_post(request) => {
                 request.edit_json(|body| body.remove("ttl_s"));
             }
             Fault::IgnoresCommandId if is_command_post(request) => {
                 request.edit_json(|body| body.remove("command_id"));
-            }
-            Fault::RefusesSecondConnection
-                if socket && self.memory().live.get(&agent).is_some_and(|n| *n > 0) =>
-            {
-                return Some(Http::answer(
-                    409,
-                    json!({"error": "already_connected", "message": "this agent is connected"}),
-                ));
-            }
-            Fault::CountsRejectsPerAgent
-                if socket && self.memory().rejects.get(&agent).is_some_and(|n| *n >= 10) =>
-            {
-                let mut answer = Http::answer(
-                    429,
-                    json!({"error": "rate_limited", "message": "too many attempts"}),
-                );
-                answer.set_header("retry-after", "60");
-                return Some(answer);
             }
             _ => {}
         }
@@ -880,7 +883,8 @@ impl Proxy {
         let status = answer.status();
         let method = request.method().to_string();
         let agent = query_param(&path, "edge_agent_id").unwrap_or_default();
-        // The command id of `/api/commands/{id}` (and `/retry`).
+        // What every backend remembers: the commands it accepted, and which
+        // of them waited for an offline agent.
         if is_command_post(request) && status == 202 {
             let body = answer.json().unwrap_or_default();
             let id = body["command_id"].as_str().unwrap_or("").to_string();
@@ -890,10 +894,22 @@ impl Proxy {
                 self.memory().queued.insert(id);
             }
         }
+        // The command id of `/api/commands/{id}` (and `/retry`).
         let command = route
             .strip_prefix("/api/commands/")
             .map(|rest| rest.trim_end_matches("/retry").to_string());
         match self.fault {
+            // Any answer.
+            Fault::RateLimitWithoutRetryAfter if status == 429 => {
+                answer.remove_header("retry-after")
+            }
+            Fault::RateLimitIs503 if status == 429 => {
+                answer.set_status(503);
+                answer.remove_header("retry-after");
+                answer.set_json(json!({"error": "unavailable", "message": "try later"}));
+            }
+            Fault::EmptyBodyOn405 if status == 405 => answer.set_body("text/plain", ""),
+            // Refused upgrades (`/edge/ws` answered without a 101).
             Fault::RefusesWithBare403 if socket && status == 401 => {
                 answer.set_status(403);
                 answer.set_body("text/plain", "");
@@ -922,6 +938,15 @@ impl Proxy {
                 answer.set_status(403);
                 answer.set_json(json!({"error": "unknown_agent", "message": "not registered"}));
             }
+            Fault::AuthBeforeRateLimit if socket && status == 429 && !self.valid_token(request) => {
+                answer.set_status(401);
+                answer.remove_header("retry-after");
+                answer.set_json(json!({"error": "unauthorized", "message": "bad token"}));
+            }
+            Fault::CountsRejectsPerAgent if socket && status == 401 => {
+                *self.memory().rejects.entry(agent).or_default() += 1;
+            }
+            // The edge's HTTP endpoints: sync, acks, registration, errors.
             Fault::RegistrationDisabledIs401
                 if route == "/edge/register"
                     && answer
@@ -932,22 +957,6 @@ impl Proxy {
                 answer.set_json(
                     json!({"error": "unauthorized", "message": "wrong registration_token"}),
                 );
-            }
-            Fault::RateLimitWithoutRetryAfter if status == 429 => {
-                answer.remove_header("retry-after")
-            }
-            Fault::AuthBeforeRateLimit if socket && status == 429 && !self.valid_token(request) => {
-                answer.set_status(401);
-                answer.remove_header("retry-after");
-                answer.set_json(json!({"error": "unauthorized", "message": "bad token"}));
-            }
-            Fault::RateLimitIs503 if status == 429 => {
-                answer.set_status(503);
-                answer.remove_header("retry-after");
-                answer.set_json(json!({"error": "unavailable", "message": "try later"}));
-            }
-            Fault::CountsRejectsPerAgent if socket && status == 401 => {
-                *self.memory().rejects.entry(agent).or_default() += 1;
             }
             Fault::HttpAckWithoutAgentIdAccepted
                 if route == "/edge/command/ack"
@@ -969,7 +978,6 @@ impl Proxy {
                     }
                 });
             }
-            Fault::EmptyBodyOn405 if status == 405 => answer.set_body("text/plain", ""),
             Fault::HttpAckNoOwnerCheck
                 if route == "/edge/command/ack"
                     && status == 404
@@ -986,31 +994,6 @@ impl Proxy {
                 self.memory().last_ack.insert(id, "completed".into());
                 answer.set_status(200);
                 answer.set_json(json!({"acknowledged": true}));
-            }
-            Fault::RetryAnyState if route.ends_with("/retry") && status == 409 => {
-                let id = command.clone().unwrap_or_default();
-                let Some((200, existing)) =
-                    self.admin("GET", &format!("/api/commands/{id}"), "").await
-                else {
-                    return;
-                };
-                answer.set_status(202);
-                answer.set_json(existing);
-            }
-            Fault::RepeatedIdAtLimitIs429 if is_command_post(request) => {
-                let agent = route
-                    .trim_start_matches("/api/agents/")
-                    .trim_end_matches("/commands")
-                    .to_string();
-                let mut memory = self.memory();
-                if status == 429 {
-                    memory.full.insert(agent);
-                } else if status == 200 && memory.full.contains(&agent) {
-                    answer.set_status(429);
-                    answer.set_json(
-                        json!({"error": "queue_full", "message": "too many pending commands"}),
-                    );
-                }
             }
             Fault::SyncReturnsInProgress if route == "/edge/sync" && status == 200 => {
                 let progress: Vec<String> = self.memory().progress.keys().cloned().collect();
@@ -1036,24 +1019,6 @@ impl Proxy {
                 }
                 answer.set_json(body);
             }
-            Fault::StatusMerged if method == "GET" && route.starts_with("/api/agents/") => {
-                let id = route.trim_start_matches("/api/agents/");
-                let Some(merged) = self.memory().statuses.get(id).cloned() else {
-                    return;
-                };
-                answer.edit_json(|body| body.insert("last_status", Json::Object(merged)));
-            }
-            Fault::ConfigDeliveredWhenOffline if route.ends_with("/config") && status == 202 => {
-                answer.set_json(json!({"delivered": true}));
-            }
-            Fault::TimedOutAgentStaysRegistered
-                if method == "GET" && route.starts_with("/api/agents/") =>
-            {
-                let id = route.trim_start_matches("/api/agents/");
-                if self.memory().timed_out.contains(id) {
-                    answer.edit_json(|body| body.insert("connected", Json::Bool(true)));
-                }
-            }
             Fault::HttpErrorsNotJson if status >= 400 && route.starts_with("/edge/") => {
                 answer.set_body("text/plain", "Unauthorized");
             }
@@ -1078,6 +1043,89 @@ impl Proxy {
                         }
                     }
                 });
+            }
+            Fault::SyncAcksEventsOnce if route == "/edge/sync" => {
+                let mut memory = self.memory();
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(acked)) = body.get_mut("ack_events") {
+                        acked.retain(|e| memory.events.insert(e.to_text()));
+                    }
+                });
+            }
+            Fault::SyncNeverRedelivers if route == "/edge/sync" => {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        commands.retain(|c| c.get("attempt").and_then(Json::as_u64) == Some(1));
+                    }
+                });
+            }
+            Fault::SyncReturnsSentAgain if route == "/edge/sync" && status == 200 => {
+                let Some(mut body) = answer.json() else {
+                    return;
+                };
+                let named = request
+                    .json()
+                    .and_then(|b| b["edge_agent_id"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let mut memory = self.memory();
+                let before = memory.synced.entry(named).or_default();
+                let Some(commands) = body["commands"].as_array_mut() else {
+                    return;
+                };
+                for old in before.iter() {
+                    if !commands
+                        .iter()
+                        .any(|c| c["command_id"] == old["command_id"])
+                    {
+                        commands.push(old.clone());
+                    }
+                }
+                *before = commands.clone();
+                answer.set_json(body);
+            }
+            // The control API and `/metrics`.
+            Fault::RetryAnyState if route.ends_with("/retry") && status == 409 => {
+                let id = command.clone().unwrap_or_default();
+                let Some((200, existing)) =
+                    self.admin("GET", &format!("/api/commands/{id}"), "").await
+                else {
+                    return;
+                };
+                answer.set_status(202);
+                answer.set_json(existing);
+            }
+            Fault::RepeatedIdAtLimitIs429 if is_command_post(request) => {
+                let agent = route
+                    .trim_start_matches("/api/agents/")
+                    .trim_end_matches("/commands")
+                    .to_string();
+                let mut memory = self.memory();
+                if status == 429 {
+                    memory.full.insert(agent);
+                } else if status == 200 && memory.full.contains(&agent) {
+                    answer.set_status(429);
+                    answer.set_json(
+                        json!({"error": "queue_full", "message": "too many pending commands"}),
+                    );
+                }
+            }
+            Fault::StatusMerged if method == "GET" && route.starts_with("/api/agents/") => {
+                let id = route.trim_start_matches("/api/agents/");
+                let Some(merged) = self.memory().statuses.get(id).cloned() else {
+                    return;
+                };
+                answer.edit_json(|body| body.insert("last_status", Json::Object(merged)));
+            }
+            Fault::ConfigDeliveredWhenOffline if route.ends_with("/config") && status == 202 => {
+                answer.set_json(json!({"delivered": true}));
+            }
+            Fault::TimedOutAgentStaysRegistered
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                let id = route.trim_start_matches("/api/agents/");
+                if self.memory().timed_out.contains(id) {
+                    answer.edit_json(|body| body.insert("connected", Json::Bool(true)));
+                }
             }
             Fault::QueueFullEvictsOldest if is_command_post(request) && status == 429 => {
                 let agent = route
@@ -1176,45 +1224,6 @@ impl Proxy {
                 if self.memory().unregistered.contains(id) {
                     answer.edit_json(|body| body.insert("connected", Json::Bool(false)));
                 }
-            }
-            Fault::SyncAcksEventsOnce if route == "/edge/sync" => {
-                let mut memory = self.memory();
-                answer.edit_json(|body| {
-                    if let Some(Json::Array(acked)) = body.get_mut("ack_events") {
-                        acked.retain(|e| memory.events.insert(e.to_text()));
-                    }
-                });
-            }
-            Fault::SyncNeverRedelivers if route == "/edge/sync" => {
-                answer.edit_json(|body| {
-                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
-                        commands.retain(|c| c.get("attempt").and_then(Json::as_u64) == Some(1));
-                    }
-                });
-            }
-            Fault::SyncReturnsSentAgain if route == "/edge/sync" && status == 200 => {
-                let Some(mut body) = answer.json() else {
-                    return;
-                };
-                let named = request
-                    .json()
-                    .and_then(|b| b["edge_agent_id"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let mut memory = self.memory();
-                let before = memory.synced.entry(named).or_default();
-                let Some(commands) = body["commands"].as_array_mut() else {
-                    return;
-                };
-                for old in before.iter() {
-                    if !commands
-                        .iter()
-                        .any(|c| c["command_id"] == old["command_id"])
-                    {
-                        commands.push(old.clone());
-                    }
-                }
-                *before = commands.clone();
-                answer.set_json(body);
             }
             Fault::LastAckWins
             | Fault::ForeignAckAccepted
