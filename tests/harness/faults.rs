@@ -130,6 +130,8 @@ faults! {
     retry_any_state: RetryAnyState => "WS-API-4", ["retry-is-only-for-dead-or-expired"];
     repeated_id_at_limit_is_429: RepeatedIdAtLimitIs429 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     sync_returns_in_progress: SyncReturnsInProgress => "WS-DLV-5", ["sync-leaves-commands-in-progress"];
+    status_first_only: StatusFirstOnly => "WS-STATUS-1", ["a-new-status-replaces-the-last"; "status-is-stored"];
+    pending_ignores_progress: PendingIgnoresProgress => "WS-ACK-2", ["progress-ack-keeps-command-pending"];
     status_merged: StatusMerged => "WS-STATUS-1", ["a-new-status-replaces-the-last"; "status-is-stored"];
     config_delivered_when_offline: ConfigDeliveredWhenOffline => "WS-CFG-1", ["config-for-an-offline-agent-is-not-delivered"; "config-update-pushed"];
     timed_out_agent_stays_registered: TimedOutAgentStaysRegistered => "WS-CONN-3", ["timed-out-agent-leaves-the-registry"; "silent-agent-is-closed"];

@@ -146,6 +146,8 @@ pub enum Fault {
     StatusMerged,
     /// A config for an offline agent answers `delivered: true`.
     ConfigDeliveredWhenOffline,
+    /// `pending_commands` counts `queued`/`sent` only, not progress states.
+    PendingIgnoresProgress,
     /// A ping-timed-out agent stays `connected` in the registry.
     TimedOutAgentStaysRegistered,
     /// An HTTP ack for an unknown command answers 200.
@@ -218,6 +220,8 @@ pub enum Fault {
     ProgressAckIgnored,
     /// `status` messages are never stored.
     StatusNotStored,
+    /// Only an agent's first `status` is stored (`ON CONFLICT DO NOTHING`).
+    StatusFirstOnly,
     /// Bad input from one agent takes every socket down (a crash).
     BadInputKillsAllSockets,
     /// Only `ping` messages count as a sign of life.
@@ -438,6 +442,8 @@ struct Memory {
     full: HashSet<String>,
     /// Agents whose last socket was closed for its missing pings.
     timed_out: HashSet<String>,
+    /// Agents that sent a status (StatusFirstOnly).
+    status_seen: HashSet<String>,
     /// Per agent: every status member it ever sent (StatusMerged).
     statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.
@@ -1084,6 +1090,27 @@ impl Proxy {
                 answer.set_json(body);
             }
             // The control API and `/metrics`.
+            Fault::PendingIgnoresProgress
+                if method == "GET" && route.starts_with("/api/agents/") && status == 200 =>
+            {
+                let id = route.trim_start_matches("/api/agents/");
+                let memory = self.memory();
+                let working = memory.pushed.get(id).map_or(0, |pushed| {
+                    pushed
+                        .iter()
+                        .filter(|c| memory.progress.contains_key(*c))
+                        .count()
+                });
+                drop(memory);
+                answer.edit_json(|body| {
+                    if let Some(n) = body.get("pending_commands").and_then(Json::as_u64) {
+                        body.insert(
+                            "pending_commands",
+                            Json::from(n.saturating_sub(working as u64)),
+                        );
+                    }
+                });
+            }
             Fault::RetryAnyState if route.ends_with("/retry") && status == 409 => {
                 let id = command.clone().unwrap_or_default();
                 let Some((200, existing)) =
@@ -1512,8 +1539,11 @@ impl Proxy {
                 (_, Some(status)) => status.to_string(),
                 _ => String::new(),
             };
+            // `progress` holds the commands in a progress state now.
             if status == "received" || status == "executing" {
                 self.memory().progress.insert(id.clone(), status.clone());
+            } else if !status.is_empty() {
+                self.memory().progress.remove(&id);
             }
             if !status.is_empty() {
                 s.acked.insert(id.clone());
@@ -1541,6 +1571,11 @@ impl Proxy {
             }
             Fault::ProgressAckIgnored if progress => return vec![],
             Fault::StatusNotStored if kind == "status" => return vec![],
+            Fault::StatusFirstOnly
+                if kind == "status" && !self.memory().status_seen.insert(s.agent.clone()) =>
+            {
+                return vec![]
+            }
             Fault::StatusMerged if kind == "status" => {
                 if let Some(Json::Object(members)) =
                     Json::parse(&message).and_then(|m| m.get("data").cloned())
