@@ -89,6 +89,7 @@ faults! {
     accepts_expired_tokens: AcceptsExpiredTokens => "WS-AUTH-5", ["expired-token-refused"; "future-token-refused", "own-hmac-token-opens"];
     accepts_future_tokens: AcceptsFutureTokens => "WS-AUTH-5", ["future-token-refused"; "expired-token-refused"];
     token_opens_any_agent: TokenOpensAnyAgent => "WS-AUTH-5", ["other-agents-token-refused"; "own-hmac-token-opens"];
+    shared_secret_only: SharedSecretOnly => "WS-AUTH-5", ["own-hmac-token-opens"];
     signature_not_verified: SignatureNotVerified => "WS-AUTH-5", ["forged-token-refused"; "own-hmac-token-opens"];
     token_valid_one_hour: TokenValidOneHour => "WS-AUTH-5", ["token-valid-for-24h-with-skew"; "expired-token-refused"];
     no_clock_skew: NoClockSkew => "WS-AUTH-5", ["token-valid-for-24h-with-skew"; "future-token-refused"];
@@ -114,6 +115,9 @@ faults! {
     refuses_with_close_1008: RefusesWithClose1008 => "WS-AUTH-2", ["refusal-is-401-with-json-body", "missing-token-refused", "wrong-token-refused"];
     welcomes_before_refusing: WelcomesBeforeRefusing => "WS-AUTH-1", ["wrong-token-refused", "missing-token-refused"];
     unknown_agent_is_401: UnknownAgentIs401 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
+    unknown_agent_is_404: UnknownAgentIs404 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
+    unknown_agent_error_forbidden: UnknownAgentErrorForbidden => "WS-AUTH-4", ["unknown-agent-is-403-unknown_agent"; "unknown-agent-refused"];
+    refusal_is_html: RefusalIsHtml => "WS-AUTH-2", ["refusal-is-401-with-json-body"; "wrong-token-refused"];
     accepts_unknown_agents: AcceptsUnknownAgents => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
     empty_id_is_unknown_agent: EmptyIdIsUnknownAgent => "WS-AUTH-3", ["empty-agent-id-is-400"; "missing-agent-id-is-400"];
     invalid_id_is_unknown_agent: InvalidIdIsUnknownAgent => "WS-AUTH-3", ["invalid-agent-id-is-400"];
@@ -138,6 +142,7 @@ faults! {
     http_errors_not_json: HttpErrorsNotJson => "WS-HTTP-4", ["http-errors-are-json"];
     sync_ignores_priority: SyncIgnoresPriority => "WS-HTTP-1", ["sync-returns-pending-commands"];
     sync_acks_events_once: SyncAcksEventsOnce => "WS-HTTP-1", ["sync-acknowledges-events"];
+    sync_attempt_not_counted: SyncAttemptNotCounted => "WS-DLV-5", ["sync-redelivers-after-ack-timeout"];
     sync_never_redelivers: SyncNeverRedelivers => "WS-DLV-5", ["sync-redelivers-after-ack-timeout"];
     sync_returns_sent_again: SyncReturnsSentAgain => "WS-DLV-5", ["sync-redelivers-after-ack-timeout"];
     last_ack_wins: LastAckWins => "WS-ACK-3", ["acks-are-idempotent", "late-ack-does-not-revive-expired", "late-ack-does-not-revive-dead"];
@@ -157,6 +162,7 @@ faults! {
     metrics_as_json: MetricsAsJson => "WS-OBS-1", ["metrics-are-prometheus-text"];
     metrics_without_reconnects: MetricsWithoutReconnects => "WS-OBS-1", ["metrics-are-prometheus-text"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
+    history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];
 
     // ---- agent → server frames ----
@@ -166,6 +172,7 @@ faults! {
     failure_ack_completes: FailureAckCompletes => "WS-ACK-2", ["spec-ack-failure-fails"; "spec-ack-completes"];
     ack_error_dropped: AckErrorDropped => "WS-ACK-2", ["spec-ack-failure-fails"];
     progress_ack_completes: ProgressAckCompletes => "WS-ACK-2", ["progress-ack-keeps-command-pending"];
+    ack_needs_timestamp: AckNeedsTimestamp => "WS-ACK-1", ["compat-ack-dialect"; "unknown-command-ack-is-unknown_command"];
     compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
     progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
     status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];
@@ -179,6 +186,8 @@ faults! {
     pending_before_welcome: PendingBeforeWelcome => "WS-MSG-1", ["connected-comes-before-pending-commands"; "connected-comes-first"];
     ws_pings_not_counted: WsPingsNotCounted => "WS-CONN-3", ["websocket-pings-keep-the-socket-alive"];
     no_expires_at: NoExpiresAt => "WS-CMD-1", ["ttl-gives-expires_at-and-other-types-pass"; "command-is-pushed-with-its-fields"];
+    welcome_wrong_agent_id: WelcomeWrongAgentId => "WS-MSG-1", ["connected-comes-first"];
+    error_without_message: ErrorWithoutMessage => "WS-ERR-1", ["not-json-is-invalid_json"];
     welcome_version_as_number: WelcomeVersionAsNumber => "WS-MSG-1", ["connected-comes-first"];
     no_pong: NoPong => "WS-PING-1", ["ping-gets-pong"];
     no_ping_rate_limit: NoPingRateLimit => "WS-RATE-3", ["extra-pings-get-rate_limited"];
@@ -211,6 +220,7 @@ faults! {
     parameters_as_string: ParametersAsString => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     camel_case_command_fields: CamelCaseCommandFields => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     resorts_parameter_keys: ResortsParameterKeys => "WS-CMD-2", ["parameters-relayed-as-posted"];
+    resorts_payload_keys: ResortsPayloadKeys => "WS-CMD-1", ["payload-copies-parameters"; "parameters-relayed-as-posted"];
     integer_keys_first: IntegerKeysFirst => "WS-CMD-2", ["parameters-relayed-as-posted"];
     rounds_numbers_to_double: RoundsNumbersToDouble => "WS-CMD-2", ["parameters-relayed-as-posted"];
     no_payload_copy: NoPayloadCopy => "WS-CMD-1", ["payload-copies-parameters"; "command-is-pushed-with-its-fields"];

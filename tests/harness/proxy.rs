@@ -110,6 +110,14 @@ pub enum Fault {
     WelcomesBeforeRefusing,
     /// An unknown agent gets 401 (not 403 or 4004).
     UnknownAgentIs401,
+    /// An unknown agent gets 404.
+    UnknownAgentIs404,
+    /// An unknown agent gets 403 `{"error":"forbidden"}`.
+    UnknownAgentErrorForbidden,
+    /// A refused upgrade is a 401 with an HTML body.
+    RefusalIsHtml,
+    /// Per-agent HMAC tokens are not supported (shared secret only).
+    SharedSecretOnly,
     /// An unknown agent is created on its first connect.
     AcceptsUnknownAgents,
     /// Ids are not validated: an invalid id is just an unknown agent (403).
@@ -200,6 +208,10 @@ pub enum Fault {
     MetricsWithoutReconnects,
     /// History records connects only: no `disconnected_at`.
     HistoryWithoutDisconnects,
+    /// History without `remote_addr`.
+    HistoryWithoutRemoteAddr,
+    /// Commands returned by sync always say `attempt: 1`.
+    SyncAttemptNotCounted,
 
     // ---- agent → server frames ----
     /// Non-JSON text takes the connection down with 1011.
@@ -216,6 +228,8 @@ pub enum Fault {
     ProgressAckCompletes,
     /// The compat ack dialect (`status`, no `success`) is ignored.
     CompatAckIgnored,
+    /// Acks without `timestamp` are refused as `invalid_message`.
+    AckNeedsTimestamp,
     /// Progress acks (`received`/`executing`) are ignored.
     ProgressAckIgnored,
     /// `status` messages are never stored.
@@ -242,6 +256,10 @@ pub enum Fault {
     NoExpiresAt,
     /// `protocol_version` is the number 1.0, not the string "1.0".
     WelcomeVersionAsNumber,
+    /// `connected` names another agent (a shared welcome object).
+    WelcomeWrongAgentId,
+    /// `error` messages carry no `message`.
+    ErrorWithoutMessage,
     /// Pings are never answered.
     NoPong,
     /// Every ping gets a pong (no ping rate limit).
@@ -306,6 +324,8 @@ pub enum Fault {
     ResortsParameterKeys,
     /// Integer-like keys of `parameters` moved first (a JavaScript object).
     IntegerKeysFirst,
+    /// `payload` re-sorted, `parameters` kept (the copy goes through a map).
+    ResortsPayloadKeys,
     /// Numbers in `parameters` re-rounded through f64 (`JSON.parse`).
     RoundsNumbersToDouble,
     /// One delivery past `max_attempts` (`<=` for `<`).
@@ -750,6 +770,12 @@ impl Proxy {
                     json!({"error": "unauthorized", "message": "token from the future"}),
                 ));
             }
+            Fault::SharedSecretOnly if socket && hmac.is_some() => {
+                return Some(Http::answer(
+                    401,
+                    json!({"error": "unauthorized", "message": "invalid token"}),
+                ));
+            }
             Fault::RefusesSecondConnection
                 if socket && self.memory().live.get(&agent).is_some_and(|n| *n > 0) =>
             {
@@ -924,6 +950,19 @@ impl Proxy {
                 answer.set_status(401);
                 answer.set_json(json!({"error": "unauthorized", "message": "unknown agent"}));
             }
+            Fault::UnknownAgentIs404 if socket && status == 403 => {
+                answer.set_status(404);
+                answer.set_json(json!({"error": "not_found", "message": "unknown agent"}));
+            }
+            Fault::UnknownAgentErrorForbidden if socket && status == 403 => {
+                answer.set_json(json!({"error": "forbidden", "message": "unknown agent"}));
+            }
+            Fault::RefusalIsHtml if socket && status == 401 => {
+                answer.set_body(
+                    "text/html",
+                    "<html><body><h1>401 Unauthorized</h1></body></html>",
+                );
+            }
             Fault::InvalidIdIsUnknownAgent
                 if socket
                     && answer
@@ -1055,6 +1094,15 @@ impl Proxy {
                 answer.edit_json(|body| {
                     if let Some(Json::Array(acked)) = body.get_mut("ack_events") {
                         acked.retain(|e| memory.events.insert(e.to_text()));
+                    }
+                });
+            }
+            Fault::SyncAttemptNotCounted if route == "/edge/sync" => {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        for command in commands {
+                            command.insert("attempt", Json::from(1));
+                        }
                     }
                 });
             }
@@ -1333,6 +1381,17 @@ impl Proxy {
                 }
                 answer.edit_json(|body| body.insert("connected", Json::Bool(true)));
             }
+            Fault::HistoryWithoutRemoteAddr
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(history)) = body.get_mut("history") {
+                        for entry in history {
+                            entry.remove("remote_addr");
+                        }
+                    }
+                });
+            }
             Fault::HistoryWithoutDisconnects
                 if method == "GET" && route.starts_with("/api/agents/") =>
             {
@@ -1566,6 +1625,12 @@ impl Proxy {
                 return vec![Act::Close(1003, "unsupported data")]
             }
             Fault::IgnoresAcks if ack.is_some() => return vec![],
+            Fault::AckNeedsTimestamp
+                if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
+            {
+                let error = json!({"type": "error", "data": {"code": "invalid_message", "message": "timestamp is required"}});
+                return vec![Act::Agent(Message::text(error.to_string()))];
+            }
             Fault::CompatAckIgnored if ack.as_ref().is_some_and(|a| a.get("success").is_none()) => {
                 return vec![]
             }
@@ -1710,6 +1775,14 @@ impl Proxy {
         let command = kind == "command";
         match self.fault {
             Fault::NoWelcome if kind == "connected" => vec![],
+            Fault::WelcomeWrongAgentId if kind == "connected" => edit(&|f| {
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("edge_agent_id", Json::String("edge-agent".into()))
+            }),
+            Fault::ErrorWithoutMessage if kind == "error" => {
+                edit(&|f| f.get_mut("data").unwrap().remove("message"))
+            }
             // Held a moment: the pending commands, pushed meanwhile, go first.
             Fault::PendingBeforeWelcome if kind == "connected" => {
                 vec![Act::AgentAt(Instant::now() + HOLD, message)]
@@ -1847,6 +1920,11 @@ impl Proxy {
                 data.rename("command_id", "commandId");
                 data.rename("command_type", "commandType");
                 data.rename("created_at", "createdAt");
+            }),
+            Fault::ResortsPayloadKeys if command => edit(&|f| {
+                if let Some(payload) = f.get_mut("data").unwrap().get_mut("payload") {
+                    payload.sort_keys();
+                }
             }),
             Fault::ResortsParameterKeys if command => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
