@@ -85,6 +85,7 @@ faults! {
     api_accepts_agent_tokens: ApiAcceptsAgentTokens => "WS-API-1", ["agent-token-does-not-open-the-api"; "edge-secret-does-not-open-the-api"];
     admin_token_opens_sockets: AdminTokenOpensSockets => "WS-API-1", ["admin-token-opens-no-socket"];
     ignores_header_id_mismatch: IgnoresHeaderIdMismatch => "WS-AUTH-3", ["header-id-mismatch-is-400"; "header-may-duplicate-the-id", "missing-agent-id-is-400"];
+    rejects_header_id: RejectsHeaderId => "WS-AUTH-3", ["header-may-duplicate-the-id"; "header-id-mismatch-is-400"];
     falls_back_to_header_id: FallsBackToHeaderId => "WS-AUTH-3", ["missing-agent-id-is-400"; "header-id-mismatch-is-400"];
     accepts_expired_tokens: AcceptsExpiredTokens => "WS-AUTH-5", ["expired-token-refused"; "future-token-refused", "own-hmac-token-opens"];
     accepts_future_tokens: AcceptsFutureTokens => "WS-AUTH-5", ["future-token-refused"; "expired-token-refused"];
@@ -103,6 +104,7 @@ faults! {
     no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias"; "http-ack-completes"];
     registration_accepts_any_token: RegistrationAcceptsAnyToken => "WS-HTTP-3", ["register-with-wrong-token-is-401"; "register-is-idempotent-per-phone"];
     registration_disabled_is_401: RegistrationDisabledIs401 => "WS-HTTP-3" @ NoRegistration, ["registration-disabled-is-403"];
+    registration_open_when_unconfigured: RegistrationOpenWhenUnconfigured => "WS-HTTP-3" @ NoRegistration, ["registration-disabled-is-403"];
     registration_not_idempotent: RegistrationNotIdempotent => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
     ttl_ignored: TtlIgnored => "WS-DLV-7", ["ttl-expires-and-is-never-sent"];
     ignores_command_id: IgnoresCommandId => "WS-API-2", ["command-id-is-idempotent"];
@@ -113,6 +115,7 @@ faults! {
     // ---- HTTP answers, refused upgrades included ----
     refuses_with_bare_403: RefusesWithBare403 => "WS-AUTH-2", ["refusal-is-401-with-json-body"; "wrong-token-refused", "missing-token-refused"];
     refuses_with_close_1008: RefusesWithClose1008 => "WS-AUTH-2", ["refusal-is-401-with-json-body", "missing-token-refused", "wrong-token-refused"];
+    refuses_late: RefusesLate => "WS-AUTH-2", ["refusal-is-401-with-json-body", "missing-token-refused"];
     welcomes_before_refusing: WelcomesBeforeRefusing => "WS-AUTH-1", ["wrong-token-refused", "missing-token-refused"];
     unknown_agent_is_401: UnknownAgentIs401 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
     unknown_agent_is_404: UnknownAgentIs404 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
@@ -237,6 +240,7 @@ faults! {
     shutdown_closes_1001: ShutdownCloses1001 => "WS-CONN-5", ["restart-closes-1012"];
     shutdown_drops_sockets: ShutdownDropsSockets => "WS-CONN-5", ["restart-closes-1012"];
     protocol_error_no_close_frame: ProtocolErrorNoCloseFrame => "WS-ERR-1", ["protocol-error-closes-1002"];
+    replacement_loses_in_flight: ReplacementLosesInFlight => "WS-CONN-2", ["duplicate-replaces-old-and-redelivers"; "duplicate-closes-old-with-4000"];
     queue_in_memory: QueueInMemory => "WS-CONN-5", ["queued-commands-survive-restart"];
     in_flight_lost_on_restart: InFlightLostOnRestart => "WS-DLV-6", ["unacked-command-survives-a-restart"];
     oversize_closes_1011: OversizeCloses1011 => "WS-ERR-1", ["oversized-frame-closes-1009"];

@@ -60,6 +60,10 @@ pub enum Fault {
     IgnoresHeaderIdMismatch,
     /// A missing or empty `edge_agent_id` falls back to the header.
     FallsBackToHeaderId,
+    /// Any `X-Edge-Agent-Id` header is refused (400), even one that agrees.
+    RejectsHeaderId,
+    /// Without a configured REGISTRATION_TOKEN, anyone registers.
+    RegistrationOpenWhenUnconfigured,
     /// An HMAC token's timestamp is never checked for age.
     AcceptsExpiredTokens,
     /// An HMAC token's timestamp may be any time in the future.
@@ -106,6 +110,8 @@ pub enum Fault {
     RefusesWithBare403,
     /// Refuses by accepting the upgrade and closing with 1008 (not 401/403 or 4001).
     RefusesWithClose1008,
+    /// Refuses by accepting the upgrade and closing with 4001 six seconds later.
+    RefusesLate,
     /// Refuses by accepting, sending `connected`, then closing with 4001.
     WelcomesBeforeRefusing,
     /// An unknown agent gets 401 (not 403 or 4004).
@@ -354,6 +360,8 @@ pub enum Fault {
     InFlightLostOnRestart,
     /// Commands waiting for an offline agent are lost on a restart (an in-memory queue).
     QueueInMemory,
+    /// Commands in flight on a replaced socket are lost (its outbox dies with it).
+    ReplacementLosesInFlight,
     /// Shutdown drops the sockets without a close frame.
     ShutdownDropsSockets,
     /// A WebSocket protocol error drops the connection without a close frame.
@@ -642,15 +650,21 @@ impl Proxy {
                 {
                     continue;
                 }
+                // The refusal comes after a slow token lookup.
+                Fault::RefusesLate if refused_as(401).is_some() => {
+                    let after = Duration::from_secs(6);
+                    return accept_then_close(client, &request, None, 4001, after).await;
+                }
                 Fault::RefusesWithClose1008 if refused_as(401).is_some() => {
-                    return accept_then_close(client, &request, None, 1008).await;
+                    return accept_then_close(client, &request, None, 1008, Duration::ZERO).await;
                 }
                 Fault::WelcomesBeforeRefusing if refused_as(401).is_some() => {
                     let hello = json!({"type": "connected", "data": {"edge_agent_id": agent}});
-                    return accept_then_close(client, &request, Some(hello), 4001).await;
+                    return accept_then_close(client, &request, Some(hello), 4001, Duration::ZERO)
+                        .await;
                 }
                 Fault::NoConnectRateLimit if refused_as(429).is_some() => {
-                    return accept_then_close(client, &request, None, 0).await;
+                    return accept_then_close(client, &request, None, 0, Duration::ZERO).await;
                 }
                 _ => {}
             }
@@ -774,6 +788,12 @@ impl Proxy {
                 return Some(Http::answer(
                     401,
                     json!({"error": "unauthorized", "message": "invalid token"}),
+                ));
+            }
+            Fault::RejectsHeaderId if socket && request.header("x-edge-agent-id").is_some() => {
+                return Some(Http::answer(
+                    400,
+                    json!({"error": "bad_request", "message": "unexpected header"}),
                 ));
             }
             Fault::RefusesSecondConnection
@@ -992,6 +1012,36 @@ impl Proxy {
                 *self.memory().rejects.entry(agent).or_default() += 1;
             }
             // The edge's HTTP endpoints: sync, acks, registration, errors.
+            Fault::RegistrationOpenWhenUnconfigured
+                if route == "/edge/register"
+                    && answer
+                        .json()
+                        .is_some_and(|b| b["error"] == "registration_disabled") =>
+            {
+                let phone = request
+                    .json()
+                    .map(|b| b["user_phone"].clone())
+                    .unwrap_or_default();
+                let digits: String = phone
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                let id = format!("edge_{digits}");
+                let Some((200 | 201, agent)) = self
+                    .admin(
+                        "PUT",
+                        &format!("/api/agents/{id}"),
+                        &json!({"user_phone": phone}).to_string(),
+                    )
+                    .await
+                else {
+                    return;
+                };
+                answer.set_status(200);
+                answer.set_json(agent);
+            }
             Fault::RegistrationDisabledIs401
                 if route == "/edge/register"
                     && answer
@@ -1713,7 +1763,7 @@ impl Proxy {
                 (Fault::ShutdownDropsSockets, 1012) | (Fault::ProtocolErrorNoCloseFrame, 1002) => {
                     vec![Act::Drop]
                 }
-                (Fault::InFlightLostOnRestart, 1012) => {
+                (Fault::InFlightLostOnRestart, 1012) | (Fault::ReplacementLosesInFlight, 4000) => {
                     let mut memory = self.memory();
                     let pushed = memory.pushed.get(&s.agent).cloned().unwrap_or_default();
                     memory.lost.extend(pushed.difference(&s.acked).cloned());
@@ -1961,7 +2011,9 @@ impl Proxy {
                     Act::AgentAt(at, Message::text(extra.to_text())),
                 ]
             }
-            Fault::InFlightLostOnRestart | Fault::QueueInMemory
+            Fault::InFlightLostOnRestart
+            | Fault::QueueInMemory
+            | Fault::ReplacementLosesInFlight
                 if command && self.memory().lost.contains(&id) =>
             {
                 vec![]
@@ -2002,8 +2054,14 @@ impl Proxy {
 }
 
 /// Accepts the upgrade itself (no server behind it), then sends `first`
-/// and closes with `code` (0: waits for the agent to close).
-async fn accept_then_close(mut client: TcpStream, request: &Http, first: Option<Value>, code: u16) {
+/// and, `after` that, closes with `code` (0: waits for the agent to close).
+async fn accept_then_close(
+    mut client: TcpStream,
+    request: &Http,
+    first: Option<Value>,
+    code: u16,
+    after: Duration,
+) {
     let key = request
         .header("sec-websocket-key")
         .unwrap_or("")
@@ -2019,6 +2077,7 @@ async fn accept_then_close(mut client: TcpStream, request: &Http, first: Option<
     if let Some(first) = first {
         let _ = ws.send(Message::text(first.to_string())).await;
     }
+    tokio::time::sleep(after).await;
     if code != 0 {
         let frame = CloseFrame {
             code: CloseCode::from(code),
