@@ -132,6 +132,7 @@ faults! {
     http_ack_without_agent_id_accepted: HttpAckWithoutAgentIdAccepted => "WS-HTTP-2", ["http-ack-with-shared-secret-needs-agent-id"];
     http_ack_unknown_is_200: HttpAckUnknownIs200 => "WS-HTTP-2", ["http-ack-unknown-is-404"];
     registration_token_useless: RegistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
+    api_errors_without_message: ApiErrorsWithoutMessage => "WS-HTTP-4", ["http-errors-are-json"];
     empty_body_on_405: EmptyBodyOn405 => "WS-HTTP-4", ["http-errors-are-json"];
     http_ack_no_owner_check: HttpAckNoOwnerCheck => "WS-HTTP-2", ["http-ack-of-another-agents-command-is-404"; "http-ack-unknown-is-404"];
     retry_any_state: RetryAnyState => "WS-API-4", ["retry-is-only-for-dead-or-expired"];
@@ -157,6 +158,7 @@ faults! {
     queue_full_is_503: QueueFullIs503 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     sync_resorts_parameter_keys: SyncResortsParameterKeys => "WS-CMD-2", ["sync-relays-parameters-as-posted"];
     resorts_status_keys: ResortsStatusKeys => "WS-CMD-2", ["status-relayed-as-posted"];
+    progress_state_not_shown: ProgressStateNotShown => "WS-DLV-2", ["states-are-visible-in-order"];
     skips_sent_state: SkipsSentState => "WS-DLV-2", ["states-are-visible-in-order"];
     progress_state_reset_on_reconnect: ProgressStateResetOnReconnect => "WS-DLV-4", ["progress-state-survives-reconnect"];
     progress_command_goes_dead: ProgressCommandGoesDead => "WS-DLV-4", ["progress-command-with-attempts-used-is-not-dead"];

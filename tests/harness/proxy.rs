@@ -146,6 +146,10 @@ pub enum Fault {
     HttpErrorsNotJson,
     /// A 405 has an empty body (a router's default).
     EmptyBodyOn405,
+    /// Control API errors carry no `message`.
+    ApiErrorsWithoutMessage,
+    /// Progress acks stop the redelivery, but the state stays `sent`.
+    ProgressStateNotShown,
     /// An HTTP ack for another agent's command is taken (no owner check).
     HttpAckNoOwnerCheck,
     /// A late HTTP ack overwrites a final state.
@@ -1188,6 +1192,9 @@ impl Proxy {
                 answer.set_json(body);
             }
             // The control API and `/metrics`.
+            Fault::ApiErrorsWithoutMessage if route.starts_with("/api/") && status >= 400 => {
+                answer.edit_json(|body| body.remove("message"));
+            }
             Fault::PendingIgnoresProgress
                 if method == "GET" && route.starts_with("/api/agents/") && status == 200 =>
             {
@@ -1288,6 +1295,7 @@ impl Proxy {
                 answer.set_body(&content_type, &(kept.join("\n") + "\n"));
             }
             Fault::SkipsSentState
+            | Fault::ProgressStateNotShown
             | Fault::ProgressStateResetOnReconnect
             | Fault::ProgressCommandGoesDead
             | Fault::ProgressStateNeverExpires
@@ -1304,6 +1312,7 @@ impl Proxy {
                 let memory = self.memory();
                 let shown = match self.fault {
                     Fault::SkipsSentState if state == "sent" => "queued".to_string(),
+                    Fault::ProgressStateNotShown if progress => "sent".to_string(),
                     Fault::ProgressStateResetOnReconnect
                         if progress && memory.repushed.contains(&id) =>
                     {
