@@ -8,11 +8,14 @@
 //! Every check of `fails` must fail, the first with that very rule; the
 //! checks of `also` run too (most pass: the fault is narrow). Any failure
 //! must stay in the rule's family. `"RULE" @ Setup` runs the row against
-//! another server setup (e.g. without a registration token). Each row is its own test (nextest
-//! runs them in parallel) and runs only the broken backend; one test,
-//! `all_checks_used_pass_through_the_transparent_proxy`, runs the union of all the
-//! rows' checks once through the transparent proxy. scenarios/MUTATIONS.md
-//! lists the mutations behind the faults, and those no check catches yet.
+//! another server setup (e.g. without a registration token).
+//!
+//! Each row is its own test (nextest runs them in parallel) and runs only
+//! the broken backend, without retries; one test,
+//! `all_checks_used_pass_through_the_transparent_proxy`, runs the union of
+//! the rows' checks once per setup through the transparent proxy, with
+//! retries as CI runs them. scenarios/MUTATIONS.md lists the mutations
+//! behind the faults, and those no check catches yet.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
