@@ -258,6 +258,14 @@ impl Conn {
                     let (code, reason) = frame.map_or((1005, String::new()), |f| {
                         (u16::from(f.code), f.reason.to_string())
                     });
+                    // Complete the closing handshake as a live agent would:
+                    // the library queued our reply, this sends it, so the
+                    // backend need not wait out its linger.
+                    let _ = timeout_at(
+                        deadline.max(Instant::now() + Duration::from_millis(200)),
+                        self.ws.flush(),
+                    )
+                    .await;
                     Event::Closed { code, reason }
                 }
                 Some(Err(e)) => Event::Dropped(e.to_string()),
