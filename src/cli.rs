@@ -112,7 +112,7 @@ pub struct TargetArgs {
     #[arg(
         long,
         requires = "inject",
-        default_value = r#"{"command_id":"{command_id}","command_type":"{command_type}","parameters":{parameters},"priority":"{priority}"}"#
+        default_value = r#"{"command_id":"{command_id}","command_type":"{command_type}","parameters":{parameters},"priority":"{priority}","ttl_s":{ttl_s}}"#
     )]
     pub inject_body: String,
     /// Extra header for --inject requests, `Name: value` (repeatable).
