@@ -133,7 +133,9 @@ async fn conformance_suite_passes_against_each_of_two_postgres_instances() {
             .collect();
         assert_eq!(others.len(), 2, "{label}: {others:#?}");
         assert!(
-            others.iter().all(|o| o.contains("Skipped") && o.contains("needs")),
+            others
+                .iter()
+                .all(|o| o.contains("Skipped") && o.contains("needs")),
             "{label}: {others:#?}"
         );
         assert!(passed > 90, "{label}: every check ran ({passed})");
