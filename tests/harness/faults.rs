@@ -155,7 +155,8 @@ faults! {
     last_ack_wins: LastAckWins => "WS-ACK-3", ["acks-are-idempotent", "late-ack-does-not-revive-expired", "late-ack-does-not-revive-dead"];
     stale_command_state: StaleCommandState => "WS-API-3", ["state-visible-within-100ms"];
     conflict_leaks_other_agents_command: ConflictLeaksOtherAgentsCommand => "WS-API-2", ["command-id-is-idempotent"];
-    final_states_not_listed: FinalStatesNotListed => "WS-API-4", ["expired-listable-and-retryable"];
+    final_states_not_listed: FinalStatesNotListed => "WS-API-4", ["expired-listable-and-retryable", "dead-is-listable-and-retried-from-scratch"];
+    retry_keeps_attempts: RetryKeepsAttempts => "WS-API-4", ["dead-is-listable-and-retried-from-scratch"];
     retry_keeps_ttl: RetryKeepsTtl => "WS-API-4", ["expired-listable-and-retryable"];
     queue_full_evicts_oldest: QueueFullEvictsOldest => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     queue_full_is_503: QueueFullIs503 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];

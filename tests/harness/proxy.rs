@@ -190,6 +190,8 @@ pub enum Fault {
     FinalStatesNotListed,
     /// `retry` keeps the TTL: the command expires again and is never sent.
     RetryKeepsTtl,
+    /// `retry` only flips the state: the attempts count on from where they were.
+    RetryKeepsAttempts,
     /// A closed agent shows `connected: true` until its ping timeout.
     CloseNotRemovedAtOnce,
     /// A valid token skips the per-address limit (it is checked on failures only).
@@ -452,6 +454,8 @@ struct Memory {
     closed_at: HashMap<String, Instant>,
     /// Commands put back by `retry`.
     retried: HashSet<String>,
+    /// The highest attempt pushed per command (before any retry).
+    attempts: HashMap<String, u64>,
     /// Commands accepted by the control API.
     created: HashSet<String>,
     /// Commands lost for good (a restart's, QueueFullEvictsOldest's).
@@ -1426,6 +1430,12 @@ impl Proxy {
             Fault::RetryKeepsTtl if route.ends_with("/retry") && status == 202 => {
                 self.memory().retried.insert(command.unwrap_or_default());
             }
+            Fault::RetryKeepsAttempts if route.ends_with("/retry") && status == 202 => {
+                let id = command.unwrap_or_default();
+                let used = self.memory().attempts.get(&id).copied().unwrap_or(0);
+                self.memory().retried.insert(id);
+                answer.edit_json(|body| body.insert("attempts", Json::from(used)));
+            }
             Fault::CloseNotRemovedAtOnce
                 if method == "GET" && route.starts_with("/api/agents/") =>
             {
@@ -1817,6 +1827,13 @@ impl Proxy {
         // A command pushed again on a new socket (WS-DLV-4), and one that
         // was pending when this socket opened: queued or pushed before.
         let (mut repush, mut at_connect) = (false, false);
+        if kind == "command" {
+            let mut memory = self.memory();
+            if !memory.retried.contains(&id) {
+                let highest = memory.attempts.entry(id.clone()).or_default();
+                *highest = (*highest).max(attempt);
+            }
+        }
         if kind == "command" && s.seen.insert(id.clone()) {
             let mut memory = self.memory();
             let pushed = memory.pushed.entry(s.agent.clone()).or_default();
@@ -2049,6 +2066,14 @@ impl Proxy {
                 edit(&|f| f.get_mut("data").unwrap().remove("payload"))
             }
             Fault::RetryKeepsTtl if command && self.memory().retried.contains(&id) => vec![],
+            Fault::RetryKeepsAttempts if command && self.memory().retried.contains(&id) => {
+                let used = self.memory().attempts.get(&id).copied().unwrap_or(0);
+                edit(&|f| {
+                    f.get_mut("data")
+                        .unwrap()
+                        .insert("attempt", Json::from(used + attempt))
+                })
+            }
             Fault::ConfigUpdateWrapped if kind == "config_update" => edit(&|f| {
                 let data = f.remove_value("data").unwrap_or(Json::Null);
                 f.insert("data", Json::Object(vec![("config".into(), data)]));
