@@ -35,7 +35,8 @@ use crate::store::{
     Store,
 };
 
-const T0: Millis = 1_700_000_000_000;
+/// The tests' time zero (every store test counts from it).
+pub(in crate::store) const T0: Millis = 1_700_000_000_000;
 
 /// The policy most contract tests run with: small `max_attempts` so that
 /// running out of attempts takes few steps.
@@ -178,7 +179,13 @@ async fn two_agents(store: &dyn Store) {
     assert!(store.upsert_agent("a2", None, T0).await.unwrap());
 }
 
-fn new_cmd(id: &str, agent: &str, priority: Priority, at: Millis) -> NewCommand {
+/// A command as the control API would store it (shared by the per-store tests).
+pub(in crate::store) fn new_cmd(
+    id: &str,
+    agent: &str,
+    priority: Priority,
+    at: Millis,
+) -> NewCommand {
     NewCommand {
         id: id.into(),
         agent_id: agent.into(),

@@ -10,12 +10,11 @@ use std::collections::HashSet;
 use super::testing::schema_for;
 use super::PgStore;
 use crate::raw_json::RawJson;
+use crate::store::contract::{new_cmd, T0};
 use crate::store::{
-    AckKind, AckOutcome, Claim, CommandRow, DeliveryPolicy, InsertOutcome, Millis, NewCommand,
-    Priority, Status, Store,
+    AckKind, AckOutcome, Claim, CommandRow, DeliveryPolicy, InsertOutcome, NewCommand, Priority,
+    Status, Store,
 };
-
-const T0: Millis = 1_700_000_000_000;
 
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {
@@ -34,19 +33,6 @@ async fn setup(test: &str, policy: DeliveryPolicy) -> Option<(String, PgStore)> 
     assert!(store.upsert_agent("a1", Some("+100"), T0).await.unwrap());
     assert!(store.upsert_agent("a2", None, T0).await.unwrap());
     Some((url, store))
-}
-
-fn new_cmd(id: &str, agent: &str, priority: Priority, at: Millis) -> NewCommand {
-    NewCommand {
-        id: id.into(),
-        agent_id: agent.into(),
-        command_type: "send_message".into(),
-        // WS-CMD-2: kept as posted (keys not in order, 2.50 not 2.5).
-        parameters: RawJson::parse(format!(r#"{{"to":"+1","text":"{id}","n":[1,2.50]}}"#)).unwrap(),
-        priority,
-        created_at: at,
-        expires_at: None,
-    }
 }
 
 async fn insert(store: &PgStore, cmd: NewCommand, push_to: Option<i64>) -> CommandRow {

@@ -9,12 +9,8 @@ mod throughput;
 mod writer;
 
 use super::SqliteStore;
-use crate::raw_json::RawJson;
-use crate::store::{
-    CommandRow, DeliveryPolicy, InsertOutcome, Millis, NewCommand, Priority, Store,
-};
-
-const T0: Millis = 1_700_000_000_000;
+use crate::store::contract::{new_cmd, T0};
+use crate::store::{CommandRow, DeliveryPolicy, InsertOutcome, NewCommand, Store};
 
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {
@@ -36,19 +32,6 @@ async fn setup() -> (tempfile::TempDir, SqliteStore) {
     assert!(store.upsert_agent("a1", Some("+100"), T0).await.unwrap());
     assert!(store.upsert_agent("a2", None, T0).await.unwrap());
     (dir, store)
-}
-
-fn new_cmd(id: &str, agent: &str, priority: Priority, at: Millis) -> NewCommand {
-    NewCommand {
-        id: id.into(),
-        agent_id: agent.into(),
-        command_type: "send_message".into(),
-        // WS-CMD-2: kept as posted (keys not in order, 2.50 not 2.5).
-        parameters: RawJson::parse(format!(r#"{{"to":"+1","text":"{id}","n":[1,2.50]}}"#)).unwrap(),
-        priority,
-        created_at: at,
-        expires_at: None,
-    }
 }
 
 async fn insert(store: &SqliteStore, cmd: NewCommand) -> CommandRow {
