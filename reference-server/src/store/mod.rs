@@ -13,6 +13,7 @@
 #[cfg(test)]
 mod contract;
 pub mod postgres;
+pub mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;

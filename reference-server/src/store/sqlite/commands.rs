@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{cmd_cols, command_row, status_col};
 use super::schema::pending;
+use crate::store::rules::{self, InsertDecision};
 use crate::store::{
     AckKind, AckOutcome, Channel, CommandRow, ConnId, DeliveryPolicy, InsertOutcome, Millis,
     NewCommand, RetryOutcome, Status,
@@ -39,36 +40,16 @@ pub(super) fn insert(
     let known = c
         .prepare_cached("SELECT 1 FROM agents WHERE id = ?1")?
         .exists([&cmd.agent_id])?;
-    if !known {
-        return Ok(InsertOutcome::UnknownAgent);
-    }
-    // WS-API-2: idempotent by id, even when the queue is full.
-    if let Some(existing) = by_id(c, &cmd.id)? {
-        return Ok(if existing.agent_id == cmd.agent_id {
-            InsertOutcome::Existing(existing)
-        } else {
-            InsertOutcome::Conflict
-        });
-    }
-    let pending: i64 = c
-        .prepare_cached(SQL_COUNT_PENDING)?
-        .query_row([&cmd.agent_id], |r| r.get(0))?;
-    // WS-API-2: refuse, never drop.
-    if pending.max(0) as u64 >= policy.max_pending {
-        return Ok(InsertOutcome::QueueFull);
-    }
-    let t = cmd.created_at;
-    let (status, attempts, sent_at, ack_deadline, next_attempt_at, via) = match push_to {
-        // WS-DLV-1: stored as attempt 1 on that connection; the caller pushes it.
-        Some(_) => (
-            Status::Sent,
-            1u32,
-            Some(t),
-            Some(t + policy.ack_timeout_ms),
-            Some(policy.next_attempt_at(t, 1)),
-            Some(Channel::Ws.as_str()),
-        ),
-        None => (Status::Queued, 0, None, None, None, None),
+    let existing = if known { by_id(c, &cmd.id)? } else { None };
+    let pending: i64 = if known && existing.is_none() {
+        c.prepare_cached(SQL_COUNT_PENDING)?
+            .query_row([&cmd.agent_id], |r| r.get(0))?
+    } else {
+        0
+    };
+    let row = match rules::insert(cmd, push_to, known, existing.as_ref(), pending.max(0) as u64, policy) {
+        InsertDecision::Refuse(outcome) => return Ok(outcome),
+        InsertDecision::Create(row) => row,
     };
     let row = c
         .prepare_cached(concat!(
@@ -81,21 +62,20 @@ pub(super) fn insert(
         ))?
         .query_row(
             params![
-                cmd.id,
-                cmd.agent_id,
-                cmd.command_type,
-                // WS-CMD-2: the text as posted.
-                cmd.parameters.as_str(),
-                cmd.priority.rank(),
-                status.as_str(),
-                attempts,
-                t,
-                cmd.expires_at,
-                sent_at,
-                ack_deadline,
-                next_attempt_at,
-                via,
-                push_to,
+                row.id,
+                row.agent_id,
+                row.command_type,
+                row.parameters.as_str(),
+                row.priority.rank(),
+                row.status.as_str(),
+                row.attempts,
+                row.created_at,
+                row.expires_at,
+                row.sent_at,
+                row.ack_deadline,
+                row.next_attempt_at,
+                row.delivered_via.map(Channel::as_str),
+                row.conn_id,
             ],
             command_row,
         )?;
@@ -130,48 +110,11 @@ pub(super) fn ack(
     ack: AckKind,
     now: Millis,
 ) -> rusqlite::Result<AckOutcome> {
-    // WS-ACK-3: another agent's command is "unknown" too.
-    let row = match by_id(c, command_id)? {
-        Some(row) if row.agent_id == agent_id => row,
-        _ => return Ok(AckOutcome::Unknown),
-    };
-    // WS-ACK-3: a final state never changes.
-    if row.status.is_final() {
-        return Ok(AckOutcome::Unchanged(row));
+    let outcome = rules::ack(by_id(c, command_id)?, agent_id, &ack, now);
+    if let AckOutcome::Updated { command, .. } = &outcome {
+        store_row(c, command)?;
     }
-    let before = row.status;
-    // WS-ACK-2.
-    let (to, final_error) = match ack {
-        AckKind::Completed => (Status::Completed, Some(None)),
-        AckKind::Failed { error } => (Status::Failed, Some(error)),
-        AckKind::Received if matches!(before, Status::Queued | Status::Sent) => {
-            (Status::Received, None)
-        }
-        AckKind::Executing
-            if matches!(before, Status::Queued | Status::Sent | Status::Received) =>
-        {
-            (Status::Executing, None)
-        }
-        // Progress only moves forward; a repeat changes nothing (WS-ACK-3).
-        AckKind::Received | AckKind::Executing => return Ok(AckOutcome::Unchanged(row)),
-    };
-    let command = match final_error {
-        Some(error) => c
-            .prepare_cached(concat!(
-                "UPDATE commands SET status = ?2, acked_at = COALESCE(acked_at, ?3), \
-                 completed_at = ?3, error = ?4 WHERE seq = ?1 RETURNING ",
-                cmd_cols!()
-            ))?
-            .query_row(params![row.seq, to.as_str(), now, error], command_row)?,
-        None => c
-            .prepare_cached(concat!(
-                "UPDATE commands SET status = ?2, acked_at = COALESCE(acked_at, ?3) \
-                 WHERE seq = ?1 RETURNING ",
-                cmd_cols!()
-            ))?
-            .query_row(params![row.seq, to.as_str(), now], command_row)?,
-    };
-    Ok(AckOutcome::Updated { before, command })
+    Ok(outcome)
 }
 
 /// WS-API-4: `dead`/`expired` → `queued`, attempts 0, TTL cleared.
@@ -179,18 +122,35 @@ pub(super) fn retry(c: &Connection, command_id: &str) -> rusqlite::Result<RetryO
     let Some(row) = by_id(c, command_id)? else {
         return Ok(RetryOutcome::Unknown);
     };
-    if !matches!(row.status, Status::Dead | Status::Expired) {
+    let Some(requeued) = rules::retry(&row) else {
         return Ok(RetryOutcome::NotRetryable(row));
-    }
-    let row = c
-        .prepare_cached(concat!(
-            "UPDATE commands SET status = 'queued', attempts = 0, expires_at = NULL, \
-             sent_at = NULL, ack_deadline = NULL, next_attempt_at = NULL, \
-             conn_id = NULL, completed_at = NULL, error = NULL WHERE seq = ?1 RETURNING ",
-            cmd_cols!()
-        ))?
-        .query_row([row.seq], command_row)?;
-    Ok(RetryOutcome::Requeued(row))
+    };
+    store_row(c, &requeued)?;
+    Ok(RetryOutcome::Requeued(requeued))
+}
+
+/// Writes back the columns a state change may touch (`store/rules.rs`).
+pub(super) fn store_row(c: &Connection, row: &CommandRow) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE commands SET status = ?2, attempts = ?3, expires_at = ?4, sent_at = ?5, \
+         ack_deadline = ?6, next_attempt_at = ?7, acked_at = ?8, completed_at = ?9, \
+         error = ?10, delivered_via = ?11, conn_id = ?12 WHERE seq = ?1",
+    )?
+    .execute(params![
+        row.seq,
+        row.status.as_str(),
+        row.attempts,
+        row.expires_at,
+        row.sent_at,
+        row.ack_deadline,
+        row.next_attempt_at,
+        row.acked_at,
+        row.completed_at,
+        row.error,
+        row.delivered_via.map(Channel::as_str),
+        row.conn_id,
+    ])?;
+    Ok(())
 }
 
 /// Count of commands in each state, from the trigger-kept `command_counts`.

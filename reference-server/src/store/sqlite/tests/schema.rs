@@ -7,7 +7,7 @@ use super::{insert, new_cmd, open_with, policy, T0};
 use crate::store::sqlite::agents::SQL_AGENT_BY_ID;
 use crate::store::sqlite::commands::{SQL_COMMAND_BY_ID, SQL_COUNT_PENDING};
 use crate::store::sqlite::delivery::{
-    SQL_CLAIM_ALL, SQL_CLAIM_HTTP, SQL_CLAIM_ONE, SQL_CLAIM_REDELIVER, SQL_DEAD, SQL_EXPIRE,
+    SQL_AGENT_PENDING, SQL_DEAD, SQL_EXPIRE,
 };
 use crate::store::sqlite::schema::MIGRATIONS;
 use crate::store::sqlite::SqliteStore;
@@ -30,10 +30,7 @@ async fn hot_queries_use_indexes() {
     };
     for (sql, index) in [
         (SQL_COUNT_PENDING, "commands_pending"),
-        (SQL_CLAIM_ALL, "commands_pending"),
-        (SQL_CLAIM_HTTP, "commands_pending"),
-        (SQL_CLAIM_ONE, "sqlite_autoindex_commands"),
-        (SQL_CLAIM_REDELIVER, "sqlite_autoindex_commands"),
+        (SQL_AGENT_PENDING, "commands_pending"),
         (SQL_COMMAND_BY_ID, "sqlite_autoindex_commands"),
         (SQL_EXPIRE, "commands_expiry"),
         (SQL_DEAD, "commands_dead"),

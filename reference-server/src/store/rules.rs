@@ -1,0 +1,231 @@
+//! The life of a command, once, in Rust (WS-API-2, WS-ACK-2/3, WS-DLV-3/4/5/7,
+//! WS-API-4). Both stores read the rows a change concerns, ask these
+//! functions what becomes of them, and write back what they return; SQL only
+//! finds rows (by id, or an agent's pending ones) and stores them, so the
+//! SQLite and PostgreSQL stores cannot drift apart on a rule.
+
+use super::{
+    AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome,
+    Millis, NewCommand, Status,
+};
+
+/// What an insert does, given what the store holds (WS-API-2). `existing` is
+/// the command stored under the same id, whichever agent's it is; `pending`
+/// the agent's commands not yet final.
+pub enum InsertDecision {
+    Refuse(InsertOutcome),
+    /// Store this row (its `seq` is assigned by the store).
+    Create(CommandRow),
+}
+
+pub fn insert(
+    cmd: &NewCommand,
+    push_to: Option<ConnId>,
+    agent_known: bool,
+    existing: Option<&CommandRow>,
+    pending: u64,
+    policy: &DeliveryPolicy,
+) -> InsertDecision {
+    if !agent_known {
+        return InsertDecision::Refuse(InsertOutcome::UnknownAgent);
+    }
+    if let Some(existing) = existing {
+        // WS-API-2: idempotent by id, even when the queue is full.
+        return InsertDecision::Refuse(if existing.agent_id == cmd.agent_id {
+            InsertOutcome::Existing(existing.clone())
+        } else {
+            InsertOutcome::Conflict
+        });
+    }
+    // WS-API-2: refuse, never drop.
+    if pending >= policy.max_pending {
+        return InsertDecision::Refuse(InsertOutcome::QueueFull);
+    }
+    let mut row = CommandRow {
+        seq: 0,
+        id: cmd.id.clone(),
+        agent_id: cmd.agent_id.clone(),
+        command_type: cmd.command_type.clone(),
+        parameters: cmd.parameters.clone(),
+        priority: cmd.priority,
+        status: Status::Queued,
+        attempts: 0,
+        created_at: cmd.created_at,
+        expires_at: cmd.expires_at,
+        sent_at: None,
+        ack_deadline: None,
+        next_attempt_at: None,
+        acked_at: None,
+        completed_at: None,
+        error: None,
+        delivered_via: None,
+        conn_id: None,
+    };
+    // WS-DLV-1: stored as attempt 1 on that connection; the caller pushes it.
+    if let Some(conn) = push_to {
+        mark_pushed(&mut row, policy, cmd.created_at, Some(conn));
+    }
+    InsertDecision::Create(row)
+}
+
+/// Whether `claim` takes `row` now: not final, not expired (WS-DLV-7),
+/// attempts left (WS-DLV-3), and the claim's own condition.
+pub fn claimable(row: &CommandRow, claim: &Claim, now: Millis, policy: &DeliveryPolicy) -> bool {
+    if row.status.is_final()
+        || row.expires_at.is_some_and(|t| t <= now)
+        || row.attempts >= policy.max_attempts
+    {
+        return false;
+    }
+    match claim {
+        // WS-DLV-4: every pending command not already on this connection.
+        Claim::AllPending { agent_id, conn } => {
+            row.agent_id == *agent_id && row.conn_id != Some(*conn)
+        }
+        // Unless that connection already has it (and it is not `queued`).
+        Claim::One { command_id, conn } => {
+            row.id == *command_id && (row.status == Status::Queued || row.conn_id != Some(*conn))
+        }
+        // WS-DLV-3: only if nobody acked or re-pushed it meanwhile.
+        Claim::Redeliver {
+            command_id,
+            conn,
+            attempt,
+        } => {
+            row.id == *command_id
+                && row.status == Status::Sent
+                && row.conn_id == Some(*conn)
+                && row.attempts == *attempt
+        }
+        // WS-DLV-5: `queued`, and `sent` ones due again; never `received`/`executing`.
+        Claim::Http { agent_id } => {
+            row.agent_id == *agent_id
+                && (row.status == Status::Queued
+                    || (row.status == Status::Sent
+                        && row.next_attempt_at.is_some_and(|t| t <= now)))
+        }
+    }
+}
+
+/// One more attempt, pushed now to `conn` (over HTTP when `None`): `queued`
+/// becomes `sent`, progress states stay (WS-DLV-4), deadlines per WS-DLV-3.
+pub fn mark_pushed(row: &mut CommandRow, policy: &DeliveryPolicy, now: Millis, conn: Option<ConnId>) {
+    if row.status == Status::Queued {
+        row.status = Status::Sent;
+    }
+    row.attempts = row.attempts.saturating_add(1);
+    row.sent_at = Some(now);
+    row.ack_deadline = Some(now + policy.ack_timeout_ms);
+    row.next_attempt_at = Some(policy.next_attempt_at(now, row.attempts));
+    row.delivered_via = Some(if conn.is_some() {
+        Channel::Ws
+    } else {
+        Channel::Http
+    });
+    row.conn_id = conn;
+}
+
+/// The claim's rows in push order (WS-DLV-4: priority, then FIFO), each
+/// marked pushed. `rows` are the candidates the store found.
+pub fn claim(
+    rows: impl IntoIterator<Item = CommandRow>,
+    claim: &Claim,
+    now: Millis,
+    policy: &DeliveryPolicy,
+) -> Vec<CommandRow> {
+    let conn = match claim {
+        Claim::AllPending { conn, .. } | Claim::One { conn, .. } | Claim::Redeliver { conn, .. } => {
+            Some(*conn)
+        }
+        Claim::Http { .. } => None,
+    };
+    let mut taken: Vec<CommandRow> = rows
+        .into_iter()
+        .filter(|row| claimable(row, claim, now, policy))
+        .collect();
+    taken.sort_by_key(|r| (r.priority, r.seq));
+    for row in &mut taken {
+        mark_pushed(row, policy, now, conn);
+    }
+    taken
+}
+
+/// An ack from `agent_id` for `row` (WS-ACK-2, WS-ACK-3): a final state
+/// never changes, progress only moves forward, and another agent's command is
+/// unknown. `Updated` carries the row as it must be stored.
+pub fn ack(row: Option<CommandRow>, agent_id: &str, ack: &AckKind, now: Millis) -> AckOutcome {
+    let Some(mut row) = row.filter(|r| r.agent_id == agent_id) else {
+        return AckOutcome::Unknown;
+    };
+    let before = row.status;
+    let to = match ack {
+        _ if before.is_final() => return AckOutcome::Unchanged(row),
+        AckKind::Completed => Status::Completed,
+        AckKind::Failed { .. } => Status::Failed,
+        AckKind::Received if matches!(before, Status::Queued | Status::Sent) => Status::Received,
+        AckKind::Executing
+            if matches!(before, Status::Queued | Status::Sent | Status::Received) =>
+        {
+            Status::Executing
+        }
+        AckKind::Received | AckKind::Executing => return AckOutcome::Unchanged(row),
+    };
+    row.status = to;
+    row.acked_at = row.acked_at.or(Some(now));
+    if to.is_final() {
+        row.completed_at = Some(now);
+        row.error = match ack {
+            AckKind::Failed { error } => error.clone(),
+            _ => None,
+        };
+    }
+    AckOutcome::Updated {
+        before,
+        command: row,
+    }
+}
+
+/// WS-API-4: `dead`/`expired` → `queued`, attempts 0, TTL cleared; `None`
+/// for any other state.
+pub fn retry(row: &CommandRow) -> Option<CommandRow> {
+    if !matches!(row.status, Status::Dead | Status::Expired) {
+        return None;
+    }
+    Some(CommandRow {
+        status: Status::Queued,
+        attempts: 0,
+        expires_at: None,
+        sent_at: None,
+        ack_deadline: None,
+        next_attempt_at: None,
+        conn_id: None,
+        completed_at: None,
+        error: None,
+        ..row.clone()
+    })
+}
+
+/// What the sweeper makes of `row` now: `expired` once its TTL passed in a
+/// non-final state (WS-DLV-7); `dead` when it is `sent` with no attempts
+/// left and its last ack timeout passed (WS-DLV-3; `received`/`executing`
+/// are never dead, WS-DLV-4).
+pub fn swept(row: &CommandRow, now: Millis, policy: &DeliveryPolicy) -> Option<Status> {
+    if row.status.is_final() {
+        None
+    } else if row.expires_at.is_some_and(|t| t <= now) {
+        Some(Status::Expired)
+    } else if row.status == Status::Sent
+        && row.attempts >= policy.max_attempts
+        && row.ack_deadline.is_some_and(|t| t <= now)
+    {
+        Some(Status::Dead)
+    } else {
+        None
+    }
+}
+
+/// `row` moved to the final state `status` by the sweeper at `now`.
+pub fn sweep(row: &mut CommandRow, status: Status, now: Millis) {
+    row.status = status;
+    row.completed_at = Some(now);
+}
