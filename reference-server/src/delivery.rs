@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::cluster::Inbound;
 use crate::metrics::Metrics;
 use crate::registry::SessionMsg;
 use crate::state::AppState;
@@ -36,12 +35,12 @@ impl AppState {
                 if let Some(target) = &target {
                     target.send(SessionMsg::Push(Box::new(row.clone())));
                 }
-                self.route(&agent_id, &row.id, pushed_to).await;
+                self.route(&agent_id, &row.id, pushed_to);
             }
             // A repeat of a command still queued: its first submit may have
             // stopped (a crash) between storing and routing it.
             InsertOutcome::Existing(row) if row.status == Status::Queued => {
-                self.route(&agent_id, &row.id, None).await;
+                self.route(&agent_id, &row.id, None);
             }
             InsertOutcome::QueueFull => {
                 Metrics::count(&self.metrics.commands, "outcome", "queue_full");
@@ -57,20 +56,14 @@ impl AppState {
     /// or on another instance, after its new session had already claimed its
     /// pending commands. The session claims it first (`Claim::One`), so a
     /// second push to one connection is a no-op.
-    pub async fn route(&self, agent_id: &str, command_id: &str, pushed_to: Option<ConnId>) {
+    pub fn route(&self, agent_id: &str, command_id: &str, pushed_to: Option<ConnId>) {
         if let Some(current) = self.registry.get(agent_id) {
             if Some(current.conn) != pushed_to {
                 current.send(SessionMsg::Deliver(command_id.to_string()));
             }
         }
-        // WS-DLV-1 across instances: one NOTIFY to the instance holding it.
-        let message = Inbound::Deliver {
-            agent: agent_id.to_string(),
-            command: command_id.to_string(),
-        };
-        if let Err(e) = self.cluster.forward_to_holder(agent_id, &message).await {
-            warn!(agent_id, command_id, "could not hand the command over: {e}");
-        }
+        // WS-DLV-1 across instances: the instance holding it is told.
+        self.cluster.announce(agent_id, command_id);
     }
 
     /// WS-ACK-2, WS-ACK-3: applies an ack from `agent_id`, over a socket or HTTP.

@@ -10,7 +10,8 @@
 //!
 //! What crosses instances (to add a kind: a variant of [`Inbound`], its
 //! sender, and its case in [`apply`]):
-//! - a new command for an agent held elsewhere (WS-DLV-1) → `Deliver`;
+//! - new commands for agents held elsewhere (WS-DLV-1) → `Deliver`, many
+//!   per message ([`Cluster::announce`]);
 //! - a config update (WS-CFG-1) → `Config`;
 //! - a takeover (WS-CONN-2): the old instance closes its socket with 4000.
 
@@ -50,8 +51,9 @@ pub struct RemoteSocket {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", try_from = "Envelope")]
 pub enum Inbound {
-    /// WS-DLV-1: a command was stored for an agent whose socket is here.
-    Deliver { agent: String, command: String },
+    /// WS-DLV-1: commands were stored for agents whose sockets are here:
+    /// `[agent, command]` pairs.
+    Deliver { commands: Vec<(String, String)> },
     /// WS-CFG-1: push this `config_update`, as posted (WS-CMD-2).
     Config { agent: String, config: RawJson },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
@@ -71,7 +73,7 @@ pub enum Inbound {
 struct Envelope {
     kind: String,
     agent: Option<String>,
-    command: Option<String>,
+    commands: Option<Vec<(String, String)>>,
     config: Option<RawJson>,
     conn: Option<ConnId>,
     id: Option<i64>,
@@ -87,8 +89,7 @@ impl TryFrom<Envelope> for Inbound {
         let kind = e.kind.as_str();
         match kind {
             "deliver" => Ok(Inbound::Deliver {
-                agent: needs(kind, "agent", e.agent)?,
-                command: needs(kind, "command", e.command)?,
+                commands: needs(kind, "commands", e.commands)?,
             }),
             "config" => Ok(Inbound::Config {
                 agent: needs(kind, "agent", e.agent)?,
@@ -149,6 +150,13 @@ pub trait Cluster: Send + Sync + 'static {
     async fn take_stored(&self, _id: i64) -> StoreResult<Option<Inbound>> {
         Ok(None)
     }
+
+    /// WS-DLV-1: `command` was stored for `agent_id`; if another live
+    /// instance holds the agent's socket, it is told (later, with others:
+    /// the cluster may gather several into one message). Looked up after the
+    /// command was committed, so a takeover cannot slip between (see
+    /// `cluster/postgres.rs`). Best effort, like `forward`.
+    fn announce(&self, _agent_id: &str, _command_id: &str) {}
 
     /// [`Cluster::locate`] then [`Cluster::forward`]: sends `message` to the
     /// live instance other than this one that holds the agent's socket, if
@@ -245,9 +253,11 @@ pub fn apply(state: &AppState, message: Inbound) {
     match message {
         // The session claims it for its connection first (Claim::One), so a
         // command that already reached it is not pushed twice.
-        Inbound::Deliver { agent, command } => {
-            if let Some(session) = state.registry.get(&agent) {
-                session.send(SessionMsg::Deliver(command));
+        Inbound::Deliver { commands } => {
+            for (agent, command) in commands {
+                if let Some(session) = state.registry.get(&agent) {
+                    session.send(SessionMsg::Deliver(command));
+                }
             }
         }
         Inbound::Config { agent, config } => {
@@ -312,8 +322,7 @@ mod tests {
         let config = RawJson::parse(r#"{"z":1,"10":2.50,"9":[{"b":1,"a":2}]}"#).unwrap();
         let messages = [
             Inbound::Deliver {
-                agent: "x".into(),
-                command: "c1".into(),
+                commands: vec![("x".into(), "c1".into()), ("y".into(), "c2".into())],
             },
             Inbound::Config {
                 agent: "x".into(),
@@ -357,7 +366,8 @@ mod tests {
     fn malformed_messages_are_errors() {
         for text in [
             r#"{"kind":"config","agent":"x"}"#,
-            r#"{"kind":"deliver","agent":"x"}"#,
+            r#"{"kind":"deliver","agent":"x","command":"c1"}"#,
+            r#"{"kind":"deliver","commands":[["x"]]}"#,
             r#"{"kind":"kick","agent":"x","conn":"7"}"#,
             r#"{"kind":"resync"}"#,
             r#"{"kind":"teleport"}"#,

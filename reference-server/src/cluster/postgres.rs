@@ -8,6 +8,15 @@
 //! - A dedicated connection LISTENs on that channel; every notification is
 //!   an [`Inbound`] (JSON) passed to the inbox (`run_inbox`). No polling on the
 //!   hot path: a command for an agent held elsewhere is one NOTIFY away.
+//! - New commands are announced by a notifier task ([`Cluster::announce`]),
+//!   off the commit path: it takes every announcement waiting, looks up their
+//!   holders and notifies each holding instance once for all of them, in one
+//!   statement. A `NOTIFY` takes a database-wide lock held through its
+//!   transaction's commit (PostgreSQL's `async.c`), so one notifying
+//!   transaction per command would serialise every instance's commits; one
+//!   per batch does not. A lost notification costs latency, not a command:
+//!   a holder whose listener was down resyncs, and an agent that reconnects
+//!   claims everything pending (WS-DLV-4).
 //! - [`Cluster::hold`] locks the agent's row, reads the old holder, records
 //!   the new one and, if another instance held it, NOTIFYs it to close that
 //!   socket with 4000 (WS-CONN-2), in one transaction: the NOTIFY goes out
@@ -70,7 +79,15 @@ pub struct PgCluster {
     name: String,
     tag: i64,
     schema: String,
+    /// `(agent, command)` for the notifier ([`Cluster::announce`]).
+    announced: mpsc::UnboundedSender<(String, String)>,
 }
+
+/// Most announcements one notifier statement carries.
+const ANNOUNCE_BATCH: usize = 4_096;
+/// The `commands` of one notification stay under this many bytes of JSON
+/// (a payload must be shorter than 8,000).
+const ANNOUNCE_CHUNK: usize = 7_000;
 
 impl PgCluster {
     /// Registers this instance, starts listening on its channel (before
@@ -100,12 +117,15 @@ impl PgCluster {
         .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let listening = listen(&db, &channel(&schema, tag), tx.clone()).await?;
+        let (announced, announcements) = mpsc::unbounded_channel();
         let cluster = Arc::new(PgCluster {
             db,
             name,
             tag,
             schema,
+            announced,
         });
+        tokio::spawn(cluster.clone().notify(announcements, shutdown.clone()));
         tokio::spawn(
             cluster
                 .clone()
@@ -207,6 +227,65 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// The notifier: until shutdown, tells the holders of the agents of
+    /// every command announced, one notification per holding instance (and
+    /// per [`ANNOUNCE_CHUNK`]) for everything waiting.
+    async fn notify(
+        self: Arc<Self>,
+        mut announcements: mpsc::UnboundedReceiver<(String, String)>,
+        shutdown: CancellationToken,
+    ) {
+        let mut waiting = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = announcements.recv_many(&mut waiting, ANNOUNCE_BATCH) => if n == 0 { return },
+            }
+            if let Err(e) = self.notify_holders(&waiting).await {
+                warn!(commands = waiting.len(), "could not announce new commands: {e}");
+            }
+            waiting.clear();
+        }
+    }
+
+    /// One statement: looks up each agent's live holder (other than this
+    /// instance) and sends each holder one `deliver` per chunk.
+    async fn notify_holders(&self, announced: &[(String, String)]) -> StoreResult<()> {
+        let mut agents = Vec::with_capacity(announced.len());
+        let mut commands = Vec::with_capacity(announced.len());
+        let mut chunks = Vec::with_capacity(announced.len());
+        let (mut chunk, mut bytes) = (0i32, 0usize);
+        for (agent, command) in announced {
+            // The pair as JSON, escapes included, and a comma.
+            let size = serde_json::to_string(&(agent, command)).map_or(0, |t| t.len()) + 1;
+            if bytes + size > ANNOUNCE_CHUNK {
+                (chunk, bytes) = (chunk + 1, 0);
+            }
+            bytes += size;
+            agents.push(agent.as_str());
+            commands.push(command.as_str());
+            chunks.push(chunk);
+        }
+        let alive = now_millis() - STALE.as_millis() as i64;
+        let prefix = channel_prefix(&self.schema);
+        self.db
+            .execute(
+                "SELECT pg_notify($1::TEXT || s.instance_tag, json_build_object('kind', 'deliver', \
+                 'commands', json_agg(json_build_array(x.agent, x.command) ORDER BY x.ord))::TEXT) \
+                 FROM unnest($2::TEXT[], $3::TEXT[], $4::INT[]) WITH ORDINALITY \
+                 AS x(agent, command, chunk, ord) \
+                 JOIN agent_sockets s ON s.agent_id = x.agent \
+                 JOIN instances i ON i.tag = s.instance_tag \
+                 WHERE s.instance_tag <> $5 AND i.heartbeat_at > $6 \
+                 GROUP BY s.instance_tag, x.chunk",
+                &[&prefix, &agents, &commands, &chunks, &self.tag, &alive],
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
 /// Removes the instances `select` names (one column: tag), and their sockets.
 async fn forget_instances(
     db: &Db,
@@ -293,6 +372,12 @@ impl Cluster for PgCluster {
 
     fn first_conn_id(&self) -> ConnId {
         (self.tag << CONN_BITS) + 1
+    }
+
+    fn announce(&self, agent_id: &str, command_id: &str) {
+        let _ = self
+            .announced
+            .send((agent_id.to_string(), command_id.to_string()));
     }
 
     async fn hold(

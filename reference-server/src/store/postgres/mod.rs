@@ -4,21 +4,25 @@
 //! Every trait method runs on a pooled connection (`deadpool-postgres`) and
 //! returns after its transaction committed: with PostgreSQL's default
 //! `synchronous_commit = on` that is after the WAL reached disk, so a caller
-//! that got `Ok` may tell the world (WS-DLV-6, WS-API-2). PostgreSQL batches
-//! concurrent commits into one WAL flush by itself, so there is no writer
-//! thread here as in `sqlite/`.
+//! that got `Ok` may tell the world (WS-DLV-6, WS-API-2). The changes that
+//! come once per command (insert, claim, ack) are group-committed by
+//! `writer.rs`: one transaction and one WAL flush for many commands.
 //!
 //! Instances never coordinate through memory: whatever must happen once
 //! happens under a row lock (`commands.rs`, `delivery.rs`). Routing between
 //! instances lives in `cluster/postgres.rs`, on the same database.
 //!
 //! - `schema.rs`: tables, migrations (under an advisory lock).
-//! - `agents.rs`, `commands.rs`, `delivery.rs`: the SQL of each operation;
-//!   `rows.rs` reads result rows into the store's types.
+//! - `writer.rs`, `batch.rs`: group commit. Inserts, acks, claims and
+//!   retries go to a writer that runs many in one transaction; what becomes
+//!   of each command is decided in Rust by `store/rules.rs`, as on SQLite.
+//! - `agents.rs`, `commands.rs`, `delivery.rs`: the other statements (reads,
+//!   agents, the sweeper); `rows.rs` reads result rows into the store's types.
 //! - `sslmode.rs`, `tls.rs`: TLS to the database with libpq's `sslmode`s;
 //!   every connection (pool, dedicated, LISTEN) goes through [`PgTls`].
 
 mod agents;
+mod batch;
 mod commands;
 mod delivery;
 mod rows;
@@ -26,6 +30,7 @@ mod schema;
 pub mod sslmode;
 pub mod testing;
 pub mod tls;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -46,7 +51,9 @@ use super::{
     InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
 };
 use crate::raw_json::RawJson;
+use batch::{mismatch, Answer, Request};
 use sslmode::SslMode;
+use writer::Writer;
 use tls::{describe, PgTls, PgTlsStream};
 
 /// Pooled connections per instance.
@@ -208,6 +215,7 @@ impl Db {
 pub struct PgStore {
     db: Db,
     policy: DeliveryPolicy,
+    writer: Writer,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -235,7 +243,8 @@ impl PgStore {
         let db = Db::with_ca(url, ca_cert)?;
         let mut client = db.dedicated().await?;
         schema::migrate(&mut client).await?;
-        Ok(PgStore { db, policy })
+        let writer = Writer::start(db.clone(), policy);
+        Ok(PgStore { db, policy, writer })
     }
 
     /// The pool, for the cluster that shares the database.
@@ -297,7 +306,10 @@ impl Store for PgStore {
         command: NewCommand,
         push_to: Option<ConnId>,
     ) -> StoreResult<InsertOutcome> {
-        commands::insert(&self.db, &self.policy, &command, push_to).await
+        match self.writer.call(Request::Insert { command, push_to }).await? {
+            Answer::Insert(outcome) => Ok(outcome),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn command(&self, id: &str) -> StoreResult<Option<CommandRow>> {
@@ -315,7 +327,10 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, claim: Claim, now: Millis) -> StoreResult<Vec<CommandRow>> {
-        delivery::claim(&self.db, &self.policy, claim, now).await
+        match self.writer.call(Request::Claim { claim, now }).await? {
+            Answer::Claim(rows) => Ok(rows),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn ack(
@@ -325,11 +340,24 @@ impl Store for PgStore {
         ack: AckKind,
         now: Millis,
     ) -> StoreResult<AckOutcome> {
-        commands::ack(&self.db, agent_id, command_id, ack, now).await
+        let request = Request::Ack {
+            agent_id: agent_id.to_string(),
+            command_id: command_id.to_string(),
+            ack,
+            now,
+        };
+        match self.writer.call(request).await? {
+            Answer::Ack(outcome) => Ok(outcome),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn retry(&self, command_id: &str, _now: Millis) -> StoreResult<RetryOutcome> {
-        commands::retry(&self.db, command_id).await
+        let command_id = command_id.to_string();
+        match self.writer.call(Request::Retry { command_id }).await? {
+            Answer::Retry(outcome) => Ok(outcome),
+            _ => Err(mismatch()),
+        }
     }
 
     async fn sweep(&self, now: Millis) -> StoreResult<Vec<Swept>> {
