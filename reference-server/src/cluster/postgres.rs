@@ -243,7 +243,10 @@ impl PgCluster {
                 n = announcements.recv_many(&mut waiting, ANNOUNCE_BATCH) => if n == 0 { return },
             }
             if let Err(e) = self.notify_holders(&waiting).await {
-                warn!(commands = waiting.len(), "could not announce new commands: {e}");
+                warn!(
+                    commands = waiting.len(),
+                    "could not announce new commands: {e}"
+                );
             }
             waiting.clear();
         }

@@ -39,6 +39,15 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How much the group commit has batched so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitStats {
+    /// Transactions run (committed or not).
+    pub batches: u64,
+    /// Operations run in them.
+    pub ops: u64,
+}
+
 /// WS-DLV-2: the life of a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {

@@ -5,8 +5,8 @@
 //! SQLite and PostgreSQL stores cannot drift apart on a rule.
 
 use super::{
-    AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome,
-    Millis, NewCommand, Status,
+    AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome, Millis,
+    NewCommand, Status,
 };
 
 /// What an insert does, given what the store holds (WS-API-2). `existing` is
@@ -109,7 +109,12 @@ pub fn claimable(row: &CommandRow, claim: &Claim, now: Millis, policy: &Delivery
 
 /// One more attempt, pushed now to `conn` (over HTTP when `None`): `queued`
 /// becomes `sent`, progress states stay (WS-DLV-4), deadlines per WS-DLV-3.
-pub fn mark_pushed(row: &mut CommandRow, policy: &DeliveryPolicy, now: Millis, conn: Option<ConnId>) {
+pub fn mark_pushed(
+    row: &mut CommandRow,
+    policy: &DeliveryPolicy,
+    now: Millis,
+    conn: Option<ConnId>,
+) {
     if row.status == Status::Queued {
         row.status = Status::Sent;
     }
@@ -134,9 +139,9 @@ pub fn claim(
     policy: &DeliveryPolicy,
 ) -> Vec<CommandRow> {
     let conn = match claim {
-        Claim::AllPending { conn, .. } | Claim::One { conn, .. } | Claim::Redeliver { conn, .. } => {
-            Some(*conn)
-        }
+        Claim::AllPending { conn, .. }
+        | Claim::One { conn, .. }
+        | Claim::Redeliver { conn, .. } => Some(*conn),
         Claim::Http { .. } => None,
     };
     let mut taken: Vec<CommandRow> = rows

@@ -34,8 +34,8 @@ use super::schema::pending;
 use super::{backend, Db};
 use crate::store::rules::{self, InsertDecision};
 use crate::store::{
-    AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome,
-    Millis, NewCommand, RetryOutcome, StoreError, StoreResult,
+    AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome, Millis,
+    NewCommand, RetryOutcome, StoreError, StoreResult,
 };
 
 /// A change the writer can put in a batch.
@@ -58,6 +58,22 @@ pub(super) enum Request {
     Retry {
         command_id: String,
     },
+}
+
+impl Request {
+    /// What picks the writer: the agent, or the command when the request
+    /// does not name its agent.
+    pub(super) fn key(&self) -> &str {
+        match self {
+            Request::Insert { command, .. } => &command.agent_id,
+            Request::Ack { agent_id, .. } => agent_id,
+            Request::Claim { claim, .. } => match claim {
+                Claim::AllPending { agent_id, .. } | Claim::Http { agent_id } => agent_id,
+                Claim::One { command_id, .. } | Claim::Redeliver { command_id, .. } => command_id,
+            },
+            Request::Retry { command_id } => command_id,
+        }
+    }
 }
 
 /// What became of a [`Request`], in the same order.
@@ -106,7 +122,8 @@ const SQL_INSERT: &str = concat!(
 );
 
 /// Writes back the columns a state change may touch (`store/rules.rs`).
-pub(super) const SQL_UPDATE: &str = "UPDATE commands c SET status = u.status, attempts = u.attempts, \
+pub(super) const SQL_UPDATE: &str =
+    "UPDATE commands c SET status = u.status, attempts = u.attempts, \
      expires_at = u.expires_at, sent_at = u.sent_at, ack_deadline = u.ack_deadline, \
      next_attempt_at = u.next_attempt_at, acked_at = u.acked_at, completed_at = u.completed_at, \
      error = u.error, delivered_via = u.delivered_via, conn_id = u.conn_id \
@@ -150,7 +167,11 @@ impl Keys {
             }
         }
         // Sorted: every batch locks agents in the same order.
-        for list in [&mut keys.insert_agents, &mut keys.ids, &mut keys.claim_agents] {
+        for list in [
+            &mut keys.insert_agents,
+            &mut keys.ids,
+            &mut keys.claim_agents,
+        ] {
             list.sort_unstable();
             list.dedup();
         }
@@ -267,9 +288,15 @@ pub(super) async fn run(
 ) -> StoreResult<Vec<Answer>> {
     let keys = Keys::of(requests);
     let client = db.client().await?;
-    let lock = client.prepare_cached(SQL_LOCK_AGENTS).await.map_err(backend)?;
+    let lock = client
+        .prepare_cached(SQL_LOCK_AGENTS)
+        .await
+        .map_err(backend)?;
     let read = client.prepare_cached(SQL_READ).await.map_err(backend)?;
-    let count = client.prepare_cached(SQL_COUNT_PENDING).await.map_err(backend)?;
+    let count = client
+        .prepare_cached(SQL_COUNT_PENDING)
+        .await
+        .map_err(backend)?;
     let insert = client.prepare_cached(SQL_INSERT).await.map_err(backend)?;
     let update = client.prepare_cached(SQL_UPDATE).await.map_err(backend)?;
 
@@ -387,7 +414,10 @@ impl<'a> InsertColumns<'a> {
             sent_at: rows.iter().map(|r| r.sent_at).collect(),
             ack_deadline: rows.iter().map(|r| r.ack_deadline).collect(),
             next_attempt_at: rows.iter().map(|r| r.next_attempt_at).collect(),
-            delivered_via: rows.iter().map(|r| r.delivered_via.map(Channel::as_str)).collect(),
+            delivered_via: rows
+                .iter()
+                .map(|r| r.delivered_via.map(Channel::as_str))
+                .collect(),
             conn_id: rows.iter().map(|r| r.conn_id).collect(),
         }
     }
@@ -441,7 +471,10 @@ impl<'a> UpdateColumns<'a> {
             acked_at: rows.iter().map(|r| r.acked_at).collect(),
             completed_at: rows.iter().map(|r| r.completed_at).collect(),
             error: rows.iter().map(|r| r.error.as_deref()).collect(),
-            delivered_via: rows.iter().map(|r| r.delivered_via.map(Channel::as_str)).collect(),
+            delivered_via: rows
+                .iter()
+                .map(|r| r.delivered_via.map(Channel::as_str))
+                .collect(),
             conn_id: rows.iter().map(|r| r.conn_id).collect(),
         }
     }

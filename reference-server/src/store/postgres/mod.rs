@@ -47,14 +47,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Socket;
 
 use super::{
-    AckKind, AckOutcome, AgentRow, Claim, CommandRow, ConnId, DeliveryPolicy, HistoryRow,
-    InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
+    AckKind, AckOutcome, AgentRow, Claim, CommandRow, CommitStats, ConnId, DeliveryPolicy,
+    HistoryRow, InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError,
+    StoreResult, Swept,
 };
 use crate::raw_json::RawJson;
 use batch::{mismatch, Answer, Request};
 use sslmode::SslMode;
-use writer::Writer;
 use tls::{describe, PgTls, PgTlsStream};
+use writer::Writer;
 
 /// Pooled connections per instance.
 const POOL_SIZE: usize = 16;
@@ -247,6 +248,11 @@ impl PgStore {
         Ok(PgStore { db, policy, writer })
     }
 
+    /// How much the group commit has batched so far.
+    pub fn stats(&self) -> CommitStats {
+        self.writer.stats()
+    }
+
     /// The pool, for the cluster that shares the database.
     pub fn db(&self) -> &Db {
         &self.db
@@ -306,7 +312,11 @@ impl Store for PgStore {
         command: NewCommand,
         push_to: Option<ConnId>,
     ) -> StoreResult<InsertOutcome> {
-        match self.writer.call(Request::Insert { command, push_to }).await? {
+        match self
+            .writer
+            .call(Request::Insert { command, push_to })
+            .await?
+        {
             Answer::Insert(outcome) => Ok(outcome),
             _ => Err(mismatch()),
         }

@@ -264,6 +264,140 @@ async fn concurrent_acks_from_two_instances_complete_each_command_once() {
     assert_eq!((updated, unchanged), (100, 100));
 }
 
+/// Sends every request before the writer runs (a current-thread runtime runs
+/// spawned tasks in order, the writer after them), so they share one batch;
+/// returns the answers, and the batches and requests the writer ran.
+async fn in_one_batch<T: Send + 'static>(
+    store: &PgStore,
+    calls: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>>,
+) -> (Vec<T>, (u64, u64)) {
+    let before = store.stats();
+    let tasks: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let after = store.stats();
+    (
+        answers,
+        (after.batches - before.batches, after.ops - before.ops),
+    )
+}
+
+/// Group commit: one transaction decides each request in arrival order as
+/// if it ran alone — a repeat of an id created in the same batch is
+/// `Existing`, the pending limit counts the batch's own inserts, an unknown
+/// agent is refused, an ack in the batch completes its command.
+#[tokio::test]
+async fn one_batch_decides_each_request_in_arrival_order() {
+    let p = DeliveryPolicy {
+        max_pending: 3,
+        ..policy()
+    };
+    let Some((_, store)) = setup("one_batch_decides_each_request_in_arrival_order", p).await else {
+        return;
+    };
+    let c0 = insert(&store, new_cmd("c0", "a1", Priority::Normal, T0), Some(7)).await;
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+    let ins = |id: &str, agent: &str| -> Call {
+        let (s, cmd) = (store.clone(), new_cmd(id, agent, Priority::Normal, T0));
+        Box::pin(async move { format!("{:?}", s.insert_command(cmd, None).await.unwrap()) })
+    };
+    let s = store.clone();
+    // All keyed by agent a1 (or its commands), so one writer takes them.
+    let ack: Call = Box::pin(async move {
+        let outcome = s.ack("a1", "c0", AckKind::Completed, T0 + 5).await.unwrap();
+        match outcome {
+            AckOutcome::Updated { before, command } => format!("{before:?}->{:?}", command.status),
+            other => format!("{other:?}"),
+        }
+    });
+    let (answers, ran) = in_one_batch(
+        &store,
+        vec![
+            ins("c1", "a1"),
+            ins("c2", "a1"),
+            ins("c1", "a1"),
+            ack,
+            ins("c3", "a1"),
+            ins("c4", "a1"),
+        ],
+    )
+    .await;
+    assert_eq!(ran, (1, 6), "one batch of six");
+    let kind = |a: &String| a.split('(').next().unwrap().to_string();
+    assert_eq!(
+        answers.iter().map(kind).collect::<Vec<_>>(),
+        [
+            "Created",
+            "Created",
+            "Existing",
+            "Sent->Completed",
+            "Created",
+            "QueueFull"
+        ],
+        "{answers:#?}"
+    );
+    // The repeat answered the row the batch created, with its seq.
+    let c1 = store.command("c1").await.unwrap().unwrap();
+    assert!(
+        answers[2].contains(&format!("seq: {}", c1.seq)),
+        "{}",
+        answers[2]
+    );
+    assert!(c1.seq > c0.seq);
+    let stored: Vec<String> = store
+        .commands("a1", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{}:{}", r.id, r.status.as_str()))
+        .collect();
+    assert_eq!(
+        stored,
+        ["c0:completed", "c1:queued", "c2:queued", "c3:queued"]
+    );
+}
+
+/// A request PostgreSQL refuses (a NUL character in a TEXT column) fails
+/// alone: every other request of its batch is stored and answered.
+#[tokio::test]
+async fn a_failing_request_fails_alone_not_its_batch_mates() {
+    let Some((_, store)) = setup(
+        "a_failing_request_fails_alone_not_its_batch_mates",
+        policy(),
+    )
+    .await
+    else {
+        return;
+    };
+    type Call =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<InsertOutcome, String>> + Send>>;
+    let calls: Vec<Call> = (0..50)
+        .map(|i| {
+            let mut cmd = new_cmd(&format!("c{i}"), "a1", Priority::Normal, T0 + i);
+            if i == 25 {
+                cmd.command_type = "bad\0type".to_string();
+            }
+            let s = store.clone();
+            Box::pin(async move { s.insert_command(cmd, None).await.map_err(|e| e.to_string()) })
+                as Call
+        })
+        .collect();
+    let (answers, ran) = in_one_batch(&store, calls).await;
+    // The batch of 50, then each of its requests alone.
+    assert_eq!(ran, (1 + 50, 50 + 50));
+    for (i, answer) in answers.iter().enumerate() {
+        match (i, answer) {
+            (25, Err(e)) => assert!(e.contains("0x00"), "{e}"),
+            (25, other) => panic!("the bad request: {other:?}"),
+            (_, Ok(InsertOutcome::Created(row))) => assert_eq!(row.id, format!("c{i}")),
+            (_, other) => panic!("c{i}: {other:?}"),
+        }
+    }
+    assert_eq!(store.commands("a1", None, 100).await.unwrap().len(), 49);
+}
+
 /// Several instances starting at once migrate the schema exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_safe_when_instances_start_at_once() {

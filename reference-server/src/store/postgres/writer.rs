@@ -1,29 +1,33 @@
 //! Group commit on PostgreSQL: the same idea as the SQLite writer.
 //!
-//! Inserts, acks, claims and retries are sent to [`WRITERS`] writer tasks
-//! per instance. A writer waits for the first request, takes every request
-//! already waiting (up to [`MAX_BATCH`]) and runs them in one transaction
-//! (`batch.rs`): the batching window is however long the previous
-//! transaction took, so a quiet instance answers at once and a busy one puts
-//! more in each commit. Every caller is answered only after the `COMMIT`
+//! Inserts, acks, claims and retries are sent to one of [`WRITERS`] writer
+//! tasks per instance, chosen by the agent (or, without one, the command):
+//! an insert locks its agent's row, so two writers given the same agents
+//! would only take turns. A writer waits for the first request, takes every
+//! request already waiting (up to [`MAX_BATCH`]) and runs them in one
+//! transaction (`batch.rs`): the batching window is however long the
+//! previous transaction took, so a quiet instance answers at once and a busy
+//! one puts more in each commit. Every caller is answered only after the `COMMIT`
 //! (WS-DLV-6, WS-API-2). If the batch fails as a whole (a lost connection, a
 //! value PostgreSQL refuses), each request is run again alone, so only the
 //! one at fault gets the error.
 
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::batch::{self, Answer, Request};
 use super::Db;
-use crate::store::{DeliveryPolicy, StoreError, StoreResult};
+use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 512;
 /// Writer tasks per instance: while one waits for its commit's WAL flush,
 /// another gathers the next batch.
-const WRITERS: usize = 2;
+const WRITERS: usize = 4;
 
 type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
 
@@ -31,23 +35,45 @@ type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
 /// when the last clone is dropped.
 #[derive(Clone)]
 pub(super) struct Writer {
-    tx: mpsc::UnboundedSender<Job>,
+    writers: Arc<[mpsc::UnboundedSender<Job>]>,
+    counts: Arc<Counts>,
+}
+
+/// What [`Writer::stats`] reports.
+#[derive(Default)]
+struct Counts {
+    batches: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Writer {
     pub(super) fn start(db: Db, policy: DeliveryPolicy) -> Writer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
-            tokio::spawn(write(db.clone(), policy, rx.clone()));
+        let counts = Arc::new(Counts::default());
+        let writers = (0..WRITERS)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(write(db.clone(), policy, rx, counts.clone()));
+                tx
+            })
+            .collect();
+        Writer { writers, counts }
+    }
+
+    /// Batches run so far (retries of a failed batch's requests included).
+    pub(super) fn stats(&self) -> CommitStats {
+        CommitStats {
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            ops: self.counts.requests.load(Ordering::Relaxed),
         }
-        Writer { tx }
     }
 
     /// Runs `request` in the next batch; returns once it is committed.
     pub(super) async fn call(&self, request: Request) -> StoreResult<Answer> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        request.key().hash(&mut hasher);
+        let writer = &self.writers[hasher.finish() as usize % self.writers.len()];
         let (reply, answer) = oneshot::channel();
-        self.tx
+        writer
             .send((request, reply))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -55,17 +81,19 @@ impl Writer {
 }
 
 /// One writer: batches until every sender is gone.
-async fn write(db: Db, policy: DeliveryPolicy, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+async fn write(
+    db: Db,
+    policy: DeliveryPolicy,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    counts: Arc<Counts>,
+) {
     loop {
         let mut jobs = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
-                return;
-            }
+        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
         }
         let (requests, replies): (Vec<Request>, Vec<_>) = jobs.into_iter().unzip();
-        match batch::run(&db, &policy, &requests).await {
+        match run(&db, &policy, &requests, &counts).await {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
@@ -80,7 +108,7 @@ async fn write(db: Db, policy: DeliveryPolicy, rx: Arc<Mutex<mpsc::UnboundedRece
                     "a batch failed ({e}); running its requests one by one"
                 );
                 for (request, reply) in requests.into_iter().zip(replies) {
-                    let answer = batch::run(&db, &policy, std::slice::from_ref(&request))
+                    let answer = run(&db, &policy, std::slice::from_ref(&request), &counts)
                         .await
                         .and_then(|mut a| a.pop().ok_or_else(batch::mismatch));
                     let _ = reply.send(answer);
@@ -88,4 +116,18 @@ async fn write(db: Db, policy: DeliveryPolicy, rx: Arc<Mutex<mpsc::UnboundedRece
             }
         }
     }
+}
+
+/// Runs one batch, counted.
+async fn run(
+    db: &Db,
+    policy: &DeliveryPolicy,
+    requests: &[Request],
+    counts: &Counts,
+) -> StoreResult<Vec<Answer>> {
+    counts.batches.fetch_add(1, Ordering::Relaxed);
+    counts
+        .requests
+        .fetch_add(requests.len() as u64, Ordering::Relaxed);
+    batch::run(db, policy, requests).await
 }

@@ -47,7 +47,14 @@ pub(super) fn insert(
     } else {
         0
     };
-    let row = match rules::insert(cmd, push_to, known, existing.as_ref(), pending.max(0) as u64, policy) {
+    let row = match rules::insert(
+        cmd,
+        push_to,
+        known,
+        existing.as_ref(),
+        pending.max(0) as u64,
+        policy,
+    ) {
         InsertDecision::Refuse(outcome) => return Ok(outcome),
         InsertDecision::Create(row) => row,
     };

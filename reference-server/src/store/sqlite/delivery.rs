@@ -38,7 +38,11 @@ pub(super) const SQL_DEAD: &str = concat!(
     " FROM commands WHERE status = 'sent' AND attempts >= ?2 AND ack_deadline <= ?1"
 );
 
-fn rows(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<CommandRow>> {
+fn rows(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<CommandRow>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt.query_map(args, command_row)?;
     rows.collect()

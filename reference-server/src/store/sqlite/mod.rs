@@ -35,19 +35,11 @@ use serde_json::Value;
 
 use self::writer::{Call, Counters, OpSender, Worker};
 use super::{
-    AckKind, AckOutcome, AgentRow, Claim, CommandRow, ConnId, DeliveryPolicy, HistoryRow,
-    InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError, StoreResult, Swept,
+    AckKind, AckOutcome, AgentRow, Claim, CommandRow, CommitStats, ConnId, DeliveryPolicy,
+    HistoryRow, InsertOutcome, Millis, NewCommand, RetryOutcome, Status, Store, StoreError,
+    StoreResult, Swept,
 };
 use crate::raw_json::RawJson;
-
-/// How much the group commit has batched so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CommitStats {
-    /// Transactions run (committed or not).
-    pub batches: u64,
-    /// Operations run in them.
-    pub ops: u64,
-}
 
 /// SQLite-backed [`Store`]. Cheap to clone; the writer thread ends (after
 /// finishing the batch in hand) when the last clone is dropped, and the drop

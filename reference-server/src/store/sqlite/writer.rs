@@ -22,7 +22,8 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{backend, CommitStats};
+use super::backend;
+use crate::store::CommitStats;
 use crate::store::{DeliveryPolicy, StoreError, StoreResult};
 
 /// Most operations committed together in one transaction.

@@ -6,9 +6,7 @@ use rusqlite::Connection;
 use super::{insert, new_cmd, open_with, policy, T0};
 use crate::store::sqlite::agents::SQL_AGENT_BY_ID;
 use crate::store::sqlite::commands::{SQL_COMMAND_BY_ID, SQL_COUNT_PENDING};
-use crate::store::sqlite::delivery::{
-    SQL_AGENT_PENDING, SQL_DEAD, SQL_EXPIRE,
-};
+use crate::store::sqlite::delivery::{SQL_AGENT_PENDING, SQL_DEAD, SQL_EXPIRE};
 use crate::store::sqlite::schema::MIGRATIONS;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Priority, Status, Store};
