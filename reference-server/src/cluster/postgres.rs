@@ -129,9 +129,9 @@ impl PgCluster {
         tokio::spawn(
             cluster
                 .clone()
-                .keep_listening(listening, tx, shutdown.clone()),
+                .keep_listening(listening, tx.clone(), shutdown.clone()),
         );
-        tokio::spawn(cluster.clone().heartbeat(shutdown));
+        tokio::spawn(cluster.clone().heartbeat(tx, shutdown));
         info!(instance = %cluster.name, tag, "joined the cluster");
         Ok((cluster, rx))
     }
@@ -176,8 +176,14 @@ impl PgCluster {
         }
     }
 
-    /// Says this instance is alive, and forgets instances that stopped saying so.
-    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Says this instance is alive, forgets instances that stopped saying
+    /// so, and hands its sessions any command left `queued` for them (a lost
+    /// notification: see [`PgCluster::stranded`]).
+    async fn heartbeat(
+        self: Arc<Self>,
+        inbox: mpsc::UnboundedSender<Inbound>,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -207,6 +213,17 @@ impl PgCluster {
             if let Err(e) = forgotten {
                 warn!("cannot forget dead instances: {e}");
             }
+            match self.stranded(now).await {
+                Ok(commands) if !commands.is_empty() => {
+                    warn!(
+                        commands = commands.len(),
+                        "commands were left queued for agents connected here; pushing them"
+                    );
+                    let _ = inbox.send(Inbound::Deliver { commands });
+                }
+                Ok(_) => {}
+                Err(e) => warn!("cannot look for stranded commands: {e}"),
+            }
             let expired = now - STORED_FOR.as_millis() as i64;
             let swept = self
                 .db
@@ -228,6 +245,27 @@ impl PgCluster {
 }
 
 impl PgCluster {
+    /// `(agent, command)` of commands still `queued` [`HEARTBEAT`] after
+    /// they were accepted, for agents whose socket is here. Normally none:
+    /// a command for a connected agent is pushed within milliseconds. One is
+    /// left only if its announcement was lost (the notifier's statement
+    /// failed, or the submitter died between its commit and the
+    /// announcement), so delivery never depends on a notification arriving.
+    async fn stranded(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+        let before = now - HEARTBEAT.as_millis() as i64;
+        let rows = self
+            .db
+            .query(
+                "SELECT c.agent_id, c.id FROM commands c \
+                 JOIN agent_sockets s ON s.agent_id = c.agent_id \
+                 WHERE c.status = 'queued' AND c.created_at < $2 AND s.instance_tag = $1 \
+                 ORDER BY c.seq LIMIT 1000",
+                &[&self.tag, &before],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// The notifier: until shutdown, tells the holders of the agents of
     /// every command announced, one notification per holding instance (and
     /// per [`ANNOUNCE_CHUNK`]) for everything waiting.

@@ -20,6 +20,55 @@ use crate::as_posted::{
 use crate::crash::{api, Process};
 use crate::support::*;
 
+/// WS-DLV-1 without the notification: a command stored for an agent held by
+/// B, with no announcement at all (as if the submitter died between its
+/// commit and its NOTIFY), is pushed by B on its own within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
+    let test = "ws_dlv_1_a_lost_announcement_costs_latency_not_the_command";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    b.provision("x").await;
+    let mut agent = b.connect("x").await;
+    b.wait_agent("x", |v| v["connected"] == true).await;
+    // Stored straight into the database: nobody announces it.
+    let policy = edge_server::store::DeliveryPolicy {
+        ack_timeout_ms: 30_000,
+        max_attempts: 10,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 60_000,
+        max_pending: 1_000,
+    };
+    let store = edge_server::store::postgres::PgStore::open(&url, policy)
+        .await
+        .unwrap();
+    let now = edge_server::wire::now_millis();
+    let command = edge_server::store::NewCommand {
+        id: "stranded".into(),
+        agent_id: "x".into(),
+        command_type: "send_message".into(),
+        parameters: edge_server::raw_json::RawJson::parse("{}".to_string()).unwrap(),
+        priority: edge_server::store::Priority::Normal,
+        created_at: now,
+        expires_at: None,
+    };
+    let stored = edge_server::store::Store::insert_command(&store, command, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        stored,
+        edge_server::store::InsertOutcome::Created(_)
+    ));
+    let pushed = agent
+        .recv_within(Duration::from_secs(10))
+        .await
+        .expect("pushed without a notification");
+    assert_eq!(pushed["type"], "command", "{pushed}");
+    assert_eq!(pushed["data"]["command_id"], "stranded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another() {
     let test = "ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another";
