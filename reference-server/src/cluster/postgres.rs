@@ -310,8 +310,9 @@ impl PgCluster {
         }
         let alive = now_millis() - STALE.as_millis() as i64;
         let prefix = channel_prefix(&self.schema);
-        self.db
-            .execute(
+        let client = self.db.client().await?;
+        let notify = client
+            .prepare_cached(
                 "SELECT pg_notify($1::TEXT || s.instance_tag, json_build_object('kind', 'deliver', \
                  'commands', json_agg(json_build_array(x.agent, x.command) ORDER BY x.ord))::TEXT) \
                  FROM unnest($2::TEXT[], $3::TEXT[], $4::INT[]) WITH ORDINALITY \
@@ -320,10 +321,23 @@ impl PgCluster {
                  JOIN instances i ON i.tag = s.instance_tag \
                  WHERE s.instance_tag <> $5 AND i.heartbeat_at > $6 \
                  GROUP BY s.instance_tag, x.chunk",
-                &[&prefix, &agents, &commands, &chunks, &self.tag, &alive],
             )
             .await
-            .map(|_| ())
+            .map_err(backend)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&prefix, &agents, &commands, &chunks, &self.tag, &alive];
+        // A notification is not a promise: its transaction need not wait
+        // for the WAL flush (it is delivered at commit all the same).
+        let sent = futures_util::try_join!(
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+            client.execute(&notify, &params),
+            client.batch_execute("COMMIT"),
+        );
+        if let Err(e) = sent {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(backend(e));
+        }
+        Ok(())
     }
 }
 

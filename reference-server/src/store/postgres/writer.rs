@@ -25,9 +25,12 @@ use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 512;
-/// Writer tasks per instance: while one waits for its commit's WAL flush,
-/// another gathers the next batch.
+/// Writer tasks per instance for inserts, acks and retries: while one waits
+/// for its commit's WAL flush, another gathers the next batch.
 const WRITERS: usize = 4;
+/// Writer tasks for claims, which commit without waiting for the flush
+/// (`batch.rs`), so they are never held up behind a batch that does.
+const CLAIM_WRITERS: usize = 2;
 
 type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
 
@@ -49,7 +52,7 @@ struct Counts {
 impl Writer {
     pub(super) fn start(db: Db, policy: DeliveryPolicy) -> Writer {
         let counts = Arc::new(Counts::default());
-        let writers = (0..WRITERS)
+        let writers = (0..WRITERS + CLAIM_WRITERS)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(write(db.clone(), policy, rx, counts.clone()));
@@ -71,7 +74,11 @@ impl Writer {
     pub(super) async fn call(&self, request: Request) -> StoreResult<Answer> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         request.key().hash(&mut hasher);
-        let writer = &self.writers[hasher.finish() as usize % self.writers.len()];
+        let hash = hasher.finish() as usize;
+        let writer = match request {
+            Request::Claim { .. } => &self.writers[WRITERS + hash % CLAIM_WRITERS],
+            _ => &self.writers[hash % WRITERS],
+        };
         let (reply, answer) = oneshot::channel();
         writer
             .send((request, reply))
