@@ -9,9 +9,10 @@ use clap::{Args, Subcommand};
 
 use crate::cli::UsageError;
 use crate::load::plan::{AckDialect, Plan, Profile};
-use crate::load::report::{regressions, LoadReport};
+use crate::load::report::LoadReport;
 use crate::load::server::ChildServer;
 use crate::load::thresholds::Threshold;
+use crate::load::verdict::Verdict;
 use crate::load::{self, html, LoadConfig};
 use crate::target::{shell_restarter, Target};
 
@@ -357,23 +358,32 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     let (i, n) = args.shard;
     let base = args.report.join(format!("load-{stamp}-shard{i}of{n}"));
     let json_path = base.with_extension("json");
+    // An unreadable baseline is a usage error once the reports are written.
+    let baseline = args
+        .baseline
+        .as_ref()
+        .map(|path| (path.display().to_string(), read_report(path)));
+    let verdict = Verdict::check(
+        &report,
+        &args.fail_if,
+        match &baseline {
+            Some((name, Ok(b))) => Some((name.as_str(), b, args.max_regression)),
+            _ => None,
+        },
+    );
     write(&json_path, &report.to_json())?;
-    write(&base.with_extension("html"), &html::render(&report))?;
+    write(
+        &base.with_extension("html"),
+        &html::render_judged(&report, &verdict),
+    )?;
     print!("{}", report.summary());
     println!("\nreport: {} (and .html)", json_path.display());
-    let mut ok = true;
-    for threshold in &args.fail_if {
-        if let Some(breach) = threshold.breached(&report) {
-            println!("FAIL: {breach}");
-            ok = false;
-        }
+    let failures = verdict.failures();
+    for failure in &failures {
+        println!("FAIL: {failure}");
     }
-    if let Some(path) = &args.baseline {
-        let baseline = read_report(path)?;
-        for regression in regressions(&report, &baseline, args.max_regression) {
-            println!("FAIL: regression against {}: {regression}", path.display());
-            ok = false;
-        }
+    if let Some((_, Err(e))) = baseline {
+        return Err(e);
     }
-    Ok(ok)
+    Ok(failures.is_empty())
 }

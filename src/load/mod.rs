@@ -21,6 +21,7 @@ pub mod report;
 pub mod server;
 pub mod thresholds;
 pub mod usage;
+pub mod verdict;
 pub mod wire;
 
 use std::net::IpAddr;
