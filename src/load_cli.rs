@@ -136,6 +136,16 @@ pub struct LoadArgs {
     /// sends wait, and the wait counts in the corrected latency.
     #[arg(long, default_value_t = load::REQUESTS_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Serve a live view of the run at this address (port 0 picks one; the
+    /// URL is printed on stderr): connected vs target sockets, scheduled vs
+    /// sent rate, p50/p99/p99.9 per second, errors, closes, reconnects and
+    /// each --fail-if. Other shards report to it with --dashboard-report.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<String>,
+    /// Send this run's live numbers to the dashboard another shard's run
+    /// serves, e.g. http://10.0.0.5:8089.
+    #[arg(long, value_name = "URL", conflicts_with = "dashboard")]
+    pub dashboard_report: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -338,6 +348,20 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ");
+    // live view: this run serves it, or reports to another run's.
+    let dashboard = match &args.dashboard {
+        Some(addr) => Some(
+            load::live::Dashboard::start(addr, args.fail_if.clone())
+                .await
+                .map_err(UsageError)?,
+        ),
+        None => None,
+    };
+    let live = match (&dashboard, &args.dashboard_report) {
+        (Some(d), _) => Some(d.sink()),
+        (None, Some(url)) => Some(load::live::Sink::remote(url)),
+        (None, None) => None,
+    };
     let config = LoadConfig {
         targets,
         plan,
@@ -349,8 +373,12 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         progress,
         max_in_flight: args.max_in_flight,
         tls: Some(trust.0.clone()),
+        live,
     };
     let report = load::run(config).await.map_err(UsageError)?;
+    if let Some(dashboard) = dashboard {
+        dashboard.finish().await;
+    }
     drop(child);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -367,6 +367,7 @@ async fn coordinated_omission_correction_shows_a_stall() {
         progress: false,
         max_in_flight: 2,
         tls: None,
+        live: None,
     };
     let report = load::run(config).await.unwrap();
     stall.await.unwrap();
