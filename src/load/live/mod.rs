@@ -79,9 +79,16 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// `base` is the dashboard's URL (`http://` is assumed without a scheme).
     pub fn remote(base: &str) -> Sink {
+        let base = base.trim_end_matches('/');
+        let url = if base.contains("://") {
+            format!("{base}/shard")
+        } else {
+            format!("http://{base}/shard")
+        };
         Sink::Remote {
-            url: format!("{}/shard", base.trim_end_matches('/')),
+            url,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -163,5 +170,24 @@ impl Dashboard {
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.stop.cancel();
         let _ = self.server.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_dashboard_is_posted_to_at_shard() {
+        for (given, url) in [
+            ("http://10.0.0.5:8089/", "http://10.0.0.5:8089/shard"),
+            ("10.0.0.5:8089", "http://10.0.0.5:8089/shard"),
+            ("https://dash.example/x", "https://dash.example/x/shard"),
+        ] {
+            match Sink::remote(given) {
+                Sink::Remote { url: got, .. } => assert_eq!(got, url),
+                Sink::Board(_) => unreachable!(),
+            }
+        }
     }
 }
