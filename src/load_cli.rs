@@ -9,9 +9,10 @@ use clap::{Args, Subcommand};
 
 use crate::cli::UsageError;
 use crate::load::plan::{AckDialect, Plan, Profile};
-use crate::load::report::{regressions, LoadReport};
+use crate::load::report::LoadReport;
 use crate::load::server::ChildServer;
 use crate::load::thresholds::Threshold;
+use crate::load::verdict::Verdict;
 use crate::load::{self, html, LoadConfig};
 use crate::target::{shell_restarter, Target};
 
@@ -135,6 +136,16 @@ pub struct LoadArgs {
     /// sends wait, and the wait counts in the corrected latency.
     #[arg(long, default_value_t = load::REQUESTS_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Serve a live view of the run at this address (port 0 picks one; the
+    /// URL is printed on stderr): connected vs target sockets, scheduled vs
+    /// sent rate, p50/p99/p99.9 per second, errors, closes, reconnects and
+    /// each --fail-if. Other shards report to it with --dashboard-report.
+    #[arg(long, value_name = "ADDR")]
+    pub dashboard: Option<String>,
+    /// Send this run's live numbers to the dashboard another shard's run
+    /// serves, e.g. http://10.0.0.5:8089.
+    #[arg(long, value_name = "URL", conflicts_with = "dashboard")]
+    pub dashboard_report: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -337,6 +348,20 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ");
+    // live view: this run serves it, or reports to another run's.
+    let dashboard = match &args.dashboard {
+        Some(addr) => Some(
+            load::live::Dashboard::start(addr, args.fail_if.clone())
+                .await
+                .map_err(UsageError)?,
+        ),
+        None => None,
+    };
+    let live = match (&dashboard, &args.dashboard_report) {
+        (Some(d), _) => Some(d.sink()),
+        (None, Some(url)) => Some(load::live::Sink::remote(url)),
+        (None, None) => None,
+    };
     let config = LoadConfig {
         targets,
         plan,
@@ -348,8 +373,12 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         progress,
         max_in_flight: args.max_in_flight,
         tls: Some(trust.0.clone()),
+        live,
     };
     let report = load::run(config).await.map_err(UsageError)?;
+    if let Some(dashboard) = dashboard {
+        dashboard.finish().await;
+    }
     drop(child);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -357,23 +386,32 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     let (i, n) = args.shard;
     let base = args.report.join(format!("load-{stamp}-shard{i}of{n}"));
     let json_path = base.with_extension("json");
+    // An unreadable baseline is a usage error once the reports are written.
+    let baseline = args
+        .baseline
+        .as_ref()
+        .map(|path| (path.display().to_string(), read_report(path)));
+    let verdict = Verdict::check(
+        &report,
+        &args.fail_if,
+        match &baseline {
+            Some((name, Ok(b))) => Some((name.as_str(), b, args.max_regression)),
+            _ => None,
+        },
+    );
     write(&json_path, &report.to_json())?;
-    write(&base.with_extension("html"), &html::render(&report))?;
+    write(
+        &base.with_extension("html"),
+        &html::render_judged(&report, &verdict),
+    )?;
     print!("{}", report.summary());
     println!("\nreport: {} (and .html)", json_path.display());
-    let mut ok = true;
-    for threshold in &args.fail_if {
-        if let Some(breach) = threshold.breached(&report) {
-            println!("FAIL: {breach}");
-            ok = false;
-        }
+    let failures = verdict.failures();
+    for failure in &failures {
+        println!("FAIL: {failure}");
     }
-    if let Some(path) = &args.baseline {
-        let baseline = read_report(path)?;
-        for regression in regressions(&report, &baseline, args.max_regression) {
-            println!("FAIL: regression against {}: {regression}", path.display());
-            ok = false;
-        }
+    if let Some((_, Err(e))) = baseline {
+        return Err(e);
     }
-    Ok(ok)
+    Ok(failures.is_empty())
 }

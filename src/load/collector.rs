@@ -102,6 +102,11 @@ pub struct Second {
     pub acked: u64,
     pub p99_ms: f64,
     pub connected: i64,
+    /// p50 and p99.9 push→ack of the second (reports before they existed read 0).
+    #[serde(default)]
+    pub p50_ms: f64,
+    #[serde(default)]
+    pub p999_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -194,6 +199,8 @@ pub async fn collect(
             },
             _ = tick.tick() => {
                 second.p99_ms = second_hist.value_at_quantile(0.99) as f64 / 1000.0;
+                second.p50_ms = second_hist.value_at_quantile(0.5) as f64 / 1000.0;
+                second.p999_ms = second_hist.value_at_quantile(0.999) as f64 / 1000.0;
                 second.connected = connected;
                 second.t = c.timeline.len() as u64;
                 let _ = live.send(Live { connected, sent: c.scheduled, acked: c.acked, errors: errors_total, p99_ms: c.push_ack.value_at_quantile(0.99) as f64 / 1000.0 });

@@ -1,10 +1,13 @@
 //! One self-contained HTML page per run: inline SVG plots, no scripts, no
-//! fonts, nothing fetched. Plots: latency by percentile, commands/s and p99
-//! over time, connected agents over time, the reconnect curve.
+//! fonts, nothing fetched. A verdict banner, the thresholds and baseline
+//! comparison as tables, then the plots: latency by percentile, commands/s
+//! and p50/p99/p99.9 per second, connected agents over time, the reconnect
+//! curve (each only when the run did what it shows).
 
 use std::fmt::Write as _;
 
 use super::report::LoadReport;
+use super::verdict::{Outcome, Verdict};
 
 fn esc(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -88,7 +91,7 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bo
         esc(x_label)
     );
     let _ = write!(svg, "<text x=\"12\" y=\"{}\" font-size=\"11\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">{}</text>", H / 2.0, H / 2.0, esc(y_label));
-    for (i, s) in series.iter().enumerate() {
+    for (i, s) in series.iter().filter(|s| !s.points.is_empty()).enumerate() {
         let points: Vec<String> = s
             .points
             .iter()
@@ -139,13 +142,33 @@ fn percentile_points(report: &LoadReport, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The page of a report re-rendered on its own (`report html`, `report
+/// merge`): nothing to judge it by, so the banner says so.
 pub fn render(report: &LoadReport) -> String {
-    let mut page = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>edge-harness load report</title><style>body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:1em}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:1em}</style></head><body>");
+    render_judged(report, &Verdict::default())
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:1em}\
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{padding:2px 8px;text-align:right}th{background:#eee}\
+td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em}\
+.verdict{padding:0.8em 1.2em;font-size:1.3em;font-weight:bold;border-radius:4px}\
+.passed{background:#d5f5e3;color:#145a32}.failed{background:#fadbd8;color:#78281f}\
+.partial{background:#fcf3cf;color:#7d6608}.unchecked{background:#eaecee;color:#333}\
+.ok{color:#1e8449}.bad{color:#c0392b;font-weight:bold}";
+
+/// The page of a run with what it was checked against: a verdict banner,
+/// the thresholds and baseline comparison as tables, then the plots. A
+/// plot of something the run did not do (no storm: no reconnect curve) is
+/// left out rather than drawn empty.
+pub fn render_judged(report: &LoadReport, verdict: &Verdict) -> String {
+    let mut page = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>edge-harness load report</title><style>{STYLE}</style></head><body>");
     let _ = write!(
         page,
         "<h1>edge-harness load report</h1><p><code>{}</code></p>",
         esc(&report.command_line)
     );
+    page.push_str(&banner(verdict));
+    page.push_str(&checks_tables(verdict));
     let _ = write!(page, "<pre>{}</pre>", esc(&report.summary()));
     page.push_str(&chart(
         "Latency by percentile (corrected for coordinated omission, and not)",
@@ -182,35 +205,60 @@ pub fn render(report: &LoadReport) -> String {
             .map(|s| (s.t as f64, f(s)))
             .collect::<Vec<_>>()
     };
-    page.push_str(&chart(
-        "Commands per second",
-        "seconds",
-        "per second",
-        &[
-            Series {
-                name: "sent",
-                color: "#2980b9",
-                points: t(|s| s.sent as f64),
-            },
-            Series {
-                name: "acked",
-                color: "#27ae60",
-                points: t(|s| s.acked as f64),
-            },
-        ],
-        false,
-    ));
-    page.push_str(&chart(
-        "p99 push→ack per second",
-        "seconds",
-        "ms",
-        &[Series {
-            name: "p99",
-            color: "#c0392b",
-            points: t(|s| s.p99_ms),
-        }],
-        false,
-    ));
+    if report.counts.scheduled > 0 {
+        page.push_str(&chart(
+            "Commands per second",
+            "seconds",
+            "per second",
+            &[
+                Series {
+                    name: "sent",
+                    color: "#2980b9",
+                    points: t(|s| s.sent as f64),
+                },
+                Series {
+                    name: "acked",
+                    color: "#27ae60",
+                    points: t(|s| s.acked as f64),
+                },
+            ],
+            false,
+        ));
+    }
+    if report.counts.acked > 0 {
+        // Reports from before p50/p99.9 were kept per second have only p99.
+        let kept = |f: fn(&super::collector::Second) -> f64| {
+            let points = t(f);
+            if points.iter().any(|(_, y)| *y > 0.0) {
+                points
+            } else {
+                Vec::new()
+            }
+        };
+        page.push_str(&chart(
+            "push→ack per second: p50, p99, p99.9",
+            "seconds",
+            "ms",
+            &[
+                Series {
+                    name: "p50",
+                    color: "#27ae60",
+                    points: kept(|s| s.p50_ms),
+                },
+                Series {
+                    name: "p99",
+                    color: "#c0392b",
+                    points: t(|s| s.p99_ms),
+                },
+                Series {
+                    name: "p99.9",
+                    color: "#7d3c98",
+                    points: kept(|s| s.p999_ms),
+                },
+            ],
+            false,
+        ));
+    }
     page.push_str(&chart(
         "Connected agents",
         "seconds",
@@ -222,23 +270,102 @@ pub fn render(report: &LoadReport) -> String {
         }],
         false,
     ));
-    let curve: Vec<(f64, f64)> = report
-        .reconnect
-        .curve
-        .iter()
-        .map(|(ms, share)| (*ms / 1000.0, share * 100.0))
-        .collect();
-    page.push_str(&chart(
-        "Reconnect curve after the storm",
-        "seconds since the storm",
-        "% of the fleet back",
-        &[Series {
-            name: "back",
-            color: "#16a085",
-            points: curve,
-        }],
-        false,
-    ));
+    if report.reconnect.fleet > 0 {
+        let curve: Vec<(f64, f64)> = report
+            .reconnect
+            .curve
+            .iter()
+            .map(|(ms, share)| (*ms / 1000.0, share * 100.0))
+            .collect();
+        page.push_str(&chart(
+            "Reconnect curve after the storm",
+            "seconds since the storm",
+            "% of the fleet back",
+            &[Series {
+                name: "back",
+                color: "#16a085",
+                points: curve,
+            }],
+            false,
+        ));
+    }
     page.push_str("</body></html>\n");
     page
+}
+
+fn banner(verdict: &Verdict) -> String {
+    let failures = verdict.failures();
+    let (class, text) = match verdict.outcome() {
+        Outcome::Passed => ("passed", "PASSED: every threshold held".to_string()),
+        Outcome::Failed => (
+            "failed",
+            format!(
+                "FAILED: {}",
+                failures
+                    .iter()
+                    .map(|f| esc(f))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+        Outcome::Partial => (
+            "partial",
+            "PARTIAL: the run was cut short; the numbers cover part of the plan".to_string(),
+        ),
+        Outcome::Unchecked => (
+            "unchecked",
+            "No thresholds: the run was not checked against --fail-if or --baseline".to_string(),
+        ),
+    };
+    format!("<div class=\"verdict {class}\" id=\"verdict\">{text}</div>")
+}
+
+fn checks_tables(verdict: &Verdict) -> String {
+    let mut out = String::new();
+    if !verdict.thresholds.is_empty() {
+        out.push_str(
+            "<h2>Thresholds</h2><table><tr><th>--fail-if</th><th>measured</th><th>result</th></tr>",
+        );
+        for row in &verdict.thresholds {
+            let measured = row.measured.map_or("not measured".to_string(), trim);
+            let result = if row.breach.is_some() {
+                "<td class=\"bad\">breached</td>"
+            } else {
+                "<td class=\"ok\">holds</td>"
+            };
+            let _ = write!(
+                out,
+                "<tr><td><code>{}</code></td><td>{measured}</td>{result}</tr>",
+                esc(&row.text)
+            );
+        }
+        out.push_str("</table>");
+    }
+    if let Some((name, rows)) = &verdict.baseline {
+        let _ = write!(
+            out,
+            "<h2>Against the baseline <code>{}</code></h2><table><tr><th>metric</th><th>this run</th><th>baseline</th><th>change</th><th>allowed</th><th>result</th></tr>",
+            esc(name)
+        );
+        for row in rows {
+            let result = if row.regressed {
+                "<td class=\"bad\">regressed</td>"
+            } else {
+                "<td class=\"ok\">ok</td>"
+            };
+            let allowed = if row.unit == "/s" { "−" } else { "+" };
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{} {unit}</td><td>{} {unit}</td><td>{:+.1} %</td><td>{allowed}{:.0} %</td>{result}</tr>",
+                esc(row.metric),
+                trim(row.now),
+                trim(row.then),
+                row.change() * 100.0,
+                row.allowed * 100.0,
+                unit = row.unit,
+            );
+        }
+        out.push_str("</table>");
+    }
+    out
 }

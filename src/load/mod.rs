@@ -15,12 +15,14 @@ pub mod backend_view;
 pub mod collector;
 pub mod dialer;
 pub mod html;
+pub mod live;
 pub mod pacer;
 pub mod plan;
 pub mod report;
 pub mod server;
 pub mod thresholds;
 pub mod usage;
+pub mod verdict;
 pub mod wire;
 
 use std::net::IpAddr;
@@ -60,6 +62,8 @@ pub struct LoadConfig {
     pub max_in_flight: usize,
     /// Whom agents trust on `wss://` backends.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where the live view's frames go (`--dashboard`, `--dashboard-report`).
+    pub live: Option<live::Sink>,
 }
 
 /// Raises this process's soft open-file limit to the hard one; says how to
@@ -188,6 +192,14 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     let (samples, rx) = mpsc::unbounded_channel();
     let (live_tx, mut live) = watch::channel(Live::default());
     let clock = backend_view::ClockPair::now();
+    // live view (--dashboard): a tap between the workers and the collector.
+    let (rx, live_started) = self::live::tap(
+        rx,
+        cfg.live.as_ref(),
+        plan.clone(),
+        cfg.shard,
+        sockets as u64,
+    );
     let collector = tokio::spawn(collector::collect(rx, plan.seed, live_tx));
     let (signals, _) = broadcast::channel(64);
     let stop = CancellationToken::new();
@@ -262,6 +274,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
 
     // Open model: command n goes out at its scheduled time whatever happened to n-1.
     let run_start = Instant::now();
+    live_started.at(run_start); // live view: the schedule starts now
     let mut events: Vec<Event> = plan.events.clone();
     events.sort_by_key(Event::at);
     for event in events {

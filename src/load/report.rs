@@ -107,7 +107,7 @@ pub struct LoadReport {
     pub notes: BTreeMap<String, f64>,
 }
 
-fn encode(h: &Histogram<u64>) -> String {
+pub(crate) fn encode(h: &Histogram<u64>) -> String {
     let mut bytes = Vec::new();
     V2DeflateSerializer::new()
         .serialize(h, &mut bytes)
@@ -115,7 +115,7 @@ fn encode(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn decode(text: &str) -> Result<Histogram<u64>, String> {
+pub(crate) fn decode(text: &str) -> Result<Histogram<u64>, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|e| format!("histogram: {e}"))?;
@@ -267,7 +267,8 @@ impl LoadReport {
     }
 
     /// Merges shards: histograms added exactly, counts summed, the timeline
-    /// summed per second (its per-second p99 is the largest of the shards').
+    /// summed per second (its per-second p50/p99/p99.9 are the largest of the
+    /// shards').
     pub fn merge(reports: Vec<LoadReport>) -> Result<LoadReport, String> {
         let mut iter = reports.into_iter();
         let mut merged = iter.next().ok_or("nothing to merge")?;
@@ -317,6 +318,8 @@ impl LoadReport {
                 m.acked += s.acked;
                 m.connected += s.connected;
                 m.p99_ms = m.p99_ms.max(s.p99_ms);
+                m.p50_ms = m.p50_ms.max(s.p50_ms);
+                m.p999_ms = m.p999_ms.max(s.p999_ms);
             }
             for (name, stats) in other.personas {
                 let mine = merged.personas.entry(name).or_default();
@@ -510,33 +513,14 @@ pub struct Meta {
     pub connected_at_start: u64,
 }
 
-/// `--baseline FILE --max-regression X%`: what got worse by more than X.
+/// `--baseline FILE --max-regression X%`: what got worse by more than X
+/// (the rows of `verdict::baseline_rows` that regressed).
 pub fn regressions(current: &LoadReport, baseline: &LoadReport, max: f64) -> Vec<String> {
-    let mut found = Vec::new();
-    for p in ["p50_ms", "p99_ms"] {
-        let get = |r: &LoadReport| {
-            r.percentiles
-                .get("push_ack")
-                .map(|x| if p == "p50_ms" { x.p50_ms } else { x.p99_ms })
-        };
-        if let (Some(now), Some(then)) = (get(current), get(baseline)) {
-            if then > 0.0 && now > then * (1.0 + max) {
-                found.push(format!(
-                    "push→ack {} {now:.2} ms vs baseline {then:.2} ms (+{:.0} %)",
-                    &p[..p.len() - 3],
-                    (now / then - 1.0) * 100.0
-                ));
-            }
-        }
-    }
-    let (now, then) = (current.throughput(), baseline.throughput());
-    if then > 0.0 && now < then * (1.0 - max) {
-        found.push(format!(
-            "throughput {now:.0}/s vs baseline {then:.0}/s (−{:.0} %)",
-            (1.0 - now / then) * 100.0
-        ));
-    }
-    found
+    super::verdict::baseline_rows(current, baseline, max)
+        .into_iter()
+        .filter(|row| row.regressed)
+        .map(|row| row.describe())
+        .collect()
 }
 
 #[cfg(test)]

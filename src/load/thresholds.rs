@@ -67,8 +67,14 @@ impl std::str::FromStr for Threshold {
 }
 
 impl Threshold {
-    /// The metric's value in the report (milliseconds for times).
-    fn measure(&self, report: &LoadReport) -> Option<f64> {
+    /// The metric's name, lower-cased (`p99`, `lost`, …).
+    pub fn metric(&self) -> &str {
+        &self.metric
+    }
+
+    /// The metric's value in the report (milliseconds for times; infinite
+    /// when the run did not measure it).
+    pub fn measure(&self, report: &LoadReport) -> Option<f64> {
         let p = |hist: &str, q: &str| {
             let p = report.percentiles.get(hist)?;
             Some(match q {

@@ -76,7 +76,15 @@ fn a_run_against_edge_server_loses_nothing_and_writes_both_reports() {
         receive.p50_ms
     );
     let html = std::fs::read_to_string(json.with_extension("html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 5, "five plots");
+    // Four plots: no storm, so no (empty) reconnect curve.
+    assert_eq!(html.matches("<svg").count(), 4, "four plots");
+    assert!(!html.contains("Reconnect curve"));
+    assert!(html.contains("PASSED: every threshold held"), "the banner");
+    assert!(
+        html.contains("<code>lost==0</code></td><td>0.00</td><td class=\"ok\">holds</td>"),
+        "the thresholds table"
+    );
+    assert!(html.contains("p50, p99, p99.9"));
     assert!(!html.contains("<script"), "self-contained: no scripts");
     assert!(
         !html.contains("src=\"http"),
@@ -232,6 +240,12 @@ fn a_breached_threshold_is_exit_1() {
         "{}",
         text(&out.stdout)
     );
+    let (_, json) = report_in(dir.path());
+    let html = std::fs::read_to_string(json.with_extension("html")).unwrap();
+    assert!(
+        html.contains("FAILED: p50&lt;1us breached: measured"),
+        "the banner names the failing threshold"
+    );
     let out = harness(&["load", "--fail-if", "p98<1ms"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -353,6 +367,7 @@ async fn coordinated_omission_correction_shows_a_stall() {
         progress: false,
         max_in_flight: 2,
         tls: None,
+        live: None,
     };
     let report = load::run(config).await.unwrap();
     stall.await.unwrap();
@@ -380,6 +395,29 @@ fn summary_table_snapshot() {
         .replace(&report.targets[0], "http://127.0.0.1:PORT"));
 }
 
+/// The HTML report of the fixture, judged by two thresholds (one holds, one
+/// breaks) and by itself as the baseline.
+#[test]
+fn judged_html_report_snapshot() {
+    use edge_harness::load::html;
+    use edge_harness::load::thresholds::Threshold;
+    use edge_harness::load::verdict::Verdict;
+    let report = LoadReport::from_json(include_str!("fixtures/load-report.json")).unwrap();
+    let thresholds: Vec<Threshold> = ["p99<5s", "lost==0", "backend_p99<1ms"]
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let verdict = Verdict::check(&report, &thresholds, Some(("baseline.json", &report, 0.1)));
+    let page = html::render_judged(&report, &verdict);
+    assert!(page.contains("class=\"verdict failed\""));
+    assert!(!page.contains("Reconnect curve"), "no storm, no curve");
+    // The banner and the tables; the plots' coordinates are left out.
+    let head = &page[..page.find("<pre>").unwrap()];
+    insta::assert_snapshot!(head
+        .replace(&report.targets[0], "http://127.0.0.1:PORT")
+        .replace("><", ">\n<"));
+}
+
 #[test]
 fn report_html_rerenders_a_saved_report() {
     let dir = tempfile::tempdir().unwrap();
@@ -388,7 +426,9 @@ fn report_html_rerenders_a_saved_report() {
     let out = harness(&["report", "html", json.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     let html = std::fs::read_to_string(dir.path().join("r.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 5, "five plots");
+    // No storm in the fixture: no reconnect curve.
+    assert_eq!(html.matches("<svg").count(), 4, "four plots");
+    assert!(html.contains("No thresholds"), "nothing to judge it by");
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{}").unwrap();
     let out = harness(&["report", "html", bad.to_str().unwrap()]);

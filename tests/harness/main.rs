@@ -3,6 +3,7 @@
 //! codes and errors, and snapshots of the three report formats.
 
 mod cli;
+mod dashboard;
 mod faults;
 mod load;
 mod proxy;
