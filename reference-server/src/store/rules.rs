@@ -234,3 +234,197 @@ pub fn sweep(row: &mut CommandRow, status: Status, now: Millis) {
     row.status = status;
     row.completed_at = Some(now);
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::raw_json::RawJson;
+    use crate::store::Priority;
+
+    const POLICY: DeliveryPolicy = DeliveryPolicy {
+        ack_timeout_ms: 30_000,
+        max_attempts: 3,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 60_000,
+        max_pending: 5,
+    };
+
+    fn row(
+        status: Status,
+        attempts: u32,
+        conn: Option<ConnId>,
+        expires_at: Option<Millis>,
+    ) -> CommandRow {
+        CommandRow {
+            seq: 1,
+            id: "c1".into(),
+            agent_id: "a1".into(),
+            command_type: "t".into(),
+            parameters: RawJson::parse("{}".to_string()).unwrap(),
+            priority: Priority::Normal,
+            status,
+            attempts,
+            created_at: 0,
+            expires_at,
+            sent_at: None,
+            ack_deadline: None,
+            next_attempt_at: Some(50_000),
+            acked_at: None,
+            completed_at: None,
+            error: None,
+            delivered_via: None,
+            conn_id: conn,
+        }
+    }
+
+    fn any_row() -> impl Strategy<Value = CommandRow> {
+        (
+            proptest::sample::select(Status::ALL.to_vec()),
+            0u32..5,
+            proptest::option::of(1i64..3),
+            proptest::option::of(0i64..100_000),
+        )
+            .prop_map(|(s, a, c, e)| row(s, a, c, e))
+    }
+
+    fn any_ack() -> impl Strategy<Value = AckKind> {
+        prop_oneof![
+            Just(AckKind::Received),
+            Just(AckKind::Executing),
+            Just(AckKind::Completed),
+            Just(AckKind::Failed {
+                error: Some("e".into())
+            }),
+        ]
+    }
+
+    fn any_claim() -> impl Strategy<Value = Claim> {
+        prop_oneof![
+            (1i64..3).prop_map(|conn| Claim::AllPending {
+                agent_id: "a1".into(),
+                conn
+            }),
+            (1i64..3).prop_map(|conn| Claim::One {
+                command_id: "c1".into(),
+                conn
+            }),
+            (1i64..3, 0u32..5).prop_map(|(conn, attempt)| Claim::Redeliver {
+                command_id: "c1".into(),
+                conn,
+                attempt
+            }),
+            Just(Claim::Http {
+                agent_id: "a1".into()
+            }),
+        ]
+    }
+
+    /// The order of the states an ack may move through (WS-ACK-2).
+    fn rank(s: Status) -> u8 {
+        match s {
+            Status::Queued | Status::Sent => 0,
+            Status::Received => 1,
+            Status::Executing => 2,
+            _ => 3,
+        }
+    }
+
+    proptest! {
+        /// WS-ACK-3: a final state never changes; progress only moves
+        /// forward; another agent's command is unknown.
+        #[test]
+        fn acks_never_undo(r in any_row(), ack in any_ack(), now in 0i64..100_000) {
+            match rules_ack(&r, "a2", &ack, now) {
+                AckOutcome::Unknown => {}
+                other => prop_assert!(false, "another agent's ack: {other:?}"),
+            }
+            match rules_ack(&r, "a1", &ack, now) {
+                AckOutcome::Updated { before, command } => {
+                    prop_assert!(!before.is_final());
+                    prop_assert!(rank(command.status) > rank(before));
+                    prop_assert_eq!(command.completed_at.is_some(), command.status.is_final());
+                    prop_assert_eq!(command.attempts, r.attempts);
+                }
+                AckOutcome::Unchanged(same) => prop_assert_eq!(same, r),
+                AckOutcome::Unknown => prop_assert!(false, "own command unknown"),
+            }
+        }
+
+        /// WS-DLV-3/4/7: a claim takes only live commands with attempts
+        /// left, counts one more attempt, never moves progress back, and
+        /// times the next attempt by the backoff.
+        #[test]
+        fn claims_count_attempts(r in any_row(), claim in any_claim(), now in 0i64..100_000) {
+            let taken = super::claim([r.clone()], &claim, now, &POLICY);
+            prop_assert!(taken.len() <= 1);
+            if let Some(t) = taken.first() {
+                prop_assert!(!r.status.is_final());
+                prop_assert!(r.expires_at.is_none_or(|e| e > now));
+                prop_assert!(r.attempts < POLICY.max_attempts);
+                prop_assert_eq!(t.attempts, r.attempts + 1);
+                prop_assert_eq!(t.status, if r.status == Status::Queued { Status::Sent } else { r.status });
+                prop_assert_eq!(t.next_attempt_at, Some(POLICY.next_attempt_at(now, t.attempts)));
+                prop_assert_eq!(t.ack_deadline, Some(now + POLICY.ack_timeout_ms));
+                if matches!(claim, Claim::Http { .. }) {
+                    prop_assert_eq!((t.conn_id, t.delivered_via), (None, Some(Channel::Http)));
+                    prop_assert!(matches!(r.status, Status::Queued | Status::Sent));
+                }
+            }
+        }
+
+        /// WS-DLV-7, WS-DLV-3: the sweeper only ends live commands: expired
+        /// past their TTL, dead only from `sent` with no attempts left.
+        #[test]
+        fn the_sweeper_ends_only_live_commands(r in any_row(), now in 0i64..100_000) {
+            let mut r = r;
+            r.ack_deadline = Some(40_000);
+            match swept(&r, now, &POLICY) {
+                None => {}
+                Some(Status::Expired) => prop_assert!(!r.status.is_final() && r.expires_at.is_some_and(|e| e <= now)),
+                Some(Status::Dead) => prop_assert!(r.status == Status::Sent && r.attempts >= POLICY.max_attempts && now >= 40_000),
+                Some(other) => prop_assert!(false, "swept to {other:?}"),
+            }
+        }
+    }
+
+    fn rules_ack(r: &CommandRow, agent: &str, ack: &AckKind, now: Millis) -> AckOutcome {
+        super::ack(Some(r.clone()), agent, ack, now)
+    }
+
+    #[test]
+    fn inserts_refuse_in_the_order_the_contract_gives() {
+        let cmd = NewCommand {
+            id: "c1".into(),
+            agent_id: "a1".into(),
+            command_type: "t".into(),
+            parameters: RawJson::parse("{}".to_string()).unwrap(),
+            priority: Priority::High,
+            created_at: 7,
+            expires_at: None,
+        };
+        let outcome = |known, existing: Option<&CommandRow>, pending| match insert(
+            &cmd,
+            Some(9),
+            known,
+            existing,
+            pending,
+            &POLICY,
+        ) {
+            InsertDecision::Refuse(o) => format!("{o:?}").split('(').next().unwrap().to_string(),
+            InsertDecision::Create(r) => {
+                format!("Create {:?} {} {:?}", r.status, r.attempts, r.conn_id)
+            }
+        };
+        let mine = row(Status::Completed, 1, None, None);
+        let mut theirs = mine.clone();
+        theirs.agent_id = "a2".into();
+        assert_eq!(outcome(false, None, 0), "UnknownAgent");
+        // WS-API-2: a repeat is answered even when the queue is full.
+        assert_eq!(outcome(true, Some(&mine), 99), "Existing");
+        assert_eq!(outcome(true, Some(&theirs), 0), "Conflict");
+        assert_eq!(outcome(true, None, 5), "QueueFull");
+        assert_eq!(outcome(true, None, 4), "Create Sent 1 Some(9)");
+    }
+}
