@@ -108,7 +108,7 @@ const SQL_COUNT_PENDING: &str = concat!(
 );
 
 /// New commands, in arrival order (`seq` keeps FIFO, WS-DLV-4).
-const SQL_INSERT: &str = concat!(
+const SQL_INSERT: &str =
     "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, attempts, \
      created_at, expires_at, sent_at, ack_deadline, next_attempt_at, delivered_via, conn_id) \
      SELECT id, agent_id, command_type, parameters, priority, status, attempts, created_at, \
@@ -118,8 +118,7 @@ const SQL_INSERT: &str = concat!(
      $13::TEXT[], $14::BIGINT[]) WITH ORDINALITY AS n(id, agent_id, command_type, parameters, \
      priority, status, attempts, created_at, expires_at, sent_at, ack_deadline, \
      next_attempt_at, delivered_via, conn_id, ord) ORDER BY ord \
-     ON CONFLICT (id) DO NOTHING RETURNING seq, id"
-);
+     ON CONFLICT (id) DO NOTHING RETURNING seq, id";
 
 /// Writes back the columns a state change may touch (`store/rules.rs`).
 pub(super) const SQL_UPDATE: &str =

@@ -107,7 +107,9 @@ async fn write(
                 }
             }
             Err(e) if requests.len() == 1 => {
-                let _ = replies.into_iter().next().map(|r| r.send(Err(e)));
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
             }
             Err(e) => {
                 warn!(
