@@ -256,10 +256,13 @@ impl PgCluster {
         let rows = self
             .db
             .query(
-                "SELECT c.agent_id, c.id FROM commands c \
-                 JOIN agent_sockets s ON s.agent_id = c.agent_id \
-                 WHERE c.status = 'queued' AND c.created_at < $2 AND s.instance_tag = $1 \
-                 ORDER BY c.seq LIMIT 1000",
+                // From the sockets held here, each agent's pending commands
+                // by index: never a walk over every queued command (those of
+                // offline agents can be many).
+                "SELECT s.agent_id, c.id FROM agent_sockets s CROSS JOIN LATERAL \
+                 (SELECT id FROM commands WHERE agent_id = s.agent_id AND status = 'queued' \
+                 AND created_at < $2 ORDER BY priority, seq LIMIT 100) c \
+                 WHERE s.instance_tag = $1 LIMIT 1000",
                 &[&self.tag, &before],
             )
             .await?;
