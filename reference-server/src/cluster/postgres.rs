@@ -21,11 +21,10 @@
 //!   the new one and, if another instance held it, NOTIFYs it to close that
 //!   socket with 4000 (WS-CONN-2), in one transaction: the NOTIFY goes out
 //!   only if the change committed. The same row lock is taken by command
-//!   inserts (`store/postgres/commands.rs`), so an insert and a takeover are
+//!   inserts (`store/postgres/batch.rs`), so an insert and a takeover are
 //!   ordered: either the new holder's claim of pending commands sees the
-//!   command, or the submitter's lookup after its commit (`locate`, or
-//!   `forward_to_holder`, which also NOTIFYs) sees the new
-//!   holder (WS-DLV-1, WS-DLV-4).
+//!   command, or the notifier's lookup after the insert committed sees the
+//!   new holder (WS-DLV-1, WS-DLV-4).
 //! - Liveness: a heartbeat every [`HEARTBEAT`]; an instance silent for
 //!   [`STALE`] is dead (kill -9): its rows are removed by whoever notices, and
 //!   `locate` never names it. Its agents reconnect elsewhere and get every
