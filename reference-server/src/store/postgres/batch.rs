@@ -263,6 +263,9 @@ impl Working<'_> {
                 Some(row) => match rules::retry(row) {
                     None => RetryOutcome::NotRetryable(row.clone()),
                     Some(requeued) => {
+                        if let Some(n) = self.pending.get_mut(&requeued.agent_id) {
+                            *n += 1;
+                        }
                         self.store(requeued.clone());
                         RetryOutcome::Requeued(requeued)
                     }
