@@ -27,10 +27,10 @@ use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
 const MAX_BATCH: usize = 512;
 /// Writer tasks per instance for inserts, acks and retries: while one waits
 /// for its commit's WAL flush, another gathers the next batch.
-const WRITERS: usize = 4;
+const WRITERS: usize = 1;
 /// Writer tasks for claims, which commit without waiting for the flush
 /// (`batch.rs`), so they are never held up behind a batch that does.
-const CLAIM_WRITERS: usize = 2;
+const CLAIM_WRITERS: usize = 1;
 
 type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
 
