@@ -278,7 +278,9 @@ each() { local v=${results[$1]:-}; v=${v% }; echo "${v// /, }"; }
 table() {
     echo "## edge-server scale-out: SQLite vs PostgreSQL instances"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(psql_admin -c 'SHOW server_version' 2>/dev/null || echo 'PostgreSQL ?'); medians of $runs run(s) each."
+    local built=" (edge-server built $(date -u -r "$server_bin" +%H:%MZ); --no-build: maybe not from this commit)"
+    [ "$build" = yes ] && built=
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$built, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(psql_admin -c 'SHOW server_version' 2>/dev/null || echo 'PostgreSQL ?'); medians of $runs run(s) each."
     echo
     if [[ ,$modes, == *,throughput,* ]]; then
         echo "Throughput, closed loop: $commands commands, $concurrency posts in flight, $agents agents acking at once (accepted → pushed → acked → completed):"
