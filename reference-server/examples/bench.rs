@@ -7,11 +7,15 @@
 //! cargo run --release -p edge-server --example bench -- latency --agents 100 --rate 1000 --duration 30s
 //! # several instances on PostgreSQL: agents on one, commands posted to another
 //! cargo run --release -p edge-server --example bench -- --url http://B --post-url http://A latency
+//! # agents on C, posts spread over A and B (both flags take a comma-separated list)
+//! cargo run --release -p edge-server --example bench -- --url http://C --post-url http://A,http://B throughput
 //! ```
-//! Agents are provisioned through the control API, connect with the shared
-//! secret and ack every command at once (spec dialect). This is the
-//! measurement tool for the edge-server issue; `edge-harness load` is the
-//! user-facing load tester.
+//! Agents are provisioned through the control API of the instance they
+//! connect to, connect with the shared secret and ack every command at once
+//! (spec dialect). Agent `i` connects to the `i mod n`-th `--url`; command
+//! `i` is posted to the `i mod n`-th `--post-url`. This is the measurement
+//! tool for the edge-server issues (`reports/pg-scale-bench.sh` drives it);
+//! `edge-harness load` is the user-facing load tester.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,13 +32,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
-    /// The server's base URL (agents connect here).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Where commands are posted (another instance sharing the database);
-    /// default: --url.
-    #[arg(long)]
-    post_url: Option<String>,
+    /// The server's base URL (agents connect here); several, comma-separated:
+    /// agents spread over them (instances sharing one database).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    url: Vec<String>,
+    /// Where commands are posted (other instances sharing the database),
+    /// round-robin when several; default: --url.
+    #[arg(long, value_delimiter = ',')]
+    post_url: Vec<String>,
     #[arg(long, env = "EDGE_SECRET", default_value = "bench-edge-secret")]
     edge_secret: String,
     #[arg(long, env = "ADMIN_TOKEN", default_value = "bench-admin-token")]
@@ -95,9 +100,24 @@ struct Bench {
     http: reqwest::Client,
 }
 
+/// How long the last command may take to arrive and complete once every
+/// post is answered, before the run gives up.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
 impl Bench {
-    fn post_url(&self) -> &str {
-        self.args.post_url.as_deref().unwrap_or(&self.args.url)
+    /// Where command `i` is posted.
+    fn post_url(&self, i: usize) -> &str {
+        let urls = if self.args.post_url.is_empty() {
+            &self.args.url
+        } else {
+            &self.args.post_url
+        };
+        &urls[i % urls.len()]
+    }
+
+    /// The instance agent `i` connects to (and is provisioned through).
+    fn agent_url(&self, i: usize) -> &str {
+        &self.args.url[i % self.args.url.len()]
     }
 
     fn agent_id(i: usize) -> String {
@@ -108,7 +128,7 @@ impl Bench {
         let started = Instant::now();
         stream::iter(0..self.args.agents)
             .map(|i| {
-                let url = format!("{}/api/agents/{}", self.args.url, Bench::agent_id(i));
+                let url = format!("{}/api/agents/{}", self.agent_url(i), Bench::agent_id(i));
                 self.http
                     .put(url)
                     .bearer_auth(&self.args.admin_token)
@@ -132,13 +152,13 @@ impl Bench {
         &self,
         received: mpsc::UnboundedSender<(String, Instant)>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let ws_base = self.args.url.replacen("http", "ws", 1);
         let started = Instant::now();
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
         let sockets: Vec<_> = stream::iter(0..self.args.agents)
             .map(|i| {
+                let ws_base = self.agent_url(i).replacen("http", "ws", 1);
                 let mut request = format!("{ws_base}/edge/ws?edge_agent_id={}", Bench::agent_id(i))
                     .into_client_request()
                     .unwrap();
@@ -182,11 +202,12 @@ impl Bench {
             .collect()
     }
 
-    async fn post(&self, agent: usize, command_id: String) -> reqwest::StatusCode {
+    /// Posts command number `i` to agent `i mod agents`.
+    async fn post(&self, i: usize, command_id: String) -> reqwest::StatusCode {
         let url = format!(
             "{}/api/agents/{}/commands",
-            self.post_url(),
-            Bench::agent_id(agent)
+            self.post_url(i),
+            Bench::agent_id(i % self.args.agents)
         );
         let body = json!({"command_type": "send_message", "command_id": command_id, "parameters": {"message": "hi"}});
         self.http
@@ -202,7 +223,7 @@ impl Bench {
     async fn completed(&self) -> u64 {
         let stats: Value = self
             .http
-            .get(format!("{}/api/stats", self.post_url()))
+            .get(format!("{}/api/stats", self.post_url(0)))
             .bearer_auth(&self.args.admin_token)
             .send()
             .await
@@ -271,13 +292,12 @@ async fn main() {
         } => {
             let base = bench.completed().await;
             let started = Instant::now();
-            let agents = bench.args.agents;
             let posted = stream::iter(0..commands)
                 .map(|i| {
                     let bench = bench.clone();
                     async move {
                         bench
-                            .post(i % agents, format!("t{}-{i}", started.elapsed().as_nanos()))
+                            .post(i, format!("t{}-{i}", started.elapsed().as_nanos()))
                             .await
                     }
                 })
@@ -286,14 +306,24 @@ async fn main() {
                 .count()
                 .await;
             let accepted_in = started.elapsed();
+            let drained = Instant::now() + DRAIN_LIMIT;
             let mut seen = 0;
             while seen < commands {
-                if received.recv().await.is_none() {
+                match tokio::time::timeout_at(drained.into(), received.recv()).await {
+                    Ok(Some(_)) => seen += 1,
+                    Ok(None) => break,
+                    Err(_) => panic!("only {seen} of {commands} commands reached the agents within {DRAIN_LIMIT:?} of the last post"),
+                }
+            }
+            loop {
+                let completed = bench.completed().await - base;
+                if completed >= commands as u64 {
                     break;
                 }
-                seen += 1;
-            }
-            while bench.completed().await < base + commands as u64 {
+                assert!(
+                    Instant::now() < drained,
+                    "only {completed} of {commands} commands completed within {DRAIN_LIMIT:?} of the last post"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let elapsed = started.elapsed();
@@ -331,7 +361,7 @@ async fn main() {
                 scheduled.lock().unwrap().insert(id.clone(), at);
                 let (bench, accept) = (bench.clone(), accept.clone());
                 tokio::spawn(async move {
-                    let status = bench.post(i as usize % bench.args.agents, id).await;
+                    let status = bench.post(i as usize, id).await;
                     assert_eq!(status, reqwest::StatusCode::ACCEPTED);
                     accept
                         .lock()
