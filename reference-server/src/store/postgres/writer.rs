@@ -1,9 +1,9 @@
 //! Group commit on PostgreSQL: the same idea as the SQLite writer.
 //!
-//! Inserts, acks, claims and retries are sent to one of [`WRITERS`] writer
-//! tasks per instance, chosen by the agent (or, without one, the command):
-//! an insert locks its agent's row, so two writers given the same agents
-//! would only take turns. A writer waits for the first request, takes every
+//! Inserts, acks and retries are sent to one of [`WRITERS`] writer tasks per
+//! instance, claims to one of [`CLAIM_WRITERS`], chosen by the agent (or,
+//! without one, the command): an insert locks its agent's row, so two
+//! writers given the same agents would only take turns. A writer waits for the first request, takes every
 //! request already waiting (up to [`MAX_BATCH`]) and runs them in one
 //! transaction (`batch.rs`): the batching window is however long the
 //! previous transaction took, so a quiet instance answers at once and a busy
@@ -25,8 +25,11 @@ use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 512;
-/// Writer tasks per instance for inserts, acks and retries: while one waits
-/// for its commit's WAL flush, another gathers the next batch.
+/// Writer tasks per instance for inserts, acks and retries. One: several
+/// would each commit small batches, and their commits would queue on the
+/// WAL flush (PostgreSQL flushes one at a time), so each waited longer; one
+/// writer's batches grow with the flush time instead (measured in
+/// `reports/edge-server-postgres.md`).
 const WRITERS: usize = 1;
 /// Writer tasks for claims, which commit without waiting for the flush
 /// (`batch.rs`), so they are never held up behind a batch that does.
