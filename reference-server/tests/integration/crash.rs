@@ -238,25 +238,43 @@ enum Victim {
 type Receipts = HashMap<String, Vec<usize>>;
 
 /// One edge agent: connects to `urls[0]`, and after its socket dies to
-/// `urls[1]`; acks `completed` for every command it gets, at once, each
-/// time it gets it (as a real agent that dedups by id still acks). Runs
-/// until `stop`; returns what it received.
+/// `urls[1]`; acks `completed` for every command it gets, each time it gets
+/// it (as a real agent that dedups by id still acks), once `ack_gate` is
+/// open (until then it holds its acks back, so the commands stay in flight).
+/// Runs until `stop`; returns what it received.
 async fn acking_agent(
     agent: String,
     urls: [String; 2],
     acked: Arc<watch::Sender<usize>>,
+    mut ack_gate: watch::Receiver<bool>,
     stop: CancellationToken,
 ) -> Receipts {
     let mut receipts = Receipts::new();
+    // Received while the gate was closed, not acked yet.
+    let mut held: Vec<String> = Vec::new();
     for socket in 0.. {
         let url = format!("{}?edge_agent_id={agent}", urls[usize::min(socket, 1)]);
         let mut ws = connect_url(&url, Some(EDGE_SECRET), &[])
             .await
             .unwrap_or_else(|e| panic!("{agent} connects to {url}: {e:?}"))
             .ws;
+        // A socket that died took its held acks with it: the survivor
+        // pushes those commands again.
+        held.clear();
         loop {
             let frame = tokio::select! {
                 frame = ws.next() => frame,
+                Ok(()) = ack_gate.changed(), if !*ack_gate.borrow() => {
+                    let mut sent = true;
+                    for id in held.drain(..) {
+                        acked.send_modify(|n| *n += 1);
+                        sent &= ws.send(Message::text(ack_of(&id))).await.is_ok();
+                    }
+                    if !sent {
+                        break;
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => {
                     let _ = ws.close(None).await;
                     return receipts;
@@ -275,16 +293,24 @@ async fn acking_agent(
             let id = message["data"]["command_id"].as_str().unwrap().to_string();
             let sockets = receipts.entry(id.clone()).or_default();
             sockets.push(socket);
+            if !*ack_gate.borrow() {
+                held.push(id);
+                continue;
+            }
             if sockets.len() == 1 {
                 acked.send_modify(|n| *n += 1);
             }
-            let ack = json!({"type": "command_ack", "data": {"command_id": id, "success": true, "error": null}});
-            if ws.send(Message::text(ack.to_string())).await.is_err() {
+            if ws.send(Message::text(ack_of(&id))).await.is_err() {
                 break;
             }
         }
     }
     unreachable!("the socket loop only ends by returning")
+}
+
+fn ack_of(id: &str) -> String {
+    json!({"type": "command_ack", "data": {"command_id": id, "success": true, "error": null}})
+        .to_string()
 }
 
 /// POSTs a command to `urls[0]`, and if that instance does not answer (or
@@ -348,6 +374,11 @@ async fn kill_9_on_postgres(test: &str, victim: Victim) {
     let ws = |addr: &str| format!("ws://{addr}/edge/ws");
     let (acked, mut acked_rx) = watch::channel(0usize);
     let acked = Arc::new(acked);
+    // Killing the holder: the agents hold their acks until every command
+    // was accepted, so at the kill ~9,000 accepted commands are pushed and
+    // unacked. Killing the poster: acks flow at once, the kill comes while
+    // posts are in flight.
+    let (ack_gate, ack_gate_rx) = watch::channel(victim == Victim::Poster);
     let stop = CancellationToken::new();
     let agent_tasks: Vec<_> = agents
         .iter()
@@ -357,6 +388,7 @@ async fn kill_9_on_postgres(test: &str, victim: Victim) {
                 agent.clone(),
                 urls,
                 acked.clone(),
+                ack_gate_rx.clone(),
                 stop.clone(),
             ))
         })
@@ -402,6 +434,17 @@ async fn kill_9_on_postgres(test: &str, victim: Victim) {
         })
     };
 
+    let mut posting = posting;
+    let answered_early = if victim == Victim::Holder {
+        let answers = tokio::time::timeout(PG_RUN_LIMIT, &mut posting)
+            .await
+            .unwrap_or_else(|_| panic!("the {PG_COMMANDS} posts were not answered in time"))
+            .unwrap();
+        ack_gate.send_replace(true);
+        Some(answers)
+    } else {
+        None
+    };
     // While commands flow (a real event, not a sleep): kill -9.
     let acked_by_kill =
         tokio::time::timeout(PG_RUN_LIMIT, acked_rx.wait_for(|n| *n >= KILL_AT_ACKED))
@@ -422,12 +465,15 @@ async fn kill_9_on_postgres(test: &str, victim: Victim) {
         "the kill came after every command was acked: nothing was in flight"
     );
 
-    let answers = tokio::time::timeout(PG_RUN_LIMIT, posting)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("the {PG_COMMANDS} posts were not answered within {PG_RUN_LIMIT:?}")
-        })
-        .unwrap();
+    let answers = match answered_early {
+        Some(answers) => answers,
+        None => tokio::time::timeout(PG_RUN_LIMIT, posting)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the {PG_COMMANDS} posts were not answered within {PG_RUN_LIMIT:?}")
+            })
+            .unwrap(),
+    };
     let refused: Vec<_> = answers
         .iter()
         .filter(|(_, s)| *s != StatusCode::ACCEPTED && *s != StatusCode::OK)
@@ -619,10 +665,12 @@ async fn not_completed(url: &str) -> Vec<(String, String, i64)> {
 }
 
 /// Killing the instance that holds the agents' sockets is the reading a
-/// user feels most: its agents lose their sockets mid-stream, acks it had
-/// not committed die with it, and everything it had claimed must reach
-/// the agents again from the survivor (WS-DLV-4, WS-DLV-6) without
-/// re-pushing anything already completed.
+/// user feels most: all 10,000 commands accepted and pushed, the agents
+/// acking (acks held until every post was answered), and the kill after
+/// 1,000 acks, so ~9,000 accepted commands are in flight. Its agents lose
+/// their sockets, acks it had not committed die with it, and everything it
+/// had claimed must reach the agents again from the survivor (WS-DLV-4,
+/// WS-DLV-6) without re-pushing anything already completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_dlv_6_postgres_kill_9_of_the_instance_holding_the_sockets_with_10000_in_flight() {
     let test = "ws_dlv_6_postgres_kill_9_of_the_instance_holding_the_sockets_with_10000_in_flight";
