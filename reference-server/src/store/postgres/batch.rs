@@ -60,22 +60,6 @@ pub(super) enum Request {
     },
 }
 
-impl Request {
-    /// What picks the writer: the agent, or the command when the request
-    /// does not name its agent.
-    pub(super) fn key(&self) -> &str {
-        match self {
-            Request::Insert { command, .. } => &command.agent_id,
-            Request::Ack { agent_id, .. } => agent_id,
-            Request::Claim { claim, .. } => match claim {
-                Claim::AllPending { agent_id, .. } | Claim::Http { agent_id } => agent_id,
-                Claim::One { command_id, .. } | Claim::Redeliver { command_id, .. } => command_id,
-            },
-            Request::Retry { command_id } => command_id,
-        }
-    }
-}
-
 /// What became of a [`Request`], in the same order.
 #[derive(Debug)]
 pub(super) enum Answer {

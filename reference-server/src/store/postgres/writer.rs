@@ -1,18 +1,22 @@
 //! Group commit on PostgreSQL: the same idea as the SQLite writer.
 //!
-//! Inserts, acks and retries are sent to one of [`WRITERS`] writer tasks per
-//! instance, claims to one of [`CLAIM_WRITERS`], chosen by the agent (or,
-//! without one, the command): an insert locks its agent's row, so two
-//! writers given the same agents would only take turns. A writer waits for the first request, takes every
-//! request already waiting (up to [`MAX_BATCH`]) and runs them in one
-//! transaction (`batch.rs`): the batching window is however long the
-//! previous transaction took, so a quiet instance answers at once and a busy
-//! one puts more in each commit. Every caller is answered only after the `COMMIT`
+//! Each instance has two writer tasks: one for inserts, acks and retries,
+//! whose commits wait for the WAL flush, and one for claims, whose commits
+//! do not (`batch.rs`), so a claim never waits behind a flush. Only one
+//! durable writer: several would each commit small batches, and their
+//! commits would queue on the WAL flush (PostgreSQL flushes one at a time),
+//! so each waited longer; one writer's batches grow with the flush time
+//! instead (measured in `reports/edge-server-postgres.md`).
+//!
+//! A writer waits for the first request, takes every request already
+//! waiting (up to [`MAX_BATCH`]) and runs them in one transaction
+//! (`batch.rs`): the batching window is however long the previous
+//! transaction took, so a quiet instance answers at once and a busy one puts
+//! more in each commit. Every caller is answered only after the `COMMIT`
 //! (WS-DLV-6, WS-API-2). If the batch fails as a whole (a lost connection, a
 //! value PostgreSQL refuses), each request is run again alone, so only the
 //! one at fault gets the error.
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,15 +29,6 @@ use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 512;
-/// Writer tasks per instance for inserts, acks and retries. One: several
-/// would each commit small batches, and their commits would queue on the
-/// WAL flush (PostgreSQL flushes one at a time), so each waited longer; one
-/// writer's batches grow with the flush time instead (measured in
-/// `reports/edge-server-postgres.md`).
-const WRITERS: usize = 1;
-/// Writer tasks for claims, which commit without waiting for the flush
-/// (`batch.rs`), so they are never held up behind a batch that does.
-const CLAIM_WRITERS: usize = 1;
 
 type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
 
@@ -41,7 +36,8 @@ type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
 /// when the last clone is dropped.
 #[derive(Clone)]
 pub(super) struct Writer {
-    writers: Arc<[mpsc::UnboundedSender<Job>]>,
+    durable: mpsc::UnboundedSender<Job>,
+    claims: mpsc::UnboundedSender<Job>,
     counts: Arc<Counts>,
 }
 
@@ -55,14 +51,17 @@ struct Counts {
 impl Writer {
     pub(super) fn start(db: Db, policy: DeliveryPolicy) -> Writer {
         let counts = Arc::new(Counts::default());
-        let writers = (0..WRITERS + CLAIM_WRITERS)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(write(db.clone(), policy, rx, counts.clone()));
-                tx
-            })
-            .collect();
-        Writer { writers, counts }
+        let writer = || {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write(db.clone(), policy, rx, counts.clone()));
+            tx
+        };
+        let (durable, claims) = (writer(), writer());
+        Writer {
+            durable,
+            claims,
+            counts,
+        }
     }
 
     /// Batches run so far (retries of a failed batch's requests included).
@@ -75,12 +74,9 @@ impl Writer {
 
     /// Runs `request` in the next batch; returns once it is committed.
     pub(super) async fn call(&self, request: Request) -> StoreResult<Answer> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        request.key().hash(&mut hasher);
-        let hash = hasher.finish() as usize;
         let writer = match request {
-            Request::Claim { .. } => &self.writers[WRITERS + hash % CLAIM_WRITERS],
-            _ => &self.writers[hash % WRITERS],
+            Request::Claim { .. } => &self.claims,
+            _ => &self.durable,
         };
         let (reply, answer) = oneshot::channel();
         writer
