@@ -9,7 +9,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::collector::{Collected, PersonaStats, Second};
+use super::collector::{add_counts, add_personas, add_timelines, Collected, PersonaStats, Second};
 
 pub const SCHEMA: &str = "edge-harness/load/v1";
 
@@ -88,6 +88,10 @@ pub struct Reconnect {
 pub struct LoadReport {
     pub schema: String,
     pub command_line: String,
+    /// The run was interrupted (Ctrl-C, SIGTERM) before its planned end:
+    /// the numbers cover only what was measured until then.
+    #[serde(default)]
+    pub partial: bool,
     pub seed: u64,
     pub shards: Vec<String>,
     pub targets: Vec<String>,
@@ -177,6 +181,7 @@ impl LoadReport {
         LoadReport {
             schema: SCHEMA.into(),
             command_line: meta.command_line,
+            partial: false,
             seed: meta.seed,
             shards: vec![meta.shard],
             targets: meta.targets,
@@ -226,6 +231,7 @@ impl LoadReport {
         LoadReport {
             schema: SCHEMA.into(),
             command_line: String::new(),
+            partial: false,
             seed: 0,
             shards: Vec::new(),
             targets: Vec::new(),
@@ -286,6 +292,7 @@ impl LoadReport {
                 merged.percentiles.insert(name.into(), Percentiles::of(&h));
                 merged.histograms.insert(name.into(), encode(&h));
             }
+            merged.partial |= other.partial;
             let (a, b) = (&mut merged.counts, other.counts);
             a.agents += b.agents;
             a.connected_at_start += b.connected_at_start;
@@ -296,36 +303,12 @@ impl LoadReport {
             a.lost += b.lost;
             a.duplicates += b.duplicates;
             a.connects += b.connects;
-            for (mine, theirs) in [
-                (&mut a.rejected, b.rejected),
-                (&mut a.connect_failures, b.connect_failures),
-                (&mut a.errors, b.errors),
-                (&mut a.backend_unread, b.backend_unread),
-            ] {
-                for (k, v) in theirs {
-                    *mine.entry(k).or_default() += v;
-                }
-            }
-            for (i, s) in other.timeline.into_iter().enumerate() {
-                if i >= merged.timeline.len() {
-                    merged.timeline.push(s);
-                    continue;
-                }
-                let m = &mut merged.timeline[i];
-                m.sent += s.sent;
-                m.received += s.received;
-                m.acked += s.acked;
-                m.connected += s.connected;
-                m.p99_ms = m.p99_ms.max(s.p99_ms);
-            }
-            for (name, stats) in other.personas {
-                let mine = merged.personas.entry(name).or_default();
-                mine.connects += stats.connects;
-                mine.received += stats.received;
-                for (k, v) in stats.disconnects {
-                    *mine.disconnects.entry(k).or_default() += v;
-                }
-            }
+            add_counts(&mut a.rejected, b.rejected);
+            add_counts(&mut a.connect_failures, b.connect_failures);
+            add_counts(&mut a.errors, b.errors);
+            add_counts(&mut a.backend_unread, b.backend_unread);
+            add_timelines(&mut merged.timeline, other.timeline);
+            add_personas(&mut merged.personas, other.personas);
             merged.shards.extend(other.shards);
             merged.targets.extend(other.targets);
             merged.duration_s = merged.duration_s.max(other.duration_s);
@@ -352,6 +335,13 @@ impl LoadReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut out = String::new();
+        if self.partial {
+            let _ = writeln!(
+                out,
+                "PARTIAL      interrupted after {:.1}s of injection: the numbers cover only that",
+                self.duration_s
+            );
+        }
         let _ = writeln!(out, "targets      {}", self.targets.join(", "));
         let _ = writeln!(
             out,
@@ -559,6 +549,7 @@ mod tests {
         LoadReport {
             schema: SCHEMA.into(),
             command_line: "edge-harness load".into(),
+            partial: false,
             seed: 1,
             shards: vec![shard.into()],
             targets: vec!["http://127.0.0.1:1".into()],

@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,9 +21,20 @@ pub struct ChildServer {
 
 fn spawn(database: &PathBuf, listen: &str) -> Result<(Child, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Its own process group: a Ctrl-C at the terminal reaches only the
+    // harness, which drains against a live backend, then stops it. Its
+    // stdin is a pipe from us: however we end, it sees EOF and stops.
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", listen, "--database"])
+        .args([
+            "serve",
+            "--until-stdin-closes",
+            "--listen",
+            listen,
+            "--database",
+        ])
         .arg(database)
+        .process_group(0)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

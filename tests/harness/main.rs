@@ -4,6 +4,7 @@
 
 mod cli;
 mod faults;
+mod interrupt;
 mod load;
 mod proxy;
 mod registration;
