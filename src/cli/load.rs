@@ -137,7 +137,7 @@ fn plan(args: &LoadArgs) -> Result<Plan, Error> {
     if let Some(path) = &args.profile {
         Profile::load(path)
             .and_then(|p| p.apply(&mut plan))
-            .map_err(Error::Usage)?;
+            .map_err(|e| Error::Usage(e.to_string()))?; // it names the file and line
     }
     if let Some(n) = args.agents {
         plan.agents = n;

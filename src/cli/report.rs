@@ -42,7 +42,7 @@ pub fn report(command: ReportCommand) -> Result<Outcome, Error> {
                 .iter()
                 .map(|f| read_report(f))
                 .collect::<Result<Vec<_>, _>>()?;
-            let merged = LoadReport::merge(reports).map_err(Error::Usage)?;
+            let merged = LoadReport::merge(reports).map_err(|e| Error::Usage(e.to_string()))?;
             write(&output, &merged.to_json())?;
             write(&output.with_extension("html"), &html::render(&merged))?;
             print(&format!(

@@ -119,13 +119,32 @@ fn encode(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn decode(text: &str) -> Result<Histogram<u64>, String> {
+/// Why a saved report cannot be read or merged: a bad file (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("not a load report: {0}")]
+    NotAReport(String),
+    #[error("schema `{0}` is not {SCHEMA}")]
+    Schema(String),
+    #[error("no histogram `{0}`")]
+    NoHistogram(String),
+    /// Its base64 or its HDR serialization is broken.
+    #[error("histogram: {0}")]
+    Histogram(String),
+    /// Two reports whose histograms cannot be added.
+    #[error("merging {name}: {why}")]
+    Merge { name: String, why: String },
+    #[error("nothing to merge")]
+    Nothing,
+}
+
+fn decode(text: &str) -> Result<Histogram<u64>, ReportError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| format!("histogram: {e}"))?;
+        .map_err(|e| ReportError::Histogram(e.to_string()))?;
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
-        .map_err(|e| format!("histogram: {e:?}"))
+        .map_err(|e| ReportError::Histogram(format!("{e:?}")))
 }
 
 fn reconnect_curve(
@@ -255,28 +274,28 @@ impl LoadReport {
         serde_json::to_string_pretty(self).expect("a report serializes")
     }
 
-    pub fn from_json(text: &str) -> Result<LoadReport, String> {
+    pub fn from_json(text: &str) -> Result<LoadReport, ReportError> {
         let report: LoadReport =
-            serde_json::from_str(text).map_err(|e| format!("not a load report: {e}"))?;
+            serde_json::from_str(text).map_err(|e| ReportError::NotAReport(e.to_string()))?;
         if report.schema != SCHEMA {
-            return Err(format!("schema `{}` is not {SCHEMA}", report.schema));
+            return Err(ReportError::Schema(report.schema));
         }
         Ok(report)
     }
 
-    pub fn histogram(&self, name: &str) -> Result<Histogram<u64>, String> {
+    pub fn histogram(&self, name: &str) -> Result<Histogram<u64>, ReportError> {
         decode(
             self.histograms
                 .get(name)
-                .ok_or_else(|| format!("no histogram `{name}`"))?,
+                .ok_or_else(|| ReportError::NoHistogram(name.into()))?,
         )
     }
 
     /// Merges shards: histograms added exactly, counts summed, the timeline
     /// summed per second (its per-second p99 is the largest of the shards').
-    pub fn merge(reports: Vec<LoadReport>) -> Result<LoadReport, String> {
+    pub fn merge(reports: Vec<LoadReport>) -> Result<LoadReport, ReportError> {
         let mut iter = reports.into_iter();
-        let mut merged = iter.next().ok_or("nothing to merge")?;
+        let mut merged = iter.next().ok_or(ReportError::Nothing)?;
         for other in iter {
             for name in HISTOGRAMS {
                 // Reports from before a histogram existed merge as if it were empty.
@@ -287,8 +306,10 @@ impl LoadReport {
                     }
                     (Err(_), Err(_)) => continue,
                 };
-                h.add(theirs)
-                    .map_err(|e| format!("merging {name}: {e:?}"))?;
+                h.add(theirs).map_err(|e| ReportError::Merge {
+                    name: name.into(),
+                    why: format!("{e:?}"),
+                })?;
                 merged.percentiles.insert(name.into(), Percentiles::of(&h));
                 merged.histograms.insert(name.into(), encode(&h));
             }
