@@ -207,27 +207,15 @@ pub async fn run_until(
     let mut collected = collector
         .await
         .map_err(|e| LoadError::Engine(format!("the collector: {e}")))?;
-    let (mut backend_unread, mut backend_resolution) = (Default::default(), None);
-    if targets.iter().all(|t| t.admin_token.is_some()) && !collected.ack_sample.is_empty() {
-        if cfg.progress {
-            eprintln!(
-                "reading acked_at of {} acked commands back from the backend",
-                collected.ack_sample.len()
-            );
-        }
-        let view = backend_view::look_up(
-            &targets,
-            &collected.ack_sample,
-            |seq| command_id(shard, seq),
-            clock,
-            plan.seed,
-        )
-        .await;
-        collected.push_ack_backend = view.corrected;
-        collected.push_ack_backend_uncorrected = view.uncorrected;
-        backend_unread = view.unread;
-        backend_resolution = Some(view.resolution);
-    }
+    let view = backend_view::read_into(
+        &mut collected,
+        &targets,
+        |seq| command_id(shard, seq),
+        clock,
+        plan.seed,
+        cfg.progress,
+    )
+    .await;
     let meta = Meta {
         command_line: cfg.command_line,
         seed: plan.seed,
@@ -240,7 +228,10 @@ pub async fn run_until(
         connected_at_start,
     };
     let mut report = LoadReport::build(collected, meta);
-    report.counts.backend_unread = backend_unread;
+    let backend_resolution = view.map(|view| {
+        report.counts.backend_unread = view.unread;
+        view.resolution
+    });
     report.partial = partial;
     let notes = &mut report.notes;
     usage::note_harness_cost(notes, [before, connected_usage, after], sockets, injected_s);
