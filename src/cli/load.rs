@@ -202,7 +202,7 @@ pub async fn load(args: LoadArgs) -> Result<Outcome, Error> {
     on_interrupt(interrupt.clone())?;
     let plan = plan(&args)?;
     let child = if args.target.url.is_empty() {
-        Some(ChildServer::start().map_err(Error::Setup)?)
+        Some(ChildServer::start().map_err(|e| Error::Setup(e.to_string()))?)
     } else {
         None
     };

@@ -57,7 +57,7 @@ impl TargetArgs {
         trust: &Trust,
         embedded: Option<Restarter>,
     ) -> Result<Target, Error> {
-        let mut t = Target::new(url).map_err(Error::Usage)?;
+        let mut t = Target::new(url).map_err(|e| Error::Usage(e.to_string()))?;
         match embedded {
             Some(restarter) => {
                 t.edge_secret = Some(embedded::EDGE_SECRET.into());
@@ -75,7 +75,7 @@ impl TargetArgs {
                     .map(|cmd| shell_restarter(cmd, t.http_base.clone(), trust.clone()));
             }
         }
-        t.trust(trust).map_err(Error::Usage)?;
+        t.trust(trust).map_err(|e| Error::Usage(e.to_string()))?;
         if t.edge_secret.is_none() && t.hmac_secret.is_none() {
             return Err(Error::Usage(
                 "agents cannot authenticate: pass --edge-secret (or --hmac-secret)".into(),
