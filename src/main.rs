@@ -1,13 +1,17 @@
 //! edge-harness: conformance suite and load tester for edge-agent WebSocket
 //! backends. `edge-harness --help` teaches the commands.
 //!
-//! Exit codes: 0 every required check passed, 1 some check failed, 2 usage
-//! error, bad scenario file or unreachable backend.
+//! Exit codes, decided only here (from [`cli::exit_code`]): 0 every required
+//! check passed and every threshold held (a closed stdout counts as
+//! success); 1 some check or threshold failed, or the run failed partway;
+//! 2 usage error, bad scenario/profile/report file, unreachable backend;
+//! 130 interrupted by Ctrl-C or SIGTERM (`load` still wrote its partial
+//! report).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_harness::cli::{self, Cli, Command};
+use edge_harness::cli::{self, Cli, Command, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,19 +31,13 @@ fn main() -> ExitCode {
             .enable_all()
             .build(),
     };
-    let runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("edge-harness: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(cli::main(cli)),
+        Err(e) => Err(Error::Setup(format!("cannot start the async runtime: {e}"))),
     };
-    match runtime.block_on(cli::main(cli)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("edge-harness: {e}");
-            ExitCode::from(2)
-        }
+    match &result {
+        Err(Error::BrokenPipe) | Ok(_) => {}
+        Err(e) => eprintln!("edge-harness: {e}"),
     }
+    ExitCode::from(cli::exit_code(&result))
 }

@@ -66,7 +66,17 @@ pub struct Target {
 /// The client for the backend's HTTP endpoints (a load run's agents share
 /// it, hence the bounded idle pool); `roots` are trusted besides the
 /// public ones.
-fn http_client(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, String> {
+/// Why a backend cannot be addressed: a usage error (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("--url `{0}` must start with http://, https://, ws:// or wss://")]
+    Scheme(String),
+    /// The HTTP client could not be built (e.g. a root it cannot use).
+    #[error("{0}")]
+    Client(String),
+}
+
+fn http_client(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, TargetError> {
     let builder = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30));
@@ -74,11 +84,11 @@ fn http_client(roots: Vec<reqwest::Certificate>) -> Result<reqwest::Client, Stri
         .into_iter()
         .fold(builder, |builder, root| builder.add_root_certificate(root))
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| TargetError::Client(e.to_string()))
 }
 
 impl Target {
-    pub fn new(url: &str) -> Result<Target, String> {
+    pub fn new(url: &str) -> Result<Target, TargetError> {
         let url = url.trim_end_matches('/');
         let (http_base, ws_base) = if let Some(rest) = url.strip_prefix("ws://") {
             (format!("http://{rest}"), url.to_string())
@@ -89,9 +99,7 @@ impl Target {
         } else if let Some(rest) = url.strip_prefix("https://") {
             (url.to_string(), format!("wss://{rest}"))
         } else {
-            return Err(format!(
-                "--url `{url}` must start with http://, https://, ws:// or wss://"
-            ));
+            return Err(TargetError::Scheme(url.to_string()));
         };
         let host = http_base
             .split("://")
@@ -123,7 +131,7 @@ impl Target {
 
     /// Trusts what [`crate::tls::trust`] gives (the public roots and
     /// `--ca-cert`), in the WebSocket upgrades and the HTTP requests.
-    pub fn trust(&mut self, (tls, roots): &crate::tls::Trust) -> Result<(), String> {
+    pub fn trust(&mut self, (tls, roots): &crate::tls::Trust) -> Result<(), TargetError> {
         self.tls = Some(tls.clone());
         if !roots.is_empty() {
             self.http = http_client(roots.clone())?;
@@ -352,8 +360,8 @@ pub fn shell_restarter(command: String, http_base: String, trust: crate::tls::Tr
             if !status.success() {
                 return Err(format!("--restart-cmd exited with {status}"));
             }
-            let mut target = Target::new(&http_base)?;
-            target.trust(&trust)?;
+            let mut target = Target::new(&http_base).map_err(|e| e.to_string())?;
+            target.trust(&trust).map_err(|e| e.to_string())?;
             target.wait_healthy(Duration::from_secs(30)).await
         })
     })

@@ -12,15 +12,27 @@ pub const CA_HINT: &str = "for a private or self-signed certificate, pass --ca-c
 /// agents), and the extra roots for the HTTP client.
 pub type Trust = (Arc<rustls::ClientConfig>, Vec<reqwest::Certificate>);
 
+/// Why `--ca-cert` cannot be trusted: a usage error (exit 2), naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--ca-cert {path}: {why}")]
+    CaCert { path: String, why: String },
+    #[error("no TLS configuration: {0}")]
+    Config(String),
+}
+
 /// The public (webpki) roots, and the certificates of the PEM file
 /// `ca_cert` if given (returned for the HTTP client too). A file that
 /// cannot be read or holds no certificate is an error naming it.
-pub fn trust(ca_cert: Option<&Path>) -> Result<Trust, String> {
+pub fn trust(ca_cert: Option<&Path>) -> Result<Trust, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let mut extra = Vec::new();
     if let Some(path) = ca_cert {
-        let fail = |why: String| format!("--ca-cert {}: {why}", path.display());
+        let fail = |why: String| TlsError::CaCert {
+            path: path.display().to_string(),
+            why,
+        };
         let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let certs = rustls_pemfile::certs(&mut &pem[..])
             .collect::<Result<Vec<_>, _>>()
@@ -38,7 +50,7 @@ pub fn trust(ca_cert: Option<&Path>) -> Result<Trust, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok((Arc::new(config), extra))

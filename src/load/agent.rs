@@ -177,6 +177,7 @@ pub async fn run(
             persona,
             took,
             reconnect: ever_connected,
+            at: Instant::now(),
         });
         ever_connected = true;
         if let Some(first) = on_first_connect.take() {

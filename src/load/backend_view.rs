@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::collector::{histogram, record};
+use super::collector::{histogram, record, Collected};
 use crate::target::Target;
 
 /// Acked commands looked up at most: enough for a p99.9, and a second or
@@ -66,6 +66,33 @@ impl ClockPair {
 
 /// Reads `acked_at` of every sampled command from the backend it went to;
 /// `command_id` names a command by its sequence number.
+/// The backend's view into `collected` (its `push_ack_backend`
+/// histograms), when every target has a control API and something was
+/// acked; the view's unread lookups and resolution are returned for the
+/// report.
+pub async fn read_into(
+    collected: &mut Collected,
+    targets: &[Target],
+    command_id: impl Fn(u64) -> String,
+    clock: ClockPair,
+    seed: u64,
+    progress: bool,
+) -> Option<BackendView> {
+    if collected.ack_sample.is_empty() || targets.iter().any(|t| t.admin_token.is_none()) {
+        return None;
+    }
+    if progress {
+        eprintln!(
+            "reading acked_at of {} acked commands back from the backend",
+            collected.ack_sample.len()
+        );
+    }
+    let mut view = look_up(targets, &collected.ack_sample, command_id, clock, seed).await;
+    collected.push_ack_backend = std::mem::replace(&mut view.corrected, histogram());
+    collected.push_ack_backend_uncorrected = std::mem::replace(&mut view.uncorrected, histogram());
+    Some(view)
+}
+
 pub async fn look_up(
     targets: &[Target],
     sample: &[AckedCommand],

@@ -46,6 +46,8 @@ pub enum Sample {
         persona: Persona,
         took: Duration,
         reconnect: bool,
+        /// When it connected (storms measure the way back from it).
+        at: Instant,
     },
     ConnectFailed {
         persona: Persona,
@@ -116,6 +118,51 @@ pub struct PersonaStats {
     pub disconnects: BTreeMap<String, u64>,
 }
 
+impl PersonaStats {
+    fn add(&mut self, other: PersonaStats) {
+        self.connects += other.connects;
+        self.received += other.received;
+        add_counts(&mut self.disconnects, other.disconnects);
+    }
+}
+
+/// Adds counts by name (errors by kind, rejections by status, …).
+pub fn add_counts(mine: &mut BTreeMap<String, u64>, theirs: BTreeMap<String, u64>) {
+    for (k, n) in theirs {
+        *mine.entry(k).or_default() += n;
+    }
+}
+
+/// Adds per-persona numbers (two collectors, two shards).
+pub fn add_personas(
+    mine: &mut BTreeMap<String, PersonaStats>,
+    theirs: BTreeMap<String, PersonaStats>,
+) {
+    for (name, stats) in theirs {
+        mine.entry(name).or_default().add(stats);
+    }
+}
+
+/// Adds two timelines second by second (two collectors, two shards); the
+/// longer one's tail is kept as it is.
+pub fn add_timelines(mine: &mut Vec<Second>, theirs: Vec<Second>) {
+    for (i, s) in theirs.into_iter().enumerate() {
+        let Some(m) = mine.get_mut(i) else {
+            mine.push(s);
+            continue;
+        };
+        m.sent += s.sent;
+        m.received += s.received;
+        m.acked += s.acked;
+        m.connected += s.connected;
+        // The p99 of two seconds' p99s is unknown; the larger bounds it
+        // (likewise p50 and p99.9).
+        m.p50_ms = m.p50_ms.max(s.p50_ms);
+        m.p99_ms = m.p99_ms.max(s.p99_ms);
+        m.p999_ms = m.p999_ms.max(s.p999_ms);
+    }
+}
+
 /// Everything the collector gathered; the report is made from it.
 pub struct Collected {
     pub push_receive: Histogram<u64>,
@@ -149,66 +196,88 @@ pub struct Collected {
     pub storm_flowing: Option<Duration>,
 }
 
-pub async fn collect(
-    mut rx: mpsc::UnboundedReceiver<Sample>,
-    seed: u64,
-    live: watch::Sender<Live>,
-) -> Collected {
-    let mut c = Collected {
-        push_receive: histogram(),
-        push_receive_uncorrected: histogram(),
-        push_ack: histogram(),
-        push_ack_uncorrected: histogram(),
-        push_ack_backend: histogram(),
-        push_ack_backend_uncorrected: histogram(),
-        ack_sample: Vec::new(),
-        accept: histogram(),
-        connect: histogram(),
-        reconnect: histogram(),
-        scheduled: 0,
-        accepted: 0,
-        rejected: BTreeMap::new(),
-        received: 0,
-        acked: 0,
-        duplicates: 0,
-        lost: 0,
-        connects: 0,
-        connect_failures: BTreeMap::new(),
-        errors: BTreeMap::new(),
-        timeline: Vec::new(),
-        personas: BTreeMap::new(),
-        storm_returns: Vec::new(),
-        storm_fleet: 0,
-        storm_flowing: None,
-    };
-    let mut commands: HashMap<u64, Command> = HashMap::new();
-    let mut connected: i64 = 0;
-    let mut second = Second::default();
-    let mut second_hist = histogram();
-    let mut storm: Option<Instant> = None;
-    let mut sampler = SmallRng::seed_from_u64(seed ^ 0xACED);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut errors_total = 0u64;
-    loop {
-        let sample = tokio::select! {
-            sample = rx.recv() => match sample {
-                Some(sample) => sample,
-                None => break,
+/// The one owner of the statistics: [`push`](Collector::push) each sample,
+/// [`tick`](Collector::tick) once a second (a row of the timeline),
+/// [`finish`](Collector::finish) at the end. No clock of its own: every time
+/// comes in a sample, so tests drive it with synthetic times.
+pub struct Collector {
+    c: Collected,
+    commands: HashMap<u64, Command>,
+    connected: i64,
+    second: Second,
+    second_hist: Histogram<u64>,
+    storm: Option<Instant>,
+    sampler: SmallRng,
+    errors_total: u64,
+}
+
+impl Collector {
+    /// `seed` makes the backend-view sample of acked commands reproducible.
+    pub fn new(seed: u64) -> Collector {
+        Collector {
+            c: Collected {
+                push_receive: histogram(),
+                push_receive_uncorrected: histogram(),
+                push_ack: histogram(),
+                push_ack_uncorrected: histogram(),
+                push_ack_backend: histogram(),
+                push_ack_backend_uncorrected: histogram(),
+                ack_sample: Vec::new(),
+                accept: histogram(),
+                connect: histogram(),
+                reconnect: histogram(),
+                scheduled: 0,
+                accepted: 0,
+                rejected: BTreeMap::new(),
+                received: 0,
+                acked: 0,
+                duplicates: 0,
+                lost: 0,
+                connects: 0,
+                connect_failures: BTreeMap::new(),
+                errors: BTreeMap::new(),
+                timeline: Vec::new(),
+                personas: BTreeMap::new(),
+                storm_returns: Vec::new(),
+                storm_fleet: 0,
+                storm_flowing: None,
             },
-            _ = tick.tick() => {
-                second.p99_ms = second_hist.value_at_quantile(0.99) as f64 / 1000.0;
-                second.p50_ms = second_hist.value_at_quantile(0.5) as f64 / 1000.0;
-                second.p999_ms = second_hist.value_at_quantile(0.999) as f64 / 1000.0;
-                second.connected = connected;
-                second.t = c.timeline.len() as u64;
-                let _ = live.send(Live { connected, sent: c.scheduled, acked: c.acked, errors: errors_total, p99_ms: c.push_ack.value_at_quantile(0.99) as f64 / 1000.0 });
-                c.timeline.push(std::mem::take(&mut second));
-                second_hist.reset();
-                continue;
-            }
-        };
+            commands: HashMap::new(),
+            connected: 0,
+            second: Second::default(),
+            second_hist: histogram(),
+            storm: None,
+            sampler: SmallRng::seed_from_u64(seed ^ 0xACED),
+            errors_total: 0,
+        }
+    }
+
+    /// The numbers so far, for the progress line.
+    pub fn live(&self) -> Live {
+        Live {
+            connected: self.connected,
+            sent: self.c.scheduled,
+            acked: self.c.acked,
+            errors: self.errors_total,
+            p99_ms: self.c.push_ack.value_at_quantile(0.99) as f64 / 1000.0,
+        }
+    }
+
+    /// Ends one second of the timeline (its sends, receipts, acks, the
+    /// p50/p99/p99.9 of the acks within it, the sockets open at its end).
+    pub fn tick(&mut self) -> Live {
+        let ms = |q| self.second_hist.value_at_quantile(q) as f64 / 1000.0;
+        (self.second.p50_ms, self.second.p99_ms, self.second.p999_ms) =
+            (ms(0.5), ms(0.99), ms(0.999));
+        self.second.connected = self.connected;
+        self.second.t = self.c.timeline.len() as u64;
+        self.c.timeline.push(std::mem::take(&mut self.second));
+        self.second_hist.reset();
+        self.live()
+    }
+
+    pub fn push(&mut self, sample: Sample) {
+        let c = &mut self.c;
         match sample {
             Sample::Started {
                 seq,
@@ -217,14 +286,14 @@ pub async fn collect(
                 sent,
             } => {
                 c.scheduled += 1;
-                second.sent += 1;
-                let entry = commands.entry(seq).or_default();
+                self.second.sent += 1;
+                let entry = self.commands.entry(seq).or_default();
                 entry.scheduled = Some(scheduled);
                 entry.sent = Some(sent);
                 entry.target = target;
             }
             Sample::Answered { seq, status, at } => {
-                let entry = commands.entry(seq).or_default();
+                let entry = self.commands.entry(seq).or_default();
                 if (200..300).contains(&status) {
                     c.accepted += 1;
                     entry.accepted = true;
@@ -241,14 +310,14 @@ pub async fn collect(
                 }
             }
             Sample::Received { seq, persona, at } => {
-                let entry = commands.entry(seq).or_default();
+                let entry = self.commands.entry(seq).or_default();
                 entry.received += 1;
                 if entry.received > 1 {
                     c.duplicates += 1;
-                    continue;
+                    return;
                 }
                 c.received += 1;
-                second.received += 1;
+                self.second.received += 1;
                 c.personas
                     .entry(persona.name().into())
                     .or_default()
@@ -262,20 +331,23 @@ pub async fn collect(
                 }
             }
             Sample::Acked { seq, at } => {
-                let entry = commands.entry(seq).or_default();
+                let entry = self.commands.entry(seq).or_default();
                 if entry.acked {
-                    continue;
+                    return;
                 }
                 entry.acked = true;
                 c.acked += 1;
-                second.acked += 1;
+                self.second.acked += 1;
                 if let (Some(scheduled), Some(sent)) = (entry.scheduled, entry.sent) {
-                    if let Some(storm) = storm.filter(|s| sent >= *s && c.storm_flowing.is_none()) {
+                    if let Some(storm) = self
+                        .storm
+                        .filter(|s| sent >= *s && c.storm_flowing.is_none())
+                    {
                         c.storm_flowing = Some(at.saturating_duration_since(storm));
                     }
                     let corrected = at.saturating_duration_since(scheduled);
                     record(&mut c.push_ack, corrected);
-                    record(&mut second_hist, corrected);
+                    record(&mut self.second_hist, corrected);
                     record(
                         &mut c.push_ack_uncorrected,
                         at.saturating_duration_since(sent),
@@ -290,7 +362,7 @@ pub async fn collect(
                     if c.ack_sample.len() < backend_view::SAMPLE {
                         c.ack_sample.push(acked);
                     } else {
-                        let slot = sampler.random_range(0..c.acked as usize);
+                        let slot = self.sampler.random_range(0..c.acked as usize);
                         if let Some(kept) = c.ack_sample.get_mut(slot) {
                             *kept = acked;
                         }
@@ -301,8 +373,9 @@ pub async fn collect(
                 persona,
                 took,
                 reconnect,
+                at,
             } => {
-                connected += 1;
+                self.connected += 1;
                 c.connects += 1;
                 c.personas
                     .entry(persona.name().into())
@@ -313,15 +386,15 @@ pub async fn collect(
                 } else {
                     record(&mut c.connect, took);
                 }
-                if let Some(at) = storm {
-                    c.storm_returns.push(at.elapsed());
+                if let Some(storm) = self.storm {
+                    c.storm_returns.push(at.saturating_duration_since(storm));
                 }
             }
             Sample::ConnectFailed { persona: _, why } => {
                 *c.connect_failures.entry(why).or_default() += 1;
             }
             Sample::Disconnected { persona, reason } => {
-                connected -= 1;
+                self.connected -= 1;
                 *c.personas
                     .entry(persona.name().into())
                     .or_default()
@@ -330,21 +403,113 @@ pub async fn collect(
                     .or_default() += 1;
             }
             Sample::Storm { at } => {
-                storm = Some(at);
-                c.storm_fleet = connected.max(0) as u64;
+                self.storm = Some(at);
+                c.storm_fleet = self.connected.max(0) as u64;
                 c.storm_returns.clear();
                 c.storm_flowing = None;
             }
             Sample::Error { kind } => {
-                errors_total += 1;
+                self.errors_total += 1;
                 *c.errors.entry(kind).or_default() += 1;
             }
         }
     }
-    // Accepted (2xx) and never received: lost.
-    c.lost = commands
-        .values()
-        .filter(|e| e.accepted && e.received == 0)
-        .count() as u64;
-    c
+
+    /// Adds what `other` saw (another collector of the same run, fed other
+    /// commands and agents, e.g. one per thread): histograms and counts are
+    /// added, timelines second by second, and a command seen by both is one
+    /// command (its receipts added, accepted or acked if either saw it).
+    pub fn merge(&mut self, other: Collector) {
+        let (c, o) = (&mut self.c, other.c);
+        for (mine, theirs) in [
+            (&mut c.push_receive, &o.push_receive),
+            (&mut c.push_receive_uncorrected, &o.push_receive_uncorrected),
+            (&mut c.push_ack, &o.push_ack),
+            (&mut c.push_ack_uncorrected, &o.push_ack_uncorrected),
+            (&mut c.push_ack_backend, &o.push_ack_backend),
+            (
+                &mut c.push_ack_backend_uncorrected,
+                &o.push_ack_backend_uncorrected,
+            ),
+            (&mut c.accept, &o.accept),
+            (&mut c.connect, &o.connect),
+            (&mut c.reconnect, &o.reconnect),
+        ] {
+            mine.add(theirs).expect("same bounds");
+        }
+        self.second_hist
+            .add(&other.second_hist)
+            .expect("same bounds");
+        c.ack_sample.extend(o.ack_sample);
+        c.ack_sample.truncate(backend_view::SAMPLE);
+        c.scheduled += o.scheduled;
+        c.accepted += o.accepted;
+        c.received += o.received;
+        c.acked += o.acked;
+        c.duplicates += o.duplicates;
+        c.connects += o.connects;
+        add_counts(&mut c.rejected, o.rejected);
+        add_counts(&mut c.connect_failures, o.connect_failures);
+        add_counts(&mut c.errors, o.errors);
+        add_personas(&mut c.personas, o.personas);
+        add_timelines(&mut c.timeline, o.timeline);
+        for (seq, theirs) in other.commands {
+            let mine = self.commands.entry(seq).or_default();
+            mine.scheduled = mine.scheduled.or(theirs.scheduled);
+            if mine.sent.is_none() {
+                mine.sent = theirs.sent;
+                mine.target = theirs.target;
+            }
+            mine.accepted |= theirs.accepted;
+            mine.acked |= theirs.acked;
+            mine.received += theirs.received;
+        }
+        self.connected += other.connected;
+        self.errors_total += other.errors_total;
+        if self.storm.is_none() {
+            self.storm = other.storm;
+            c.storm_fleet = o.storm_fleet;
+            c.storm_flowing = o.storm_flowing;
+        }
+        c.storm_returns.extend(o.storm_returns);
+    }
+
+    /// Everything gathered; a command accepted (2xx) and never received is lost.
+    pub fn finish(mut self) -> Collected {
+        self.c.lost = self
+            .commands
+            .values()
+            .filter(|e| e.accepted && e.received == 0)
+            .count() as u64;
+        self.c
+    }
 }
+
+/// The collector's task: samples from the channel, a tick each second
+/// (its live numbers to `live`), until every sender is gone.
+pub async fn collect(
+    mut rx: mpsc::UnboundedReceiver<Sample>,
+    seed: u64,
+    live: watch::Sender<Live>,
+) -> Collected {
+    let mut collector = Collector::new(seed);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            sample = rx.recv() => match sample {
+                Some(sample) => collector.push(sample),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let _ = live.send(collector.tick());
+            }
+        }
+    }
+    collector.finish()
+}
+
+#[cfg(test)]
+#[path = "collector_tests.rs"]
+mod tests;

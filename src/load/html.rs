@@ -143,9 +143,10 @@ fn percentile_points(report: &LoadReport, name: &str) -> Vec<(f64, f64)> {
 }
 
 /// The page of a report re-rendered on its own (`report html`, `report
-/// merge`): nothing to judge it by, so the banner says so.
+/// merge`): nothing to judge it by, so the banner says so (or that the run
+/// was interrupted).
 pub fn render(report: &LoadReport) -> String {
-    render_judged(report, &Verdict::default())
+    render_judged(report, &Verdict::unjudged(report))
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:1em}\
@@ -294,23 +295,22 @@ pub fn render_judged(report: &LoadReport, verdict: &Verdict) -> String {
 }
 
 fn banner(verdict: &Verdict) -> String {
-    let failures = verdict.failures();
+    let failures = verdict
+        .failures()
+        .iter()
+        .map(|f| esc(f))
+        .collect::<Vec<_>>()
+        .join("; ");
     let (class, text) = match verdict.outcome() {
         Outcome::Passed => ("passed", "PASSED: every threshold held".to_string()),
-        Outcome::Failed => (
-            "failed",
-            format!(
-                "FAILED: {}",
-                failures
-                    .iter()
-                    .map(|f| esc(f))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+        Outcome::Failed => ("failed", format!("FAILED: {failures}")),
+        Outcome::Partial if failures.is_empty() => (
+            "partial",
+            "PARTIAL: the run was cut short; the numbers cover part of the plan".to_string(),
         ),
         Outcome::Partial => (
             "partial",
-            "PARTIAL: the run was cut short; the numbers cover part of the plan".to_string(),
+            format!("PARTIAL: the run was cut short; the numbers cover part of the plan. Breached so far: {failures}"),
         ),
         Outcome::Unchecked => (
             "unchecked",

@@ -2,48 +2,54 @@
 //! backends, commands injected at a fixed arrival rate (open model), and
 //! latency measured from each command's scheduled time.
 //!
-//! `plan.rs` (the one value every load shape becomes), `pacer.rs` (the
-//! open model's clock), `agent.rs` (a simulated agent), `dialer.rs` (how
-//! agents open sockets), `wire.rs` (their WebSocket codec), `collector.rs`
-//! (the one owner of the histograms), `backend_view.rs` (the backend's
-//! `acked_at`), `report.rs` (JSON, summary, merge, baseline), `html.rs`
-//! (the page), `thresholds.rs` (`--fail-if`), `server.rs` (the embedded
+//! The engine's parts, which [`run_until`] only wires together:
+//! `plan.rs` (the one value every load shape becomes), `fleet.rs` (who the
+//! agents are, provisioning, the running fleet), `agent.rs` (a simulated
+//! agent), `dialer.rs` (how agents open sockets), `wire.rs` (their
+//! WebSocket codec), `pacer.rs` (the open model's clock), `injector.rs`
+//! (a command per scheduled time), `timeline.rs` (the plan's events and
+//! churn over time), `collector.rs` (the one owner of the histograms),
+//! `progress.rs` (what a run says while it runs), `backend_view.rs` (the
+//! backend's `acked_at`), `report.rs` (JSON, summary, merge, baseline),
+//! `html.rs` (the page), `thresholds.rs` (`--fail-if`), `verdict.rs` (what
+//! the run is judged by), `live/` (the `--dashboard` view, fed by a tap
+//! between the samples and the collector), `server.rs` (the embedded
 //! backend), `usage.rs` (the harness's own cost).
 
 pub mod agent;
 pub mod backend_view;
 pub mod collector;
 pub mod dialer;
+pub mod fleet;
 pub mod html;
+pub mod injector;
 pub mod live;
 pub mod pacer;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod server;
 pub mod thresholds;
+pub mod timeline;
 pub mod usage;
 pub mod verdict;
 pub mod wire;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{stream, StreamExt};
-use serde_json::json;
-use tokio::sync::{broadcast, mpsc, watch, Notify, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::agent::{AgentSpec, Signal};
-use self::collector::{Live, Sample};
-use self::plan::{Event, Plan};
+use self::collector::Live;
+use self::fleet::Fleet;
+use self::injector::{command_id, Injector};
+use self::plan::Plan;
+use self::progress::Progress;
 use self::report::{LoadReport, Meta};
+use self::timeline::Timeline;
 use crate::target::{Restarter, Target};
-
-/// Connection attempts in flight at once while the fleet comes up: enough to
-/// be quick, few enough not to overflow the backend's accept queue.
-const CONNECTS_IN_FLIGHT: usize = 512;
 /// Control-API requests in flight at most, by default; past it, sends
 /// wait, and the wait shows in the corrected latency.
 pub const REQUESTS_IN_FLIGHT: usize = 2048;
@@ -82,115 +88,58 @@ pub fn ensure_file_limit(needed: u64, agents: usize, shard_count: usize) -> Resu
     Ok(limit)
 }
 
-struct Ready {
-    connected: AtomicUsize,
-    all: Notify,
-    total: usize,
+/// Why a load run could not be made; each variant's doc says its class
+/// (the exit codes are chosen in `cli/exit.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The fleet does not fit this process's open-file limit (usage: shard it).
+    #[error("{0}")]
+    FileLimit(String),
+    /// No `--url` and no embedded backend (usage).
+    #[error("no backend to drive")]
+    NoBackend,
+    /// The control API refused to register agents before the run (usage:
+    /// most often a wrong `--admin-token`).
+    #[error("{failures} agents could not be provisioned through the control API (is --admin-token right?)")]
+    Provision { failures: usize },
+    /// A part of the engine died during the run (runtime: the run failed).
+    #[error("the load engine failed: {0}")]
+    Engine(String),
 }
 
-pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
+/// A whole run, to its end.
+pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
+    run_until(cfg, CancellationToken::new()).await
+}
+
+/// A run that `interrupt` may end early: it stops injecting, drains,
+/// and reports what was measured, marked partial.
+pub async fn run_until(
+    cfg: LoadConfig,
+    interrupt: CancellationToken,
+) -> Result<LoadReport, LoadError> {
     let plan = Arc::new(cfg.plan);
     let (shard, shards) = cfg.shard;
-    let indices: Vec<usize> = (0..plan.agents).filter(|k| k % shards == shard).collect();
-    let sockets = indices
-        .iter()
-        .map(|k| {
-            if plan.persona_of(*k) == plan::Persona::Duplicate {
-                2
-            } else {
-                1
-            }
-        })
-        .sum::<usize>();
-    ensure_file_limit(sockets as u64 + 256, plan.agents, shards)?;
+    let indices = fleet::indices(&plan, cfg.shard);
+    let sockets = fleet::sockets(&plan, &indices);
+    ensure_file_limit(sockets as u64 + 256, plan.agents, shards).map_err(LoadError::FileLimit)?;
     // The targets' client: it trusts what --ca-cert says.
     let http = cfg
         .targets
         .first()
-        .ok_or("no backend to drive")?
+        .ok_or(LoadError::NoBackend)?
         .http
         .clone();
-
-    let specs: Vec<AgentSpec> = indices
-        .iter()
-        .map(|&k| {
-            let target = &cfg.targets[k % cfg.targets.len()];
-            let id = format!("load-{k:06}");
-            let token = target
-                .edge_secret
-                .clone()
-                .filter(|_| target.hmac_secret.is_none())
-                .or_else(|| target.mint(&id, 0))
-                .unwrap_or_default();
-            let (secure, authority) = match target.http_base.split_once("://") {
-                Some((scheme, rest)) => (scheme == "https", rest.to_string()),
-                None => (false, target.http_base.clone()),
-            };
-            let (host, port) = authority.rsplit_once(':').map_or(
-                (authority.clone(), if secure { 443 } else { 80 }),
-                |(h, p)| (h.to_string(), p.parse().unwrap_or(80)),
-            );
-            AgentSpec {
-                index: k,
-                id,
-                host: host.trim_matches(['[', ']']).to_string(),
-                port,
-                secure,
-                http_base: target.http_base.clone(),
-                token,
-                persona: plan.persona_of(k),
-                source: (!cfg.source_ips.is_empty())
-                    .then(|| cfg.source_ips[k % cfg.source_ips.len()]),
-            }
-        })
-        .collect();
-
+    let specs = fleet::specs(&plan, &indices, &cfg.targets, &cfg.source_ips);
     if cfg.provision {
-        let started = Instant::now();
-        let failures = stream::iter(specs.iter())
-            .map(|spec| {
-                let target = cfg
-                    .targets
-                    .iter()
-                    .find(|t| t.http_base == spec.http_base)
-                    .expect("its target");
-                let request = target.admin_token.as_ref().map(|admin| {
-                    http.put(format!("{}/api/agents/{}", spec.http_base, spec.id))
-                        .bearer_auth(admin)
-                        .json(&json!({}))
-                        .send()
-                });
-                async move {
-                    match request {
-                        Some(request) => request
-                            .await
-                            .map(|r| r.status().is_success())
-                            .unwrap_or(false),
-                        None => true,
-                    }
-                }
-            })
-            .buffer_unordered(64)
-            .filter(|ok| std::future::ready(!ok))
-            .count()
-            .await;
-        if failures > 0 {
-            return Err(format!("{failures} agents could not be provisioned through the control API (is --admin-token right?)"));
-        }
-        if cfg.progress {
-            eprintln!(
-                "provisioned {} agents in {:.2?}",
-                specs.len(),
-                started.elapsed()
-            );
-        }
+        fleet::provision(&specs, &cfg.targets, &http, cfg.progress).await?;
     }
 
     let floor = usage::loopback_floor(2000).await;
     let before = usage::own();
     let started = Instant::now();
     let (samples, rx) = mpsc::unbounded_channel();
-    let (live_tx, mut live) = watch::channel(Live::default());
+    let (live_tx, live) = watch::channel(Live::default());
     let clock = backend_view::ClockPair::now();
     // live view (--dashboard): a tap between the workers and the collector.
     let (rx, live_started) = self::live::tap(
@@ -202,70 +151,26 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     );
     let collector = tokio::spawn(collector::collect(rx, plan.seed, live_tx));
     let (signals, _) = broadcast::channel(64);
-    let stop = CancellationToken::new();
-    let ready = Arc::new(Ready {
-        connected: AtomicUsize::new(0),
-        all: Notify::new(),
-        total: sockets,
-    });
-    let dialer = Arc::new(dialer::Dialer::new(
-        CONNECTS_IN_FLIGHT,
-        (shard, shards),
-        cfg.tls.clone(),
-    ));
-    let mut agents = Vec::with_capacity(sockets);
-    for spec in specs {
-        let copies = if spec.persona == plan::Persona::Duplicate {
-            2
-        } else {
-            1
-        };
-        let spec = Arc::new(spec);
-        for _ in 0..copies {
-            let (spec, plan, http, samples, signals, stop, ready, dialer) = (
-                spec.clone(),
-                plan.clone(),
-                http.clone(),
-                samples.clone(),
-                signals.subscribe(),
-                stop.clone(),
-                ready.clone(),
-                dialer.clone(),
-            );
-            agents.push(tokio::spawn(async move {
-                let on_first_connect = move || {
-                    if ready.connected.fetch_add(1, Ordering::AcqRel) + 1 == ready.total {
-                        ready.all.notify_one();
-                    }
-                };
-                agent::run(
-                    spec,
-                    plan,
-                    http,
-                    samples,
-                    signals,
-                    stop,
-                    dialer,
-                    Box::new(on_first_connect),
-                )
-                .await
-            }));
-        }
-    }
+    let fleet = Fleet::start(
+        specs,
+        fleet::Shared {
+            plan: plan.clone(),
+            http,
+            samples: samples.clone(),
+            signals: signals.clone(),
+            shard: cfg.shard,
+            tls: cfg.tls.clone(),
+        },
+    );
 
     // The fleet comes up (or as much of it as can within a minute).
-    let bar = progress_bar(cfg.progress);
-    let connect_deadline = tokio::time::sleep(Duration::from_secs(60));
-    tokio::pin!(connect_deadline);
-    if sockets > 0 {
-        tokio::select! {
-            _ = ready.all.notified() => {}
-            _ = &mut connect_deadline => {}
-        }
-    }
+    let mut progress = Progress::new(cfg.progress, live, sockets);
+    fleet
+        .wait_connected(Duration::from_secs(60), &interrupt)
+        .await;
     let connect_all_s = started.elapsed().as_secs_f64();
-    let connected_at_start = ready.connected.load(Ordering::Acquire) as u64;
-    bar.println(format!(
+    let connected_at_start = fleet.connected() as u64;
+    progress.say(format!(
         "connected {connected_at_start} of {sockets} sockets in {connect_all_s:.2}s"
     ));
     // Let the connect burst settle before measuring what the fleet costs.
@@ -275,162 +180,57 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
     // Open model: command n goes out at its scheduled time whatever happened to n-1.
     let run_start = Instant::now();
     live_started.at(run_start); // live view: the schedule starts now
-    let mut events: Vec<Event> = plan.events.clone();
-    events.sort_by_key(Event::at);
-    for event in events {
-        let (signals, samples, restarter) =
-            (signals.clone(), samples.clone(), cfg.restarter.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until((run_start + event.at()).into()).await;
-            let _ = samples.send(Sample::Storm { at: Instant::now() });
-            match event {
-                Event::DropAll { .. } => {
-                    let _ = signals.send(Signal::DropAll);
-                }
-                Event::Restart { .. } => match restarter {
-                    Some(restart) => {
-                        if let Err(e) = restart().await {
-                            let _ = samples.send(Sample::Error {
-                                kind: format!("restart failed: {e}"),
-                            });
-                        }
-                    }
-                    None => {
-                        let _ = samples.send(Sample::Error {
-                            kind: "restart event without --restart-cmd".into(),
-                        });
-                    }
-                },
-            }
-        });
-    }
-    if plan.churn_per_s > 0.0 {
-        let (signals, stop, indices, every, seed) = (
-            signals.clone(),
-            stop.clone(),
-            indices.clone(),
-            Duration::from_secs_f64(1.0 / plan.churn_per_s),
-            plan.seed,
-        );
-        tokio::spawn(async move {
-            let mut rng =
-                <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(seed ^ 0xC4u64);
-            let mut tick = tokio::time::interval(every);
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                let _ = signals.send(Signal::Leave(
-                    indices[rand::Rng::random_range(&mut rng, 0..indices.len())],
-                ));
-            }
-        });
-    }
-    let max_in_flight = cfg.max_in_flight.max(1);
-    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    tokio::spawn(timeline::run(
+        Timeline::new(&plan, indices.clone()),
+        run_start,
+        signals,
+        samples.clone(),
+        cfg.restarter,
+        fleet.stopping(),
+    ));
     let targets = Arc::new(cfg.targets);
     let agent_count = indices.len();
-    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(plan.seed);
-    let mut seq: u64 = 0;
+    let mut injector = Injector::new(
+        targets.clone(),
+        indices,
+        samples,
+        shard,
+        cfg.max_in_flight,
+        plan.seed,
+    );
     // A shard without agents has nothing to send and no clock to run.
-    let (mut schedule, pacer) = if agent_count > 0 {
+    let (schedule, pacer) = if agent_count > 0 {
         let (schedule, pacer) = pacer::start(plan.clone(), 1.0 / shards as f64, run_start);
         (schedule, Some(pacer))
     } else {
         (mpsc::unbounded_channel().1, None)
     };
-    let mut refresh = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        let scheduled = tokio::select! {
-            scheduled = schedule.recv() => match scheduled {
-                Some(scheduled) => scheduled,
-                None => break,
-            },
-            _ = refresh.tick() => {
-                show(&bar, &live.borrow_and_update(), sockets);
-                continue;
-            }
-        };
-        let k = indices[rand::Rng::random_range(&mut rng, 0..agent_count)];
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let (samples, targets) = (samples.clone(), targets.clone());
-        let this = seq;
-        let body = format!(r#"{{"command_type":"send_message","parameters":{{"seq":{this}}}}}"#);
-        tokio::spawn(async move {
-            let target = &targets[k % targets.len()];
-            let _ = samples.send(Sample::Started {
-                seq: this,
-                target: k % targets.len(),
-                scheduled,
-                sent: Instant::now(),
-            });
-            let status = match target
-                .inject(&format!("load-{k:06}"), &command_id(shard, this), &body)
-                .await
-            {
-                Ok(()) => 202,
-                Err(e) => {
-                    let _ = samples.send(Sample::Error {
-                        kind: first_words(&e),
-                    });
-                    0
-                }
-            };
-            let _ = samples.send(Sample::Answered {
-                seq: this,
-                status,
-                at: Instant::now(),
-            });
-            drop(permit);
-        });
-        seq += 1;
-    }
+    injector.run(schedule, &interrupt, &mut progress).await;
+    let partial = interrupt.is_cancelled();
     // The schedule ended because the pacer did: this join does not wait.
-    if let Some(pacer) = pacer {
+    // Interrupted, the pacer ends at its next send (the receiver is gone).
+    if let Some(pacer) = pacer.filter(|_| !partial) {
         let _ = pacer.join();
     }
     let injected_s = run_start.elapsed().as_secs_f64();
     let after = usage::own();
     // Drain: wait for acks still on their way.
-    let drain_until = Instant::now() + plan.drain;
-    while Instant::now() < drain_until {
-        let now = *live.borrow_and_update();
-        show(&bar, &now, sockets);
-        if now.acked >= seq && in_flight.available_permits() == max_in_flight {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(250), live.changed()).await;
-    }
-    bar.finish_and_clear();
-    stop.cancel();
-    for agent in agents {
-        let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
-    }
-    drop(samples);
-    let mut collected = collector.await.map_err(|e| e.to_string())?;
-    let (mut backend_unread, mut backend_resolution) = (Default::default(), None);
-    if targets.iter().all(|t| t.admin_token.is_some()) && !collected.ack_sample.is_empty() {
-        if cfg.progress {
-            eprintln!(
-                "reading acked_at of {} acked commands back from the backend",
-                collected.ack_sample.len()
-            );
-        }
-        let view = backend_view::look_up(
-            &targets,
-            &collected.ack_sample,
-            |seq| command_id(shard, seq),
-            clock,
-            plan.seed,
-        )
-        .await;
-        collected.push_ack_backend = view.corrected;
-        collected.push_ack_backend_uncorrected = view.uncorrected;
-        backend_unread = view.unread;
-        backend_resolution = Some(view.resolution);
-    }
+    injector.drain(&mut progress, plan.drain).await;
+    progress.finish();
+    drop(injector);
+    fleet.stop().await;
+    let mut collected = collector
+        .await
+        .map_err(|e| LoadError::Engine(format!("the collector: {e}")))?;
+    let view = backend_view::read_into(
+        &mut collected,
+        &targets,
+        |seq| command_id(shard, seq),
+        clock,
+        plan.seed,
+        cfg.progress,
+    )
+    .await;
     let meta = Meta {
         command_line: cfg.command_line,
         seed: plan.seed,
@@ -443,20 +243,13 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         connected_at_start,
     };
     let mut report = LoadReport::build(collected, meta);
-    report.counts.backend_unread = backend_unread;
+    let backend_resolution = view.map(|view| {
+        report.counts.backend_unread = view.unread;
+        view.resolution
+    });
+    report.partial = partial;
     let notes = &mut report.notes;
-    if let (Some((rss0, _)), Some((rss1, cpu1)), Some((_, cpu2))) = (before, connected_usage, after)
-    {
-        notes.insert("harness_rss_kib".into(), rss1 as f64);
-        notes.insert(
-            "harness_rss_per_socket_bytes".into(),
-            rss1.saturating_sub(rss0) as f64 * 1024.0 / sockets.max(1) as f64,
-        );
-        notes.insert(
-            "harness_cpu_pct_of_a_core".into(),
-            (cpu2 - cpu1) / injected_s.max(0.001) * 100.0,
-        );
-    }
+    usage::note_harness_cost(notes, [before, connected_usage, after], sockets, injected_s);
     if let Some(tick) = backend_resolution {
         notes.insert(
             "backend_ack_timestamp_resolution_ms".into(),
@@ -468,29 +261,4 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, String> {
         notes.insert("loopback_ws_rtt_floor_p99_ms".into(), p99);
     }
     Ok(report)
-}
-
-/// The id of command `seq` of this shard; agents read `seq` back from it.
-fn command_id(shard: usize, seq: u64) -> String {
-    format!("ld{shard}-{seq}")
-}
-
-fn first_words(error: &str) -> String {
-    error.chars().take(80).collect()
-}
-
-fn progress_bar(enabled: bool) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-fn show(bar: &indicatif::ProgressBar, live: &Live, sockets: usize) {
-    bar.set_message(format!(
-        "connected {}/{sockets} | sent {} | acked {} | p99 {:.2} ms | errors {}",
-        live.connected, live.sent, live.acked, live.p99_ms, live.errors
-    ));
 }

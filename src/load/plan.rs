@@ -178,19 +178,39 @@ pub struct Profile {
     pub events: Vec<Event>,
 }
 
+/// Why a profile (`--profile FILE`) cannot be used: a bad file (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{path}: {why}")]
+    Unreadable { path: String, why: String },
+    /// Not TOML, or a key the profile format does not have.
+    #[error("{path}:{line}: {why}")]
+    Invalid {
+        path: String,
+        line: usize,
+        why: String,
+    },
+    #[error("persona shares must be non-negative and not all zero")]
+    PersonaShares,
+}
+
 impl Profile {
-    pub fn load(path: &Path) -> Result<Profile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            let line = e.span().map_or(1, |s| {
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError::Unreadable {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ProfileError::Invalid {
+            path: path.display().to_string(),
+            line: e.span().map_or(1, |s| {
                 text[..s.start.min(text.len())].lines().count().max(1)
-            });
-            format!("{}:{line}: {}", path.display(), e.message())
+            }),
+            why: e.message().to_string(),
         })
     }
 
     /// Applies the profile's keys over `plan` (flags given explicitly win; the caller applies them after).
-    pub fn apply(self, plan: &mut Plan) -> Result<(), String> {
+    pub fn apply(self, plan: &mut Plan) -> Result<(), ProfileError> {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { plan.$field = v; } )* };
         }
@@ -218,7 +238,7 @@ impl Profile {
         if let Some(shares) = self.personas {
             let total: f64 = shares.values().sum();
             if total <= 0.0 || shares.values().any(|s| *s < 0.0) {
-                return Err("persona shares must be non-negative and not all zero".into());
+                return Err(ProfileError::PersonaShares);
             }
             plan.personas = shares.into_iter().map(|(p, s)| (p, s / total)).collect();
         }

@@ -9,7 +9,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::collector::{Collected, PersonaStats, Second};
+use super::collector::{add_counts, add_personas, add_timelines, Collected, PersonaStats, Second};
 
 pub const SCHEMA: &str = "edge-harness/load/v1";
 
@@ -88,6 +88,10 @@ pub struct Reconnect {
 pub struct LoadReport {
     pub schema: String,
     pub command_line: String,
+    /// The run was interrupted (Ctrl-C, SIGTERM) before its planned end:
+    /// the numbers cover only what was measured until then.
+    #[serde(default)]
+    pub partial: bool,
     pub seed: u64,
     pub shards: Vec<String>,
     pub targets: Vec<String>,
@@ -115,13 +119,32 @@ pub(crate) fn encode(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-pub(crate) fn decode(text: &str) -> Result<Histogram<u64>, String> {
+/// Why a saved report cannot be read or merged: a bad file (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("not a load report: {0}")]
+    NotAReport(String),
+    #[error("schema `{0}` is not {SCHEMA}")]
+    Schema(String),
+    #[error("no histogram `{0}`")]
+    NoHistogram(String),
+    /// Its base64 or its HDR serialization is broken.
+    #[error("histogram: {0}")]
+    Histogram(String),
+    /// Two reports whose histograms cannot be added.
+    #[error("merging {name}: {why}")]
+    Merge { name: String, why: String },
+    #[error("nothing to merge")]
+    Nothing,
+}
+
+pub(crate) fn decode(text: &str) -> Result<Histogram<u64>, ReportError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| format!("histogram: {e}"))?;
+        .map_err(|e| ReportError::Histogram(e.to_string()))?;
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
-        .map_err(|e| format!("histogram: {e:?}"))
+        .map_err(|e| ReportError::Histogram(format!("{e:?}")))
 }
 
 fn reconnect_curve(
@@ -177,6 +200,7 @@ impl LoadReport {
         LoadReport {
             schema: SCHEMA.into(),
             command_line: meta.command_line,
+            partial: false,
             seed: meta.seed,
             shards: vec![meta.shard],
             targets: meta.targets,
@@ -226,6 +250,7 @@ impl LoadReport {
         LoadReport {
             schema: SCHEMA.into(),
             command_line: String::new(),
+            partial: false,
             seed: 0,
             shards: Vec::new(),
             targets: Vec::new(),
@@ -249,29 +274,29 @@ impl LoadReport {
         serde_json::to_string_pretty(self).expect("a report serializes")
     }
 
-    pub fn from_json(text: &str) -> Result<LoadReport, String> {
+    pub fn from_json(text: &str) -> Result<LoadReport, ReportError> {
         let report: LoadReport =
-            serde_json::from_str(text).map_err(|e| format!("not a load report: {e}"))?;
+            serde_json::from_str(text).map_err(|e| ReportError::NotAReport(e.to_string()))?;
         if report.schema != SCHEMA {
-            return Err(format!("schema `{}` is not {SCHEMA}", report.schema));
+            return Err(ReportError::Schema(report.schema));
         }
         Ok(report)
     }
 
-    pub fn histogram(&self, name: &str) -> Result<Histogram<u64>, String> {
+    pub fn histogram(&self, name: &str) -> Result<Histogram<u64>, ReportError> {
         decode(
             self.histograms
                 .get(name)
-                .ok_or_else(|| format!("no histogram `{name}`"))?,
+                .ok_or_else(|| ReportError::NoHistogram(name.into()))?,
         )
     }
 
     /// Merges shards: histograms added exactly, counts summed, the timeline
     /// summed per second (its per-second p50/p99/p99.9 are the largest of the
     /// shards').
-    pub fn merge(reports: Vec<LoadReport>) -> Result<LoadReport, String> {
+    pub fn merge(reports: Vec<LoadReport>) -> Result<LoadReport, ReportError> {
         let mut iter = reports.into_iter();
-        let mut merged = iter.next().ok_or("nothing to merge")?;
+        let mut merged = iter.next().ok_or(ReportError::Nothing)?;
         for other in iter {
             for name in HISTOGRAMS {
                 // Reports from before a histogram existed merge as if it were empty.
@@ -282,11 +307,14 @@ impl LoadReport {
                     }
                     (Err(_), Err(_)) => continue,
                 };
-                h.add(theirs)
-                    .map_err(|e| format!("merging {name}: {e:?}"))?;
+                h.add(theirs).map_err(|e| ReportError::Merge {
+                    name: name.into(),
+                    why: format!("{e:?}"),
+                })?;
                 merged.percentiles.insert(name.into(), Percentiles::of(&h));
                 merged.histograms.insert(name.into(), encode(&h));
             }
+            merged.partial |= other.partial;
             let (a, b) = (&mut merged.counts, other.counts);
             a.agents += b.agents;
             a.connected_at_start += b.connected_at_start;
@@ -297,38 +325,12 @@ impl LoadReport {
             a.lost += b.lost;
             a.duplicates += b.duplicates;
             a.connects += b.connects;
-            for (mine, theirs) in [
-                (&mut a.rejected, b.rejected),
-                (&mut a.connect_failures, b.connect_failures),
-                (&mut a.errors, b.errors),
-                (&mut a.backend_unread, b.backend_unread),
-            ] {
-                for (k, v) in theirs {
-                    *mine.entry(k).or_default() += v;
-                }
-            }
-            for (i, s) in other.timeline.into_iter().enumerate() {
-                if i >= merged.timeline.len() {
-                    merged.timeline.push(s);
-                    continue;
-                }
-                let m = &mut merged.timeline[i];
-                m.sent += s.sent;
-                m.received += s.received;
-                m.acked += s.acked;
-                m.connected += s.connected;
-                m.p99_ms = m.p99_ms.max(s.p99_ms);
-                m.p50_ms = m.p50_ms.max(s.p50_ms);
-                m.p999_ms = m.p999_ms.max(s.p999_ms);
-            }
-            for (name, stats) in other.personas {
-                let mine = merged.personas.entry(name).or_default();
-                mine.connects += stats.connects;
-                mine.received += stats.received;
-                for (k, v) in stats.disconnects {
-                    *mine.disconnects.entry(k).or_default() += v;
-                }
-            }
+            add_counts(&mut a.rejected, b.rejected);
+            add_counts(&mut a.connect_failures, b.connect_failures);
+            add_counts(&mut a.errors, b.errors);
+            add_counts(&mut a.backend_unread, b.backend_unread);
+            add_timelines(&mut merged.timeline, other.timeline);
+            add_personas(&mut merged.personas, other.personas);
             merged.shards.extend(other.shards);
             merged.targets.extend(other.targets);
             merged.duration_s = merged.duration_s.max(other.duration_s);
@@ -355,6 +357,13 @@ impl LoadReport {
     pub fn summary(&self) -> String {
         let c = &self.counts;
         let mut out = String::new();
+        if self.partial {
+            let _ = writeln!(
+                out,
+                "PARTIAL      interrupted after {:.1}s of injection: the numbers cover only that",
+                self.duration_s
+            );
+        }
         let _ = writeln!(out, "targets      {}", self.targets.join(", "));
         let _ = writeln!(
             out,
@@ -543,6 +552,7 @@ mod tests {
         LoadReport {
             schema: SCHEMA.into(),
             command_line: "edge-harness load".into(),
+            partial: false,
             seed: 1,
             shards: vec![shard.into()],
             targets: vec!["http://127.0.0.1:1".into()],

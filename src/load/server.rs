@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,25 +19,49 @@ pub struct ChildServer {
     _dir: tempfile::TempDir,
 }
 
-fn spawn(database: &PathBuf, listen: &str) -> Result<(Child, SocketAddr), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+/// Why the embedded edge-server did not start: a setup failure (exit 2,
+/// nothing ran).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot start the embedded edge-server: {0}")]
+    Spawn(std::io::Error),
+    /// It started but did not say `listening on ADDR`.
+    #[error("the embedded edge-server said {0:?}")]
+    Silent(String),
+    #[error("cannot make its temporary directory: {0}")]
+    TempDir(std::io::Error),
+}
+
+fn spawn(database: &PathBuf, listen: &str) -> Result<(Child, SocketAddr), ServerError> {
+    let exe = std::env::current_exe().map_err(ServerError::Spawn)?;
+    // Its own process group: a Ctrl-C at the terminal reaches only the
+    // harness, which drains against a live backend, then stops it. Its
+    // stdin is a pipe from us: however we end, it sees EOF and stops.
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", listen, "--database"])
+        .args([
+            "serve",
+            "--until-stdin-closes",
+            "--listen",
+            listen,
+            "--database",
+        ])
         .arg(database)
+        .process_group(0)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("cannot start the embedded edge-server: {e}"))?;
+        .map_err(ServerError::Spawn)?;
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(ServerError::Spawn)?;
     let addr = line
         .trim()
         .strip_prefix("listening on ")
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("the embedded edge-server said {line:?}"))?;
+        .ok_or_else(|| ServerError::Silent(line.clone()))?;
     Ok((child, addr))
 }
 
@@ -50,8 +75,8 @@ fn terminate(child: &mut Child) {
 }
 
 impl ChildServer {
-    pub fn start() -> Result<ChildServer, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    pub fn start() -> Result<ChildServer, ServerError> {
+        let dir = tempfile::tempdir().map_err(ServerError::TempDir)?;
         let database = dir.path().join("edge.db");
         let (child, addr) = spawn(&database, "127.0.0.1:0")?;
         Ok(ChildServer {
@@ -77,7 +102,7 @@ impl ChildServer {
                                 *child = new;
                                 return Ok(());
                             }
-                            Err(e) => last = e,
+                            Err(e) => last = e.to_string(),
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }

@@ -7,8 +7,11 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 
+/// (resident KiB, CPU seconds) of a process at one moment.
+pub type Usage = (u64, f64);
+
 /// (resident KiB, CPU seconds) of this process.
-pub fn own() -> Option<(u64, f64)> {
+pub fn own() -> Option<Usage> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let rss = status
         .lines()
@@ -66,4 +69,27 @@ pub async fn loopback_floor(n: usize) -> Option<(f64, f64)> {
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
     ))
+}
+
+/// What the fleet cost this process, into the report's notes: RSS once
+/// connected, RSS per socket (connected minus before), and CPU during the
+/// injection as a percentage of one core. `usage` is [`own`] before the
+/// fleet, once connected, and after the injection.
+pub fn note_harness_cost(
+    notes: &mut std::collections::BTreeMap<String, f64>,
+    usage: [Option<Usage>; 3],
+    sockets: usize,
+    injected_s: f64,
+) {
+    if let [Some((rss0, _)), Some((rss1, cpu1)), Some((_, cpu2))] = usage {
+        notes.insert("harness_rss_kib".into(), rss1 as f64);
+        notes.insert(
+            "harness_rss_per_socket_bytes".into(),
+            rss1.saturating_sub(rss0) as f64 * 1024.0 / sockets.max(1) as f64,
+        );
+        notes.insert(
+            "harness_cpu_pct_of_a_core".into(),
+            (cpu2 - cpu1) / injected_s.max(0.001) * 100.0,
+        );
+    }
 }

@@ -102,7 +102,8 @@ pub struct Verdict {
     pub thresholds: Vec<ThresholdRow>,
     /// The baseline file and its rows, with `--baseline`.
     pub baseline: Option<(String, Vec<BaselineRow>)>,
-    /// The run was cut short (Ctrl-C): its numbers cover part of the plan.
+    /// The run was cut short (Ctrl-C, `LoadReport::partial`): its numbers
+    /// cover part of the plan.
     pub partial: bool,
 }
 
@@ -133,8 +134,14 @@ impl Verdict {
                 .collect(),
             baseline: baseline
                 .map(|(name, base, max)| (name.to_string(), baseline_rows(report, base, max))),
-            partial: false,
+            partial: report.partial,
         }
+    }
+
+    /// Nothing to judge a saved report by (`report html`, `report merge`),
+    /// but an interrupted run still says so.
+    pub fn unjudged(report: &LoadReport) -> Verdict {
+        Verdict::check(report, &[], None)
     }
 
     /// Every reason the run fails, as printed after `FAIL: `.
@@ -148,11 +155,13 @@ impl Verdict {
         breaches.chain(regressions).collect()
     }
 
+    /// An interrupted run is partial whatever it breached so far (as its
+    /// exit code, 130, says); the banner still names the breaches.
     pub fn outcome(&self) -> Outcome {
-        if !self.failures().is_empty() {
-            Outcome::Failed
-        } else if self.partial {
+        if self.partial {
             Outcome::Partial
+        } else if !self.failures().is_empty() {
+            Outcome::Failed
         } else if self.thresholds.is_empty() && self.baseline.is_none() {
             Outcome::Unchecked
         } else {
@@ -185,12 +194,16 @@ mod tests {
         let v = Verdict::check(&r, std::slice::from_ref(&holds), None);
         assert_eq!(v.outcome(), Outcome::Passed);
         assert_eq!(v.thresholds[0].measured, Some(2.0));
-        let mut partial = v.clone();
-        partial.partial = true;
-        assert_eq!(partial.outcome(), Outcome::Partial);
-        let v = Verdict::check(&r, &[holds, breaks], None);
+        let v = Verdict::check(&r, &[holds.clone(), breaks.clone()], None);
         assert_eq!(v.outcome(), Outcome::Failed);
         assert_eq!(v.failures(), ["lost>0 breached: measured 0.000"]);
+        // An interrupted run is partial, breached or not (its report says so).
+        let mut cut = r.clone();
+        cut.partial = true;
+        assert_eq!(Verdict::unjudged(&cut).outcome(), Outcome::Partial);
+        let v = Verdict::check(&cut, &[holds, breaks], None);
+        assert_eq!(v.outcome(), Outcome::Partial);
+        assert_eq!(v.failures().len(), 1);
         // A metric the run did not measure has no value, and fails.
         let backend: Threshold = "backend_p99<5ms".parse().unwrap();
         let v = Verdict::check(&r, &[backend], None);

@@ -303,7 +303,7 @@ fn finished_board() -> std::sync::Arc<Board> {
             board.push(frame).unwrap();
         }
     }
-    board.finish();
+    board.finish(false);
     board
 }
 

@@ -5,6 +5,7 @@
 mod cli;
 mod dashboard;
 mod faults;
+mod interrupt;
 mod load;
 mod proxy;
 mod registration;

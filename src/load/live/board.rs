@@ -87,6 +87,8 @@ pub struct Status {
     pub thresholds: Vec<ThresholdState>,
     /// The run serving the dashboard has ended.
     pub done: bool,
+    /// It ended early (Ctrl-C): its report is partial.
+    pub interrupted: bool,
 }
 
 struct Second {
@@ -153,7 +155,7 @@ impl Board {
         let histogram = if frame.histogram.is_empty() {
             collector::histogram()
         } else {
-            decode(&frame.histogram)?
+            decode(&frame.histogram).map_err(|e| e.to_string())?
         };
         let mut state = self.lock();
         let state = &mut *state;
@@ -244,11 +246,12 @@ impl Board {
         Ok(())
     }
 
-    /// The run is over: pages say so.
-    pub fn finish(&self) {
+    /// The run is over (`interrupted`: cut short): pages say so.
+    pub fn finish(&self, interrupted: bool) {
         let status = {
             let mut state = self.lock();
             state.status.done = true;
+            state.status.interrupted = interrupted;
             state.status.clone()
         };
         self.broadcast(&[("status", json(&status))], true);
@@ -413,9 +416,10 @@ mod tests {
         board.push(frame("0/1", 8, &[1_000])).unwrap();
         let next = rx.try_recv().unwrap();
         assert!(next.text.starts_with("event: point\ndata: {\"t\":8,") && !next.last);
-        board.finish();
+        board.finish(true);
         let last = rx.try_recv().unwrap();
         assert!(last.text.contains("\"done\":true") && last.last);
+        assert!(last.text.contains("\"interrupted\":true"));
         assert!(
             board.subscribe().0.last,
             "a page opened after the run gets it all at once"

@@ -164,9 +164,10 @@ impl Dashboard {
         Sink::Board(self.board.clone())
     }
 
-    /// Tells open pages the run is over, then stops serving.
-    pub async fn finish(self) {
-        self.board.finish();
+    /// Tells open pages the run is over (`interrupted`: cut short by
+    /// Ctrl-C), then stops serving.
+    pub async fn finish(self, interrupted: bool) {
+        self.board.finish(interrupted);
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.stop.cancel();
         let _ = self.server.await;

@@ -191,7 +191,7 @@ mod tests {
         }
         assert!(seen.contains("content-type: text/event-stream"));
         assert!(seen.contains("event: point\ndata: {\"t\":5,"));
-        board.finish();
+        board.finish(false);
         // After the run's last status the stream ends.
         s.read_to_string(&mut seen).await.unwrap();
         assert!(seen.contains("\"done\":true"));

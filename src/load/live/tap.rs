@@ -229,6 +229,7 @@ mod tests {
                 persona,
                 took: ms(i as u64),
                 reconnect,
+                at: t0,
             });
         }
         m.observe(&Sample::Disconnected {

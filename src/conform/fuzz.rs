@@ -116,7 +116,7 @@ pub async fn run(target: &Target, seed: u64, cases: u32) -> CheckResult {
             "No bad input ever crashes the server, affects another agent, or loses a command."
                 .into(),
         status: Status::Pass,
-        location: "src/fuzz.rs:1".into(),
+        location: "src/conform/fuzz.rs:1".into(),
         expected: None,
         observed: None,
         reason: None,

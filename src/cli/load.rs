@@ -1,20 +1,25 @@
-//! The `load`, `report` and (hidden) `serve` commands.
+//! `load`: the plan from a profile and flags, the backends, the run (with
+//! Ctrl-C/SIGTERM ending it early, still reported), the live dashboard
+//! (`--dashboard`, `--dashboard-report`), the report files and the verdict
+//! of `--fail-if` and `--baseline`.
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
 
-use crate::cli::UsageError;
+use super::output::{print, write_in_dir as write};
+use super::report::read_report;
+use super::target::{reach, TargetArgs};
+use super::{Error, Outcome};
 use crate::load::plan::{AckDialect, Plan, Profile};
-use crate::load::report::LoadReport;
 use crate::load::server::ChildServer;
 use crate::load::thresholds::Threshold;
 use crate::load::verdict::Verdict;
 use crate::load::{self, html, LoadConfig};
-use crate::target::{shell_restarter, Target};
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     let number = text.trim().trim_end_matches("/s");
@@ -63,18 +68,8 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 
 #[derive(Args)]
 pub struct LoadArgs {
-    /// Backend URL; repeat to spread agents over several instances. Without
-    /// it, edge-server runs as a child process on a temporary SQLite file.
-    #[arg(long)]
-    pub url: Vec<String>,
-    #[arg(long, env = "EDGE_SECRET", hide_env_values = true)]
-    pub edge_secret: Option<String>,
-    /// Mint per-agent HMAC tokens with this key instead of using the shared secret.
-    #[arg(long, env = "EDGE_HMAC_SECRET", hide_env_values = true)]
-    pub hmac_secret: Option<String>,
-    /// The control API's token: provisions agents and injects commands.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Simulated agents (across all shards).
     #[arg(long)]
     pub agents: Option<usize>,
@@ -112,9 +107,6 @@ pub struct LoadArgs {
     pub ping_interval: Option<Duration>,
     #[arg(long, value_enum)]
     pub ack_dialect: Option<Dialect>,
-    /// Shell command that restarts the backend (for `restart` events).
-    #[arg(long)]
-    pub restart_cmd: Option<String>,
     /// A report of an earlier run to compare with.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -124,10 +116,6 @@ pub struct LoadArgs {
     /// Agents already exist on the backend: do not provision them.
     #[arg(long)]
     pub no_provision: bool,
-    /// Trust this CA certificate (PEM) besides the public roots: for
-    /// `https://`/`wss://` backends with a private or self-signed certificate.
-    #[arg(long, value_name = "FILE")]
-    pub ca_cert: Option<PathBuf>,
     /// Threads driving the agents: 1 keeps an idle fleet cheapest; more
     /// spread a heavy run over cores (0: one per core).
     #[arg(long, default_value_t = 1)]
@@ -140,11 +128,12 @@ pub struct LoadArgs {
     /// URL is printed on stderr): connected vs target sockets, scheduled vs
     /// sent rate, p50/p99/p99.9 per second, errors, closes, reconnects and
     /// each --fail-if. Other shards report to it with --dashboard-report.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "EDGE_DASHBOARD", value_name = "ADDR")]
     pub dashboard: Option<String>,
     /// Send this run's live numbers to the dashboard another shard's run
-    /// serves, e.g. http://10.0.0.5:8089.
-    #[arg(long, value_name = "URL", conflicts_with = "dashboard")]
+    /// serves, e.g. http://10.0.0.5:8089. A run that serves --dashboard
+    /// feeds its own instead (so one variable can be set for every shard).
+    #[arg(long, env = "EDGE_DASHBOARD_REPORT", value_name = "URL")]
     pub dashboard_report: Option<String>,
 }
 
@@ -154,116 +143,13 @@ pub enum Dialect {
     Compat,
 }
 
-#[derive(Subcommand)]
-pub enum ReportCommand {
-    /// Merge shard reports losslessly into one (histograms are added).
-    Merge {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Where the merged JSON goes (its HTML goes beside it).
-        #[arg(long, short, default_value = "reports/merged.json")]
-        output: PathBuf,
-    },
-    /// Render a JSON report as a self-contained HTML page.
-    Html {
-        file: PathBuf,
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
-}
-
-#[derive(Args)]
-pub struct ServeArgs {
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: String,
-    #[arg(long)]
-    pub database: PathBuf,
-}
-
-fn read_report(path: &PathBuf) -> Result<LoadReport, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-    LoadReport::from_json(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))
-}
-
-fn write(path: &PathBuf, text: &str) -> Result<(), UsageError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| UsageError(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    std::fs::write(path, text)
-        .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))
-}
-
-pub async fn report(command: ReportCommand) -> Result<bool, UsageError> {
-    match command {
-        ReportCommand::Merge { files, output } => {
-            let reports = files
-                .iter()
-                .map(read_report)
-                .collect::<Result<Vec<_>, _>>()?;
-            let merged = LoadReport::merge(reports).map_err(UsageError)?;
-            write(&output, &merged.to_json())?;
-            write(&output.with_extension("html"), &html::render(&merged))?;
-            print!("{}", merged.summary());
-            println!(
-                "\nwrote {} and {}",
-                output.display(),
-                output.with_extension("html").display()
-            );
-        }
-        ReportCommand::Html { file, output } => {
-            let report = read_report(&file)?;
-            let output = output.unwrap_or_else(|| file.with_extension("html"));
-            write(&output, &html::render(&report))?;
-            println!("wrote {}", output.display());
-        }
-    }
-    Ok(true)
-}
-
-pub async fn serve(args: ServeArgs) -> Result<bool, UsageError> {
-    let db = format!("sqlite://{}", args.database.display());
-    let mut config = crate::embedded::config(&db);
-    // Spec timers, and no per-agent limits: the load decides the traffic.
-    let spec = edge_server::Config::for_secrets("x", "y", &db);
-    config.ping_interval = spec.ping_interval;
-    config.ping_timeout = spec.ping_timeout;
-    config.ack_timeout = spec.ack_timeout;
-    config.max_attempts = spec.max_attempts;
-    config.rate_connects_per_min = 0;
-    config.rate_rejects_per_min = 0;
-    config.rate_messages_per_min = 0;
-    config.rate_ping_interval = Duration::ZERO;
-    config.max_pending = 100_000;
-    let cannot =
-        |e: &dyn std::fmt::Display| UsageError(format!("cannot listen on {}: {e}", args.listen));
-    let addr = tokio::net::lookup_host(&args.listen)
-        .await
-        .map_err(|e| cannot(&e))?
-        .next()
-        .ok_or_else(|| cannot(&"no address"))?;
-    let listener = edge_server::bind(addr).map_err(|e| cannot(&e))?;
-    let server = edge_server::start(config, listener)
-        .await
-        .map_err(|e| UsageError(format!("{e:#}")))?;
-    println!("listening on {}", server.addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| UsageError(e.to_string()))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    server.stop().await;
-    Ok(true)
-}
-
-pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
+/// The plan: the profile's, then the flags over it.
+fn plan(args: &LoadArgs) -> Result<Plan, Error> {
     let mut plan = Plan::default();
     if let Some(path) = &args.profile {
         Profile::load(path)
             .and_then(|p| p.apply(&mut plan))
-            .map_err(UsageError)?;
+            .map_err(|e| Error::Usage(e.to_string()))?; // it names the file and line
     }
     if let Some(n) = args.agents {
         plan.agents = n;
@@ -288,72 +174,79 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     }
     plan.seed = args.seed.unwrap_or_else(rand::random);
     if plan.agents == 0 {
-        return Err(UsageError("--agents must be at least 1".into()));
+        return Err(Error::Usage("--agents must be at least 1".into()));
     }
     let (shard, shards) = args.shard;
     if shard >= plan.agents {
-        return Err(UsageError(format!(
+        return Err(Error::Usage(format!(
             "--shard {shard}/{shards} gets none of the {} agents: run at most {} shards",
             plan.agents, plan.agents
         )));
     }
-    let child = if args.url.is_empty() {
-        Some(ChildServer::start().map_err(UsageError)?)
+    Ok(plan)
+}
+
+/// Cancels `interrupt` at the first SIGINT or SIGTERM; a second one ends
+/// the process at once (exit 130), for a drain the user will not wait for.
+fn on_interrupt(interrupt: CancellationToken) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let cannot = |e: std::io::Error| Error::Setup(format!("cannot watch for Ctrl-C: {e}"));
+    let mut int = signal(SignalKind::interrupt()).map_err(cannot)?;
+    let mut term = signal(SignalKind::terminate()).map_err(cannot)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\ninterrupted: stopping the injection, draining, writing the partial report (again to quit at once)");
+        interrupt.cancel();
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+pub async fn load(args: LoadArgs) -> Result<Outcome, Error> {
+    let interrupt = CancellationToken::new();
+    on_interrupt(interrupt.clone())?;
+    let plan = plan(&args)?;
+    let child = if args.target.url.is_empty() {
+        Some(ChildServer::start().map_err(|e| Error::Setup(e.to_string()))?)
     } else {
         None
     };
     let urls: Vec<String> = match &child {
         Some(c) => vec![format!("http://{}", c.addr)],
-        None => args.url.clone(),
+        None => args.target.url.clone(),
     };
-    let trust = crate::tls::trust(args.ca_cert.as_deref()).map_err(UsageError)?;
+    let trust = args.target.trust()?;
     let mut targets = Vec::new();
     for url in &urls {
-        let mut t = Target::new(url).map_err(UsageError)?;
-        t.trust(&trust).map_err(UsageError)?;
-        if child.is_some() {
-            t.edge_secret = Some(crate::embedded::EDGE_SECRET.into());
-            t.admin_token = Some(crate::embedded::ADMIN_TOKEN.into());
-        } else {
-            t.edge_secret = args.edge_secret.clone();
-            t.hmac_secret = args.hmac_secret.clone();
-            t.admin_token = args.admin_token.clone();
-        }
-        if t.edge_secret.is_none() && t.hmac_secret.is_none() {
-            return Err(UsageError(
-                "agents cannot authenticate: pass --edge-secret (or --hmac-secret)".into(),
-            ));
-        }
+        let t = args
+            .target
+            .target(url, &trust, child.as_ref().map(ChildServer::restarter))?;
         if t.admin_token.is_none() {
-            return Err(UsageError(
+            return Err(Error::Usage(
                 "commands are injected through the control API: pass --admin-token".into(),
             ));
         }
-        t.wait_healthy(Duration::from_secs(5)).await.map_err(|e| {
-            UsageError(if e.contains("certificate") {
-                format!("{e}: for a private or self-signed certificate, pass --ca-cert FILE")
-            } else {
-                format!("{e}: is the backend running?")
-            })
-        })?;
+        reach(&t, Duration::from_secs(5)).await?;
         targets.push(t);
     }
-    let restarter = match (&child, &args.restart_cmd) {
-        (Some(c), _) => Some(c.restarter()),
-        (None, Some(cmd)) => Some(shell_restarter(cmd.clone(), urls[0].clone(), trust.clone())),
-        (None, None) => None,
-    };
-    let progress = std::io::stderr().is_terminal();
     let command_line = std::env::args()
         .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ");
-    // live view: this run serves it, or reports to another run's.
+    // The live view: this run serves it (and feeds it), or reports to
+    // another run's.
     let dashboard = match &args.dashboard {
         Some(addr) => Some(
             load::live::Dashboard::start(addr, args.fail_if.clone())
                 .await
-                .map_err(UsageError)?,
+                .map_err(Error::Usage)?,
         ),
         None => None,
     };
@@ -363,21 +256,21 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         (None, None) => None,
     };
     let config = LoadConfig {
+        restarter: targets[0].restarter.clone(),
         targets,
         plan,
         shard: args.shard,
         source_ips: args.source_ips.clone().unwrap_or_default(),
-        restarter,
         provision: !args.no_provision,
         command_line,
-        progress,
+        progress: std::io::stderr().is_terminal(),
         max_in_flight: args.max_in_flight,
         tls: Some(trust.0.clone()),
         live,
     };
-    let report = load::run(config).await.map_err(UsageError)?;
+    let report = load::run_until(config, interrupt).await?;
     if let Some(dashboard) = dashboard {
-        dashboard.finish().await;
+        dashboard.finish(report.partial).await;
     }
     drop(child);
     let stamp = std::time::SystemTime::now()
@@ -386,7 +279,7 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
     let (i, n) = args.shard;
     let base = args.report.join(format!("load-{stamp}-shard{i}of{n}"));
     let json_path = base.with_extension("json");
-    // An unreadable baseline is a usage error once the reports are written.
+    // An unreadable baseline is an error once the reports are written.
     let baseline = args
         .baseline
         .as_ref()
@@ -404,14 +297,19 @@ pub async fn load(args: LoadArgs) -> Result<bool, UsageError> {
         &base.with_extension("html"),
         &html::render_judged(&report, &verdict),
     )?;
-    print!("{}", report.summary());
-    println!("\nreport: {} (and .html)", json_path.display());
+    let mut said = report.summary();
+    said.push_str(&format!("\nreport: {} (and .html)\n", json_path.display()));
     let failures = verdict.failures();
     for failure in &failures {
-        println!("FAIL: {failure}");
+        said.push_str(&format!("FAIL: {failure}\n"));
     }
+    print(&said)?;
     if let Some((_, Err(e))) = baseline {
         return Err(e);
     }
-    Ok(failures.is_empty())
+    Ok(if report.partial {
+        Outcome::Interrupted
+    } else {
+        Outcome::from_passed(failures.is_empty())
+    })
 }

@@ -1,96 +1,26 @@
-//! The command line: `conform` (the suite), `run` (any scenario files).
-//! Exit codes: 0 every required check passed, 1 some failed, 2 usage error
-//! or unreachable backend.
+//! `conform` (the built-in suite) and `run` (any scenario files): the
+//! checks, the embedded edge-server when there is no --url, the reports.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
-use crate::conform::{self, Options};
-use crate::embedded::{self, Embedded};
+use super::output::{self, print};
+use super::target::{reach, TargetArgs};
+use super::{Error, Outcome};
+use crate::conform::{self, fuzz, suite, Options};
+use crate::embedded::Embedded;
 use crate::report::{self, RunReport};
 use crate::scenario::{self, Check};
-use crate::target::{shell_restarter, Inject, Target};
-use crate::{fuzz, suite};
+use crate::target::{Inject, Target};
 
-/// Conformance suite and load tester for backends that push commands to
-/// edge agents over WebSocket (PROTOCOL.md).
-///
-/// Exit codes: 0 every required check passed; 1 some check failed;
-/// 2 usage error, bad scenario file, or unreachable backend.
-#[derive(Parser)]
-#[command(name = "edge-harness", version, about, long_about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand)]
-pub enum Command {
-    /// Run the conformance suite against a backend (or the embedded edge-server).
-    ///
-    /// Every check cites a PROTOCOL.md rule id. Without --url the suite runs
-    /// against edge-server started in this process with short timers.
-    ///
-    ///   edge-harness conform
-    ///   edge-harness conform --url http://localhost:8080 --edge-secret S --admin-token T --junit conform.xml
-    Conform(ConformArgs),
-    /// Run scenario files (TOML; see scenarios/README.md) against a backend.
-    Run(RunArgs),
-    /// Drive simulated agents and measure command latency percentiles.
-    ///
-    /// Commands are injected at a fixed arrival rate and latency is measured
-    /// from each command's scheduled send time (coordinated omission
-    /// corrected) to the agent's receipt, its ack, and the backend's own
-    /// record of the ack; reports go to --report as JSON and HTML.
-    ///
-    /// Examples:
-    ///
-    ///   edge-harness load --agents 1000 --rate 200/s --duration 30s
-    ///
-    ///   edge-harness load --url https://edge.example.com --edge-secret S --admin-token T \
-    ///       --agents 10000 --rate 1000/s --duration 60s --fail-if 'p99<20ms' --fail-if 'lost==0'
-    ///
-    ///   edge-harness load --url http://localhost:8080 --edge-secret S --admin-token T \
-    ///       --profile scenarios/load/restart-storm.toml --restart-cmd 'systemctl restart edge'
-    #[command(verbatim_doc_comment)]
-    Load(Box<crate::load_cli::LoadArgs>),
-    /// Merge shard reports, or re-render a report as HTML.
-    #[command(subcommand)]
-    Report(crate::load_cli::ReportCommand),
-    /// Run the embedded edge-server (used by `load` as its child process).
-    #[command(hide = true)]
-    Serve(crate::load_cli::ServeArgs),
-}
-
+/// How checks run and report: the flags `conform` and `run` share.
 #[derive(Args, Clone)]
-pub struct TargetArgs {
-    /// The backend's base URL (http://, https://, ws:// or wss://). Without
-    /// it, edge-server runs in-process on an ephemeral port.
-    #[arg(long, env = "EDGE_URL")]
-    pub url: Option<String>,
-    /// Trust this CA certificate (PEM) besides the public roots, in the HTTP
-    /// requests and the wss:// upgrades: for a backend with a private or
-    /// self-signed certificate.
-    #[arg(long, env = "EDGE_CA_CERT", value_name = "FILE")]
-    pub ca_cert: Option<PathBuf>,
-    /// The agents' shared secret (also the key of per-agent HMAC tokens).
-    #[arg(
-        long,
-        env = "EDGE_SECRET",
-        hide_env_values = true,
-        conflicts_with = "hmac_secret"
-    )]
-    pub edge_secret: Option<String>,
-    /// Only mint per-agent HMAC tokens with this key (the backend does not take the shared secret).
-    #[arg(long, env = "EDGE_HMAC_SECRET", hide_env_values = true)]
-    pub hmac_secret: Option<String>,
-    /// The control API's token (PROTOCOL.md §8). Without it, checks that need
-    /// the control API are skipped.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Token for POST /edge/register; also used to provision agents when
     /// there is no control API.
     #[arg(long, env = "REGISTRATION_TOKEN", hide_env_values = true)]
@@ -99,10 +29,6 @@ pub struct TargetArgs {
     /// registration answers 403 `registration_disabled` (WS-HTTP-3).
     #[arg(long, conflicts_with = "registration_token")]
     pub no_registration: bool,
-    /// Shell command that restarts the backend (for WS-CONN-5); the harness
-    /// waits for /health afterwards. Checks that need it are skipped without it.
-    #[arg(long)]
-    pub restart_cmd: Option<String>,
     /// Put commands into the backend with this request instead of the control
     /// API: `METHOD URL`, `{agent}` replaced by the agent id.
     #[arg(long, value_name = "METHOD URL")]
@@ -174,7 +100,7 @@ pub enum Color {
 #[derive(Args)]
 pub struct ConformArgs {
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub checks: CheckArgs,
     /// List every check with its rule, level and requirement, and exit.
     #[arg(long)]
     pub list: bool,
@@ -195,39 +121,27 @@ pub struct RunArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub checks: CheckArgs,
 }
 
-/// A usage problem: exit code 2, with a message that says how to fix it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-pub async fn main(cli: Cli) -> Result<bool, UsageError> {
-    match cli.command {
-        Command::Conform(args) => conform_command(args).await,
-        Command::Run(args) => {
-            let checks = scenario::load(&args.files).map_err(|e| UsageError(e.to_string()))?;
-            execute(&args.target, &checks, 0, 0).await
-        }
-        Command::Load(args) => crate::load_cli::load(*args).await,
-        Command::Report(command) => crate::load_cli::report(command).await,
-        Command::Serve(args) => crate::load_cli::serve(args).await,
-    }
+/// `run FILE…`: the user's own scenario files.
+pub async fn run_command(args: RunArgs) -> Result<Outcome, Error> {
+    let checks = scenario::load(&args.files).map_err(|e| Error::Usage(e.to_string()))?;
+    execute(&args.checks, &checks, 0, 0).await
 }
 
-async fn conform_command(args: ConformArgs) -> Result<bool, UsageError> {
+pub async fn conform_command(args: ConformArgs) -> Result<Outcome, Error> {
     let checks = match &args.scenarios {
         Some(dir) => scenario::load(std::slice::from_ref(dir)),
         None => suite::builtin(),
     }
-    .map_err(|e| UsageError(e.to_string()))?;
+    .map_err(|e| Error::Usage(e.to_string()))?;
     if args.list {
-        print!("{}", list(&checks));
-        return Ok(true);
+        print(&list(&checks))?;
+        return Ok(Outcome::Passed);
     }
     let seed = args.seed.unwrap_or_else(rand::random);
-    execute(&args.target, &checks, seed, args.fuzz_cases).await
+    execute(&args.checks, &checks, seed, args.fuzz_cases).await
 }
 
 /// `--list`: every check and its requirement, without touching a backend.
@@ -251,49 +165,41 @@ pub fn list(checks: &[Check]) -> String {
     out
 }
 
-fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target, UsageError> {
-    let usage = |m: String| UsageError(m);
-    let trust = crate::tls::trust(args.ca_cert.as_deref()).map_err(usage)?;
-    let mut target = match (embedded, &args.url) {
-        (Some(e), _) => {
-            let mut t = Target::new(&e.url()).map_err(usage)?;
-            t.edge_secret = Some(embedded::EDGE_SECRET.into());
-            t.admin_token = Some(embedded::ADMIN_TOKEN.into());
-            t.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
-            t.restarter = Some(e.restarter());
-            t
-        }
+/// The target of the checks: the shared flags, then what only checks use
+/// (registration, `--inject`, timers).
+fn build_target(args: &CheckArgs, embedded: Option<&Embedded>) -> Result<Target, Error> {
+    let shared = &args.target;
+    if shared.url.len() > 1 {
+        return Err(Error::Usage(
+            "checks drive one backend: pass --url once (only `load` spreads over several)".into(),
+        ));
+    }
+    if embedded.is_none() && shared.edge_secret.is_some() && shared.hmac_secret.is_some() {
+        return Err(Error::Usage(
+            "pass --edge-secret or --hmac-secret, not both: the checks of per-agent tokens need to know which the backend takes".into(),
+        ));
+    }
+    let trust = shared.trust()?;
+    let mut target = match (embedded, shared.url.first()) {
+        (Some(e), _) => shared.target(&e.url(), &trust, Some(e.restarter()))?,
         (None, Some(url)) => {
-            let mut t = Target::new(url).map_err(usage)?;
-            t.edge_secret = args.edge_secret.clone();
-            t.hmac_secret = args.hmac_secret.clone();
-            t.admin_token = args.admin_token.clone();
+            let mut t = shared.target(url, &trust, None)?;
             t.registration_token = args.registration_token.clone();
             t.registration_disabled = args.no_registration;
-            t.restarter = args
-                .restart_cmd
-                .clone()
-                .map(|cmd| shell_restarter(cmd, t.http_base.clone(), trust.clone()));
             t
         }
         (None, None) => unreachable!("embedded when no --url"),
     };
-    target.trust(&trust).map_err(usage)?;
-    if target.edge_secret.is_none() && target.hmac_secret.is_none() {
-        return Err(UsageError(
-            "agents cannot authenticate: pass --edge-secret (or --hmac-secret)".into(),
-        ));
-    }
     if let Some(inject) = &args.inject {
         let (method, url) = inject.split_once(' ').ok_or_else(|| {
-            UsageError(format!(
+            Error::Usage(format!(
                 "--inject `{inject}`: write `METHOD URL`, e.g. `POST https://host/x/{{agent}}`"
             ))
         })?;
         let mut headers = Vec::new();
         for header in &args.inject_header {
             let (name, value) = header.split_once(':').ok_or_else(|| {
-                UsageError(format!("--inject-header `{header}`: write `Name: value`"))
+                Error::Usage(format!("--inject-header `{header}`: write `Name: value`"))
             })?;
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
@@ -305,7 +211,7 @@ fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target
         };
     }
     if !(0.1..=100.0).contains(&args.timeout_scale) {
-        return Err(UsageError(format!(
+        return Err(Error::Usage(format!(
             "--timeout-scale {} is out of range: use 0.1 to 100",
             args.timeout_scale
         )));
@@ -326,36 +232,32 @@ fn build_target(args: &TargetArgs, embedded: Option<&Embedded>) -> Result<Target
 
 /// Starts the embedded server if needed, runs the checks, writes the reports.
 async fn execute(
-    args: &TargetArgs,
+    args: &CheckArgs,
     checks: &[Check],
     seed: u64,
     fuzz_cases: u32,
-) -> Result<bool, UsageError> {
+) -> Result<Outcome, Error> {
     let embedded =
-        match &args.url {
-            Some(_) => None,
-            None => Some(Embedded::start(|_| {}).await.map_err(|e| {
-                UsageError(format!("cannot start the embedded edge-server: {e:#}"))
+        match &args.target.url[..] {
+            [] => Some(Embedded::start(|_| {}).await.map_err(|e| {
+                Error::Setup(format!("cannot start the embedded edge-server: {e:#}"))
             })?),
+            _ => None,
         };
     let target = build_target(args, embedded.as_ref())?;
-    match target.wait_healthy(Duration::from_secs(2)).await {
+    match reach(&target, Duration::from_secs(2)).await {
         // It answers, but its certificate does not verify: the checks fail, naming it.
-        Err(e) if crate::tls::is_certificate_failure(&e) => {
-            eprintln!("warning: {}", crate::tls::hint(e))
+        Err(Error::Unreachable(e)) if crate::tls::is_certificate_failure(&e) => {
+            eprintln!("warning: {e}")
         }
-        Err(e) => {
-            return Err(UsageError(format!(
-                "{e}: is the backend running at that URL?"
-            )))
-        }
+        Err(e) => return Err(e),
         Ok(()) => {}
     }
     conform::learn_timings(&target).await;
     let expect_fail = match &args.expect_fail {
         Some(path) => conform::read_expect_fail(
             &std::fs::read_to_string(path)
-                .map_err(|e| UsageError(format!("--expect-fail {}: {e}", path.display())))?,
+                .map_err(|e| Error::Usage(format!("--expect-fail {}: {e}", path.display())))?,
         ),
         None => Default::default(),
     };
@@ -386,8 +288,10 @@ async fn execute(
         }),
     };
     let label = args
+        .target
         .url
-        .clone()
+        .first()
+        .cloned()
         .unwrap_or_else(|| format!("embedded edge-server ({})", target.http_base));
     let mut report = conform::run(checks, &target, &options, &label).await;
     if fuzz_cases > 0
@@ -418,40 +322,32 @@ async fn execute(
         embedded.stop().await;
     }
     write_reports(args, &report)?;
-    Ok(report.passed())
+    Ok(Outcome::from_passed(report.passed()))
 }
 
-fn write_reports(args: &TargetArgs, report: &RunReport) -> Result<(), UsageError> {
+fn write_reports(args: &CheckArgs, report: &RunReport) -> Result<(), Error> {
     let color = match args.color {
         Color::Always => true,
         Color::Never => false,
         Color::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    print!(
-        "{}",
-        report::terminal::render(
-            report,
-            &report::terminal::Style {
-                color,
-                verbose: args.verbose
-            }
-        )
-    );
-    let write = |path: &PathBuf, text: String| {
-        std::fs::write(path, text)
-            .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))
+    let style = report::terminal::Style {
+        color,
+        verbose: args.verbose,
     };
+    // A closed stdout does not stop the files being written.
+    let printed = print(&report::terminal::render(report, &style));
     if let Some(path) = &args.junit {
-        write(path, report::junit::render(report))?;
+        output::write(path, &report::junit::render(report))?;
     }
     if let Some(path) = &args.json {
-        write(path, report::json::render(report))?;
+        output::write(path, &report::json::render(report))?;
     }
     if let Some(path) = &args.html {
-        write(
+        output::write(
             path,
-            report::html::render(report, std::time::SystemTime::now()),
+            &report::html::render(report, std::time::SystemTime::now()),
         )?;
     }
-    Ok(())
+    printed
 }
