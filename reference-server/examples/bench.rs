@@ -75,6 +75,11 @@ enum Mode {
         rate: u64,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         duration: Duration,
+        /// Wait this long after the agents connected before the first
+        /// command, so the server's per-connection bookkeeping (a durable
+        /// write per connection) is not measured as command latency.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        settle: Duration,
     },
 }
 
@@ -333,7 +338,12 @@ async fn main() {
             );
             println!("completed {commands} in {elapsed:.2?}: {:.0} commands/s accepted→pushed→acked→completed", commands as f64 / elapsed.as_secs_f64());
         }
-        Mode::Latency { rate, duration } => {
+        Mode::Latency {
+            rate,
+            duration,
+            settle,
+        } => {
+            tokio::time::sleep(settle).await;
             let total = (rate as f64 * duration.as_secs_f64()) as u64;
             let scheduled: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
             let accept = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));

@@ -178,8 +178,10 @@ fn two_shards_report_to_one_live_dashboard() {
         "20",
         "--rate",
         "40/s",
+        // Long enough that headless Chromium, slow to start on a loaded
+        // machine, still finds the run going.
         "--duration",
-        "6s",
+        "20s",
         "--seed",
         "4",
     ];
@@ -225,6 +227,12 @@ fn two_shards_report_to_one_live_dashboard() {
     );
     assert!(status.latency.as_ref().unwrap().p99_ms > 0.0);
     assert_eq!(status.thresholds[1].state, "at the end", "lost==0");
+    // Listening for the end from now on: the dashboard closes soon after
+    // its run ends, however long Chromium takes below.
+    let end = {
+        let url = url.clone();
+        std::thread::spawn(move || read_events(&url, |s| s.done))
+    };
 
     // The page in headless Chromium, mid-run: it drew the live numbers
     // (`?snapshot` hangs up after them, so the page finishes loading).
@@ -251,7 +259,7 @@ fn two_shards_report_to_one_live_dashboard() {
     }
 
     // The run ends: the stream says so and closes.
-    let (_, last) = read_events(&url, |s| s.done);
+    let (_, last) = end.join().unwrap();
     let last = last.expect("the last status says the run is done");
     assert!(last.sent > 0 && last.acked > 0);
     for child in [&mut shard0, &mut shard1] {
