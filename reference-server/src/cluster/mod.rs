@@ -122,7 +122,7 @@ pub trait Cluster: Send + Sync + 'static {
     /// `conn`. If another instance held it, that one is told to close its
     /// socket with 4000 (WS-CONN-2). Returns once recorded, so a claim of the
     /// agent's pending commands that follows sees every command inserted
-    /// before (see `store/postgres/commands.rs`).
+    /// before (see `store/postgres/batch.rs`).
     async fn hold(
         &self,
         agent_id: &str,
@@ -157,33 +157,6 @@ pub trait Cluster: Send + Sync + 'static {
     /// command was committed, so a takeover cannot slip between (see
     /// `cluster/postgres.rs`). Best effort, like `forward`.
     fn announce(&self, _agent_id: &str, _command_id: &str) {}
-
-    /// [`Cluster::locate`] then [`Cluster::forward`]: sends `message` to the
-    /// live instance other than this one that holds the agent's socket, if
-    /// any, and returns that instance's name.
-    async fn forward_to_holder(
-        &self,
-        agent_id: &str,
-        message: &Inbound,
-    ) -> StoreResult<Option<String>> {
-        locate_then_forward(self, agent_id, message).await
-    }
-}
-
-/// What [`Cluster::forward_to_holder`] does unless an implementation does
-/// it in one step.
-pub async fn locate_then_forward<C: Cluster + ?Sized>(
-    cluster: &C,
-    agent_id: &str,
-    message: &Inbound,
-) -> StoreResult<Option<String>> {
-    match cluster.locate(agent_id).await? {
-        Some(remote) => {
-            cluster.forward(&remote, message).await?;
-            Ok(Some(remote.instance))
-        }
-        None => Ok(None),
-    }
 }
 
 /// One instance alone (SQLite): nobody else to reach.

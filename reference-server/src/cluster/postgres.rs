@@ -300,8 +300,9 @@ impl PgCluster {
         let mut chunks = Vec::with_capacity(announced.len());
         let (mut chunk, mut bytes) = (0i32, 0usize);
         for (agent, command) in announced {
-            // The pair as JSON, escapes included, and a comma.
-            let size = serde_json::to_string(&(agent, command)).map_or(0, |t| t.len()) + 1;
+            // `["agent","command"],`: the API admits only ids that JSON
+            // needs no escape for ([A-Za-z0-9_.:-]), so no serializing here.
+            let size = agent.len() + command.len() + 8;
             if bytes + size > ANNOUNCE_CHUNK {
                 (chunk, bytes) = (chunk + 1, 0);
             }
@@ -559,32 +560,6 @@ impl Cluster for PgCluster {
         row.first()
             .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(backend))
             .transpose()
-    }
-
-    /// One statement: the lookup of [`Cluster::locate`] and the NOTIFY of
-    /// [`Cluster::forward`] (sent when this autocommit statement commits).
-    async fn forward_to_holder(
-        &self,
-        agent_id: &str,
-        message: &Inbound,
-    ) -> StoreResult<Option<String>> {
-        let alive = now_millis() - STALE.as_millis() as i64;
-        let payload = serde_json::to_string(message).map_err(backend)?;
-        if payload.len() > NOTIFY_MAX {
-            // Stored first by `forward`: not in one statement.
-            return super::locate_then_forward(self, agent_id, message).await;
-        }
-        let prefix = channel_prefix(&self.schema);
-        let rows = self
-            .db
-            .query(
-                "SELECT i.name, pg_notify($4::TEXT || s.instance_tag, $5::TEXT) \
-                 FROM agent_sockets s JOIN instances i ON i.tag = s.instance_tag \
-                 WHERE s.agent_id = $1 AND s.instance_tag <> $2 AND i.heartbeat_at > $3",
-                &[&agent_id, &self.tag, &alive, &prefix, &payload],
-            )
-            .await?;
-        Ok(rows.first().map(|r| r.get(0)))
     }
 }
 

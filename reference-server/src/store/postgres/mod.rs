@@ -9,7 +9,7 @@
 //! `writer.rs`: one transaction and one WAL flush for many commands.
 //!
 //! Instances never coordinate through memory: whatever must happen once
-//! happens under a row lock (`commands.rs`, `delivery.rs`). Routing between
+//! happens under a row lock (`batch.rs`, `delivery.rs`). Routing between
 //! instances lives in `cluster/postgres.rs`, on the same database.
 //!
 //! - `schema.rs`: tables, migrations (under an advisory lock).
