@@ -168,6 +168,9 @@ struct Working<'a> {
     known_agents: HashSet<String>,
     /// Every command read, by id, as the requests so far left it.
     rows: HashMap<String, CommandRow>,
+    /// The ids of the commands read, by agent (a claim of an agent's
+    /// pending commands looks there, not through every row).
+    by_agent: HashMap<String, Vec<String>>,
     /// Pending commands per agent that gets a new one.
     pending: HashMap<String, u64>,
     /// Ids of commands this batch creates (they have no `seq` yet).
@@ -230,10 +233,11 @@ impl Working<'_> {
                         self.existing(command_id).cloned().into_iter().collect()
                     }
                     Claim::AllPending { agent_id, .. } | Claim::Http { agent_id } => self
-                        .rows
-                        .values()
-                        .filter(|r| r.seq != 0 && r.agent_id == *agent_id)
-                        .cloned()
+                        .by_agent
+                        .get(agent_id)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| self.existing(id).cloned())
                         .collect(),
                 };
                 let claimed = rules::claim(candidates, claim, *now, self.policy);
@@ -314,6 +318,7 @@ pub(super) async fn run(
         policy,
         known_agents: locked.iter().map(|r| r.get(0)).collect(),
         rows: HashMap::new(),
+        by_agent: HashMap::new(),
         pending: counted
             .iter()
             .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
@@ -322,7 +327,13 @@ pub(super) async fn run(
         changed: HashSet::new(),
     };
     match command_rows(&read) {
-        Ok(rows) => working.rows = rows.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        Ok(rows) => {
+            for row in rows {
+                let ids = working.by_agent.entry(row.agent_id.clone()).or_default();
+                ids.push(row.id.clone());
+                working.rows.insert(row.id.clone(), row);
+            }
+        }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(e);
