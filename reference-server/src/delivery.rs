@@ -13,7 +13,8 @@ use crate::metrics::Metrics;
 use crate::registry::SessionMsg;
 use crate::state::AppState;
 use crate::store::{
-    AckKind, AckOutcome, Channel, ConnId, InsertOutcome, NewCommand, Status, StoreResult,
+    AckKind, AckOutcome, Channel, CommandRow, ConnId, InsertOutcome, NewCommand, Status,
+    StoreResult,
 };
 use crate::wire::now_millis;
 
@@ -25,8 +26,7 @@ impl AppState {
     /// WS-DLV-1: stores the command (durably, before the caller answers),
     /// then pushes it if the agent is connected, here or on another instance.
     pub async fn submit(&self, command: NewCommand) -> StoreResult<InsertOutcome> {
-        let agent_id = command.agent_id.clone();
-        let target = self.registry.get(&agent_id);
+        let target = self.registry.get(&command.agent_id);
         let pushed_to = target.as_ref().map(|t| t.conn);
         let outcome = self.store.insert_command(command, pushed_to).await?;
         match &outcome {
@@ -35,12 +35,12 @@ impl AppState {
                 if let Some(target) = &target {
                     target.send(SessionMsg::Push(Box::new(row.clone())));
                 }
-                self.route(&agent_id, &row.id, pushed_to);
+                self.route(row, pushed_to);
             }
             // A repeat of a command still queued: its first submit may have
             // stopped (a crash) between storing and routing it.
             InsertOutcome::Existing(row) if row.status == Status::Queued => {
-                self.route(&agent_id, &row.id, None);
+                self.route(row, None);
             }
             InsertOutcome::QueueFull => {
                 Metrics::count(&self.metrics.commands, "outcome", "queue_full");
@@ -54,16 +54,23 @@ impl AppState {
     /// unless it was pushed to `pushed_to` already. Looked up after the
     /// command was stored: the agent may have (re)connected meanwhile, here
     /// or on another instance, after its new session had already claimed its
-    /// pending commands. The session claims it first (`Claim::One`), so a
-    /// second push to one connection is a no-op.
-    pub fn route(&self, agent_id: &str, command_id: &str, pushed_to: Option<ConnId>) {
-        if let Some(current) = self.registry.get(agent_id) {
-            if Some(current.conn) != pushed_to {
-                current.send(SessionMsg::Deliver(command_id.to_string()));
+    /// pending commands. A session given the command as stored pushes it; any
+    /// other claims it first (`Claim::One`), so a second push to one
+    /// connection is a no-op.
+    pub fn route(&self, row: &CommandRow, pushed_to: Option<ConnId>) {
+        if let Some(current) = self.registry.get(&row.agent_id) {
+            if Some(current.conn) == pushed_to {
+                // Pushed already.
+            } else if row.status == Status::Sent && row.conn_id == Some(current.conn) {
+                // The store found this socket held (`Store::insert_command`)
+                // before this instance's registry showed it.
+                current.send(SessionMsg::Push(Box::new(row.clone())));
+            } else {
+                current.send(SessionMsg::Deliver(row.id.clone()));
             }
         }
         // WS-DLV-1 across instances: the instance holding it is told.
-        self.cluster.announce(agent_id, command_id);
+        self.cluster.announce(row);
     }
 
     /// WS-ACK-2, WS-ACK-3: applies an ack from `agent_id`, over a socket or HTTP.

@@ -396,12 +396,16 @@ impl Session {
             .await
     }
 
-    /// Writes claimed commands in one flush and starts their redelivery timers.
+    /// Writes claimed commands in one flush and starts their redelivery
+    /// timers. An attempt already pushed here is skipped: one stored as
+    /// pushed to this connection by another instance can be announced twice
+    /// (`cluster::Inbound::Push`).
     async fn push(
         &mut self,
         socket: &mut WebSocket,
-        rows: Vec<CommandRow>,
+        mut rows: Vec<CommandRow>,
     ) -> Result<(), WriteFailed> {
+        rows.retain(|row| self.inflight.get(&row.id) != Some(&row.attempts));
         if rows.is_empty() {
             return Ok(());
         }

@@ -10,8 +10,9 @@
 //!
 //! What crosses instances (to add a kind: a variant of [`Inbound`], its
 //! sender, and its case in [`apply`]):
-//! - new commands for agents held elsewhere (WS-DLV-1) → `Deliver`, many
-//!   per message ([`Cluster::announce`]);
+//! - new commands stored as pushed to a socket held elsewhere (WS-DLV-1)
+//!   → `Push`, many per message ([`Cluster::announce`]); commands that wait
+//!   for an agent held elsewhere → `Deliver`, which that instance claims;
 //! - a config update (WS-CFG-1) → `Config`;
 //! - a takeover (WS-CONN-2): the old instance closes its socket with 4000.
 
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::raw_json::RawJson;
 use crate::registry::{KickReason, SessionMsg};
 use crate::state::AppState;
-use crate::store::{ConnId, Millis, StoreResult};
+use crate::store::{CommandRow, ConnId, Millis, Status, StoreResult};
 
 /// An agent's socket on another instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +53,11 @@ pub struct RemoteSocket {
 #[serde(tag = "kind", rename_all = "snake_case", try_from = "Envelope")]
 pub enum Inbound {
     /// WS-DLV-1: commands were stored for agents whose sockets are here:
-    /// `[agent, command]` pairs.
+    /// `[agent, command]` pairs, to claim and push.
     Deliver { commands: Vec<(String, String)> },
+    /// WS-DLV-1: commands were stored as pushed to sockets of this instance
+    /// (attempt 1 on that connection): read and push them, no claim.
+    Push { ids: Vec<String> },
     /// WS-CFG-1: push this `config_update`, as posted (WS-CMD-2).
     Config { agent: String, config: RawJson },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
@@ -74,6 +78,7 @@ struct Envelope {
     kind: String,
     agent: Option<String>,
     commands: Option<Vec<(String, String)>>,
+    ids: Option<Vec<String>>,
     config: Option<RawJson>,
     conn: Option<ConnId>,
     id: Option<i64>,
@@ -90,6 +95,9 @@ impl TryFrom<Envelope> for Inbound {
         match kind {
             "deliver" => Ok(Inbound::Deliver {
                 commands: needs(kind, "commands", e.commands)?,
+            }),
+            "push" => Ok(Inbound::Push {
+                ids: needs(kind, "ids", e.ids)?,
             }),
             "config" => Ok(Inbound::Config {
                 agent: needs(kind, "agent", e.agent)?,
@@ -151,12 +159,14 @@ pub trait Cluster: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// WS-DLV-1: `command` was stored for `agent_id`; if another live
-    /// instance holds the agent's socket, it is told (later, with others:
-    /// the cluster may gather several into one message). Looked up after the
-    /// command was committed, so a takeover cannot slip between (see
-    /// `cluster/postgres.rs`). Best effort, like `forward`.
-    fn announce(&self, _agent_id: &str, _command_id: &str) {}
+    /// WS-DLV-1: `command` was stored (and committed). If it is stored as
+    /// pushed to a socket another instance holds, that instance is told to
+    /// push it; otherwise, if another live instance holds the agent's socket
+    /// now, it is told to claim it (looked up after the commit, so a
+    /// takeover cannot slip between: see `cluster/postgres.rs`). Later, with
+    /// others: the cluster may gather several into one message. Best effort,
+    /// like `forward`: a lost message costs latency, not the command.
+    fn announce(&self, _command: &CommandRow) {}
 }
 
 /// One instance alone (SQLite): nobody else to reach.
@@ -209,6 +219,7 @@ pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<
             _ = state.shutdown.cancelled() => return,
             message = inbox.recv() => match message {
                 Some(Inbound::Resync) => resync(&state).await,
+                Some(Inbound::Push { ids }) => push_stored(&state, &ids).await,
                 Some(Inbound::Stored { id }) => match state.cluster.take_stored(id).await {
                     Ok(Some(message)) => apply(&state, message),
                     Ok(None) => debug!(id, "a stored cluster message was already gone"),
@@ -243,7 +254,34 @@ pub fn apply(state: &AppState, message: Inbound) {
             Some(session) if session.conn == conn => session.kick.kick(KickReason::Replaced),
             _ => debug!(agent, conn, "takeover of a socket already gone"),
         },
-        Inbound::Resync | Inbound::Stored { .. } => {}
+        Inbound::Resync | Inbound::Stored { .. } | Inbound::Push { .. } => {}
+    }
+}
+
+/// [`Inbound::Push`]: reads the commands and hands each to its session if
+/// it is still stored as pushed to that session's connection. Otherwise it
+/// was acked, or claimed by a newer connection (which pushed it), or its
+/// socket is gone (the agent's next connection claims it, WS-DLV-4). The
+/// session skips an attempt it pushed already (a message sent twice, or the
+/// stranded-command scan).
+async fn push_stored(state: &AppState, ids: &[String]) {
+    let rows = match state.store.commands_by_id(ids).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            // The heartbeat's scan finds them (`postgres::PgCluster::stranded`).
+            warn!(commands = ids.len(), "cannot read commands to push: {e}");
+            return;
+        }
+    };
+    for row in rows {
+        if row.status != Status::Sent {
+            continue;
+        }
+        if let Some(session) = state.registry.get(&row.agent_id) {
+            if row.conn_id == Some(session.conn) {
+                session.send(SessionMsg::Push(Box::new(row)));
+            }
+        }
     }
 }
 
@@ -305,6 +343,9 @@ mod tests {
                 agent: "x".into(),
                 conn: 7,
             },
+            Inbound::Push {
+                ids: vec!["c1".into(), "c2".into()],
+            },
             Inbound::Stored { id: 9 },
         ];
         for message in messages {
@@ -341,6 +382,8 @@ mod tests {
             r#"{"kind":"config","agent":"x"}"#,
             r#"{"kind":"deliver","agent":"x","command":"c1"}"#,
             r#"{"kind":"deliver","commands":[["x"]]}"#,
+            r#"{"kind":"push","commands":[["x","c1"]]}"#,
+            r#"{"kind":"push","ids":"c1"}"#,
             r#"{"kind":"kick","agent":"x","conn":"7"}"#,
             r#"{"kind":"resync"}"#,
             r#"{"kind":"teleport"}"#,

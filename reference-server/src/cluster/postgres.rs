@@ -8,15 +8,21 @@
 //! - A dedicated connection LISTENs on that channel; every notification is
 //!   an [`Inbound`] (JSON) passed to the inbox (`run_inbox`). No polling on the
 //!   hot path: a command for an agent held elsewhere is one NOTIFY away.
+//! - A new command for an agent held by another instance is stored as
+//!   pushed to that instance's socket (`store/postgres/batch.rs` reads the
+//!   holder under the agent's lock), and that instance only has to read it
+//!   and push it: no claim, no transaction of its own.
 //! - New commands are announced by a notifier task ([`Cluster::announce`]),
-//!   off the commit path: it takes every announcement waiting, looks up their
-//!   holders and notifies each holding instance once for all of them, in one
-//!   statement. A `NOTIFY` takes a database-wide lock held through its
-//!   transaction's commit (PostgreSQL's `async.c`), so one notifying
-//!   transaction per command would serialise every instance's commits; one
-//!   per batch does not. A lost notification costs latency, not a command:
-//!   a holder whose listener was down resyncs, and an agent that reconnects
-//!   claims everything pending (WS-DLV-4).
+//!   off the commit path: it takes every announcement waiting and, in one
+//!   transaction, tells each instance once about all of them: `push` for
+//!   commands stored as pushed to its sockets, `deliver` for commands that
+//!   wait for an agent it holds now (looked up then). A `NOTIFY` takes a
+//!   database-wide lock held through its transaction's commit (PostgreSQL's
+//!   `async.c`), so one notifying transaction per command would serialise
+//!   every instance's commits; one per batch does not. A lost notification
+//!   costs latency, not a command: the heartbeat finds what was not pushed
+//!   ([`PgCluster::stranded`]), a holder whose listener was down resyncs,
+//!   and an agent that reconnects claims everything pending (WS-DLV-4).
 //! - [`Cluster::hold`] locks the agent's row, reads the old holder, records
 //!   the new one and, if another instance held it, NOTIFYs it to close that
 //!   socket with 4000 (WS-CONN-2), in one transaction: the NOTIFY goes out
@@ -38,13 +44,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Cluster, Inbound, RemoteSocket};
 use crate::store::postgres::{backend, Db};
-use crate::store::{ConnId, Millis, StoreResult};
+use crate::store::{CommandRow, ConnId, Millis, Status, StoreResult};
 use crate::wire::now_millis;
 
 /// How often an instance says it is alive.
@@ -78,8 +85,16 @@ pub struct PgCluster {
     name: String,
     tag: i64,
     schema: String,
-    /// `(agent, command)` for the notifier ([`Cluster::announce`]).
-    announced: mpsc::UnboundedSender<(String, String)>,
+    /// For the notifier ([`Cluster::announce`]).
+    announced: mpsc::UnboundedSender<Announcement>,
+}
+
+/// A new command, as the notifier needs it.
+enum Announcement {
+    /// Stored as pushed to a socket of instance `tag`: it pushes it.
+    Push { tag: i64, command: String },
+    /// Waiting: whichever other instance holds `agent` now claims it.
+    Lookup { agent: String, command: String },
 }
 
 /// Most announcements one notifier statement carries.
@@ -167,6 +182,9 @@ impl PgCluster {
                         listening = task;
                         info!(instance = %self.name, "listening again; resyncing local sessions");
                         let _ = tx.send(Inbound::Resync);
+                        // Pushes announced while deaf: what a resync's claims
+                        // leave out (stored as pushed to these very sockets).
+                        self.hand_over_stranded(now_millis(), &tx).await;
                         break;
                     }
                     Err(e) => warn!("cannot LISTEN again: {e}"),
@@ -212,17 +230,8 @@ impl PgCluster {
             if let Err(e) = forgotten {
                 warn!("cannot forget dead instances: {e}");
             }
-            match self.stranded(now).await {
-                Ok(commands) if !commands.is_empty() => {
-                    warn!(
-                        commands = commands.len(),
-                        "commands were left queued for agents connected here; pushing them"
-                    );
-                    let _ = inbox.send(Inbound::Deliver { commands });
-                }
-                Ok(_) => {}
-                Err(e) => warn!("cannot look for stranded commands: {e}"),
-            }
+            self.hand_over_stranded(now - HEARTBEAT.as_millis() as i64, &inbox)
+                .await;
             let expired = now - STORED_FOR.as_millis() as i64;
             let swept = self
                 .db
@@ -244,28 +253,59 @@ impl PgCluster {
 }
 
 impl PgCluster {
-    /// `(agent, command)` of commands still `queued` [`HEARTBEAT`] after
-    /// they were accepted, for agents whose socket is here. Normally none:
-    /// a command for a connected agent is pushed within milliseconds. One is
-    /// left only if its announcement was lost (the notifier's statement
-    /// failed, or the submitter died between its commit and the
-    /// announcement), so delivery never depends on a notification arriving.
-    async fn stranded(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
-        let before = now - HEARTBEAT.as_millis() as i64;
+    /// Commands accepted before `before` for agents whose socket is here,
+    /// and not pushed: still `queued` (to claim: `(agent, command)`), or
+    /// stored as pushed to the socket held here (to push: ids; the session
+    /// skips those it pushed, since the store cannot tell). Normally none is
+    /// left: a command for a connected agent is pushed within milliseconds.
+    /// One is left only if its announcement was lost (the notifier's
+    /// statement failed, the submitter died between its commit and the
+    /// announcement, or this instance's listener was down), so delivery
+    /// never depends on a notification arriving.
+    async fn stranded(&self, before: Millis) -> StoreResult<(Vec<(String, String)>, Vec<String>)> {
         let rows = self
             .db
             .query(
                 // From the sockets held here, each agent's pending commands
                 // by index: never a walk over every queued command (those of
                 // offline agents can be many).
-                "SELECT s.agent_id, c.id FROM agent_sockets s CROSS JOIN LATERAL \
-                 (SELECT id FROM commands WHERE agent_id = s.agent_id AND status = 'queued' \
-                 AND created_at < $2 ORDER BY priority, seq LIMIT 100) c \
+                "SELECT s.agent_id, c.id, c.status = 'queued' FROM agent_sockets s \
+                 CROSS JOIN LATERAL (SELECT id, status FROM commands \
+                 WHERE agent_id = s.agent_id AND created_at < $2 \
+                 AND (status = 'queued' OR (status = 'sent' AND conn_id = s.conn_id)) \
+                 ORDER BY priority, seq LIMIT 100) c \
                  WHERE s.instance_tag = $1 LIMIT 1000",
                 &[&self.tag, &before],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let (mut claim, mut push) = (Vec::new(), Vec::new());
+        for row in &rows {
+            if row.get(2) {
+                claim.push((row.get(0), row.get(1)));
+            } else {
+                push.push(row.get(1));
+            }
+        }
+        Ok((claim, push))
+    }
+
+    /// Hands the local sessions what [`PgCluster::stranded`] finds.
+    async fn hand_over_stranded(&self, before: Millis, inbox: &mpsc::UnboundedSender<Inbound>) {
+        match self.stranded(before).await {
+            Ok((claim, push)) => {
+                if !claim.is_empty() {
+                    warn!(
+                        commands = claim.len(),
+                        "commands were left queued for agents connected here; pushing them"
+                    );
+                    let _ = inbox.send(Inbound::Deliver { commands: claim });
+                }
+                if !push.is_empty() {
+                    let _ = inbox.send(Inbound::Push { ids: push });
+                }
+            }
+            Err(e) => warn!("cannot look for stranded commands: {e}"),
+        }
     }
 
     /// The notifier: until shutdown, tells the holders of the agents of
@@ -273,7 +313,7 @@ impl PgCluster {
     /// per [`ANNOUNCE_CHUNK`]) for everything waiting.
     async fn notify(
         self: Arc<Self>,
-        mut announcements: mpsc::UnboundedReceiver<(String, String)>,
+        mut announcements: mpsc::UnboundedReceiver<Announcement>,
         shutdown: CancellationToken,
     ) {
         let mut waiting = Vec::new();
@@ -292,48 +332,57 @@ impl PgCluster {
         }
     }
 
-    /// One statement: looks up each agent's live holder (other than this
-    /// instance) and sends each holder one `deliver` per chunk.
-    async fn notify_holders(&self, announced: &[(String, String)]) -> StoreResult<()> {
-        let mut agents = Vec::with_capacity(announced.len());
-        let mut commands = Vec::with_capacity(announced.len());
-        let mut chunks = Vec::with_capacity(announced.len());
-        let (mut chunk, mut bytes) = (0i32, 0usize);
-        for (agent, command) in announced {
-            // `["agent","command"],`: the API admits only ids that JSON
-            // needs no escape for ([A-Za-z0-9_.:-]), so no serializing here.
-            let size = agent.len() + command.len() + 8;
-            if bytes + size > ANNOUNCE_CHUNK {
-                (chunk, bytes) = (chunk + 1, 0);
+    /// One transaction: each instance gets one `push` per chunk of the
+    /// commands stored as pushed to its sockets, and one `deliver` per chunk
+    /// of the waiting commands whose agent it holds (looked up here).
+    async fn notify_holders(&self, announced: &[Announcement]) -> StoreResult<()> {
+        let prefix = channel_prefix(&self.schema);
+        let mut pushes: HashMap<i64, Vec<&str>> = HashMap::new();
+        let mut lookups = Lookups::default();
+        for announcement in announced {
+            match announcement {
+                Announcement::Push { tag, command } => {
+                    pushes.entry(*tag).or_default().push(command)
+                }
+                Announcement::Lookup { agent, command } => lookups.add(agent, command),
             }
-            bytes += size;
-            agents.push(agent.as_str());
-            commands.push(command.as_str());
-            chunks.push(chunk);
+        }
+        let (mut channels, mut payloads) = (Vec::new(), Vec::new());
+        for (tag, ids) in &pushes {
+            for chunk in in_chunks(ids) {
+                channels.push(format!("{prefix}{tag}"));
+                payloads.push(serde_json::json!({"kind": "push", "ids": chunk}).to_string());
+            }
         }
         let alive = now_millis() - STALE.as_millis() as i64;
-        let prefix = channel_prefix(&self.schema);
         let client = self.db.client().await?;
-        let notify = client
-            .prepare_cached(
-                "SELECT pg_notify($1::TEXT || s.instance_tag, json_build_object('kind', 'deliver', \
-                 'commands', json_agg(json_build_array(x.agent, x.command) ORDER BY x.ord))::TEXT) \
-                 FROM unnest($2::TEXT[], $3::TEXT[], $4::INT[]) WITH ORDINALITY \
-                 AS x(agent, command, chunk, ord) \
-                 JOIN agent_sockets s ON s.agent_id = x.agent \
-                 JOIN instances i ON i.tag = s.instance_tag \
-                 WHERE s.instance_tag <> $5 AND i.heartbeat_at > $6 \
-                 GROUP BY s.instance_tag, x.chunk",
-            )
-            .await
-            .map_err(backend)?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&prefix, &agents, &commands, &chunks, &self.tag, &alive];
+        let push = client.prepare_cached(SQL_PUSH).await.map_err(backend)?;
+        let deliver = client.prepare_cached(SQL_DELIVER).await.map_err(backend)?;
+        let push_params: [&(dyn ToSql + Sync); 2] = [&channels, &payloads];
+        let deliver_params: [&(dyn ToSql + Sync); 6] = [
+            &prefix,
+            &lookups.agents,
+            &lookups.commands,
+            &lookups.chunks,
+            &self.tag,
+            &alive,
+        ];
         // A notification is not a promise: its transaction need not wait
         // for the WAL flush (it is delivered at commit all the same).
         let sent = futures_util::try_join!(
             client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-            client.execute(&notify, &params),
+            async {
+                match channels.is_empty() {
+                    true => Ok(0),
+                    false => client.execute(&push, &push_params).await,
+                }
+            },
+            async {
+                match lookups.agents.is_empty() {
+                    true => Ok(0),
+                    false => client.execute(&deliver, &deliver_params).await,
+                }
+            },
             client.batch_execute("COMMIT"),
         );
         if let Err(e) = sent {
@@ -342,6 +391,67 @@ impl PgCluster {
         }
         Ok(())
     }
+}
+
+/// One notification per row: `push` payloads are made in Rust.
+const SQL_PUSH: &str = "SELECT pg_notify(x.channel, x.payload) \
+     FROM unnest($1::TEXT[], $2::TEXT[]) AS x(channel, payload)";
+
+/// Looks up each agent's live holder (other than this instance) and sends
+/// each holder one `deliver` per chunk.
+const SQL_DELIVER: &str = "SELECT pg_notify($1::TEXT || s.instance_tag, \
+     json_build_object('kind', 'deliver', \
+     'commands', json_agg(json_build_array(x.agent, x.command) ORDER BY x.ord))::TEXT) \
+     FROM unnest($2::TEXT[], $3::TEXT[], $4::INT[]) WITH ORDINALITY \
+     AS x(agent, command, chunk, ord) \
+     JOIN agent_sockets s ON s.agent_id = x.agent \
+     JOIN instances i ON i.tag = s.instance_tag \
+     WHERE s.instance_tag <> $5 AND i.heartbeat_at > $6 \
+     GROUP BY s.instance_tag, x.chunk";
+
+/// `(agent, command)` pairs for [`SQL_DELIVER`], one array per column, each
+/// with its chunk: a notification's `commands` stay under
+/// [`ANNOUNCE_CHUNK`] bytes.
+#[derive(Default)]
+struct Lookups<'a> {
+    agents: Vec<&'a str>,
+    commands: Vec<&'a str>,
+    chunks: Vec<i32>,
+    bytes: usize,
+}
+
+impl<'a> Lookups<'a> {
+    fn add(&mut self, agent: &'a str, command: &'a str) {
+        // `["agent","command"],`: the API admits only ids that JSON needs
+        // no escape for ([A-Za-z0-9_.:-]), so the size is arithmetic.
+        let size = agent.len() + command.len() + 8;
+        let mut chunk = self.chunks.last().copied().unwrap_or(0);
+        if self.bytes + size > ANNOUNCE_CHUNK {
+            (chunk, self.bytes) = (chunk + 1, 0);
+        }
+        self.bytes += size;
+        self.agents.push(agent);
+        self.commands.push(command);
+        self.chunks.push(chunk);
+    }
+}
+
+/// `ids` split so each chunk's JSON (`"id",` each) stays under
+/// [`ANNOUNCE_CHUNK`] bytes.
+fn in_chunks<'a, 'b>(ids: &'b [&'a str]) -> Vec<&'b [&'a str]> {
+    let (mut chunks, mut start, mut bytes) = (Vec::new(), 0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        let size = id.len() + 3;
+        if bytes + size > ANNOUNCE_CHUNK && i > start {
+            chunks.push(&ids[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < ids.len() {
+        chunks.push(&ids[start..]);
+    }
+    chunks
 }
 
 /// Removes the instances `select` names (one column: tag), and their sockets.
@@ -432,10 +542,21 @@ impl Cluster for PgCluster {
         (self.tag << CONN_BITS) + 1
     }
 
-    fn announce(&self, agent_id: &str, command_id: &str) {
-        let _ = self
-            .announced
-            .send((agent_id.to_string(), command_id.to_string()));
+    fn announce(&self, command: &CommandRow) {
+        // A connection id names its instance in its high bits.
+        let announcement = match command.conn_id.map(|conn| conn >> CONN_BITS) {
+            Some(tag) if tag != self.tag && command.status == Status::Sent => {
+                Announcement::Push {
+                    tag,
+                    command: command.id.clone(),
+                }
+            }
+            _ => Announcement::Lookup {
+                agent: command.agent_id.clone(),
+                command: command.id.clone(),
+            },
+        };
+        let _ = self.announced.send(announcement);
     }
 
     async fn hold(

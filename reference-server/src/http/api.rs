@@ -461,7 +461,7 @@ async fn retry_command(
     match state.store.retry(&id, now_millis()).await? {
         RetryOutcome::Requeued(row) => {
             // Pushed at once if the agent is connected, here or elsewhere.
-            state.route(&row.agent_id, &row.id, None);
+            state.route(&row, None);
             Ok((StatusCode::ACCEPTED, axum::Json(command_view(&row))).into_response())
         }
         RetryOutcome::NotRetryable(row) => Err(ApiError::new(

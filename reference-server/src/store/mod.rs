@@ -355,12 +355,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// WS-API-2: idempotent by id, refuses past `max_pending`. With
     /// `push_to`, the command is stored as already pushed to that connection.
+    /// Without, a store shared by several instances stores it as pushed to
+    /// the socket a live instance holds for the agent, if any (the created
+    /// row's `conn_id`), for that instance to push (`Cluster::announce`).
     async fn insert_command(
         &self,
         command: NewCommand,
         push_to: Option<ConnId>,
     ) -> StoreResult<InsertOutcome>;
     async fn command(&self, id: &str) -> StoreResult<Option<CommandRow>>;
+    /// The commands of these ids that exist, in no particular order.
+    async fn commands_by_id(&self, ids: &[String]) -> StoreResult<Vec<CommandRow>> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            rows.extend(self.command(id).await?);
+        }
+        Ok(rows)
+    }
     /// An agent's commands in insertion order, optionally of one state.
     async fn commands(
         &self,

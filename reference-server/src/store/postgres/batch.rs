@@ -2,11 +2,12 @@
 //! two round trips and one `COMMIT` (the writer, `writer.rs`, gathers them).
 //!
 //! 1. Pipelined: `BEGIN`; lock the agents that get a new command (`FOR NO
-//!    KEY UPDATE`, sorted by id); then, as the next statement so its
-//!    snapshot is taken once those locks are granted, lock and read every
+//!    KEY UPDATE`, sorted by id); then, as the next statements so their
+//!    snapshots are taken once those locks are granted, lock and read every
 //!    command the batch names (by id, or an agent's pending ones for a
-//!    claim), sorted by `seq`; and count the pending commands of the agents
-//!    that get one.
+//!    claim), sorted by `seq`; count the pending commands of the agents
+//!    that get one; and read which live instance holds each such agent's
+//!    socket (`agent_sockets`).
 //! 2. In Rust, each request in arrival order, on the rows read:
 //!    `store/rules.rs` decides every outcome (idempotency, pending limit,
 //!    ack transitions, claims, backoff).
@@ -20,7 +21,12 @@
 //! row; the sweeper skips locked rows), so batches never deadlock. The agent
 //! lock orders an insert against other inserts for that agent (the pending
 //! limit holds across instances) and against a socket moving to another
-//! instance (`cluster/postgres.rs`). A command whose id another agent's
+//! instance (`cluster/postgres.rs`): so the holder read under it is the one
+//! that will push. A new command for an agent whose socket a live instance
+//! holds is stored as attempt 1 on that socket, and that instance pushes it
+//! when told (`Cluster::announce`), with no transaction of its own: a
+//! command crossing instances costs its insert and its ack, not a claim
+//! between them. A command whose id another agent's
 //! insert took meanwhile is not inserted (`ON CONFLICT DO NOTHING`) and
 //! answers `Conflict`: per-row outcomes, so one command never fails its
 //! batch-mates.
@@ -85,6 +91,11 @@ const SQL_READ: &str = concat!(
     ") ORDER BY seq FOR UPDATE"
 );
 
+/// The socket a live instance holds for each agent (see the module doc).
+const SQL_HOLDERS: &str = "SELECT s.agent_id, s.conn_id FROM agent_sockets s \
+     JOIN instances i ON i.tag = s.instance_tag \
+     WHERE s.agent_id = ANY($1::TEXT[]) AND i.heartbeat_at > $2";
+
 const SQL_COUNT_PENDING: &str = concat!(
     "SELECT agent_id, COUNT(*) FROM commands WHERE agent_id = ANY($1::TEXT[]) AND ",
     pending!(),
@@ -121,6 +132,9 @@ pub(super) const SQL_UPDATE: &str =
 struct Keys {
     /// Agents that get a new command: locked, and their pending counted.
     insert_agents: Vec<String>,
+    /// Those of them whose command no local session pushes: their holder
+    /// is looked up.
+    unheld_agents: Vec<String>,
     /// Commands named by id (inserts' idempotency, acks, claims, retries).
     ids: Vec<String>,
     /// Agents whose pending commands a claim takes.
@@ -132,8 +146,11 @@ impl Keys {
         let mut keys = Keys::default();
         for request in requests {
             match request {
-                Request::Insert { command, .. } => {
+                Request::Insert { command, push_to } => {
                     keys.insert_agents.push(command.agent_id.clone());
+                    if push_to.is_none() {
+                        keys.unheld_agents.push(command.agent_id.clone());
+                    }
                     keys.ids.push(command.id.clone());
                 }
                 Request::Ack { command_id, .. } | Request::Retry { command_id } => {
@@ -152,6 +169,7 @@ impl Keys {
         // Sorted: every batch locks agents in the same order.
         for list in [
             &mut keys.insert_agents,
+            &mut keys.unheld_agents,
             &mut keys.ids,
             &mut keys.claim_agents,
         ] {
@@ -173,6 +191,9 @@ struct Working<'a> {
     by_agent: HashMap<String, Vec<String>>,
     /// Pending commands per agent that gets a new one.
     pending: HashMap<String, u64>,
+    /// The socket another instance (or a session not yet in this one's
+    /// registry) holds, per agent that gets a command nobody here pushes.
+    holders: HashMap<String, ConnId>,
     /// Ids of commands this batch creates (they have no `seq` yet).
     created: Vec<String>,
     /// Ids of existing commands this batch changed.
@@ -188,9 +209,10 @@ impl Working<'_> {
         match request {
             Request::Insert { command, push_to } => {
                 let pending = self.pending.get(&command.agent_id).copied().unwrap_or(0);
+                let push_to = push_to.or_else(|| self.holders.get(&command.agent_id).copied());
                 let decision = rules::insert(
                     command,
-                    *push_to,
+                    push_to,
                     self.known_agents.contains(&command.agent_id),
                     self.rows.get(&command.id),
                     pending,
@@ -270,11 +292,13 @@ impl Working<'_> {
 
 /// Runs `requests` in one transaction; answers come back in their order,
 /// only once the transaction committed. An error means nothing of the
-/// batch was stored.
+/// batch was stored. `alive_since`: an instance whose heartbeat is older is
+/// dead, and its sockets are not used.
 pub(super) async fn run(
     db: &Db,
     policy: &DeliveryPolicy,
     requests: &[Request],
+    alive_since: Millis,
 ) -> StoreResult<Vec<Answer>> {
     let keys = Keys::of(requests);
     let client = db.client().await?;
@@ -287,6 +311,7 @@ pub(super) async fn run(
         .prepare_cached(SQL_COUNT_PENDING)
         .await
         .map_err(backend)?;
+    let holders = client.prepare_cached(SQL_HOLDERS).await.map_err(backend)?;
     let insert = client.prepare_cached(SQL_INSERT).await.map_err(backend)?;
     let update = client.prepare_cached(SQL_UPDATE).await.map_err(backend)?;
 
@@ -296,21 +321,30 @@ pub(super) async fn run(
     // the commands are pushed again, and the edge dedups by `command_id`
     // (WS-DLV-3). Everything promised to someone (an accepted command, an
     // ack's new state) waits for the flush.
+    //
+    // `enable_seqscan = off`: every statement here has an index to use, and
+    // must. A prepared statement's generic plan is made once per connection,
+    // maybe while the table is still small (a new deployment, a fresh
+    // schema); a sequential scan chosen then would stay as the table grows
+    // (a batch then takes milliseconds per thousand rows) until autovacuum's
+    // next ANALYZE invalidates the plan.
     let begin = if requests.iter().all(|r| matches!(r, Request::Claim { .. })) {
-        "BEGIN; SET LOCAL synchronous_commit = off"
+        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off"
     } else {
-        "BEGIN"
+        "BEGIN; SET LOCAL enable_seqscan = off"
     };
     // Round trip 1 (statements are sent in the order first polled).
     let lock_params: [&(dyn ToSql + Sync); 1] = [&keys.insert_agents];
     let read_params: [&(dyn ToSql + Sync); 2] = [&keys.ids, &keys.claim_agents];
+    let holder_params: [&(dyn ToSql + Sync); 2] = [&keys.unheld_agents, &alive_since];
     let begun = futures_util::try_join!(
         client.batch_execute(begin),
         client.query(&lock, &lock_params),
         client.query(&read, &read_params),
         client.query(&count, &lock_params),
+        client.query(&holders, &holder_params),
     );
-    let (_, locked, read, counted) = match begun {
+    let (_, locked, read, counted, held) = match begun {
         Ok(results) => results,
         Err(e) => return Err(rollback(&client, e).await),
     };
@@ -323,6 +357,7 @@ pub(super) async fn run(
             .iter()
             .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
             .collect(),
+        holders: held.iter().map(|r| (r.get(0), r.get(1))).collect(),
         created: Vec::new(),
         changed: HashSet::new(),
     };

@@ -20,6 +20,21 @@ pub(super) async fn by_id<C: GenericClient>(c: &C, id: &str) -> StoreResult<Opti
         .transpose()
 }
 
+/// The commands of these ids, in one statement.
+pub(super) async fn by_ids(db: &Db, ids: &[String]) -> StoreResult<Vec<CommandRow>> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached(concat!(
+            "SELECT ",
+            cmd_cols!(),
+            " FROM commands WHERE id = ANY($1::TEXT[])"
+        ))
+        .await
+        .map_err(backend)?;
+    let rows = client.query(&stmt, &[&ids]).await.map_err(backend)?;
+    rows.iter().map(command_row).collect()
+}
+
 /// An agent's commands in insertion order, optionally of one state.
 pub(super) async fn list(
     db: &Db,

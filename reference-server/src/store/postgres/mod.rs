@@ -327,6 +327,10 @@ impl Store for PgStore {
         commands::by_id(&client, id).await
     }
 
+    async fn commands_by_id(&self, ids: &[String]) -> StoreResult<Vec<CommandRow>> {
+        commands::by_ids(&self.db, ids).await
+    }
+
     async fn commands(
         &self,
         agent_id: &str,

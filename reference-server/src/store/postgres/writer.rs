@@ -25,7 +25,9 @@ use tracing::warn;
 
 use super::batch::{self, Answer, Request};
 use super::Db;
+use crate::cluster::postgres::STALE;
 use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
+use crate::wire::now_millis;
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 512;
@@ -137,5 +139,6 @@ async fn run(
     counts
         .requests
         .fetch_add(requests.len() as u64, Ordering::Relaxed);
-    batch::run(db, policy, requests).await
+    let alive_since = now_millis() - STALE.as_millis() as i64;
+    batch::run(db, policy, requests, alive_since).await
 }
