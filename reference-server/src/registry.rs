@@ -17,8 +17,15 @@ use crate::store::{CommandRow, ConnId, Millis};
 /// What other parts of the server ask a session to do.
 #[derive(Debug)]
 pub enum SessionMsg {
-    /// Push this command, already claimed for this connection.
+    /// Push this command, already claimed for this connection (skipped if
+    /// this connection pushed that attempt, or a later one, already).
     Push(Box<CommandRow>),
+    /// Push this command if this session does not have it in flight and
+    /// the store, read afresh, still has it as attempt `attempt` on this
+    /// connection: a command stored as pushed here whose announcement from
+    /// another instance may have been lost. Pushed as that attempt (it never
+    /// went out); an acked one is not pushed again.
+    Recheck { command_id: String, attempt: u32 },
     /// Claim this command for this connection if nobody pushed it here yet,
     /// then push it (a push that may have raced a reconnect).
     Deliver(String),

@@ -117,7 +117,8 @@ struct Session {
     agent_id: String,
     conn: ConnId,
     remote: SocketAddr,
-    /// Commands pushed on this socket and not acked: id → attempt.
+    /// Commands pushed on this socket and not acked: id → attempt (those
+    /// with no redelivery left too, so they are not pushed twice).
     inflight: HashMap<String, u32>,
     /// WS-DLV-3 redelivery times; entries whose attempt no longer matches
     /// `inflight` are stale and skipped.
@@ -264,7 +265,17 @@ impl Session {
         msg: SessionMsg,
     ) -> Result<(), WriteFailed> {
         match msg {
-            SessionMsg::Push(row) => self.push(socket, vec![*row]).await,
+            // An attempt already pushed here is skipped: a command stored as
+            // pushed to this connection by another instance can be announced
+            // twice (`cluster::Inbound::Push`).
+            SessionMsg::Push(row) => match self.inflight.get(&row.id) {
+                Some(pushed) if *pushed >= row.attempts => Ok(()),
+                _ => self.push(socket, vec![*row]).await,
+            },
+            SessionMsg::Recheck {
+                command_id,
+                attempt,
+            } => self.recheck(socket, command_id, attempt).await,
             SessionMsg::Deliver(command_id) => {
                 let claim = Claim::One {
                     command_id,
@@ -287,6 +298,35 @@ impl Session {
             conn: self.conn,
         };
         self.claim_and_push(socket, claim).await
+    }
+
+    /// [`SessionMsg::Recheck`]: pushed unless this session has it in flight
+    /// or the store, read now, says otherwise. Any ack this session handled
+    /// was committed before it reads, so a command acked here is never
+    /// pushed again.
+    async fn recheck(
+        &mut self,
+        socket: &mut WebSocket,
+        command_id: String,
+        attempt: u32,
+    ) -> Result<(), WriteFailed> {
+        if self.inflight.contains_key(&command_id) {
+            return Ok(());
+        }
+        match self.state.store.command(&command_id).await {
+            Ok(Some(row))
+                if row.status == Status::Sent
+                    && row.conn_id == Some(self.conn)
+                    && row.attempts == attempt =>
+            {
+                self.push(socket, vec![row]).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(agent_id = %self.agent_id, "could not read a command to push: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// A store error is logged and the commands stay for a later claim.
@@ -396,16 +436,12 @@ impl Session {
             .await
     }
 
-    /// Writes claimed commands in one flush and starts their redelivery
-    /// timers. An attempt already pushed here is skipped: one stored as
-    /// pushed to this connection by another instance can be announced twice
-    /// (`cluster::Inbound::Push`).
+    /// Writes claimed commands in one flush and starts their redelivery timers.
     async fn push(
         &mut self,
         socket: &mut WebSocket,
-        mut rows: Vec<CommandRow>,
+        rows: Vec<CommandRow>,
     ) -> Result<(), WriteFailed> {
-        rows.retain(|row| self.inflight.get(&row.id) != Some(&row.attempts));
         if rows.is_empty() {
             return Ok(());
         }
@@ -434,9 +470,9 @@ impl Session {
                         Instant::now() + Duration::from_millis((next - sent_at).max(0) as u64);
                     self.timers
                         .push(Reverse((due, row.id.clone(), row.attempts)));
-                    self.inflight.insert(row.id, row.attempts);
                 }
             }
+            self.inflight.insert(row.id, row.attempts);
         }
         Ok(())
     }

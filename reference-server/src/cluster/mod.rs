@@ -62,6 +62,11 @@ pub enum Inbound {
     Config { agent: String, config: RawJson },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
     Kick { agent: String, conn: ConnId },
+    /// Commands stored as pushed to sockets of this instance that may never
+    /// have been pushed (`[agent, command, attempt]`): found by this
+    /// instance's own scan, never sent between instances.
+    #[serde(skip)]
+    Recheck { commands: Vec<(String, String, u32)> },
     /// This instance's listener was down, so messages to it may have been
     /// lost: local sockets taken over elsewhere close with 4000, and the
     /// others claim what waits for them. Never sent between instances.
@@ -254,6 +259,16 @@ pub fn apply(state: &AppState, message: Inbound) {
             Some(session) if session.conn == conn => session.kick.kick(KickReason::Replaced),
             _ => debug!(agent, conn, "takeover of a socket already gone"),
         },
+        Inbound::Recheck { commands } => {
+            for (agent, command_id, attempt) in commands {
+                if let Some(session) = state.registry.get(&agent) {
+                    session.send(SessionMsg::Recheck {
+                        command_id,
+                        attempt,
+                    });
+                }
+            }
+        }
         Inbound::Resync | Inbound::Stored { .. } | Inbound::Push { .. } => {}
     }
 }
@@ -262,8 +277,7 @@ pub fn apply(state: &AppState, message: Inbound) {
 /// it is still stored as pushed to that session's connection. Otherwise it
 /// was acked, or claimed by a newer connection (which pushed it), or its
 /// socket is gone (the agent's next connection claims it, WS-DLV-4). The
-/// session skips an attempt it pushed already (a message sent twice, or the
-/// stranded-command scan).
+/// session skips an attempt it pushed already (a message sent twice).
 async fn push_stored(state: &AppState, ids: &[String]) {
     let rows = match state.store.commands_by_id(ids).await {
         Ok(rows) => rows,

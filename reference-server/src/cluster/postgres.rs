@@ -254,23 +254,28 @@ impl PgCluster {
 
 impl PgCluster {
     /// Commands accepted before `before` for agents whose socket is here,
-    /// and not pushed: still `queued` (to claim: `(agent, command)`), or
-    /// stored as pushed to the socket held here (to push: ids; the session
-    /// skips those it pushed, since the store cannot tell). Normally none is
+    /// and maybe not pushed: still `queued` (to claim: `(agent, command)`),
+    /// or stored as pushed to the socket held here (`(agent, command,
+    /// attempt)`: the store cannot tell whether it went out, the session
+    /// can, see `SessionMsg::Recheck`). Normally none is
     /// left: a command for a connected agent is pushed within milliseconds.
     /// One is left only if its announcement was lost (the notifier's
     /// statement failed, the submitter died between its commit and the
     /// announcement, or this instance's listener was down), so delivery
     /// never depends on a notification arriving.
-    async fn stranded(&self, before: Millis) -> StoreResult<(Vec<(String, String)>, Vec<String>)> {
+    #[allow(clippy::type_complexity)]
+    async fn stranded(
+        &self,
+        before: Millis,
+    ) -> StoreResult<(Vec<(String, String)>, Vec<(String, String, u32)>)> {
         let rows = self
             .db
             .query(
                 // From the sockets held here, each agent's pending commands
                 // by index: never a walk over every queued command (those of
                 // offline agents can be many).
-                "SELECT s.agent_id, c.id, c.status = 'queued' FROM agent_sockets s \
-                 CROSS JOIN LATERAL (SELECT id, status FROM commands \
+                "SELECT s.agent_id, c.id, c.status = 'queued', c.attempts FROM agent_sockets s \
+                 CROSS JOIN LATERAL (SELECT id, status, attempts FROM commands \
                  WHERE agent_id = s.agent_id AND created_at < $2 \
                  AND (status = 'queued' OR (status = 'sent' AND conn_id = s.conn_id)) \
                  ORDER BY priority, seq LIMIT 100) c \
@@ -278,21 +283,22 @@ impl PgCluster {
                 &[&self.tag, &before],
             )
             .await?;
-        let (mut claim, mut push) = (Vec::new(), Vec::new());
+        let (mut claim, mut recheck) = (Vec::new(), Vec::new());
         for row in &rows {
             if row.get(2) {
                 claim.push((row.get(0), row.get(1)));
             } else {
-                push.push(row.get(1));
+                let attempt = u32::try_from(row.get::<_, i64>(3)).unwrap_or(u32::MAX);
+                recheck.push((row.get(0), row.get(1), attempt));
             }
         }
-        Ok((claim, push))
+        Ok((claim, recheck))
     }
 
     /// Hands the local sessions what [`PgCluster::stranded`] finds.
     async fn hand_over_stranded(&self, before: Millis, inbox: &mpsc::UnboundedSender<Inbound>) {
         match self.stranded(before).await {
-            Ok((claim, push)) => {
+            Ok((claim, recheck)) => {
                 if !claim.is_empty() {
                     warn!(
                         commands = claim.len(),
@@ -300,8 +306,8 @@ impl PgCluster {
                     );
                     let _ = inbox.send(Inbound::Deliver { commands: claim });
                 }
-                if !push.is_empty() {
-                    let _ = inbox.send(Inbound::Push { ids: push });
+                if !recheck.is_empty() {
+                    let _ = inbox.send(Inbound::Recheck { commands: recheck });
                 }
             }
             Err(e) => warn!("cannot look for stranded commands: {e}"),

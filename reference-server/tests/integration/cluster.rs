@@ -343,7 +343,9 @@ async fn agent_until_done(
             }
             pushes += 1;
             let id = message["data"]["command_id"].as_str().unwrap().to_string();
-            socket.ack(&id, true).await;
+            if !socket.try_ack(&id, true).await {
+                break; // killed before the ack went out: it is pushed again
+            }
             let done = {
                 let mut seen = seen.lock().unwrap();
                 seen.insert(id);

@@ -405,11 +405,16 @@ impl Agent {
 
     /// A spec-dialect ack.
     pub async fn ack(&mut self, command_id: &str, success: bool) {
-        self.send_json(json!({
+        assert!(self.try_ack(command_id, success).await, "send");
+    }
+
+    /// An ack that may find the socket gone (its instance was killed): false.
+    pub async fn try_ack(&mut self, command_id: &str, success: bool) -> bool {
+        let ack = json!({
             "type": "command_ack",
             "data": { "command_id": command_id, "success": success, "error": if success { Value::Null } else { json!("failed on purpose") }, "timestamp": "2026-01-01T00:00:00Z" }
-        }))
-        .await;
+        });
+        self.ws.send(Message::text(ack.to_string())).await.is_ok()
     }
 
     /// Sends a ping message and waits for its pong, returning what came before it.

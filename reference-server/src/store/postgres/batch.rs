@@ -337,12 +337,23 @@ pub(super) async fn run(
     let lock_params: [&(dyn ToSql + Sync); 1] = [&keys.insert_agents];
     let read_params: [&(dyn ToSql + Sync); 2] = [&keys.ids, &keys.claim_agents];
     let holder_params: [&(dyn ToSql + Sync); 2] = [&keys.unheld_agents, &alive_since];
+    let inserting = !keys.insert_agents.is_empty();
     let begun = futures_util::try_join!(
         client.batch_execute(begin),
-        client.query(&lock, &lock_params),
-        client.query(&read, &read_params),
-        client.query(&count, &lock_params),
-        client.query(&holders, &holder_params),
+        query_if(inserting, &client, &lock, &lock_params),
+        query_if(
+            !keys.ids.is_empty() || !keys.claim_agents.is_empty(),
+            &client,
+            &read,
+            &read_params
+        ),
+        query_if(inserting, &client, &count, &lock_params),
+        query_if(
+            !keys.unheld_agents.is_empty(),
+            &client,
+            &holders,
+            &holder_params
+        ),
     );
     let (_, locked, read, counted, held) = match begun {
         Ok(results) => results,
@@ -388,8 +399,8 @@ pub(super) async fn run(
     let updates = UpdateColumns::of(&changed);
     let (insert_params, update_params) = (inserts.params(), updates.params());
     let written = futures_util::try_join!(
-        client.query(&insert, &insert_params),
-        client.execute(&update, &update_params),
+        query_if(!new_rows.is_empty(), &client, &insert, &insert_params),
+        query_if(!changed.is_empty(), &client, &update, &update_params),
         // WS-DLV-6, WS-API-2: answered only once committed (and flushed,
         // but for claims: see `begin`).
         client.batch_execute("COMMIT"),
@@ -416,6 +427,22 @@ pub(super) async fn run(
         }
     }
     Ok(answers)
+}
+
+/// Runs the statement only if it has something to do (an empty batch of
+/// acks needs no insert, and so on); statements are still sent in the
+/// order first polled, so a pipeline keeps its order.
+async fn query_if(
+    needed: bool,
+    client: &deadpool_postgres::Object,
+    statement: &tokio_postgres::Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    if needed {
+        client.query(statement, params).await
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// Ends a failed transaction so the pooled connection can be reused.
