@@ -66,7 +66,9 @@ pub enum Inbound {
     /// have been pushed (`[agent, command, attempt]`): found by this
     /// instance's own scan, never sent between instances.
     #[serde(skip)]
-    Recheck { commands: Vec<(String, String, u32)> },
+    Recheck {
+        commands: Vec<(String, String, u32)>,
+    },
     /// This instance's listener was down, so messages to it may have been
     /// lost: local sockets taken over elsewhere close with 4000, and the
     /// others claim what waits for them. Never sent between instances.

@@ -551,12 +551,10 @@ impl Cluster for PgCluster {
     fn announce(&self, command: &CommandRow) {
         // A connection id names its instance in its high bits.
         let announcement = match command.conn_id.map(|conn| conn >> CONN_BITS) {
-            Some(tag) if tag != self.tag && command.status == Status::Sent => {
-                Announcement::Push {
-                    tag,
-                    command: command.id.clone(),
-                }
-            }
+            Some(tag) if tag != self.tag && command.status == Status::Sent => Announcement::Push {
+                tag,
+                command: command.id.clone(),
+            },
             _ => Announcement::Lookup {
                 agent: command.agent_id.clone(),
                 command: command.id.clone(),

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edge_server::store::postgres::testing::{cut_listener, schema_for};
+use edge_server::store::postgres::testing::{cut_listener, notify_instance, schema_for};
 use futures_util::{stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -67,6 +67,51 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
         .expect("pushed without a notification");
     assert_eq!(pushed["type"], "command", "{pushed}");
     assert_eq!(pushed["data"]["command_id"], "stranded");
+}
+
+/// WS-DLV-1 across instances without a claim: A stores the command as
+/// pushed to B's socket and announces it; B pushes it once, even when the
+/// announcement comes again (a notifier retrying, a scan), and the agent's
+/// ack completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_push_announced_twice_is_pushed_once() {
+    let test = "ws_dlv_1_a_push_announced_twice_is_pushed_once";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let mut agent = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let first = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    // Stored as attempt 1 on B's socket at once: A's answer says so.
+    let (_, stored) = a.get(&format!("/api/commands/{first}")).await;
+    assert_eq!(
+        (stored["status"].as_str(), stored["attempts"].as_u64()),
+        (Some("sent"), Some(1)),
+        "{stored}"
+    );
+    let pushed = agent.expect("command").await;
+    assert_eq!(pushed["data"]["command_id"], first.as_str());
+    assert_eq!(pushed["data"]["attempt"], 1);
+
+    let again = json!({"kind": "push", "ids": [first]}).to_string();
+    notify_instance(&url, &b.instance(), &again).await.unwrap();
+    notify_instance(&url, &b.instance(), &again).await.unwrap();
+    // B's inbox takes notifications in order: the next command's push
+    // comes after both repeats were handled.
+    let second = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    let next = agent.expect("command").await;
+    assert_eq!(next["data"]["command_id"], second.as_str(), "{next}");
+    agent.ack(&first, true).await;
+    agent.ack(&second, true).await;
+    b.wait_status(&first, "completed", PROMPT).await;
+    b.wait_status(&second, "completed", PROMPT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

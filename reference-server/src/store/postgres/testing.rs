@@ -101,3 +101,21 @@ pub async fn cut_listener(url: &str, name: &str) -> StoreResult<()> {
     }
     Err(backend("the LISTEN connection did not end"))
 }
+
+/// Sends instance `name` a cluster message, as another instance would
+/// (`cluster/postgres.rs`: channel `edge_{schema}_{tag}`).
+pub async fn notify_instance(url: &str, name: &str, payload: &str) -> StoreResult<()> {
+    let (client, connection) = Db::new(url)?.connect_raw().await?;
+    let driver = tokio::spawn(connection);
+    client
+        .execute(
+            "SELECT pg_notify('edge_' || left(current_schema(), 40) || '_' \
+             || (SELECT tag FROM instances WHERE name = $1), $2)",
+            &[&name, &payload],
+        )
+        .await
+        .map_err(backend)?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}

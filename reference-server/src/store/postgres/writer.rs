@@ -53,16 +53,12 @@ struct Counts {
 impl Writer {
     pub(super) fn start(db: Db, policy: DeliveryPolicy) -> Writer {
         let counts = Arc::new(Counts::default());
-        let writer = |tasks: usize| {
+        let writer = || {
             let (tx, rx) = mpsc::unbounded_channel();
-            let rx = Arc::new(tokio::sync::Mutex::new(rx));
-            for _ in 0..tasks {
-                tokio::spawn(write(db.clone(), policy, rx.clone(), counts.clone()));
-            }
+            tokio::spawn(write(db.clone(), policy, rx, counts.clone()));
             tx
         };
-        let durable_tasks = std::env::var("EDGE_DURABLE_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-        let (durable, claims) = (writer(durable_tasks), writer(1));
+        let (durable, claims) = (writer(), writer());
         Writer {
             durable,
             claims,
@@ -96,12 +92,12 @@ impl Writer {
 async fn write(
     db: Db,
     policy: DeliveryPolicy,
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     counts: Arc<Counts>,
 ) {
     loop {
         let mut jobs = Vec::new();
-        if rx.lock().await.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
         let (requests, replies): (Vec<Request>, Vec<_>) = jobs.into_iter().unzip();
