@@ -162,12 +162,16 @@ impl Ctx<'_> {
         };
         for attempt in 1..=attempts {
             let tls = self.target.tls.clone();
+            // The upgrade request is the agent's first frame: the backend's
+            // timers may start from it, never earlier (`after = "CONN.upgrade"`).
+            let upgrade_sent = Instant::now();
             let upgrade = client::connect(&url, &headers, source, prompt, tls)
                 .await
                 .or_else(|e| fail("the backend answers the upgrade", e))?;
             match (outcome, upgrade) {
                 (ConnectOutcome::Accepted, Upgrade::Open(mut socket)) => {
                     self.note(format!("{conn}: upgraded as {agent_id}"));
+                    self.marks.insert(format!("{conn}.upgrade"), upgrade_sent);
                     // WS-MSG-1: a `connected` message, if the backend sends one, comes first.
                     let deadline = Instant::now() + prompt.min(Duration::from_secs(1));
                     let first = socket.next_event(deadline).await;
