@@ -83,12 +83,22 @@ pub(super) fn mismatch() -> StoreError {
 const SQL_LOCK_AGENTS: &str =
     "SELECT id FROM agents WHERE id = ANY($1::TEXT[]) ORDER BY id FOR NO KEY UPDATE";
 
+/// The rows the batch acks or claims, locked in `seq` order (see the module
+/// doc). Written as a lookup by `seq`
+/// of what two index scans find, not one `OR`, because an `OR` of two
+/// indexes needs a bitmap scan (see `BEGIN` in [`run`]); the outer
+/// condition repeats the inner ones so a row changed by another instance
+/// meanwhile is rechecked against them once locked.
 const SQL_READ: &str = concat!(
     "SELECT ",
     cmd_cols!(),
-    " FROM commands WHERE id = ANY($1::TEXT[]) OR (agent_id = ANY($2::TEXT[]) AND ",
+    " FROM commands WHERE seq = ANY(ARRAY(\
+       SELECT seq FROM commands WHERE id = ANY($1::TEXT[]) \
+       UNION ALL SELECT seq FROM commands WHERE agent_id = ANY($2::TEXT[]) AND ",
     pending!(),
-    ") ORDER BY seq FOR UPDATE"
+    ")) AND (id = ANY($1::TEXT[]) OR (agent_id = ANY($2::TEXT[]) AND ",
+    pending!(),
+    ")) ORDER BY seq FOR UPDATE"
 );
 
 /// The socket a live instance holds for each agent (see the module doc).
@@ -328,10 +338,18 @@ pub(super) async fn run(
     // schema); a sequential scan chosen then would stay as the table grows
     // (a batch then takes milliseconds per thousand rows) until autovacuum's
     // next ANALYZE invalidates the plan.
+    //
+    // `enable_bitmapscan = off`: only a plain index scan marks the index
+    // entries of dead rows as dead (a bitmap scan never does). Every
+    // completed command leaves a dead entry in `commands_pending` until
+    // VACUUM, so a bitmap count of an agent's pending commands walked the
+    // agent's whole recent history: 36,000 entries for 450 live ones, 6 ms
+    // instead of 1 ms, growing with the rate between two autovacuums.
     let begin = if requests.iter().all(|r| matches!(r, Request::Claim { .. })) {
-        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off"
+        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+         SET LOCAL synchronous_commit = off"
     } else {
-        "BEGIN; SET LOCAL enable_seqscan = off"
+        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off"
     };
     // Round trip 1 (statements are sent in the order first polled).
     let lock_params: [&(dyn ToSql + Sync); 1] = [&keys.insert_agents];
