@@ -218,11 +218,21 @@ run_one() {
     else
         args+=(--agents "$latency_agents" latency --rate "$rate" --duration "$duration" --settle "$settle")
     fi
-    local status=0
+    local status=0 instances=("${pids[@]}")
+    local server0 pg0 bench0
+    server0=$(ticks "${instances[@]}") pg0=$(postgres_ticks)
+    children_ticks
+    bench0=$children
     # In the background, so a TERM or Ctrl-C reaches the trap at once.
     timeout "$run_limit" "$bench_bin" "${args[@]}" >"$work/bench.out" 2>"$work/bench.err" &
     pids+=($!)
     wait "${pids[-1]}" || status=$?
+    cpu_server=$(($(ticks "${instances[@]}") - server0))
+    children_ticks
+    cpu_bench=$((children - bench0))
+    cpu_pg=$(postgres_ticks)
+    [ "$cpu_pg" = - ] || [ "$pg0" = - ] || cpu_pg=$((cpu_pg - pg0))
+    [ "$config" = sqlite ] && cpu_pg=-
     stop_instances
     if [ $status -ne 0 ]; then
         echo "bench $config $mode failed (exit $status): ${args[*]}" >&2
@@ -232,9 +242,44 @@ run_one() {
     fi
 }
 
+# CPU accounting for the throughput table, in clock ticks: what these
+# processes used so far. PostgreSQL's is every live server process plus
+# what the postmaster collected from the ones that exited (backends,
+# autovacuum workers); "-" when no PostgreSQL runs on this machine.
+ticks() {
+    local pid total=0 f
+    for pid in "$@"; do
+        read -r -a f <"/proc/$pid/stat" 2>/dev/null || continue
+        total=$((total + f[13] + f[14]))
+    done
+    echo "$total"
+}
+postgres_ticks() {
+    local postmaster f
+    postmaster=$(pgrep -o -x postgres) || { echo -; return; }
+    read -r -a f <"/proc/$postmaster/stat"
+    echo $(($(ticks $(pgrep -x postgres)) + f[15] + f[16]))
+}
+# The shell's waited-for children (the bench, through `timeout`), in ticks,
+# into $children: `times` in a $(…) subshell would count the subshell's.
+children=0
+children_ticks() {
+    local user system
+    times >"$work/times"
+    { read -r _; read -r user system; } <"$work/times"
+    children=$(awk -v u="$user" -v s="$system" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(u, a, /[ms]/); split(s, b, /[ms]/)
+        printf "%d", ((a[1] * 60 + a[2]) + (b[1] * 60 + b[2])) * hz }')
+}
+# per_command TICKS: microseconds of CPU per command of the run.
+per_command() {
+    [ "$1" = - ] && { echo -; return; }
+    awk -v t="$1" -v n="$commands" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%d", t / hz * 1e6 / n }'
+}
+
 # median of the numbers on stdin ("-" when none).
 median() {
-    sort -g | awk '{ v[NR] = $1 } END {
+    grep -E '^[0-9.]+$' | sort -g | awk '{ v[NR] = $1 } END {
         if (NR == 0) { print "-"; exit }
         m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
         print (m == int(m)) ? m : sprintf("%.1f", m) }'
@@ -264,7 +309,10 @@ for config in "${config_list[@]}"; do
                 value=$(grep -o '[0-9]* commands/s accepted→pushed' <<<"$output" | awk '{print $1}')
                 [ -n "$value" ] || { echo "no throughput in: $output" >&2; exit 1; }
                 results[$config.throughput]+="$value "
-                log "  $value commands/s"
+                results[$config.cpu_server]+="$(per_command "$cpu_server") "
+                results[$config.cpu_pg]+="$(per_command "$cpu_pg") "
+                results[$config.cpu_bench]+="$(per_command "$cpu_bench") "
+                log "  $value commands/s; CPU µs per command: instances $(per_command "$cpu_server"), PostgreSQL $(per_command "$cpu_pg"), bench $(per_command "$cpu_bench")"
             else
                 push=$(grep 'agent got it' <<<"$output") accepted=$(grep '202 accepted' <<<"$output")
                 [ -n "$push" ] || { echo "no latency in: $output" >&2; exit 1; }
@@ -290,11 +338,13 @@ table() {
     if [[ ,$modes, == *,throughput,* ]]; then
         echo "Throughput, closed loop: $commands commands, $concurrency posts in flight, $agents agents acking at once (accepted → pushed → acked → completed):"
         echo
-        echo "| configuration | commands/s (median) | runs |"
-        echo "|---|---|---|"
+        echo "| configuration | commands/s (median) | runs | CPU µs/command: instances | PostgreSQL | bench |"
+        echo "|---|---|---|---|---|---|"
         for config in "${config_list[@]}"; do
-            echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") |"
+            echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") | $(med "$config.cpu_server") | $(med "$config.cpu_pg") | $(med "$config.cpu_bench") |"
         done
+        echo
+        echo "CPU per command: user + system time over the bench run divided by the commands (medians); PostgreSQL's includes autovacuum and every backend. On $(nproc) cores, $(nproc) s of CPU per second caps throughput at about $(nproc),000,000 / (the three summed) commands/s."
         echo
     fi
     if [[ ,$modes, == *,latency,* ]]; then
