@@ -608,6 +608,16 @@ impl Proxy {
         let agent = query_param(request.path(), "edge_agent_id").unwrap_or_default();
         // A new socket registers the agent again (before the server replaces the old one).
         self.memory().unregistered.remove(&agent);
+        // A replacement loses what was pushed on the old socket, decided
+        // now: were it decided when the 4000 close crosses the old socket,
+        // the new socket's redelivery could win that race and pass.
+        if self.fault == Fault::ReplacementLosesInFlight {
+            let mut memory = self.memory();
+            if memory.live.get(&agent).is_some_and(|&n| n > 0) {
+                let pushed = memory.pushed.get(&agent).cloned().unwrap_or_default();
+                memory.lost.extend(pushed);
+            }
+        }
         let mut tries = 0;
         let (server, server_rest) = loop {
             tries += 1;
@@ -1782,7 +1792,7 @@ impl Proxy {
                 (Fault::ShutdownDropsSockets, 1012) | (Fault::ProtocolErrorNoCloseFrame, 1002) => {
                     vec![Act::Drop]
                 }
-                (Fault::InFlightLostOnRestart, 1012) | (Fault::ReplacementLosesInFlight, 4000) => {
+                (Fault::InFlightLostOnRestart, 1012) => {
                     let mut memory = self.memory();
                     let pushed = memory.pushed.get(&s.agent).cloned().unwrap_or_default();
                     memory.lost.extend(pushed.difference(&s.acked).cloned());
@@ -1859,9 +1869,11 @@ impl Proxy {
             Fault::ErrorWithoutMessage if kind == "error" => {
                 edit(&|f| f.get_mut("data").unwrap().remove("message"))
             }
-            // Held a moment: the pending commands, pushed meanwhile, go first.
+            // Held past the harness's wait for a first message (1 s): the
+            // pending commands, pushed meanwhile, go first however long the
+            // server takes to push them, or nothing comes first.
             Fault::PendingBeforeWelcome if kind == "connected" => {
-                vec![Act::AgentAt(Instant::now() + HOLD, message)]
+                vec![Act::AgentAt(Instant::now() + Duration::from_secs(3), message)]
             }
             Fault::WelcomeWithoutTimers if kind == "connected" => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
