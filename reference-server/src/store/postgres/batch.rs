@@ -84,11 +84,10 @@ const SQL_LOCK_AGENTS: &str =
     "SELECT id FROM agents WHERE id = ANY($1::TEXT[]) ORDER BY id FOR NO KEY UPDATE";
 
 /// The rows the batch acks or claims, locked in `seq` order (see the module
-/// doc). Written as a lookup by `seq`
-/// of what two index scans find, not one `OR`, because an `OR` of two
-/// indexes needs a bitmap scan (see `BEGIN` in [`run`]); the outer
-/// condition repeats the inner ones so a row changed by another instance
-/// meanwhile is rechecked against them once locked.
+/// doc). Written as a lookup by `seq` of what two index scans find, not one
+/// `OR`, because an `OR` of two indexes needs a bitmap scan (see `BEGIN` in
+/// [`run`]); the outer condition repeats the inner ones so a row changed by
+/// another instance meanwhile is rechecked against them once locked.
 const SQL_READ: &str = concat!(
     "SELECT ",
     cmd_cols!(),
