@@ -1873,7 +1873,10 @@ impl Proxy {
             // pending commands, pushed meanwhile, go first however long the
             // server takes to push them, or nothing comes first.
             Fault::PendingBeforeWelcome if kind == "connected" => {
-                vec![Act::AgentAt(Instant::now() + Duration::from_secs(3), message)]
+                vec![Act::AgentAt(
+                    Instant::now() + Duration::from_secs(3),
+                    message,
+                )]
             }
             Fault::WelcomeWithoutTimers if kind == "connected" => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
