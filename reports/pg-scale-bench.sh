@@ -218,21 +218,21 @@ run_one() {
     else
         args+=(--agents "$latency_agents" latency --rate "$rate" --duration "$duration" --settle "$settle")
     fi
-    local status=0 instances=("${pids[@]}")
-    local server0 pg0 bench0
-    server0=$(ticks "${instances[@]}") pg0=$(postgres_ticks)
+    local status=0 instances=("${pids[@]}") server0 pg0=- bench0
+    server0=$(ticks "${instances[@]}")
+    [ "$config" = sqlite ] || pg0=$(postgres_ticks)
     children_ticks
     bench0=$children
     # In the background, so a TERM or Ctrl-C reaches the trap at once.
     timeout "$run_limit" "$bench_bin" "${args[@]}" >"$work/bench.out" 2>"$work/bench.err" &
     pids+=($!)
     wait "${pids[-1]}" || status=$?
-    cpu_server=$(($(ticks "${instances[@]}") - server0))
+    # CPU µs per command of this run (the throughput table's columns).
     children_ticks
-    cpu_bench=$((children - bench0))
-    cpu_pg=$(postgres_ticks)
-    [ "$cpu_pg" = - ] || [ "$pg0" = - ] || cpu_pg=$((cpu_pg - pg0))
-    [ "$config" = sqlite ] && cpu_pg=-
+    cpu_server=$(per_command $(($(ticks "${instances[@]}") - server0)))
+    cpu_bench=$(per_command $((children - bench0)))
+    cpu_pg=-
+    [ "$pg0" = - ] || cpu_pg=$(per_command $(($(postgres_ticks) - pg0)))
     stop_instances
     if [ $status -ne 0 ]; then
         echo "bench $config $mode failed (exit $status): ${args[*]}" >&2
@@ -273,7 +273,6 @@ children_ticks() {
 }
 # per_command TICKS: microseconds of CPU per command of the run.
 per_command() {
-    [ "$1" = - ] && { echo -; return; }
     awk -v t="$1" -v n="$commands" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%d", t / hz * 1e6 / n }'
 }
 
@@ -309,10 +308,10 @@ for config in "${config_list[@]}"; do
                 value=$(grep -o '[0-9]* commands/s accepted→pushed' <<<"$output" | awk '{print $1}')
                 [ -n "$value" ] || { echo "no throughput in: $output" >&2; exit 1; }
                 results[$config.throughput]+="$value "
-                results[$config.cpu_server]+="$(per_command "$cpu_server") "
-                results[$config.cpu_pg]+="$(per_command "$cpu_pg") "
-                results[$config.cpu_bench]+="$(per_command "$cpu_bench") "
-                log "  $value commands/s; CPU µs per command: instances $(per_command "$cpu_server"), PostgreSQL $(per_command "$cpu_pg"), bench $(per_command "$cpu_bench")"
+                results[$config.cpu_server]+="$cpu_server "
+                results[$config.cpu_pg]+="$cpu_pg "
+                results[$config.cpu_bench]+="$cpu_bench "
+                log "  $value commands/s; CPU µs per command: instances $cpu_server, PostgreSQL $cpu_pg, bench $cpu_bench"
             else
                 push=$(grep 'agent got it' <<<"$output") accepted=$(grep '202 accepted' <<<"$output")
                 [ -n "$push" ] || { echo "no latency in: $output" >&2; exit 1; }
