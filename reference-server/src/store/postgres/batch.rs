@@ -80,7 +80,7 @@ pub(super) fn mismatch() -> StoreError {
     StoreError::Backend("the store's writer answered a different request".into())
 }
 
-const SQL_LOCK_AGENTS: &str =
+pub(super) const SQL_LOCK_AGENTS: &str =
     "SELECT id FROM agents WHERE id = ANY($1::TEXT[]) ORDER BY id FOR NO KEY UPDATE";
 
 /// The rows the batch acks or claims, locked in `seq` order (see the module
@@ -88,7 +88,7 @@ const SQL_LOCK_AGENTS: &str =
 /// `OR`, because an `OR` of two indexes needs a bitmap scan (see `BEGIN` in
 /// [`run`]); the outer condition repeats the inner ones so a row changed by
 /// another instance meanwhile is rechecked against them once locked.
-const SQL_READ: &str = concat!(
+pub(super) const SQL_READ: &str = concat!(
     "SELECT ",
     cmd_cols!(),
     " FROM commands WHERE seq = ANY(ARRAY(\
@@ -101,11 +101,11 @@ const SQL_READ: &str = concat!(
 );
 
 /// The socket a live instance holds for each agent (see the module doc).
-const SQL_HOLDERS: &str = "SELECT s.agent_id, s.conn_id FROM agent_sockets s \
+pub(super) const SQL_HOLDERS: &str = "SELECT s.agent_id, s.conn_id FROM agent_sockets s \
      JOIN instances i ON i.tag = s.instance_tag \
      WHERE s.agent_id = ANY($1::TEXT[]) AND i.heartbeat_at > $2";
 
-const SQL_COUNT_PENDING: &str = concat!(
+pub(super) const SQL_COUNT_PENDING: &str = concat!(
     "SELECT agent_id, COUNT(*) FROM commands WHERE agent_id = ANY($1::TEXT[]) AND ",
     pending!(),
     " GROUP BY agent_id"
@@ -330,13 +330,8 @@ pub(super) async fn run(
     // the commands are pushed again, and the edge dedups by `command_id`
     // (WS-DLV-3). Everything promised to someone (an accepted command, an
     // ack's new state) waits for the flush.
-    //
-    // `enable_seqscan = off`: every statement here has an index to use, and
-    // must. A prepared statement's generic plan is made once per connection,
-    // maybe while the table is still small (a new deployment, a fresh
-    // schema); a sequential scan chosen then would stay as the table grows
-    // (a batch then takes milliseconds per thousand rows) until autovacuum's
-    // next ANALYZE invalidates the plan.
+    // (Sequential scans are off on every pooled connection: `SESSION_SETUP`
+    // in `mod.rs`.)
     //
     // `enable_bitmapscan = off`: only a plain index scan marks the index
     // entries of dead rows as dead (a bitmap scan never does). Every
@@ -345,10 +340,9 @@ pub(super) async fn run(
     // agent's whole recent history: 36,000 entries for 450 live ones, 6 ms
     // instead of 1 ms, growing with the rate between two autovacuums.
     let begin = if requests.iter().all(|r| matches!(r, Request::Claim { .. })) {
-        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-         SET LOCAL synchronous_commit = off"
+        "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL synchronous_commit = off"
     } else {
-        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off"
+        "BEGIN; SET LOCAL enable_bitmapscan = off"
     };
     // Round trip 1 (statements are sent in the order first polled).
     let lock_params: [&(dyn ToSql + Sync); 1] = [&keys.insert_agents];

@@ -8,7 +8,14 @@ use super::rows::{cmd_cols, command_row, status};
 use super::{backend, Db};
 use crate::store::{CommandRow, Status, StoreResult};
 
-const SQL_COMMAND_BY_ID: &str = concat!("SELECT ", cmd_cols!(), " FROM commands WHERE id = $1");
+pub(super) const SQL_COMMAND_BY_ID: &str =
+    concat!("SELECT ", cmd_cols!(), " FROM commands WHERE id = $1");
+
+pub(super) const SQL_COMMANDS_BY_IDS: &str = concat!(
+    "SELECT ",
+    cmd_cols!(),
+    " FROM commands WHERE id = ANY($1::TEXT[])"
+);
 
 pub(super) async fn by_id<C: GenericClient>(c: &C, id: &str) -> StoreResult<Option<CommandRow>> {
     let stmt = c.prepare_cached(SQL_COMMAND_BY_ID).await.map_err(backend)?;
@@ -24,11 +31,7 @@ pub(super) async fn by_id<C: GenericClient>(c: &C, id: &str) -> StoreResult<Opti
 pub(super) async fn by_ids(db: &Db, ids: &[String]) -> StoreResult<Vec<CommandRow>> {
     let client = db.client().await?;
     let stmt = client
-        .prepare_cached(concat!(
-            "SELECT ",
-            cmd_cols!(),
-            " FROM commands WHERE id = ANY($1::TEXT[])"
-        ))
+        .prepare_cached(SQL_COMMANDS_BY_IDS)
         .await
         .map_err(backend)?;
     let rows = client.query(&stmt, &[&ids]).await.map_err(backend)?;

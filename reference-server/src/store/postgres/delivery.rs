@@ -16,14 +16,25 @@ use crate::store::{rules, CommandRow, DeliveryPolicy, Millis, StoreResult, Swept
 /// Most commands one sweep changes; the rest wait for the next tick.
 const SWEEP_LIMIT: i64 = 5_000;
 
-/// Candidates, by index: TTL passed in a non-final state (WS-DLV-7), or
-/// `sent` with no attempts left and the ack deadline passed (WS-DLV-3).
-const SQL_CANDIDATES: &str = concat!(
+/// Candidates: TTL passed in a non-final state (WS-DLV-7), or `sent` with
+/// no attempts left and the ack deadline passed (WS-DLV-3). Each found by its
+/// own partial index (`commands_expiry`, `commands_dead`) and then locked by
+/// `seq`, not as one `OR` ordered by `seq`: that plan walks the primary key
+/// through every command ever stored, and measured 50-80 ms a sweep on a
+/// 15,000-row table. The outer condition repeats the inner ones so a row
+/// another instance changed meanwhile is rechecked once locked.
+pub(super) const SQL_CANDIDATES: &str = concat!(
     "SELECT ",
     cmd_cols!(),
-    " FROM commands WHERE (expires_at <= $1 AND ",
+    " FROM commands WHERE seq = ANY(ARRAY(\
+       (SELECT seq FROM commands WHERE expires_at <= $1 AND ",
     pending!(),
-    ") OR (status = 'sent' AND attempts >= $2 AND ack_deadline <= $1) \
+    " ORDER BY expires_at LIMIT $3) \
+       UNION ALL (SELECT seq FROM commands \
+         WHERE status = 'sent' AND attempts >= $2 AND ack_deadline <= $1 LIMIT $3))) \
+     AND ((expires_at <= $1 AND ",
+    pending!(),
+    ") OR (status = 'sent' AND attempts >= $2 AND ack_deadline <= $1)) \
      ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED"
 );
 

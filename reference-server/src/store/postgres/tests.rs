@@ -434,3 +434,73 @@ async fn migrations_are_safe_when_instances_start_at_once() {
         .unwrap();
     assert_eq!(again[0].get::<_, i64>(0), expected.len() as i64);
 }
+
+/// The statements run once per command or per sweep find their rows through
+/// an index even with the one plan PostgreSQL may keep for a statement
+/// prepared while the table was small (a generic plan, forced here; on an
+/// empty table and on 5,000 finished commands not yet analyzed): never a
+/// scan of every command ever stored, which grows with the table until the
+/// instance falls behind (measured: seconds behind at 1,000 commands/s).
+#[tokio::test]
+async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned() {
+    use super::{batch, commands, delivery};
+    let test = "hot_statements_use_their_indexes_whatever_the_table_held_when_planned";
+    let Some((_, store)) = setup(test, policy()).await else {
+        return;
+    };
+    // (statement, parameters, the indexes its plan must use)
+    let statements: [(&str, usize, &[&str]); 8] = [
+        (commands::SQL_COMMAND_BY_ID, 1, &["commands_id_key"]),
+        (commands::SQL_COMMANDS_BY_IDS, 1, &["commands_id_key"]),
+        (batch::SQL_LOCK_AGENTS, 1, &["agents_pkey"]),
+        (
+            batch::SQL_READ,
+            2,
+            &["commands_id_key", "commands_pending", "commands_pkey"],
+        ),
+        (batch::SQL_COUNT_PENDING, 1, &["commands_pending"]),
+        (batch::SQL_HOLDERS, 2, &["agent_sockets_pkey"]),
+        (batch::SQL_UPDATE, 12, &["commands_pkey"]),
+        (
+            delivery::SQL_CANDIDATES,
+            3,
+            &["commands_expiry", "commands_dead"],
+        ),
+    ];
+    // A pooled connection, as the store's own statements get one; taken out
+    // of the pool so the forced plan mode leaves with it.
+    let client = deadpool_postgres::Object::take(store.db().client().await.unwrap());
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    for finished in [0, 5_000] {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO commands (id, agent_id, command_type, parameters, priority, \
+                 status, attempts, created_at) SELECT 'old-' || g, 'a1', 't', '{{}}', 1, \
+                 'completed', 1, 0 FROM generate_series(1, {finished}) g"
+            ))
+            .await
+            .unwrap();
+        for (sql, params, indexes) in statements {
+            client
+                .batch_execute(&format!("DEALLOCATE ALL; PREPARE hot AS {sql}"))
+                .await
+                .unwrap();
+            let nulls = vec!["NULL"; params].join(", ");
+            let plan: String = client
+                .query(&format!("EXPLAIN EXECUTE hot({nulls})"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<_, String>(0) + "\n")
+                .collect();
+            let at = format!("{sql}\nwith {finished} finished commands");
+            assert!(!plan.contains("Seq Scan"), "{at}, scans a table:\n{plan}");
+            for index in indexes {
+                assert!(plan.contains(index), "{at}, does not use {index}:\n{plan}");
+            }
+        }
+    }
+}
