@@ -88,7 +88,13 @@ pub struct Db {
 /// id scanned 15,000 rows (50-120 ms) instead of probing the unique index,
 /// and two instances fell seconds behind at 1,000 commands/s. Statements
 /// that read a whole table (counts by state) use an index-only scan instead.
-const SESSION_SETUP: &str = "SET enable_seqscan = off";
+///
+/// `jit = off`: a table with no index for a condition (the few rows of
+/// `instances`) is still scanned, at a cost inflated by `enable_seqscan =
+/// off` far past `jit_above_cost`, and PostgreSQL compiled that statement
+/// with LLVM on every heartbeat (70 ms each). No statement here gains from
+/// JIT; many managed PostgreSQLs have it on.
+const SESSION_SETUP: &str = "SET enable_seqscan = off; SET jit = off";
 
 /// How the pool opens its connections: as [`Db::connect_raw`] does, then
 /// [`SESSION_SETUP`].
