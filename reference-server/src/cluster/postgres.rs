@@ -570,46 +570,34 @@ impl Cluster for PgCluster {
         connected_at: Millis,
         remote_addr: &str,
     ) -> StoreResult<()> {
-        let mut client = self.db.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        // Orders this against command inserts for the agent (see module doc).
-        tx.execute(
-            "SELECT 1 FROM agents WHERE id = $1 FOR NO KEY UPDATE",
-            &[&agent_id],
-        )
-        .await
-        .map_err(backend)?;
-        let old = tx
-            .query_opt(
-                "SELECT instance_tag, conn_id FROM agent_sockets WHERE agent_id = $1",
-                &[&agent_id],
-            )
+        // One round trip. The agent's lock orders this against command
+        // inserts for the agent (see module doc); the old holder is read
+        // once it is granted. WS-CONN-2: an old socket on another instance
+        // closes with 4000 (`Inbound::Kick`; a socket of this instance was
+        // replaced in the local registry already).
+        let prefix = channel_prefix(&self.schema);
+        self.db
+            .transaction(&[
+                (
+                    "SELECT 1 FROM agents WHERE id = $1 FOR NO KEY UPDATE",
+                    &[&agent_id],
+                ),
+                (
+                    "SELECT pg_notify($2::TEXT || s.instance_tag, json_build_object('kind', 'kick', \
+                     'agent', s.agent_id, 'conn', s.conn_id)::TEXT) FROM agent_sockets s \
+                     WHERE s.agent_id = $1 AND s.instance_tag <> $3",
+                    &[&agent_id, &prefix, &self.tag],
+                ),
+                (
+                    "INSERT INTO agent_sockets (agent_id, instance_tag, conn_id, connected_at, \
+                     remote_addr) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id) DO UPDATE \
+                     SET instance_tag = EXCLUDED.instance_tag, conn_id = EXCLUDED.conn_id, \
+                     connected_at = EXCLUDED.connected_at, remote_addr = EXCLUDED.remote_addr",
+                    &[&agent_id, &self.tag, &conn, &connected_at, &remote_addr],
+                ),
+            ])
             .await
-            .map_err(backend)?
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
-        tx.execute(
-            "INSERT INTO agent_sockets (agent_id, instance_tag, conn_id, connected_at, remote_addr) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id) DO UPDATE SET \
-             instance_tag = EXCLUDED.instance_tag, conn_id = EXCLUDED.conn_id, \
-             connected_at = EXCLUDED.connected_at, remote_addr = EXCLUDED.remote_addr",
-            &[&agent_id, &self.tag, &conn, &connected_at, &remote_addr],
-        )
-        .await
-        .map_err(backend)?;
-        // WS-CONN-2: the old instance closes its socket with 4000. (A socket
-        // of this instance was replaced in the local registry already.)
-        if let Some((old_tag, old_conn)) = old.filter(|(t, _)| *t != self.tag) {
-            let kick = Inbound::Kick {
-                agent: agent_id.to_string(),
-                conn: old_conn,
-            };
-            let payload = serde_json::to_string(&kick).map_err(backend)?;
-            let to = channel(&self.schema, old_tag);
-            tx.execute("SELECT pg_notify($1, $2)", &[&to, &payload])
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)
+            .map(|_| ())
     }
 
     async fn release(&self, agent_id: &str, conn: ConnId) -> StoreResult<()> {

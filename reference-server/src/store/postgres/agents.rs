@@ -96,40 +96,31 @@ pub(super) async fn record_connect(
     remote_addr: &str,
     now: Millis,
 ) -> StoreResult<bool> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(backend)?;
-    let before = tx
-        .query_opt(
-            "SELECT 1 FROM connection_history WHERE agent_id = $1 LIMIT 1",
-            &[&agent_id],
-        )
-        .await
-        .map_err(backend)?
-        .is_some();
-    tx.execute(
-        "INSERT INTO connection_history (agent_id, conn_id, connected_at, remote_addr) \
-         VALUES ($1, $2, $3, $4)",
-        &[&agent_id, &conn, &now, &remote_addr],
-    )
-    .await
-    .map_err(backend)?;
-    // Keep only the newest HISTORY_KEEP rows of this agent.
-    tx.execute(
-        "DELETE FROM connection_history WHERE agent_id = $1 AND id <= \
-         (SELECT id FROM connection_history WHERE agent_id = $1 \
-          ORDER BY id DESC LIMIT 1 OFFSET $2)",
-        &[&agent_id, &HISTORY_KEEP],
-    )
-    .await
-    .map_err(backend)?;
-    tx.execute(
-        "UPDATE agents SET last_seen = $2 WHERE id = $1",
-        &[&agent_id, &now],
-    )
-    .await
-    .map_err(backend)?;
-    tx.commit().await.map_err(backend)?;
-    Ok(before)
+    let rows = db
+        .transaction(&[
+            (
+                "SELECT 1 FROM connection_history WHERE agent_id = $1 LIMIT 1",
+                &[&agent_id],
+            ),
+            (
+                "INSERT INTO connection_history (agent_id, conn_id, connected_at, remote_addr) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&agent_id, &conn, &now, &remote_addr],
+            ),
+            // Keep only the newest HISTORY_KEEP rows of this agent.
+            (
+                "DELETE FROM connection_history WHERE agent_id = $1 AND id <= \
+                 (SELECT id FROM connection_history WHERE agent_id = $1 \
+                  ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                &[&agent_id, &HISTORY_KEEP],
+            ),
+            (
+                "UPDATE agents SET last_seen = $2 WHERE id = $1",
+                &[&agent_id, &now],
+            ),
+        ])
+        .await?;
+    Ok(!rows[0].is_empty())
 }
 
 /// WS-CONN-6: a connection ended (also updates the agent's `last_seen`).
@@ -140,24 +131,21 @@ pub(super) async fn record_disconnect(
     reason: &str,
     now: Millis,
 ) -> StoreResult<()> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(backend)?;
-    tx.execute(
-        "UPDATE connection_history SET disconnected_at = $3, reason = $4 \
-         WHERE id = (SELECT id FROM connection_history WHERE agent_id = $1 \
-                     AND conn_id = $2 ORDER BY id DESC LIMIT 1) \
-         AND disconnected_at IS NULL",
-        &[&agent_id, &conn, &now, &reason],
-    )
+    db.transaction(&[
+        (
+            "UPDATE connection_history SET disconnected_at = $3, reason = $4 \
+             WHERE id = (SELECT id FROM connection_history WHERE agent_id = $1 \
+                         AND conn_id = $2 ORDER BY id DESC LIMIT 1) \
+             AND disconnected_at IS NULL",
+            &[&agent_id, &conn, &now, &reason],
+        ),
+        (
+            "UPDATE agents SET last_seen = $2 WHERE id = $1",
+            &[&agent_id, &now],
+        ),
+    ])
     .await
-    .map_err(backend)?;
-    tx.execute(
-        "UPDATE agents SET last_seen = $2 WHERE id = $1",
-        &[&agent_id, &now],
-    )
-    .await
-    .map_err(backend)?;
-    tx.commit().await.map_err(backend)
+    .map(|_| ())
 }
 
 /// Newest first, at most `limit`.

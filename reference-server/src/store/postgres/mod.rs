@@ -219,6 +219,40 @@ impl Db {
         client.execute(&stmt, params).await.map_err(backend)
     }
 
+    /// Runs `statements` (each prepared once per connection) in one
+    /// transaction, sent together: one round trip and one commit, not one
+    /// round trip per statement. Each statement runs once the one before it
+    /// finished, so a lock taken by one is held when the next takes its
+    /// snapshot. Rows come back in order; on an error nothing was stored.
+    pub async fn transaction(
+        &self,
+        statements: &[(&str, &[&(dyn ToSql + Sync)])],
+    ) -> StoreResult<Vec<Vec<tokio_postgres::Row>>> {
+        let client = self.client().await?;
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, _) in statements {
+            prepared.push(client.prepare_cached(sql).await.map_err(backend)?);
+        }
+        let queries = prepared
+            .iter()
+            .zip(statements)
+            .map(|(statement, (_, params))| client.query(statement, params));
+        // Sent in the order first polled: BEGIN, the statements, COMMIT (a
+        // COMMIT after a failed statement rolls back).
+        let done = futures_util::try_join!(
+            client.batch_execute("BEGIN"),
+            futures_util::future::try_join_all(queries),
+            client.batch_execute("COMMIT"),
+        );
+        match done {
+            Ok((_, rows, _)) => Ok(rows),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                Err(pg_error(e))
+            }
+        }
+    }
+
     /// Runs one query (prepared once per connection) in autocommit.
     pub async fn query(
         &self,
