@@ -517,3 +517,36 @@ async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned()
         .collect();
     assert!(!plan.contains("JIT"), "compiled:\n{plan}");
 }
+
+/// `Db::transaction` sends its statements together: one that fails undoes
+/// the ones before it and stops the ones after, and the connection goes
+/// back to the pool usable (its transaction ended).
+#[tokio::test]
+async fn a_pipelined_transaction_stores_all_or_nothing() {
+    let test = "a_pipelined_transaction_stores_all_or_nothing";
+    let Some((_, store)) = setup(test, policy()).await else {
+        return;
+    };
+    let db = store.db();
+    let agent = "INSERT INTO agents (id, created_at) VALUES ($1, 0)";
+    let failed = db
+        .transaction(&[
+            (agent, &[&"before"]),
+            ("SELECT 1 / $1::INT", &[&0i32]),
+            (agent, &[&"after"]),
+        ])
+        .await;
+    assert!(failed.is_err(), "division by zero must fail: {failed:?}");
+    let stored = db
+        .transaction(&[
+            (agent, &[&"next"]),
+            (
+                "SELECT id FROM agents WHERE id IN ('before', 'after', 'next') ORDER BY id",
+                &[],
+            ),
+        ])
+        .await
+        .expect("the pool's connection is usable again");
+    let ids: Vec<String> = stored[1].iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, ["next"]);
+}
