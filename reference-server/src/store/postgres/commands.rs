@@ -39,6 +39,14 @@ pub(super) async fn by_ids(db: &Db, ids: &[String]) -> StoreResult<Vec<CommandRo
 }
 
 /// An agent's commands in insertion order, optionally of one state.
+pub(super) const SQL_LIST: &str = concat!(
+    "SELECT ",
+    cmd_cols!(),
+    " FROM commands WHERE agent_id = $1 AND ($2::TEXT IS NULL OR status = $2) \
+     ORDER BY seq LIMIT $3"
+);
+
+/// Runs [`SQL_LIST`].
 pub(super) async fn list(
     db: &Db,
     agent_id: &str,
@@ -46,15 +54,7 @@ pub(super) async fn list(
     limit: u32,
 ) -> StoreResult<Vec<CommandRow>> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(concat!(
-            "SELECT ",
-            cmd_cols!(),
-            " FROM commands WHERE agent_id = $1 AND ($2::TEXT IS NULL OR status = $2) \
-             ORDER BY seq LIMIT $3"
-        ))
-        .await
-        .map_err(backend)?;
+    let stmt = client.prepare_cached(SQL_LIST).await.map_err(backend)?;
     let rows = client
         .query(
             &stmt,

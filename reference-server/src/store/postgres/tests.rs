@@ -449,9 +449,10 @@ async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned()
         return;
     };
     // (statement, parameters, the indexes its plan must use)
-    let statements: [(&str, usize, &[&str]); 8] = [
+    let statements: [(&str, usize, &[&str]); 9] = [
         (commands::SQL_COMMAND_BY_ID, 1, &["commands_id_key"]),
         (commands::SQL_COMMANDS_BY_IDS, 1, &["commands_id_key"]),
+        (commands::SQL_LIST, 3, &["commands_agent"]),
         (batch::SQL_LOCK_AGENTS, 1, &["agents_pkey"]),
         (
             batch::SQL_READ,
