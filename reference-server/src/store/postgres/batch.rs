@@ -37,7 +37,7 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::{cmd_cols, command_rows};
 use super::schema::pending;
-use super::{backend, Db};
+use super::{backend, rollback, Db};
 use crate::store::rules::{self, InsertDecision};
 use crate::store::{
     AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome, Millis,
@@ -454,12 +454,6 @@ async fn query_if(
     } else {
         Ok(Vec::new())
     }
-}
-
-/// Ends a failed transaction so the pooled connection can be reused.
-async fn rollback(client: &deadpool_postgres::Object, e: tokio_postgres::Error) -> StoreError {
-    let _ = client.batch_execute("ROLLBACK").await;
-    super::pg_error(e)
 }
 
 /// The new commands as one array per column, for [`SQL_INSERT`].

@@ -70,6 +70,12 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(describe(&e))
 }
 
+/// Ends a failed transaction so the pooled connection can be reused.
+async fn rollback(client: &Object, e: tokio_postgres::Error) -> StoreError {
+    let _ = client.batch_execute("ROLLBACK").await;
+    pg_error(e)
+}
+
 /// The connection pool, and what every operation needs from it.
 #[derive(Clone)]
 pub struct Db {
@@ -246,10 +252,7 @@ impl Db {
         );
         match done {
             Ok((_, rows, _)) => Ok(rows),
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                Err(pg_error(e))
-            }
+            Err(e) => Err(rollback(&client, e).await),
         }
     }
 

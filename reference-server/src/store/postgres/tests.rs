@@ -490,13 +490,7 @@ async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned()
                 .await
                 .unwrap();
             let nulls = vec!["NULL"; params].join(", ");
-            let plan: String = client
-                .query(&format!("EXPLAIN EXECUTE hot({nulls})"), &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get::<_, String>(0) + "\n")
-                .collect();
+            let plan = explain(&client, &format!("EXECUTE hot({nulls})")).await;
             let at = format!("{sql}\nwith {finished} finished commands");
             assert!(!plan.contains("Seq Scan"), "{at}, scans a table:\n{plan}");
             for index in indexes {
@@ -506,17 +500,16 @@ async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned()
     }
     // A table with no index for the condition is scanned all the same, and
     // its inflated cost must not have it compiled (JIT) on every run.
-    let plan: String = client
-        .query(
-            "EXPLAIN SELECT tag FROM instances WHERE heartbeat_at < 0",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get::<_, String>(0) + "\n")
-        .collect();
+    let plan = explain(&client, "SELECT tag FROM instances WHERE heartbeat_at < 0").await;
     assert!(!plan.contains("JIT"), "compiled:\n{plan}");
+}
+
+/// `EXPLAIN sql`, as text.
+async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap();
+    rows.iter()
+        .map(|row| row.get::<_, String>(0) + "\n")
+        .collect()
 }
 
 /// `Db::transaction` sends its statements together: one that fails undoes
