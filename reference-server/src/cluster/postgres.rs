@@ -268,21 +268,7 @@ impl PgCluster {
         &self,
         before: Millis,
     ) -> StoreResult<(Vec<(String, String)>, Vec<(String, String, u32)>)> {
-        let rows = self
-            .db
-            .query(
-                // From the sockets held here, each agent's pending commands
-                // by index: never a walk over every queued command (those of
-                // offline agents can be many).
-                "SELECT s.agent_id, c.id, c.status = 'queued', c.attempts FROM agent_sockets s \
-                 CROSS JOIN LATERAL (SELECT id, status, attempts FROM commands \
-                 WHERE agent_id = s.agent_id AND created_at < $2 \
-                 AND (status = 'queued' OR (status = 'sent' AND conn_id = s.conn_id)) \
-                 ORDER BY priority, seq LIMIT 100) c \
-                 WHERE s.instance_tag = $1 LIMIT 1000",
-                &[&self.tag, &before],
-            )
-            .await?;
+        let rows = self.db.query(SQL_STRANDED, &[&self.tag, &before]).await?;
         let (mut claim, mut recheck) = (Vec::new(), Vec::new());
         for row in &rows {
             if row.get(2) {
@@ -400,6 +386,18 @@ impl PgCluster {
 }
 
 /// One notification per row: `push` payloads are made in Rust.
+/// The commands stranded on the sockets an instance holds
+/// ([`PgCluster::stranded`]): from those sockets, each agent's pending
+/// commands by index, never a walk over every queued command (those of
+/// offline agents can be many).
+pub(crate) const SQL_STRANDED: &str =
+    "SELECT s.agent_id, c.id, c.status = 'queued', c.attempts FROM agent_sockets s \
+     CROSS JOIN LATERAL (SELECT id, status, attempts FROM commands \
+     WHERE agent_id = s.agent_id AND created_at < $2 \
+     AND (status = 'queued' OR (status = 'sent' AND conn_id = s.conn_id)) \
+     ORDER BY priority, seq LIMIT 100) c \
+     WHERE s.instance_tag = $1 LIMIT 1000";
+
 const SQL_PUSH: &str = "SELECT pg_notify(x.channel, x.payload) \
      FROM unnest($1::TEXT[], $2::TEXT[]) AS x(channel, payload)";
 

@@ -436,9 +436,9 @@ async fn migrations_are_safe_when_instances_start_at_once() {
 }
 
 /// The statements run once per command or per sweep find their rows through
-/// an index even with the one plan PostgreSQL may keep for a statement
-/// prepared while the table was small (a generic plan, forced here; on an
-/// empty table and on 5,000 finished commands not yet analyzed): never a
+/// an index even with the one plan a pooled connection keeps for a statement
+/// prepared while the table was small (a generic plan, `SESSION_SETUP`; on
+/// an empty table and on 5,000 finished commands not yet analyzed): never a
 /// scan of every command ever stored, which grows with the table until the
 /// instance falls behind (measured: seconds behind at 1,000 commands/s).
 #[tokio::test]
@@ -449,7 +449,7 @@ async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned()
         return;
     };
     // (statement, parameters, the indexes its plan must use)
-    let statements: [(&str, usize, &[&str]); 9] = [
+    let statements: [(&str, usize, &[&str]); 10] = [
         (commands::SQL_COMMAND_BY_ID, 1, &["commands_id_key"]),
         (commands::SQL_COMMANDS_BY_IDS, 1, &["commands_id_key"]),
         (commands::SQL_LIST, 3, &["commands_agent"]),
@@ -467,14 +467,18 @@ async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned()
             3,
             &["commands_expiry", "commands_dead"],
         ),
+        (
+            crate::cluster::postgres::SQL_STRANDED,
+            2,
+            &["agent_sockets_instance", "commands_pending"],
+        ),
     ];
-    // A pooled connection, as the store's own statements get one; taken out
-    // of the pool so the forced plan mode leaves with it.
+    // A pooled connection, as the store's own statements get one: it plans
+    // each statement once, for any parameters (a generic plan). Taken out of
+    // the pool: `DEALLOCATE ALL` below would break its statement cache.
     let client = deadpool_postgres::Object::take(store.db().client().await.unwrap());
-    client
-        .batch_execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .unwrap();
+    let mode = client.query_one("SHOW plan_cache_mode", &[]).await.unwrap();
+    assert_eq!(mode.get::<_, String>(0), "force_generic_plan");
     for finished in [0, 5_000] {
         client
             .batch_execute(&format!(
