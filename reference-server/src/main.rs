@@ -16,7 +16,8 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc, not glibc's malloc: a request allocates many small objects
 /// across worker threads, and glibc's arenas spent about a fifth of the
 /// server's CPU in malloc, free and their consolidation (perf, two
-/// instances on PostgreSQL at ~4,000 commands/s; `reports/edge-server-postgres.md`).
+/// instances on PostgreSQL at ~4,000 commands/s; see
+/// `reports/edge-server-postgres.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

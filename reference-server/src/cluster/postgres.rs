@@ -385,7 +385,6 @@ impl PgCluster {
     }
 }
 
-/// One notification per row: `push` payloads are made in Rust.
 /// The commands stranded on the sockets an instance holds
 /// ([`PgCluster::stranded`]): from those sockets, each agent's pending
 /// commands by index, never a walk over every queued command (those of
@@ -398,6 +397,7 @@ pub(crate) const SQL_STRANDED: &str =
      ORDER BY priority, seq LIMIT 100) c \
      WHERE s.instance_tag = $1 LIMIT 1000";
 
+/// One notification per row: `push` payloads are made in Rust.
 const SQL_PUSH: &str = "SELECT pg_notify(x.channel, x.payload) \
      FROM unnest($1::TEXT[], $2::TEXT[]) AS x(channel, payload)";
 
