@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Cluster, Inbound, RemoteSocket};
-use crate::store::postgres::{backend, Db};
+use crate::store::postgres::{backend, rollback, Db};
 use crate::store::{CommandRow, ConnId, Millis, Status, StoreResult};
 use crate::wire::now_millis;
 
@@ -377,11 +377,10 @@ impl PgCluster {
             },
             client.batch_execute("COMMIT"),
         );
-        if let Err(e) = sent {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(backend(e));
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) => Err(rollback(&client, e).await),
         }
-        Ok(())
     }
 }
 

@@ -71,7 +71,7 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// Ends a failed transaction so the pooled connection can be reused.
-async fn rollback(client: &Object, e: tokio_postgres::Error) -> StoreError {
+pub(crate) async fn rollback(client: &Object, e: tokio_postgres::Error) -> StoreError {
     let _ = client.batch_execute("ROLLBACK").await;
     pg_error(e)
 }
