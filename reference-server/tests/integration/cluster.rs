@@ -6,8 +6,9 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use edge_server::cluster::postgres::HEARTBEAT;
 use edge_server::store::postgres::testing::{cut_listener, notify_instance, schema_for};
 use futures_util::{stream, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -136,7 +137,10 @@ async fn ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another(
     let (_, listed) = a.get("/api/agents?connected=true").await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 
-    // Accepted by A, pushed by B at once (one NOTIFY, no polling).
+    // Accepted by A, pushed by B at once (one NOTIFY, no polling). The
+    // heartbeat's scan for stranded commands only takes those older than
+    // HEARTBEAT, so a push sooner than that came from the announcement.
+    let posted = Instant::now();
     let id = a
         .send_command(
             "x",
@@ -144,6 +148,11 @@ async fn ws_dlv_1_a_command_posted_to_one_instance_reaches_the_agent_on_another(
         )
         .await;
     let command = agent.expect("command").await;
+    assert!(
+        posted.elapsed() < HEARTBEAT,
+        "pushed {:?} after the POST: found by the heartbeat, not announced",
+        posted.elapsed()
+    );
     assert_eq!(command["data"]["command_id"], id);
     assert_eq!(command["data"]["attempt"], 1);
     agent.ack(&id, true).await;
