@@ -13,13 +13,15 @@
 //!   holder under the agent's lock), and that instance only has to read it
 //!   and push it: no claim, no transaction of its own.
 //! - New commands are announced by a notifier task ([`Cluster::announce`]),
-//!   off the commit path: it takes every announcement waiting and, in one
-//!   transaction, tells each instance once about all of them: `push` for
-//!   commands stored as pushed to its sockets, `deliver` for commands that
-//!   wait for an agent it holds now (looked up then). A `NOTIFY` takes a
-//!   database-wide lock held through its transaction's commit (PostgreSQL's
-//!   `async.c`), so one notifying transaction per command would serialise
-//!   every instance's commits; one per batch does not. A lost notification
+//!   off the commit path: it takes every announcement waiting and, in (at
+//!   most) two autocommit statements sent together, tells each instance
+//!   once about all of them: `push` for commands stored as pushed to its
+//!   sockets, `deliver` for commands that wait for an agent it holds now
+//!   (looked up then). A `NOTIFY` takes a database-wide lock held through
+//!   its transaction's commit (PostgreSQL's `async.c`), so one notifying
+//!   transaction per command would serialise every instance's commits; one
+//!   per batch does not, and a transaction that only notifies writes no WAL,
+//!   so its commit waits for no flush. A lost notification
 //!   costs latency, not a command: the heartbeat finds what was not pushed
 //!   ([`PgCluster::stranded`]), a holder whose listener was down resyncs,
 //!   and an agent that reconnects claims everything pending (WS-DLV-4).
@@ -50,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Cluster, Inbound, RemoteSocket};
-use crate::store::postgres::{backend, rollback, Db};
+use crate::store::postgres::{backend, pg_error, Db};
 use crate::store::{CommandRow, ConnId, Millis, Status, StoreResult};
 use crate::wire::now_millis;
 
@@ -324,9 +326,9 @@ impl PgCluster {
         }
     }
 
-    /// One transaction: each instance gets one `push` per chunk of the
-    /// commands stored as pushed to its sockets, and one `deliver` per chunk
-    /// of the waiting commands whose agent it holds (looked up here).
+    /// Each instance gets one `push` per chunk of the commands stored as
+    /// pushed to its sockets, and one `deliver` per chunk of the waiting
+    /// commands whose agent it holds (looked up here).
     async fn notify_holders(&self, announced: &[Announcement]) -> StoreResult<()> {
         let prefix = channel_prefix(&self.schema);
         let mut pushes: HashMap<i64, Vec<&str>> = HashMap::new();
@@ -359,10 +361,11 @@ impl PgCluster {
             &self.tag,
             &alive,
         ];
-        // A notification is not a promise: its transaction need not wait
-        // for the WAL flush (it is delivered at commit all the same).
-        let sent = futures_util::try_join!(
-            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+        // Autocommit, one statement each, sent together: a transaction that
+        // only notifies writes no WAL (it never gets a transaction id), so
+        // there is no flush to skip and nothing for BEGIN/COMMIT to add;
+        // the two kinds need not be delivered together.
+        futures_util::try_join!(
             async {
                 match channels.is_empty() {
                     true => Ok(0),
@@ -375,12 +378,9 @@ impl PgCluster {
                     false => client.execute(&deliver, &deliver_params).await,
                 }
             },
-            client.batch_execute("COMMIT"),
-        );
-        match sent {
-            Ok(_) => Ok(()),
-            Err(e) => Err(rollback(&client, e).await),
-        }
+        )
+        .map_err(pg_error)?;
+        Ok(())
     }
 }
 

@@ -66,12 +66,12 @@ pub(crate) fn backend(e: impl Display) -> StoreError {
 
 /// A failed connection or statement, with its causes (tokio-postgres's
 /// `Display` leaves out why a TLS handshake failed).
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(describe(&e))
 }
 
 /// Ends a failed transaction so the pooled connection can be reused.
-pub(crate) async fn rollback(client: &Object, e: tokio_postgres::Error) -> StoreError {
+async fn rollback(client: &Object, e: tokio_postgres::Error) -> StoreError {
     let _ = client.batch_execute("ROLLBACK").await;
     pg_error(e)
 }
