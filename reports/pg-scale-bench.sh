@@ -18,6 +18,10 @@
 #               scheduled send time to the agent holding the command
 #               ("accept→push"), and the 202 alone.
 #
+# Each run also reports its host steal: the share of the machine's CPU time
+# the hypervisor gave to others meanwhile (/proc/stat). On a shared host it
+# is what makes one hour slower than the next; compare runs with a low one.
+#
 # Who talks to whom (every command crosses instances when there are several):
 #
 #   sqlite  S (SQLite file): posts to S, agents on S
@@ -218,7 +222,8 @@ run_one() {
     else
         args+=(--agents "$latency_agents" latency --rate "$rate" --duration "$duration" --settle "$settle")
     fi
-    local status=0 instances=("${pids[@]}") server0 pg0=- bench0
+    local status=0 instances=("${pids[@]}") server0 pg0=- bench0 host0
+    host0=$(host_ticks)
     server0=$(ticks "${instances[@]}")
     [ "$config" = sqlite ] || pg0=$(postgres_ticks)
     children_ticks
@@ -233,6 +238,7 @@ run_one() {
     cpu_bench=$(per_command $((children - bench0)))
     cpu_pg=-
     [ "$pg0" = - ] || cpu_pg=$(per_command $(($(postgres_ticks) - pg0)))
+    steal=$(steal_percent "$host0" "$(host_ticks)")
     stop_instances
     if [ $status -ne 0 ]; then
         echo "bench $config $mode failed (exit $status): ${args[*]}" >&2
@@ -259,6 +265,18 @@ postgres_ticks() {
     postmaster=$(pgrep -o -x postgres) || { echo -; return; }
     read -r -a f <"/proc/$postmaster/stat"
     echo $(($(ticks $(pgrep -x postgres)) + f[15] + f[16]))
+}
+# The whole machine's CPU time (every core) in ticks, "STEAL TOTAL": steal
+# is the time the hypervisor gave this machine's cores to someone else. On
+# a shared host it is what makes one hour slower than the next, so each run
+# reports it: a run with a high steal measured the host, not edge-server.
+host_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat
+}
+# steal_percent "STEAL0 TOTAL0" "STEAL1 TOTAL1": the share stolen between two readings.
+steal_percent() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        t = y[2] - x[2]; printf "%.0f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }'
 }
 # The shell's waited-for children (the bench, through `timeout`), in ticks,
 # into $children: `times` in a $(…) subshell would count the subshell's.
@@ -311,7 +329,8 @@ for config in "${config_list[@]}"; do
                 results[$config.cpu_server]+="$cpu_server "
                 results[$config.cpu_pg]+="$cpu_pg "
                 results[$config.cpu_bench]+="$cpu_bench "
-                log "  $value commands/s; CPU µs per command: instances $cpu_server, PostgreSQL $cpu_pg, bench $cpu_bench"
+                results[$config.steal_throughput]+="$steal "
+                log "  $value commands/s; CPU µs per command: instances $cpu_server, PostgreSQL $cpu_pg, bench $cpu_bench; host steal $steal %"
             else
                 push=$(grep 'agent got it' <<<"$output") accepted=$(grep '202 accepted' <<<"$output")
                 [ -n "$push" ] || { echo "no latency in: $output" >&2; exit 1; }
@@ -319,7 +338,8 @@ for config in "${config_list[@]}"; do
                 results[$config.p99]+="$(field p99 "$push") "
                 results[$config.p999]+="$(field p99.9 "$push") "
                 results[$config.a99]+="$(field p99 "$accepted") "
-                log "  push p50 $(field p50 "$push") ms, p99 $(field p99 "$push") ms"
+                results[$config.steal_latency]+="$steal "
+                log "  push p50 $(field p50 "$push") ms, p99 $(field p99 "$push") ms; host steal $steal %"
             fi
         done
     done
@@ -337,23 +357,25 @@ table() {
     if [[ ,$modes, == *,throughput,* ]]; then
         echo "Throughput, closed loop: $commands commands, $concurrency posts in flight, $agents agents acking at once (accepted → pushed → acked → completed):"
         echo
-        echo "| configuration | commands/s (median) | runs | CPU µs/command: instances | PostgreSQL | bench |"
-        echo "|---|---|---|---|---|---|"
+        echo "| configuration | commands/s (median) | runs | CPU µs/command: instances | PostgreSQL | bench | host steal % (runs) |"
+        echo "|---|---|---|---|---|---|---|"
         for config in "${config_list[@]}"; do
-            echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") | $(med "$config.cpu_server") | $(med "$config.cpu_pg") | $(med "$config.cpu_bench") |"
+            echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") | $(med "$config.cpu_server") | $(med "$config.cpu_pg") | $(med "$config.cpu_bench") | $(each "$config.steal_throughput") |"
         done
         echo
-        echo "CPU per command: user + system time over the bench run divided by the commands (medians); PostgreSQL's includes autovacuum and every backend. On $(nproc) cores, $(nproc) s of CPU per second caps throughput at about $(nproc),000,000 / (the three summed) commands/s."
+        echo "CPU per command: user + system time over the bench run divided by the commands (medians); PostgreSQL's includes autovacuum and every backend. On $(nproc) cores, $(nproc) s of CPU per second caps throughput at about $(nproc),000,000 / (the three summed) commands/s. Host steal: the share of the machine's CPU time the hypervisor gave to others during each run (/proc/stat); compare runs with a low steal."
         echo
     fi
     if [[ ,$modes, == *,latency,* ]]; then
         echo "Latency, open model: $rate commands/s for $duration to $latency_agents connected agents (first command $settle after they connected), from the scheduled send time (ms, medians):"
         echo
-        echo "| configuration | accept→push p50 | accept→push p99 | p99.9 | 202 p99 | p99 of each run |"
-        echo "|---|---|---|---|---|---|"
+        echo "| configuration | accept→push p50 | accept→push p99 | p99.9 | 202 p99 | p99 of each run | host steal % (runs) |"
+        echo "|---|---|---|---|---|---|---|"
         for config in "${config_list[@]}"; do
-            echo "| $(topology "$config") | $(med "$config.p50") | **$(med "$config.p99")** | $(med "$config.p999") | $(med "$config.a99") | $(each "$config.p99") |"
+            echo "| $(topology "$config") | $(med "$config.p50") | **$(med "$config.p99")** | $(med "$config.p999") | $(med "$config.a99") | $(each "$config.p99") | $(each "$config.steal_latency") |"
         done
+        echo
+        echo "Host steal: the share of the machine's CPU time the hypervisor gave to others during each run (/proc/stat). Compare runs with a low steal; a run with a high one measured the host."
     fi
 }
 if [ -n "$out" ]; then
