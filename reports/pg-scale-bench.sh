@@ -266,10 +266,8 @@ postgres_ticks() {
     read -r -a f <"/proc/$postmaster/stat"
     echo $(($(ticks $(pgrep -x postgres)) + f[15] + f[16]))
 }
-# The whole machine's CPU time (every core) in ticks, "STEAL TOTAL": steal
-# is the time the hypervisor gave this machine's cores to someone else. On
-# a shared host it is what makes one hour slower than the next, so each run
-# reports it: a run with a high steal measured the host, not edge-server.
+# The whole machine's CPU time (every core) in ticks, "STEAL TOTAL" (see
+# host steal in the header).
 host_ticks() {
     awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat
 }
@@ -363,7 +361,7 @@ table() {
             echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") | $(med "$config.cpu_server") | $(med "$config.cpu_pg") | $(med "$config.cpu_bench") | $(each "$config.steal_throughput") |"
         done
         echo
-        echo "CPU per command: user + system time over the bench run divided by the commands (medians); PostgreSQL's includes autovacuum and every backend. On $(nproc) cores, $(nproc) s of CPU per second caps throughput at about $(nproc),000,000 / (the three summed) commands/s. Host steal: the share of the machine's CPU time the hypervisor gave to others during each run (/proc/stat); compare runs with a low steal."
+        echo "CPU per command: user + system time over the bench run divided by the commands (medians); PostgreSQL's includes autovacuum and every backend. On $(nproc) cores, $(nproc) s of CPU per second caps throughput at about $(nproc),000,000 / (the three summed) commands/s."
         echo
     fi
     if [[ ,$modes, == *,latency,* ]]; then
@@ -375,8 +373,8 @@ table() {
             echo "| $(topology "$config") | $(med "$config.p50") | **$(med "$config.p99")** | $(med "$config.p999") | $(med "$config.a99") | $(each "$config.p99") | $(each "$config.steal_latency") |"
         done
         echo
-        echo "Host steal: the share of the machine's CPU time the hypervisor gave to others during each run (/proc/stat). Compare runs with a low steal; a run with a high one measured the host."
     fi
+    echo "Host steal: the share of the machine's CPU time the hypervisor gave to others during each run (/proc/stat). Compare runs with a low steal; a run with a high one measured the host."
 }
 if [ -n "$out" ]; then
     table | tee "$out"

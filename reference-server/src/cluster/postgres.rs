@@ -20,11 +20,10 @@
 //!   (looked up then). A `NOTIFY` takes a database-wide lock held through
 //!   its transaction's commit (PostgreSQL's `async.c`), so one notifying
 //!   transaction per command would serialise every instance's commits; one
-//!   per batch does not, and a transaction that only notifies writes no WAL,
-//!   so its commit waits for no flush. A lost notification
-//!   costs latency, not a command: the heartbeat finds what was not pushed
-//!   ([`PgCluster::stranded`]), a holder whose listener was down resyncs,
-//!   and an agent that reconnects claims everything pending (WS-DLV-4).
+//!   per batch does not. A lost notification costs latency, not a command:
+//!   the heartbeat finds what was not pushed ([`PgCluster::stranded`]), a
+//!   holder whose listener was down resyncs, and an agent that reconnects
+//!   claims everything pending (WS-DLV-4).
 //! - [`Cluster::hold`] locks the agent's row, reads the old holder, records
 //!   the new one and, if another instance held it, NOTIFYs it to close that
 //!   socket with 4000 (WS-CONN-2), in one transaction: the NOTIFY goes out
