@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use super::testing::schema_for;
-use super::PgStore;
+use super::{Db, PgStore};
 use crate::raw_json::RawJson;
 use crate::store::contract::{new_cmd, T0};
 use crate::store::{
@@ -137,6 +137,110 @@ async fn the_pending_limit_holds_across_instances_at_once() {
     }
     assert_eq!(created, 10, "WS-API-2: exactly max_pending accepted");
     assert_eq!(a.agent("a1").await.unwrap().unwrap().pending_commands, 10);
+}
+
+/// WS-API-2 across instances, with the agent's lock made visible. A's batch
+/// is held after its count: its INSERT waits for another session's
+/// uncommitted row with the same id. B's batch for the same agent must then
+/// wait for A's (the agent's row lock), not count without A's command:
+/// without the lock both count 0 and the agent ends over its limit. (At full
+/// speed two batches rarely overlap, so the test above seldom sees it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
+    let p = DeliveryPolicy {
+        max_pending: 2,
+        ..policy()
+    };
+    let test = "a_batch_waits_for_another_instances_batch_for_the_same_agent";
+    let Some((url, a)) = setup(test, p).await else {
+        return;
+    };
+    let b = PgStore::open(&url, p).await.unwrap();
+    let (blocker, connection) = Db::new(&url).unwrap().connect_raw().await.unwrap();
+    tokio::spawn(connection);
+    blocker
+        .batch_execute(
+            "BEGIN; INSERT INTO commands (id, agent_id, command_type, parameters, priority, \
+             status, created_at) VALUES ('a-0', 'a2', 'send_message', '{}', 0, 'queued', 0)",
+        )
+        .await
+        .unwrap();
+    // Who waits for backend $1 (pg_locks is read live; pg_stat_activity
+    // would be the snapshot of the blocker's open transaction).
+    let waiting_for = "SELECT l.pid FROM pg_locks l \
+         WHERE NOT l.granted AND $1 = ANY(pg_blocking_pids(l.pid))";
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // A's batch counts a1's pending commands (0), then waits at its INSERT.
+    let a_task = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.insert_command(new_cmd("a-0", "a1", Priority::Normal, T0), None)
+                .await
+        }
+    });
+    let a_pid: i32 = poll(|| async {
+        let rows = blocker.query(waiting_for, &[&blocker_pid]).await.unwrap();
+        rows.first().map(|r| r.get(0))
+    })
+    .await;
+
+    // B's batch for a1 meanwhile: it must wait for A's (correct), or it
+    // finishes on its own count (no lock).
+    let b_tasks: Vec<_> = ["b-0", "b-1"]
+        .into_iter()
+        .map(|id| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.insert_command(new_cmd(id, "a1", Priority::Normal, T0), None)
+                    .await
+            })
+        })
+        .collect();
+    poll(|| async {
+        let b_waits = !blocker
+            .query(waiting_for, &[&a_pid])
+            .await
+            .unwrap()
+            .is_empty();
+        (b_waits || b_tasks.iter().all(|t| t.is_finished())).then_some(())
+    })
+    .await;
+
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let mut created = Vec::new();
+    for task in std::iter::once(a_task).chain(b_tasks) {
+        if let InsertOutcome::Created(row) = task.await.unwrap().unwrap() {
+            created.push(row.id);
+        }
+    }
+    // B's two may reach its writer in either order: one of them is taken.
+    assert_eq!(created.len(), 2, "WS-API-2: a limit of 2, got {created:?}");
+    assert_eq!(created[0], "a-0", "A's command, held first, is kept");
+    assert_eq!(a.agent("a1").await.unwrap().unwrap().pending_commands, 2);
+}
+
+/// Polls `probe` every 10 ms until it yields a value; fails after 20 s.
+async fn poll<T, F, Fut>(mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reached in 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Two instances claiming the same agent's commands at once, over and over:
