@@ -9,12 +9,14 @@ use std::collections::HashSet;
 
 use super::testing::schema_for;
 use super::{Db, PgStore};
+use crate::cluster::postgres::STALE;
 use crate::raw_json::RawJson;
 use crate::store::contract::{new_cmd, T0};
 use crate::store::{
     AckKind, AckOutcome, Claim, CommandRow, DeliveryPolicy, InsertOutcome, NewCommand, Priority,
     Status, Store,
 };
+use crate::wire::now_millis;
 
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {
@@ -222,6 +224,42 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
     assert_eq!(created.len(), 2, "WS-API-2: a limit of 2, got {created:?}");
     assert_eq!(created[0], "a-0", "A's command, held first, is kept");
     assert_eq!(a.agent("a1").await.unwrap().unwrap().pending_commands, 2);
+}
+
+/// WS-DLV-1 across instances: a socket row left by an instance that stopped
+/// beating (kill -9) names no holder. The command waits `queued` for the
+/// agent's next connection, not `sent` to a socket nobody holds, where its
+/// ack timeout would spend attempts while the agent is away (WS-DLV-3). A
+/// live instance's socket is used, so the lookup itself is tested too.
+#[tokio::test]
+async fn a_socket_of_a_dead_instance_is_not_a_holder() {
+    let Some((url, store)) = setup("a_socket_of_a_dead_instance_is_not_a_holder", policy()).await
+    else {
+        return;
+    };
+    let (client, connection) = Db::new(&url).unwrap().connect_raw().await.unwrap();
+    tokio::spawn(connection);
+    let now = now_millis();
+    let silent = now - STALE.as_millis() as i64 - 1_000;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO instances (tag, name, started_at, heartbeat_at) \
+             VALUES (901, 'dead', 0, {silent}), (902, 'alive', 0, {now}); \
+             INSERT INTO agent_sockets (agent_id, instance_tag, conn_id, connected_at, remote_addr) \
+             VALUES ('a1', 901, {}, 0, '127.0.0.1:1'), ('a2', 902, {}, 0, '127.0.0.1:2')",
+            (901_i64 << 40) + 1,
+            (902_i64 << 40) + 1
+        ))
+        .await
+        .unwrap();
+
+    let waiting = insert(&store, new_cmd("c1", "a1", Priority::Normal, T0), None).await;
+    assert_eq!((waiting.status, waiting.conn_id), (Status::Queued, None));
+    let pushed = insert(&store, new_cmd("c2", "a2", Priority::Normal, T0), None).await;
+    assert_eq!(
+        (pushed.status, pushed.conn_id),
+        (Status::Sent, Some((902_i64 << 40) + 1))
+    );
 }
 
 /// Polls `probe` every 10 ms until it yields a value; fails after 20 s.
