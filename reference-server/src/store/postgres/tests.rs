@@ -158,8 +158,7 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
         return;
     };
     let b = PgStore::open(&url, p).await.unwrap();
-    let (blocker, connection) = Db::new(&url).unwrap().connect_raw().await.unwrap();
-    tokio::spawn(connection);
+    let blocker = session(&url).await;
     blocker
         .batch_execute(
             "BEGIN; INSERT INTO commands (id, agent_id, command_type, parameters, priority, \
@@ -237,8 +236,9 @@ async fn a_socket_of_a_dead_instance_is_not_a_holder() {
     else {
         return;
     };
-    let (client, connection) = Db::new(&url).unwrap().connect_raw().await.unwrap();
-    tokio::spawn(connection);
+    let client = session(&url).await;
+    // Connection ids carry their instance's tag in the bits above 40.
+    let (dead_conn, live_conn) = ((901_i64 << 40) + 1, (902_i64 << 40) + 1);
     let now = now_millis();
     let silent = now - STALE.as_millis() as i64 - 1_000;
     client
@@ -246,9 +246,8 @@ async fn a_socket_of_a_dead_instance_is_not_a_holder() {
             "INSERT INTO instances (tag, name, started_at, heartbeat_at) \
              VALUES (901, 'dead', 0, {silent}), (902, 'alive', 0, {now}); \
              INSERT INTO agent_sockets (agent_id, instance_tag, conn_id, connected_at, remote_addr) \
-             VALUES ('a1', 901, {}, 0, '127.0.0.1:1'), ('a2', 902, {}, 0, '127.0.0.1:2')",
-            (901_i64 << 40) + 1,
-            (902_i64 << 40) + 1
+             VALUES ('a1', 901, {dead_conn}, 0, '127.0.0.1:1'), \
+             ('a2', 902, {live_conn}, 0, '127.0.0.1:2')"
         ))
         .await
         .unwrap();
@@ -258,8 +257,15 @@ async fn a_socket_of_a_dead_instance_is_not_a_holder() {
     let pushed = insert(&store, new_cmd("c2", "a2", Priority::Normal, T0), None).await;
     assert_eq!(
         (pushed.status, pushed.conn_id),
-        (Status::Sent, Some((902_i64 << 40) + 1))
+        (Status::Sent, Some(live_conn))
     );
+}
+
+/// A session of its own on the test's schema (outside every pool).
+async fn session(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = Db::new(url).unwrap().connect_raw().await.unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 /// Polls `probe` every 10 ms until it yields a value; fails after 20 s.
