@@ -70,6 +70,69 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     assert_eq!(pushed["data"]["command_id"], "stranded");
 }
 
+/// WS-DLV-1 across instances for a command left `queued` while its agent is
+/// held elsewhere (its first submit stopped between storing and routing):
+/// the repeat posted to A is announced to the holder B, which claims and
+/// pushes it at once, not when its heartbeat's scan comes round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_repeat_of_a_queued_command_is_announced_to_the_holder() {
+    let test = "ws_dlv_1_a_repeat_of_a_queued_command_is_announced_to_the_holder";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let mut agent = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+
+    // Stored `queued` straight into the database, as a submit that died
+    // before routing would leave it: nobody announced it.
+    let stored = Instant::now();
+    let (client, connection) = edge_server::store::postgres::Db::new(&url)
+        .unwrap()
+        .connect_raw()
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
+             attempts, created_at) VALUES ('left', 'x', 'send_message', '{}', $1, 'queued', 0, $2)",
+            &[
+                &edge_server::store::Priority::Normal.rank(),
+                &edge_server::wire::now_millis(),
+            ],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+
+    let (status, body) = a
+        .command(
+            "x",
+            json!({"command_type": "send_message", "command_id": "left"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::OK, &json!("queued")),
+        "{body}"
+    );
+    let pushed = agent.expect("command").await;
+    // The scan only takes commands older than HEARTBEAT: a push sooner than
+    // that after the command was stored came from A's announcement.
+    assert!(
+        stored.elapsed() < HEARTBEAT,
+        "pushed {:?} after the command was stored: found by the heartbeat, not announced",
+        stored.elapsed()
+    );
+    assert_eq!(pushed["data"]["command_id"], "left", "{pushed}");
+    agent.ack("left", true).await;
+    a.wait_status("left", "completed", PROMPT).await;
+}
+
 /// WS-DLV-1 across instances without a claim: A stores the command as
 /// pushed to B's socket and announces it; B pushes it once, even when the
 /// announcement comes again (a notifier retrying, a scan), and the agent's
