@@ -21,9 +21,10 @@ use crate::as_posted::{
 use crate::crash::{api, Process};
 use crate::support::*;
 
-/// WS-DLV-1 without the notification: a command stored for an agent held by
+/// WS-DLV-1 without the notification: commands stored for an agent held by
 /// B, with no announcement at all (as if the submitter died between its
-/// commit and its NOTIFY), is pushed by B on its own within a few seconds.
+/// commit and its NOTIFY), are pushed by B on its own within a few seconds:
+/// one stored as pushed to B's socket, one left `queued`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     let test = "ws_dlv_1_a_lost_announcement_costs_latency_not_the_command";
@@ -62,12 +63,46 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
         stored,
         edge_server::store::InsertOutcome::Created(_)
     ));
-    let pushed = agent
-        .recv_within(Duration::from_secs(10))
+    // And one left `queued` while its agent is connected here (as a claim
+    // that failed would leave it).
+    store_queued_unannounced(&url, "x", "left").await;
+    let mut pushed = HashSet::new();
+    for _ in 0..2 {
+        let command = agent
+            .recv_within(Duration::from_secs(10))
+            .await
+            .expect("pushed without a notification");
+        assert_eq!(command["type"], "command", "{command}");
+        pushed.insert(command["data"]["command_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(pushed, HashSet::from(["stranded".into(), "left".into()]));
+}
+
+/// Stores command `id` for `agent` as `queued` straight into the database,
+/// as a submit that stopped between storing and routing would leave it:
+/// nobody announces it.
+async fn store_queued_unannounced(url: &str, agent: &str, id: &str) {
+    let (client, connection) = edge_server::store::postgres::Db::new(url)
+        .unwrap()
+        .connect_raw()
         .await
-        .expect("pushed without a notification");
-    assert_eq!(pushed["type"], "command", "{pushed}");
-    assert_eq!(pushed["data"]["command_id"], "stranded");
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .execute(
+            "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
+             attempts, created_at) VALUES ($1, $2, 'send_message', '{}', $3, 'queued', 0, $4)",
+            &[
+                &id,
+                &agent,
+                &edge_server::store::Priority::Normal.rank(),
+                &edge_server::wire::now_millis(),
+            ],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
 }
 
 /// WS-DLV-1 across instances for a command left `queued` while its agent is
@@ -86,28 +121,8 @@ async fn ws_dlv_1_a_repeat_of_a_queued_command_is_announced_to_the_holder() {
     let mut agent = b.connect("x").await;
     a.wait_agent("x", |v| v["instance"] == b.instance()).await;
 
-    // Stored `queued` straight into the database, as a submit that died
-    // before routing would leave it: nobody announced it.
     let stored = Instant::now();
-    let (client, connection) = edge_server::store::postgres::Db::new(&url)
-        .unwrap()
-        .connect_raw()
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
-    client
-        .execute(
-            "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
-             attempts, created_at) VALUES ('left', 'x', 'send_message', '{}', $1, 'queued', 0, $2)",
-            &[
-                &edge_server::store::Priority::Normal.rank(),
-                &edge_server::wire::now_millis(),
-            ],
-        )
-        .await
-        .unwrap();
-    drop(client);
-    driver.await.unwrap().unwrap();
+    store_queued_unannounced(&url, "x", "left").await;
 
     let (status, body) = a
         .command(
@@ -384,6 +399,40 @@ async fn ws_conn_2_a_duplicate_on_another_instance_closes_the_old_socket_with_40
     assert_eq!(new.expect("command").await["data"]["command_id"], next);
     let (_, history) = b.get("/api/agents/x").await;
     assert_eq!(history["history"][1]["reason"], "replaced", "{history}");
+}
+
+/// WS-CONN-2 on one instance, seen from another: the replaced socket's end
+/// does not erase the record of the socket that replaced it, so A still
+/// sees the agent on B and its commands reach the new socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_conn_2_a_duplicate_on_the_same_instance_stays_reachable_from_another() {
+    let test = "ws_conn_2_a_duplicate_on_the_same_instance_stays_reachable_from_another";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let mut old = b.connect("x").await;
+    let mut new = b.connect("x").await;
+    assert_eq!(
+        old.ended(PROMPT).await,
+        Ended::Closed(4000, "replaced".into())
+    );
+    // The old session has ended: it released its socket's record, then
+    // recorded its disconnect.
+    b.wait_agent("x", |v| v["history"][1]["disconnected_at"].is_string())
+        .await;
+    let (_, seen) = a.get("/api/agents/x").await;
+    assert_eq!(
+        (&seen["connected"], &seen["instance"]),
+        (&json!(true), &json!(b.instance())),
+        "{seen}"
+    );
+    let id = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(new.expect("command").await["data"]["command_id"], id);
 }
 
 /// An instance that could not hear the cluster for a while (its LISTEN
