@@ -65,7 +65,7 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     ));
     // And one left `queued` while its agent is connected here (as a claim
     // that failed would leave it).
-    store_queued_unannounced(&url, "x", "left").await;
+    store_unannounced(&url, "x", "left", None).await;
     let mut pushed = HashSet::new();
     for _ in 0..2 {
         let command = agent
@@ -78,25 +78,34 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     assert_eq!(pushed, HashSet::from(["stranded".into(), "left".into()]));
 }
 
-/// Stores command `id` for `agent` as `queued` straight into the database,
-/// as a submit that stopped between storing and routing would leave it:
-/// nobody announces it.
-async fn store_queued_unannounced(url: &str, agent: &str, id: &str) {
+/// Stores command `id` for `agent` straight into the database, as a submit
+/// that stopped between storing and routing would leave it (nobody
+/// announces it): `queued`, or with `conn` as attempt 1 pushed to that
+/// connection (its ack due in an hour).
+async fn store_unannounced(url: &str, agent: &str, id: &str, conn: Option<i64>) {
     let (client, connection) = edge_server::store::postgres::Db::new(url)
         .unwrap()
         .connect_raw()
         .await
         .unwrap();
     let driver = tokio::spawn(connection);
+    let now = edge_server::wire::now_millis();
+    let status = if conn.is_some() { "sent" } else { "queued" };
     client
         .execute(
             "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
-             attempts, created_at) VALUES ($1, $2, 'send_message', '{}', $3, 'queued', 0, $4)",
+             attempts, created_at, sent_at, ack_deadline, conn_id) \
+             VALUES ($1, $2, 'send_message', '{}', $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &id,
                 &agent,
                 &edge_server::store::Priority::Normal.rank(),
-                &edge_server::wire::now_millis(),
+                &status,
+                &i64::from(conn.is_some()),
+                &now,
+                &conn.map(|_| now),
+                &conn.map(|_| now + 3_600_000),
+                &conn,
             ],
         )
         .await
@@ -122,7 +131,7 @@ async fn ws_dlv_1_a_repeat_of_a_queued_command_is_announced_to_the_holder() {
     a.wait_agent("x", |v| v["instance"] == b.instance()).await;
 
     let stored = Instant::now();
-    store_queued_unannounced(&url, "x", "left").await;
+    store_unannounced(&url, "x", "left", None).await;
 
     let (status, body) = a
         .command(
@@ -433,6 +442,63 @@ async fn ws_conn_2_a_duplicate_on_the_same_instance_stays_reachable_from_another
         .send_command("x", json!({"command_type": "send_message"}))
         .await;
     assert_eq!(new.expect("command").await["data"]["command_id"], id);
+}
+
+/// WS-CONN-2: a takeover message names the connection it closes. One for a
+/// connection already gone (the agent came back to B since) leaves the
+/// agent's socket on B open: the command posted next reaches it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_conn_2_a_takeover_of_a_socket_already_gone_leaves_the_new_one_open() {
+    let test = "ws_conn_2_a_takeover_of_a_socket_already_gone_leaves_the_new_one_open";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let mut agent = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    // Connection 1 is no connection of B's (its ids carry its tag).
+    let stale = json!({"kind": "kick", "agent": "x", "conn": 1}).to_string();
+    notify_instance(&url, &b.instance(), &stale).await.unwrap();
+    // B's inbox takes notifications in order: the push comes after the kick.
+    let id = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(agent.expect("command").await["data"]["command_id"], id);
+}
+
+/// WS-DLV-1 across instances: a `push` message makes B push only what is
+/// stored as pushed to the agent's socket there. Announced (again) after
+/// it completed, or for a command stored as pushed to another connection,
+/// nothing goes out: the command posted next is the next the agent gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_push_message_for_a_command_not_pushed_to_this_socket_sends_nothing() {
+    let test = "ws_dlv_1_a_push_message_for_a_command_not_pushed_to_this_socket_sends_nothing";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let mut agent = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let done = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(agent.expect("command").await["data"]["command_id"], done);
+    agent.ack(&done, true).await;
+    a.wait_status(&done, "completed", PROMPT).await;
+    // Stored as pushed to connection 1, which is not the agent's socket.
+    store_unannounced(&url, "x", "elsewhere", Some(1)).await;
+
+    let stale = json!({"kind": "push", "ids": [done, "elsewhere"]}).to_string();
+    notify_instance(&url, &b.instance(), &stale).await.unwrap();
+    // B's inbox takes notifications in order: the next push comes after.
+    let next = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(agent.expect("command").await["data"]["command_id"], next);
 }
 
 /// An instance that could not hear the cluster for a while (its LISTEN

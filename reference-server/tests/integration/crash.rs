@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_server::cluster::postgres::{HEARTBEAT, STALE};
 use edge_server::store::postgres::testing::schema_for;
 use futures_util::{stream, SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
@@ -592,6 +593,14 @@ async fn kill_9_on_postgres(test: &str, victim: Victim) {
             assert!(again.is_empty(), "pushed twice: {again:?}");
         }
     }
+    // The survivor forgets the dead instance once it has been silent for
+    // STALE: its row and its sockets' rows go, so crashes leave nothing
+    // behind in the cluster's tables.
+    let victim_name = match victim {
+        Victim::Holder => "holder",
+        Victim::Poster => "poster",
+    };
+    wait_forgotten(&url, victim_name, STALE + 3 * HEARTBEAT).await;
     eprintln!(
         "{victim:?} killed after {:.1?}, with {acked_by_kill} of {PG_COMMANDS} acked and \
          {answered_by_kill} posts answered; {accepted_before} posts answered 200 after the \
@@ -624,6 +633,35 @@ async fn wait_until(
             "{path}: never {what}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the schema at `url` (no event says when an instance is forgotten)
+/// until instance `name` has no row in `instances` and no socket is left
+/// whose instance has none; fails after `within`.
+async fn wait_forgotten(url: &str, name: &str, within: Duration) {
+    let client = sql(url).await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM instances WHERE name = $1), \
+                 (SELECT count(*) FROM agent_sockets \
+                 WHERE instance_tag NOT IN (SELECT tag FROM instances))",
+                &[&name],
+            )
+            .await
+            .expect("count instances and sockets");
+        let (instances, orphans): (i64, i64) = (row.get(0), row.get(1));
+        if (instances, orphans) == (0, 0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance {name} not forgotten {within:?} after its death: {instances} rows in \
+             `instances`, {orphans} sockets of no live instance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
