@@ -61,8 +61,12 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const STALE: Duration = Duration::from_secs(10);
 /// Bits of a connection id below the instance tag.
 const CONN_BITS: u32 = 40;
-/// Wait before reconnecting a lost LISTEN connection.
-const RELISTEN_DELAY: Duration = Duration::from_secs(1);
+/// Wait before reconnecting a lost LISTEN connection: short, since every
+/// notification sent meanwhile is lost (and made up for only once listening
+/// again); doubled after each failed attempt, up to [`RELISTEN_MAX_DELAY`],
+/// so a database that is down is not hammered.
+const RELISTEN_DELAY: Duration = Duration::from_millis(100);
+const RELISTEN_MAX_DELAY: Duration = Duration::from_secs(5);
 /// A NOTIFY payload must be shorter than 8,000 bytes; longer messages go
 /// through `cluster_messages`.
 const NOTIFY_MAX: usize = 7_999;
@@ -173,11 +177,13 @@ impl PgCluster {
                 _ = &mut listening => {}
             }
             warn!(instance = %self.name, "lost the LISTEN connection; reconnecting");
+            let mut delay = RELISTEN_DELAY;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RELISTEN_DELAY) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
+                delay = (delay * 2).min(RELISTEN_MAX_DELAY);
                 match listen(&self.db, &channel(&self.schema, self.tag), tx.clone()).await {
                     Ok(task) => {
                         listening = task;

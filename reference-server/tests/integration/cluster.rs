@@ -519,10 +519,19 @@ async fn ws_dlv_1_messages_lost_while_an_instance_could_not_listen_are_made_up_f
 
     // B's notifications go nowhere now; the command's NOTIFY is lost.
     cut_listener(&url, &b.instance()).await.unwrap();
+    let posted = Instant::now();
     let id = a
         .send_command("x", json!({"command_type": "send_message"}))
         .await;
     let command = old.expect("command").await;
+    // B listens again within a fraction of a second and looks for what it
+    // missed at once; its heartbeat's scan only takes commands older than
+    // HEARTBEAT.
+    assert!(
+        posted.elapsed() < HEARTBEAT,
+        "pushed {:?} after the POST: found by the heartbeat, not when B listened again",
+        posted.elapsed()
+    );
     assert_eq!(command["data"]["command_id"], id);
     assert_eq!(command["data"]["attempt"], 1);
     old.ack(&id, true).await;
