@@ -724,3 +724,38 @@ async fn ws_dlv_6_postgres_kill_9_of_the_instance_taking_the_posts_with_10000_in
     let test = "ws_dlv_6_postgres_kill_9_of_the_instance_taking_the_posts_with_10000_in_flight";
     kill_9_on_postgres(test, Victim::Poster).await;
 }
+
+/// WS-DLV-4 on PostgreSQL: an instance restarted under its name (kill -9,
+/// then the same `INSTANCE_ID`, as an orchestrator restarts a pod) forgets
+/// the sockets of its old process as it starts, not `STALE` later. A
+/// command for one of those agents is stored `queued` for the agent's next
+/// connection, not as pushed to a socket that died (whose ack timeouts
+/// would spend its attempts while the agent is away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_4_an_instance_restarted_under_its_name_forgets_its_old_sockets_at_once() {
+    let test = "ws_dlv_4_an_instance_restarted_under_its_name_forgets_its_old_sockets_at_once";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let a = TestServer::start_pg(&url, |_| {}).await;
+    a.provision("x").await;
+    let b = Process::start_with(&url, &[("INSTANCE_ID", "b")]);
+    let socket = format!("ws://{}/edge/ws?edge_agent_id=x", b.addr);
+    let mut agent = connect_url(&socket, Some(EDGE_SECRET), &[])
+        .await
+        .expect("connects");
+    agent.expect("connected").await;
+    a.wait_agent("x", |v| v["instance"] == "b").await;
+
+    b.kill_9();
+    // Serving means started: the old process's rows were forgotten first.
+    let _b = Process::start_with(&url, &[("INSTANCE_ID", "b")]);
+    let (status, body) = a
+        .command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (StatusCode::ACCEPTED, &json!("queued")),
+        "stored as pushed to the dead process's socket: {body}"
+    );
+}
