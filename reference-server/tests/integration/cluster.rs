@@ -78,6 +78,17 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     assert_eq!(pushed, HashSet::from(["stranded".into(), "left".into()]));
 }
 
+/// Two instances on the schema at `url`, and agent `x` connected to B, which
+/// A sees holding it.
+async fn agent_on_b(url: &str) -> (TestServer, TestServer, Agent) {
+    let a = TestServer::start_pg(url, |_| {}).await;
+    let b = TestServer::start_pg(url, |_| {}).await;
+    a.provision("x").await;
+    let agent = b.connect("x").await;
+    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    (a, b, agent)
+}
+
 /// Stores command `id` for `agent` straight into the database, as a submit
 /// that stopped between storing and routing would leave it (nobody
 /// announces it): `queued`, or with `conn` as attempt 1 pushed to that
@@ -124,11 +135,7 @@ async fn ws_dlv_1_a_repeat_of_a_queued_command_is_announced_to_the_holder() {
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let a = TestServer::start_pg(&url, |_| {}).await;
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    a.provision("x").await;
-    let mut agent = b.connect("x").await;
-    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let (a, _b, mut agent) = agent_on_b(&url).await;
 
     let stored = Instant::now();
     store_unannounced(&url, "x", "left", None).await;
@@ -167,11 +174,7 @@ async fn ws_dlv_1_a_push_announced_twice_is_pushed_once() {
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let a = TestServer::start_pg(&url, |_| {}).await;
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    a.provision("x").await;
-    let mut agent = b.connect("x").await;
-    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let (a, b, mut agent) = agent_on_b(&url).await;
     let first = a
         .send_command("x", json!({"command_type": "send_message"}))
         .await;
@@ -453,11 +456,7 @@ async fn ws_conn_2_a_takeover_of_a_socket_already_gone_leaves_the_new_one_open()
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let a = TestServer::start_pg(&url, |_| {}).await;
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    a.provision("x").await;
-    let mut agent = b.connect("x").await;
-    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let (a, b, mut agent) = agent_on_b(&url).await;
     // Connection 1 is no connection of B's (its ids carry its tag).
     let stale = json!({"kind": "kick", "agent": "x", "conn": 1}).to_string();
     notify_instance(&url, &b.instance(), &stale).await.unwrap();
@@ -478,11 +477,7 @@ async fn ws_dlv_1_a_push_message_for_a_command_not_pushed_to_this_socket_sends_n
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let a = TestServer::start_pg(&url, |_| {}).await;
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    a.provision("x").await;
-    let mut agent = b.connect("x").await;
-    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let (a, b, mut agent) = agent_on_b(&url).await;
     let done = a
         .send_command("x", json!({"command_type": "send_message"}))
         .await;
@@ -511,11 +506,7 @@ async fn ws_dlv_1_messages_lost_while_an_instance_could_not_listen_are_made_up_f
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let a = TestServer::start_pg(&url, |_| {}).await;
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    a.provision("x").await;
-    let mut old = b.connect("x").await;
-    a.wait_agent("x", |v| v["instance"] == b.instance()).await;
+    let (a, b, mut old) = agent_on_b(&url).await;
 
     // B's notifications go nowhere now; the command's NOTIFY is lost.
     cut_listener(&url, &b.instance()).await.unwrap();
