@@ -355,8 +355,8 @@ impl PgCluster {
         }
         let alive = now_millis() - STALE.as_millis() as i64;
         let client = self.db.client().await?;
-        let push = client.prepare_cached(SQL_PUSH).await.map_err(backend)?;
-        let deliver = client.prepare_cached(SQL_DELIVER).await.map_err(backend)?;
+        let push = client.prepare_cached(SQL_PUSH).await.map_err(pg_error)?;
+        let deliver = client.prepare_cached(SQL_DELIVER).await.map_err(pg_error)?;
         let push_params: [&(dyn ToSql + Sync); 2] = [&channels, &payloads];
         let deliver_params: [&(dyn ToSql + Sync); 6] = [
             &prefix,
@@ -469,11 +469,11 @@ async fn forget_instances(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> StoreResult<()> {
     let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(backend)?;
+    let tx = client.transaction().await.map_err(pg_error)?;
     let tags: Vec<i64> = tx
         .query(select, params)
         .await
-        .map_err(backend)?
+        .map_err(pg_error)?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -483,13 +483,13 @@ async fn forget_instances(
             &[&tags],
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
         tx.execute("DELETE FROM instances WHERE tag = ANY($1)", &[&tags])
             .await
-            .map_err(backend)?;
+            .map_err(pg_error)?;
         info!(?tags, "forgot instances that stopped");
     }
-    tx.commit().await.map_err(backend)
+    tx.commit().await.map_err(pg_error)
 }
 
 /// Opens a connection, LISTENs on the instance's channel and returns the
@@ -534,7 +534,7 @@ async fn listen(
     client
         .batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     // If the task already ended, the client is dropped with the send.
     let _ = keep_tx.send(client);
     Ok(task)

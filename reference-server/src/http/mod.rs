@@ -18,9 +18,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// Largest request body accepted (as the 64 KiB frame limit of §3).
 pub const MAX_BODY: usize = 64 * 1024;
+/// What `Retry-After` says while the database cannot be reached.
+const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The remote address of the TCP connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +73,25 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal(e)
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // A failover or restart of the database: the client may send
+            // the same request again (a command with its `command_id` is
+            // safe to repeat, WS-API-2, even if it was stored after all).
+            StoreError::Unavailable(_) => {
+                tracing::warn!("{e}");
+                ApiError {
+                    retry_after: Some(STORAGE_RETRY_AFTER),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "storage_unavailable",
+                        "the database cannot be reached now; retry shortly",
+                    )
+                }
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 

@@ -33,6 +33,11 @@ pub type ConnId = i64;
 pub enum StoreError {
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The database cannot be reached now (the connection was refused or
+    /// lost, or the server is shutting down or starting up): unlike a
+    /// `Backend` failure, the same request may well succeed in a moment.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage is closed")]
     Closed,
 }

@@ -14,5 +14,6 @@ mod delivery;
 mod fuzz;
 mod http_fallback;
 mod messages;
+mod outage;
 mod rate_limits;
 mod robustness;

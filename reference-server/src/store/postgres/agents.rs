@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use super::rows::opt_json;
 use super::schema::pending;
-use super::{backend, Db};
+use super::{pg_error, Db};
 use crate::store::{AgentRow, ConnId, HistoryRow, Millis, StoreResult};
 
 /// WS-CONN-6: connection history rows kept per agent.
@@ -50,11 +50,11 @@ pub(super) async fn upsert(
              RETURNING xmax = 0",
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     let row = client
         .query_one(&stmt, &[&id, &phone, &now])
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     Ok(row.get(0))
 }
 
@@ -63,8 +63,8 @@ pub(super) async fn get(db: &Db, id: &str) -> StoreResult<Option<AgentRow>> {
     let stmt = client
         .prepare_cached(concat!(agent_select!(), " WHERE a.id = $1"))
         .await
-        .map_err(backend)?;
-    let row = client.query_opt(&stmt, &[&id]).await.map_err(backend)?;
+        .map_err(pg_error)?;
+    let row = client.query_opt(&stmt, &[&id]).await.map_err(pg_error)?;
     row.as_ref().map(agent_row).transpose()
 }
 
@@ -73,8 +73,8 @@ pub(super) async fn list(db: &Db) -> StoreResult<Vec<AgentRow>> {
     let stmt = client
         .prepare_cached(concat!(agent_select!(), " ORDER BY a.id"))
         .await
-        .map_err(backend)?;
-    let rows = client.query(&stmt, &[]).await.map_err(backend)?;
+        .map_err(pg_error)?;
+    let rows = client.query(&stmt, &[]).await.map_err(pg_error)?;
     rows.iter().map(agent_row).collect()
 }
 
@@ -158,7 +158,7 @@ pub(super) async fn history(db: &Db, agent_id: &str, limit: u32) -> StoreResult<
             &[&agent_id, &i64::from(limit)],
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     Ok(rows
         .iter()
         .map(|r| HistoryRow {

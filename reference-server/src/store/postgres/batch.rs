@@ -37,7 +37,7 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::{cmd_cols, command_rows};
 use super::schema::pending;
-use super::{backend, rollback, Db};
+use super::{pg_error, rollback, Db};
 use crate::store::rules::{self, InsertDecision};
 use crate::store::{
     AckKind, AckOutcome, Channel, Claim, CommandRow, ConnId, DeliveryPolicy, InsertOutcome, Millis,
@@ -314,15 +314,15 @@ pub(super) async fn run(
     let lock = client
         .prepare_cached(SQL_LOCK_AGENTS)
         .await
-        .map_err(backend)?;
-    let read = client.prepare_cached(SQL_READ).await.map_err(backend)?;
+        .map_err(pg_error)?;
+    let read = client.prepare_cached(SQL_READ).await.map_err(pg_error)?;
     let count = client
         .prepare_cached(SQL_COUNT_PENDING)
         .await
-        .map_err(backend)?;
-    let holders = client.prepare_cached(SQL_HOLDERS).await.map_err(backend)?;
-    let insert = client.prepare_cached(SQL_INSERT).await.map_err(backend)?;
-    let update = client.prepare_cached(SQL_UPDATE).await.map_err(backend)?;
+        .map_err(pg_error)?;
+    let holders = client.prepare_cached(SQL_HOLDERS).await.map_err(pg_error)?;
+    let insert = client.prepare_cached(SQL_INSERT).await.map_err(pg_error)?;
+    let update = client.prepare_cached(SQL_UPDATE).await.map_err(pg_error)?;
 
     // A batch of claims only records which attempt went out: committed
     // without waiting for the WAL flush (the push follows at once). Lost

@@ -5,7 +5,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::rows::{cmd_cols, command_row, status};
-use super::{backend, Db};
+use super::{pg_error, Db};
 use crate::store::{CommandRow, Status, StoreResult};
 
 pub(super) const SQL_COMMAND_BY_ID: &str =
@@ -18,10 +18,13 @@ pub(super) const SQL_COMMANDS_BY_IDS: &str = concat!(
 );
 
 pub(super) async fn by_id<C: GenericClient>(c: &C, id: &str) -> StoreResult<Option<CommandRow>> {
-    let stmt = c.prepare_cached(SQL_COMMAND_BY_ID).await.map_err(backend)?;
+    let stmt = c
+        .prepare_cached(SQL_COMMAND_BY_ID)
+        .await
+        .map_err(pg_error)?;
     c.query_opt(&stmt, &[&id])
         .await
-        .map_err(backend)?
+        .map_err(pg_error)?
         .as_ref()
         .map(command_row)
         .transpose()
@@ -33,8 +36,8 @@ pub(super) async fn by_ids(db: &Db, ids: &[String]) -> StoreResult<Vec<CommandRo
     let stmt = client
         .prepare_cached(SQL_COMMANDS_BY_IDS)
         .await
-        .map_err(backend)?;
-    let rows = client.query(&stmt, &[&ids]).await.map_err(backend)?;
+        .map_err(pg_error)?;
+    let rows = client.query(&stmt, &[&ids]).await.map_err(pg_error)?;
     rows.iter().map(command_row).collect()
 }
 
@@ -54,14 +57,14 @@ pub(super) async fn list(
     limit: u32,
 ) -> StoreResult<Vec<CommandRow>> {
     let client = db.client().await?;
-    let stmt = client.prepare_cached(SQL_LIST).await.map_err(backend)?;
+    let stmt = client.prepare_cached(SQL_LIST).await.map_err(pg_error)?;
     let rows = client
         .query(
             &stmt,
             &[&agent_id, &st.map(Status::as_str), &(limit as i64)],
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     super::rows::command_rows(&rows)
 }
 
@@ -71,8 +74,8 @@ pub(super) async fn status_counts(db: &Db) -> StoreResult<Vec<(Status, u64)>> {
     let stmt = client
         .prepare_cached("SELECT status, COUNT(*) FROM commands GROUP BY status")
         .await
-        .map_err(backend)?;
-    let rows = client.query(&stmt, &[]).await.map_err(backend)?;
+        .map_err(pg_error)?;
+    let rows = client.query(&stmt, &[]).await.map_err(pg_error)?;
     let mut counts = rows
         .iter()
         .map(|r| {

@@ -10,7 +10,7 @@
 use super::batch::{UpdateColumns, SQL_UPDATE};
 use super::rows::{cmd_cols, command_rows};
 use super::schema::pending;
-use super::{backend, Db};
+use super::{pg_error, Db};
 use crate::store::{rules, CommandRow, DeliveryPolicy, Millis, StoreResult, Swept};
 
 /// Most commands one sweep changes; the rest wait for the next tick.
@@ -43,12 +43,12 @@ pub(super) const SQL_CANDIDATES: &str = concat!(
 pub(super) async fn sweep(db: &Db, p: &DeliveryPolicy, now: Millis) -> StoreResult<Vec<Swept>> {
     let max = i64::from(p.max_attempts);
     let mut client = db.client().await?;
-    let tx = client.transaction().await.map_err(backend)?;
-    let stmt = tx.prepare_cached(SQL_CANDIDATES).await.map_err(backend)?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let stmt = tx.prepare_cached(SQL_CANDIDATES).await.map_err(pg_error)?;
     let found = tx
         .query(&stmt, &[&now, &max, &SWEEP_LIMIT])
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     let mut changed: Vec<CommandRow> = Vec::new();
     let mut swept = Vec::new();
     for mut row in command_rows(&found)? {
@@ -65,11 +65,11 @@ pub(super) async fn sweep(db: &Db, p: &DeliveryPolicy, now: Millis) -> StoreResu
     if !changed.is_empty() {
         let rows: Vec<&CommandRow> = changed.iter().collect();
         let columns = UpdateColumns::of(&rows);
-        let update = tx.prepare_cached(SQL_UPDATE).await.map_err(backend)?;
+        let update = tx.prepare_cached(SQL_UPDATE).await.map_err(pg_error)?;
         tx.execute(&update, &columns.params())
             .await
-            .map_err(backend)?;
+            .map_err(pg_error)?;
     }
-    tx.commit().await.map_err(backend)?;
+    tx.commit().await.map_err(pg_error)?;
     Ok(swept)
 }

@@ -67,7 +67,27 @@ pub(crate) fn backend(e: impl Display) -> StoreError {
 /// A failed connection or statement, with its causes (tokio-postgres's
 /// `Display` leaves out why a TLS handshake failed).
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(describe(&e))
+    match unreachable(&e) {
+        true => StoreError::Unavailable(describe(&e)),
+        false => StoreError::Backend(describe(&e)),
+    }
+}
+
+/// Whether `e` says the database is not there now (a failover, a restart):
+/// the connection closed or could not be made, or the server is shutting
+/// down, starting up or out of connections (SQLSTATE class 08, 57P01-57P03,
+/// 53300).
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        }
+        None => {
+            e.is_closed()
+                || std::error::Error::source(e).is_some_and(|cause| cause.is::<std::io::Error>())
+        }
+    }
 }
 
 /// Ends a failed transaction so the pooled connection can be reused.
@@ -228,8 +248,8 @@ impl Db {
     /// Runs one statement (prepared once per connection) in autocommit.
     pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
-        client.execute(&stmt, params).await.map_err(backend)
+        let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+        client.execute(&stmt, params).await.map_err(pg_error)
     }
 
     /// Runs `statements` (each prepared once per connection) in one
@@ -244,7 +264,7 @@ impl Db {
         let client = self.client().await?;
         let mut prepared = Vec::with_capacity(statements.len());
         for (sql, _) in statements {
-            prepared.push(client.prepare_cached(sql).await.map_err(backend)?);
+            prepared.push(client.prepare_cached(sql).await.map_err(pg_error)?);
         }
         let queries = prepared
             .iter()
@@ -270,8 +290,8 @@ impl Db {
         params: &[&(dyn ToSql + Sync)],
     ) -> StoreResult<Vec<tokio_postgres::Row>> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
-        client.query(&stmt, params).await.map_err(backend)
+        let stmt = client.prepare_cached(sql).await.map_err(pg_error)?;
+        client.query(&stmt, params).await.map_err(pg_error)
     }
 }
 

@@ -10,7 +10,7 @@
 
 use tokio_postgres::Client;
 
-use super::backend;
+use super::pg_error;
 use crate::store::{StoreError, StoreResult};
 
 /// The advisory lock key of migrations (any constant the app owns).
@@ -123,13 +123,13 @@ pub(super) async fn migrate(client: &mut Client) -> StoreResult<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     let result = apply(client).await;
     // Unlocked whatever happened (closing the session would unlock it too).
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
-        .map_err(backend);
+        .map_err(pg_error);
     result.and(unlocked.map(|_| ()))
 }
 
@@ -142,14 +142,14 @@ async fn apply(client: &mut Client) -> StoreResult<()> {
              )",
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     let version: i64 = client
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
             &[],
         )
         .await
-        .map_err(backend)?
+        .map_err(pg_error)?
         .get(0);
     let known = MIGRATIONS.len() as i64;
     if version > known {
@@ -158,15 +158,15 @@ async fn apply(client: &mut Client) -> StoreResult<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = client.transaction().await.map_err(backend)?;
-        tx.batch_execute(sql).await.map_err(backend)?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(sql).await.map_err(pg_error)?;
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[&((i + 1) as i64)],
         )
         .await
-        .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
     }
     Ok(())
 }

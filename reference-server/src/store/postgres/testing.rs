@@ -6,7 +6,7 @@
 //! `DATABASE_URL`). Without one, tests print why they skip and pass; under
 //! CI (`CI` set) they fail instead, since `.ci/run` always provides one.
 
-use super::{backend, Db};
+use super::{backend, pg_error, Db};
 use crate::store::StoreResult;
 
 /// The variables read, in order.
@@ -41,7 +41,7 @@ pub async fn fresh_schema(base: &str) -> StoreResult<String> {
     client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     drop(client);
     let _ = driver.await;
     let separator = if base.contains('?') { '&' } else { '?' };
@@ -70,7 +70,7 @@ pub async fn cut_listener(url: &str, name: &str) -> StoreResult<()> {
             &[&name],
         )
         .await
-        .map_err(backend)?
+        .map_err(pg_error)?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -83,7 +83,7 @@ pub async fn cut_listener(url: &str, name: &str) -> StoreResult<()> {
             &[&pids],
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     for _ in 0..2_000 {
         let left = client
             .query(
@@ -91,7 +91,7 @@ pub async fn cut_listener(url: &str, name: &str) -> StoreResult<()> {
                 &[&pids],
             )
             .await
-            .map_err(backend)?;
+            .map_err(pg_error)?;
         if left.is_empty() {
             drop(client);
             let _ = driver.await;
@@ -114,7 +114,7 @@ pub async fn notify_instance(url: &str, name: &str, payload: &str) -> StoreResul
             &[&name, &payload],
         )
         .await
-        .map_err(backend)?;
+        .map_err(pg_error)?;
     drop(client);
     let _ = driver.await;
     Ok(())
