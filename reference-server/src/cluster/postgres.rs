@@ -430,9 +430,10 @@ struct Lookups<'a> {
 
 impl<'a> Lookups<'a> {
     fn add(&mut self, agent: &'a str, command: &'a str) {
-        // `["agent","command"],`: the API admits only ids that JSON needs
-        // no escape for ([A-Za-z0-9_.:-]), so the size is arithmetic.
-        let size = agent.len() + command.len() + 8;
+        // `["agent", "command"], ` as PostgreSQL writes it (a space after
+        // each comma): the API admits only ids that JSON needs no escape
+        // for ([A-Za-z0-9_.:-]), so the size is arithmetic.
+        let size = agent.len() + command.len() + 10;
         let mut chunk = self.chunks.last().copied().unwrap_or(0);
         if self.bytes + size > ANNOUNCE_CHUNK {
             (chunk, self.bytes) = (chunk + 1, 0);
@@ -689,4 +690,77 @@ fn remote_socket(r: &tokio_postgres::Row) -> (String, RemoteSocket) {
             remote_addr: r.get(5),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::testing::schema_for;
+    use crate::store::postgres::PgStore;
+    use crate::store::DeliveryPolicy;
+
+    /// WS-DLV-1: however many commands one notifier run announces to an
+    /// instance, and however short their ids, its `push` and `deliver`
+    /// notifications stay under PostgreSQL's payload limit (whose JSON has a
+    /// space after each comma and colon), and each command is in one of them.
+    #[tokio::test]
+    async fn notifications_of_the_shortest_ids_stay_under_the_payload_limit() {
+        let test = "notifications_of_the_shortest_ids_stay_under_the_payload_limit";
+        let Some(url) = schema_for(test).await else {
+            return;
+        };
+        let policy = DeliveryPolicy {
+            ack_timeout_ms: 30_000,
+            max_attempts: 10,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 60_000,
+            max_pending: 1_000,
+        };
+        let store = PgStore::open(&url, policy).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let start =
+            |name: &str| PgCluster::start(store.db().clone(), name.into(), shutdown.clone());
+        let (a, _) = start("A").await.unwrap();
+        let (b, mut inbox) = start("B").await.unwrap();
+        b.hold("a", b.first_conn_id(), 0, "127.0.0.1:1")
+            .await
+            .unwrap();
+
+        // Two characters each, all different: PostgreSQL delivers a
+        // notification repeated in one transaction only once.
+        const CHARS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let id = |n: usize| {
+            String::from_utf8(vec![CHARS[n / CHARS.len()], CHARS[n % CHARS.len()]]).unwrap()
+        };
+        let announced = 2_000;
+        let waiting: Vec<Announcement> = (0..announced)
+            .flat_map(|n| {
+                [
+                    Announcement::Lookup {
+                        agent: "a".into(),
+                        command: id(n),
+                    },
+                    Announcement::Push {
+                        tag: b.tag(),
+                        command: id(n),
+                    },
+                ]
+            })
+            .collect();
+        a.notify_holders(&waiting).await.unwrap();
+        let (mut delivered, mut pushed) = (0, 0);
+        while delivered < announced || pushed < announced {
+            let message = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+                .await
+                .expect("B is told within 10 s")
+                .expect("B's inbox is open");
+            match message {
+                Inbound::Deliver { commands } => delivered += commands.len(),
+                Inbound::Push { ids } => pushed += ids.len(),
+                other => panic!("B got {other:?}"),
+            }
+        }
+        assert_eq!((delivered, pushed), (announced, announced));
+        shutdown.cancel();
+    }
 }
