@@ -94,15 +94,10 @@ async fn agent_on_b(url: &str) -> (TestServer, TestServer, Agent) {
 /// announces it): `queued`, or with `conn` as attempt 1 pushed to that
 /// connection (its ack due in an hour).
 async fn store_unannounced(url: &str, agent: &str, id: &str, conn: Option<i64>) {
-    let (client, connection) = edge_server::store::postgres::Db::new(url)
-        .unwrap()
-        .connect_raw()
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
     let now = edge_server::wire::now_millis();
     let status = if conn.is_some() { "sent" } else { "queued" };
-    client
+    sql(url)
+        .await
         .execute(
             "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
              attempts, created_at, sent_at, ack_deadline, conn_id) \
@@ -121,8 +116,6 @@ async fn store_unannounced(url: &str, agent: &str, id: &str, conn: Option<i64>) 
         )
         .await
         .unwrap();
-    drop(client);
-    driver.await.unwrap().unwrap();
 }
 
 /// WS-DLV-1 across instances for a command left `queued` while its agent is

@@ -665,15 +665,6 @@ async fn wait_forgotten(url: &str, name: &str, within: Duration) {
     }
 }
 
-/// A plain connection to the schema at `url`, for the test's own reads.
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
-}
-
 /// Rows in `commands`, how many are completed, and the pushes they took
 /// (the sum of `attempts`), read with SQL.
 async fn sql_counts(url: &str) -> (i64, i64, i64) {

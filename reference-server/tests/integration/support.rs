@@ -435,3 +435,13 @@ impl Agent {
         while let Some(Ok(_)) = self.ws.next().await {}
     }
 }
+
+/// A plain connection to the PostgreSQL schema at `url`, for a test's own
+/// reads and writes.
+pub async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
