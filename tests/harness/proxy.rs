@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -869,10 +870,13 @@ impl Proxy {
                 request.edit_json(|body| body.insert("registration_token", token));
             }
             Fault::RegistrationNotIdempotent if path == "/edge/register" => {
-                let salt = rand::random::<u8>() % 90 + 10;
+                // A different phone every time (a random suffix repeated
+                // once in 90 registrations, and the fault then passed).
+                static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
+                let salt = REGISTRATIONS.fetch_add(1, Ordering::Relaxed);
                 request.edit_json(|body| {
                     if let Some(Json::String(phone)) = body.get_mut("user_phone") {
-                        phone.push_str(&salt.to_string());
+                        phone.push_str(&format!("{salt:02}"));
                     }
                 });
             }
