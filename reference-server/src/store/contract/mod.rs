@@ -38,9 +38,9 @@ use crate::store::{
 /// The tests' time zero (every store test counts from it).
 pub(in crate::store) const T0: Millis = 1_700_000_000_000;
 
-/// The policy most contract tests run with: small `max_attempts` so that
+/// The policy most store tests run with: small `max_attempts` so that
 /// running out of attempts takes few steps.
-const POLICY: DeliveryPolicy = DeliveryPolicy {
+pub(in crate::store) const POLICY: DeliveryPolicy = DeliveryPolicy {
     ack_timeout_ms: 30_000,
     max_attempts: 3,
     backoff_base_ms: 1_000,

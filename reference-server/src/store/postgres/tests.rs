@@ -11,22 +11,12 @@ use super::testing::schema_for;
 use super::{Db, PgStore};
 use crate::cluster::postgres::STALE;
 use crate::raw_json::RawJson;
-use crate::store::contract::{new_cmd, T0};
+use crate::store::contract::{new_cmd, POLICY, T0};
 use crate::store::{
     AckKind, AckOutcome, Claim, CommandRow, DeliveryPolicy, InsertOutcome, NewCommand, Priority,
     Status, Store,
 };
 use crate::wire::now_millis;
-
-fn policy() -> DeliveryPolicy {
-    DeliveryPolicy {
-        ack_timeout_ms: 30_000,
-        max_attempts: 3,
-        backoff_base_ms: 1_000,
-        backoff_cap_ms: 60_000,
-        max_pending: 10_000,
-    }
-}
 
 /// A store on a fresh schema with agents a1 and a2, or None to skip.
 async fn setup(test: &str, policy: DeliveryPolicy) -> Option<(String, PgStore)> {
@@ -58,7 +48,7 @@ fn all_pending(conn: i64) -> Claim {
 async fn a_second_instance_sees_answered_commands_and_the_same_pending_limit() {
     let p = DeliveryPolicy {
         max_pending: 2,
-        ..policy()
+        ..POLICY
     };
     let test = "a_second_instance_sees_answered_commands_and_the_same_pending_limit";
     let Some((url, store)) = setup(test, p).await else {
@@ -113,7 +103,7 @@ async fn a_second_instance_sees_answered_commands_and_the_same_pending_limit() {
 async fn the_pending_limit_holds_across_instances_at_once() {
     let p = DeliveryPolicy {
         max_pending: 10,
-        ..policy()
+        ..POLICY
     };
     let Some((url, a)) = setup("the_pending_limit_holds_across_instances_at_once", p).await else {
         return;
@@ -151,7 +141,7 @@ async fn the_pending_limit_holds_across_instances_at_once() {
 async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
     let p = DeliveryPolicy {
         max_pending: 2,
-        ..policy()
+        ..POLICY
     };
     let test = "a_batch_waits_for_another_instances_batch_for_the_same_agent";
     let Some((url, a)) = setup(test, p).await else {
@@ -232,7 +222,7 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
 /// live instance's socket is used, so the lookup itself is tested too.
 #[tokio::test]
 async fn a_socket_of_a_dead_instance_is_not_a_holder() {
-    let Some((url, store)) = setup("a_socket_of_a_dead_instance_is_not_a_holder", policy()).await
+    let Some((url, store)) = setup("a_socket_of_a_dead_instance_is_not_a_holder", POLICY).await
     else {
         return;
     };
@@ -293,7 +283,7 @@ where
 async fn concurrent_claims_from_two_instances_never_share_an_attempt() {
     let p = DeliveryPolicy {
         max_attempts: 1_000,
-        ..policy()
+        ..POLICY
     };
     let test = "concurrent_claims_from_two_instances_never_share_an_attempt";
     let Some((url, a)) = setup(test, p).await else {
@@ -373,10 +363,10 @@ async fn concurrent_claims_from_two_instances_never_share_an_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acks_from_two_instances_complete_each_command_once() {
     let test = "concurrent_acks_from_two_instances_complete_each_command_once";
-    let Some((url, a)) = setup(test, policy()).await else {
+    let Some((url, a)) = setup(test, POLICY).await else {
         return;
     };
-    let b = PgStore::open(&url, policy()).await.unwrap();
+    let b = PgStore::open(&url, POLICY).await.unwrap();
     for i in 0..100 {
         insert(
             &a,
@@ -440,7 +430,7 @@ async fn in_one_batch<T: Send + 'static>(
 async fn one_batch_decides_each_request_in_arrival_order() {
     let p = DeliveryPolicy {
         max_pending: 3,
-        ..policy()
+        ..POLICY
     };
     let Some((_, store)) = setup("one_batch_decides_each_request_in_arrival_order", p).await else {
         return;
@@ -511,11 +501,7 @@ async fn one_batch_decides_each_request_in_arrival_order() {
 /// alone: every other request of its batch is stored and answered.
 #[tokio::test]
 async fn a_failing_request_fails_alone_not_its_batch_mates() {
-    let Some((_, store)) = setup(
-        "a_failing_request_fails_alone_not_its_batch_mates",
-        policy(),
-    )
-    .await
+    let Some((_, store)) = setup("a_failing_request_fails_alone_not_its_batch_mates", POLICY).await
     else {
         return;
     };
@@ -555,7 +541,7 @@ async fn migrations_are_safe_when_instances_start_at_once() {
     let opens: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { PgStore::open(&url, policy()).await })
+            tokio::spawn(async move { PgStore::open(&url, POLICY).await })
         })
         .collect();
     let mut stores = Vec::new();
@@ -574,7 +560,7 @@ async fn migrations_are_safe_when_instances_start_at_once() {
     let expected: Vec<i64> = (1..=super::schema::MIGRATIONS.len() as i64).collect();
     assert_eq!(versions, expected);
     // And a later start migrates nothing again.
-    PgStore::open(&url, policy()).await.unwrap();
+    PgStore::open(&url, POLICY).await.unwrap();
     let again = stores[0]
         .db()
         .query("SELECT COUNT(*) FROM schema_migrations", &[])
@@ -593,7 +579,7 @@ async fn migrations_are_safe_when_instances_start_at_once() {
 async fn hot_statements_use_their_indexes_whatever_the_table_held_when_planned() {
     use super::{batch, commands, delivery};
     let test = "hot_statements_use_their_indexes_whatever_the_table_held_when_planned";
-    let Some((_, store)) = setup(test, policy()).await else {
+    let Some((_, store)) = setup(test, POLICY).await else {
         return;
     };
     // (statement, parameters, the indexes its plan must use)
@@ -670,7 +656,7 @@ async fn explain(client: &tokio_postgres::Client, sql: &str) -> String {
 #[tokio::test]
 async fn a_pipelined_transaction_stores_all_or_nothing() {
     let test = "a_pipelined_transaction_stores_all_or_nothing";
-    let Some((_, store)) = setup(test, policy()).await else {
+    let Some((_, store)) = setup(test, POLICY).await else {
         return;
     };
     let db = store.db();

@@ -9,18 +9,8 @@ mod throughput;
 mod writer;
 
 use super::SqliteStore;
-use crate::store::contract::{new_cmd, T0};
+use crate::store::contract::{new_cmd, POLICY, T0};
 use crate::store::{CommandRow, DeliveryPolicy, InsertOutcome, NewCommand, Store};
-
-fn policy() -> DeliveryPolicy {
-    DeliveryPolicy {
-        ack_timeout_ms: 30_000,
-        max_attempts: 3,
-        backoff_base_ms: 1_000,
-        backoff_cap_ms: 60_000,
-        max_pending: 10_000,
-    }
-}
 
 fn open_with(dir: &tempfile::TempDir, policy: DeliveryPolicy) -> SqliteStore {
     SqliteStore::open(&dir.path().join("edge.db"), policy).expect("open store")
@@ -28,7 +18,7 @@ fn open_with(dir: &tempfile::TempDir, policy: DeliveryPolicy) -> SqliteStore {
 
 async fn setup() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_with(&dir, policy());
+    let store = open_with(&dir, POLICY);
     assert!(store.upsert_agent("a1", Some("+100"), T0).await.unwrap());
     assert!(store.upsert_agent("a2", None, T0).await.unwrap());
     (dir, store)

@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-use super::{insert, new_cmd, open_with, policy, T0};
+use super::{insert, new_cmd, open_with, POLICY, T0};
 use crate::store::sqlite::agents::SQL_AGENT_BY_ID;
 use crate::store::sqlite::commands::{SQL_COMMAND_BY_ID, SQL_COUNT_PENDING};
 use crate::store::sqlite::delivery::{SQL_AGENT_PENDING, SQL_DEAD, SQL_EXPIRE};
@@ -14,7 +14,7 @@ use crate::store::{Priority, Status, Store};
 #[tokio::test]
 async fn hot_queries_use_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let _store = open_with(&dir, policy());
+    let _store = open_with(&dir, POLICY);
     let conn = Connection::open(dir.path().join("edge.db")).unwrap();
     let plan = |sql: &str| -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -46,7 +46,7 @@ async fn durable_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge.db");
     let row = {
-        let store = SqliteStore::open(&path, policy()).unwrap();
+        let store = SqliteStore::open(&path, POLICY).unwrap();
         store.upsert_agent("a1", Some("+1"), T0).await.unwrap();
         store
             .record_connect("a1", 1, "1.2.3.4:5", T0)
@@ -55,7 +55,7 @@ async fn durable_across_reopen() {
         insert(&store, new_cmd("c1", "a1", Priority::High, T0)).await
     };
     // Dropped: thread joined, file closed. Reopening migrates nothing again.
-    let store = SqliteStore::open(&path, policy()).unwrap();
+    let store = SqliteStore::open(&path, POLICY).unwrap();
     assert_eq!(store.command("c1").await.unwrap(), Some(row));
     let agent = store.agent("a1").await.unwrap().unwrap();
     assert_eq!(agent.user_phone.as_deref(), Some("+1"));
