@@ -33,15 +33,20 @@ pub mod tls;
 mod writer;
 
 #[cfg(test)]
+mod deadline_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;
 
 use std::fmt::Display;
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Socket;
@@ -59,6 +64,56 @@ use writer::Writer;
 
 /// Pooled connections per instance.
 const POOL_SIZE: usize = 16;
+
+/// How long opening a connection may take, from the TCP connect to the end
+/// of the session's setup, unless the URL's `connect_timeout` says (libpq's
+/// meaning: the whole handshake; tokio-postgres bounds only the TCP
+/// connect). Without it, a database host that drops packets (a failover
+/// whose old address went dark) held each attempt for the kernel's two
+/// minutes of SYN retries, and a server that accepted and never answered,
+/// forever.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long data sent on a connection may stay unacknowledged before the
+/// kernel drops it (`TCP_USER_TIMEOUT`), unless the URL's
+/// `tcp_user_timeout` says: a statement in flight to a host gone dark fails
+/// after this, not after Linux's ~15 minutes of retransmissions.
+const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The idle time before TCP keepalive probes, unless the URL's
+/// `keepalives_idle` says. tokio-postgres's own default is 2 hours: for that
+/// long a LISTEN connection to a host gone dark (it only receives, so
+/// nothing times out) looked alive while every notification was lost.
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+
+/// tokio-postgres's `keepalives_idle` when the URL sets none.
+const TOKIO_POSTGRES_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// The URL's timeouts, or ours where it sets none (see the constants).
+/// Returns how long a whole connection attempt may take.
+fn apply_timeout_defaults(config: &mut tokio_postgres::Config) -> Duration {
+    let deadline = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    config.connect_timeout(deadline);
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == TOKIO_POSTGRES_KEEPALIVES_IDLE {
+        config.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+    }
+    deadline
+}
+
+/// A connection attempt that outlived its deadline.
+fn connect_timed_out(deadline: Duration) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL did not finish connecting within {deadline:?}: the host dropped the \
+         connection attempt or the server never answered (connect_timeout in DATABASE_URL \
+         sets this limit)"
+    ))
+}
 
 pub(crate) fn backend(e: impl Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -102,6 +157,8 @@ pub struct Db {
     pool: Pool,
     config: tokio_postgres::Config,
     tls: PgTls,
+    /// How long one connection attempt may take ([`DEFAULT_CONNECT_TIMEOUT`]).
+    connect_deadline: Duration,
 }
 
 /// Run on every pooled connection once it is open.
@@ -182,6 +239,7 @@ impl Db {
             .parse()
             .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {}", describe(&e))))?;
         config.ssl_mode(settings.mode.negotiation());
+        let connect_deadline = apply_timeout_defaults(&mut config);
         let tls = PgTls::new(&settings).map_err(backend)?;
         let manager = Manager::from_connect(
             config.clone(),
@@ -192,14 +250,22 @@ impl Db {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(connect_deadline))
             .build()
             .map_err(backend)?;
-        Ok(Db { pool, config, tls })
+        Ok(Db {
+            pool,
+            config,
+            tls,
+            connect_deadline,
+        })
     }
 
     pub async fn client(&self) -> StoreResult<Object> {
         self.pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => self.connect_error(e),
+            PoolError::Timeout(_) => connect_timed_out(self.connect_deadline),
             e => backend(e),
         })
     }
@@ -239,9 +305,9 @@ impl Db {
         tokio_postgres::Client,
         tokio_postgres::Connection<Socket, PgTlsStream>,
     )> {
-        self.tls
-            .connect(&self.config)
+        tokio::time::timeout(self.connect_deadline, self.tls.connect(&self.config))
             .await
+            .map_err(|_| connect_timed_out(self.connect_deadline))?
             .map_err(|e| self.connect_error(e))
     }
 

@@ -13,9 +13,10 @@
 //! (`batch.rs`): the batching window is however long the previous
 //! transaction took, so a quiet instance answers at once and a busy one puts
 //! more in each commit. Every caller is answered only after the `COMMIT`
-//! (WS-DLV-6, WS-API-2). If the batch fails as a whole (a lost connection, a
-//! value PostgreSQL refuses), each request is run again alone, so only the
-//! one at fault gets the error.
+//! (WS-DLV-6, WS-API-2). If the batch fails as a whole (a value PostgreSQL
+//! refuses), each request is run again alone, so only the one at fault gets
+//! the error; if it failed because the database cannot be reached, every
+//! request gets that answer at once (`503`, and the client retries).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,6 +111,15 @@ async fn write(
             Err(e) if requests.len() == 1 => {
                 if let Some(reply) = replies.into_iter().next() {
                     let _ = reply.send(Err(e));
+                }
+            }
+            // No request is at fault when the database cannot be reached,
+            // and one by one, each would wait for its own failed connection
+            // attempt (up to the connect timeout each) before the next.
+            Err(StoreError::Unavailable(why)) => {
+                warn!(batch = requests.len(), "a batch failed: {why}");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
                 }
             }
             Err(e) => {
