@@ -34,6 +34,22 @@
 # still crosses an instance (the deployment behind a load balancer whose
 # agents happen to sit on one instance is the worst case for NOTIFY).
 #
+# --spread puts posts and agents on every instance instead (a load balancer
+# in front of all of them): command i is posted to instance i mod N and its
+# agent sits on instance (i + 1) mod N, so with two or three instances every
+# command still crosses one, and each instance accepts, pushes and acks a
+# 1/N share. --agents and --latency-agents must then be multiples of 6.
+#
+# --instance-cpu CORES gives each instance its own CPU budget (a cgroup v1
+# `cpu` quota, e.g. 0.25 = a quarter of a core; needs root), a stand-in for
+# instances on separate machines: on this shared machine the instances,
+# PostgreSQL and the bench otherwise compete for the same cores, and a third
+# instance adds CPU demand, not capacity. With a budget the instances are
+# the bottleneck, and what is measured is whether the cluster adds up their
+# capacity, or serialises somewhere (PostgreSQL and the bench stay
+# unlimited). The table then also gives the share of the instances' 10 ms
+# scheduling periods in which their budget ran out ("throttled").
+#
 # Environment: DATABASE_URL (default postgres://edge_ci:edge_ci@127.0.0.1:5432/edge_ci;
 # the role needs CREATE on the database: each run makes a schema
 # edge_bench_PID_N and drops it at the end), CARGO_TARGET_DIR (where the
@@ -55,7 +71,7 @@ cd "$(dirname "$0")/.."
 runs=3 commands=20000 concurrency=64 agents=100
 latency_agents=10000 rate=1000 duration=30s settle=0s
 configs=sqlite,pg1,pg2,pg3 modes=throughput,latency
-out= build=yes port_base=18181 run_limit=900
+out= build=yes port_base=18181 run_limit=900 spread=no instance_cpu=
 database_url=${DATABASE_URL:-postgres://edge_ci:edge_ci@127.0.0.1:5432/edge_ci}
 
 usage() {
@@ -77,6 +93,8 @@ Options (default):
                         10,000 is not what this measures
   --port-base P         first port of the instances ($port_base)
   --run-limit S         seconds one bench run may take before it fails ($run_limit)
+  --spread              posts and agents on every instance (see above)
+  --instance-cpu CORES  each instance's CPU budget, e.g. 0.25 (see above)
   --out FILE            also write the markdown table to FILE
   --no-build            use the release binaries already built
 EOF
@@ -98,6 +116,8 @@ while [ $# -gt 0 ]; do
         --run-limit) run_limit=$2; shift ;;
         --out) out=$2; shift ;;
         --no-build) build=no ;;
+        --spread) spread=yes ;;
+        --instance-cpu) instance_cpu=$2; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -106,6 +126,25 @@ done
 for n in "$runs" "$commands" "$concurrency" "$agents" "$latency_agents" "$rate" "$port_base" "$run_limit"; do
     case $n in '' | *[!0-9]*) echo "not a number: $n" >&2; exit 2 ;; esac
 done
+if [ "$spread" = yes ] && { { [[ ,$modes, == *,throughput,* ]] && [ $((agents % 6)) -ne 0 ]; } ||
+    { [[ ,$modes, == *,latency,* ]] && [ $((latency_agents % 6)) -ne 0 ]; }; }; then
+    echo "--spread needs --agents and --latency-agents that are multiples of 6 (e.g. 120 and 9996)," >&2
+    echo "so every instance holds the agents of the commands posted to the one before it" >&2
+    exit 2
+fi
+# The cgroup v1 cpu controller (this machine's); a quota per 10 ms period.
+cgroup_root=/sys/fs/cgroup/cpu cgroup_period=10000 cgroup_quota=
+if [ -n "$instance_cpu" ]; then
+    cgroup_quota=$(awk -v c="$instance_cpu" -v p="$cgroup_period" \
+        'BEGIN { if (c !~ /^[0-9]*\.?[0-9]+$/ || c < 0.1) exit 1; print int(c * p) }') || {
+        echo "--instance-cpu takes a number of cores, at least 0.1 (the kernel's smallest quota), e.g. 0.25; got $instance_cpu" >&2
+        exit 2
+    }
+    if [ ! -w "$cgroup_root/cpu.cfs_quota_us" ] && [ ! -w "$cgroup_root" ]; then
+        echo "--instance-cpu needs the cgroup v1 cpu controller writable at $cgroup_root (run as root)" >&2
+        exit 2
+    fi
+fi
 for tool in curl psql; do
     command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 2; }
 done
@@ -125,7 +164,7 @@ done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d /tmp/pg-scale-bench.XXXXXX)
-pids=() schemas=()
+pids=() schemas=() cgroups=()
 stop_instances() {
     local pid i
     [ ${#pids[@]} -eq 0 ] && return 0
@@ -148,6 +187,9 @@ cleanup() {
     for s in "${schemas[@]}"; do
         psql_admin -c "DROP SCHEMA IF EXISTS $s CASCADE" >/dev/null 2>&1 \
             || echo "could not drop schema $s" >&2
+    done
+    for s in "${cgroups[@]}"; do
+        rmdir "$s" 2>/dev/null || echo "could not remove cgroup $s" >&2
     done
     rm -rf "$work"
     exit "$status"
@@ -172,12 +214,41 @@ fresh_database() {
     fi
 }
 
-# start_instance NAME PORT DATABASE_URL: in the background, logged to $work.
+# instance_cgroup NAME: the cgroup that instance NAME runs in with
+# --instance-cpu, in $cgroup (made once, quota set, recorded for the trap;
+# so not called in $(…)).
+instance_cgroup() {
+    cgroup=$cgroup_root/edge-bench-$$-$1
+    [ ! -d "$cgroup" ] || return 0
+    mkdir "$cgroup"
+    cgroups+=("$cgroup")
+    echo "$cgroup_period" >"$cgroup/cpu.cfs_period_us"
+    echo "$cgroup_quota" >"$cgroup/cpu.cfs_quota_us"
+}
+# throttled_periods: "THROTTLED PERIODS" summed over the instances' cgroups.
+throttled_periods() {
+    local dir throttled=0 periods=0 key value
+    for dir in "${cgroups[@]}"; do
+        while read -r key value; do
+            case $key in
+                nr_periods) periods=$((periods + value)) ;;
+                nr_throttled) throttled=$((throttled + value)) ;;
+            esac
+        done <"$dir/cpu.stat"
+    done
+    echo "$throttled $periods"
+}
+
+# start_instance NAME PORT DATABASE_URL: in the background, logged to $work;
+# in its cgroup with --instance-cpu (the shell joins it, then execs).
 start_instance() {
+    local cgroup=
+    [ -z "$cgroup_quota" ] || instance_cgroup "$1"
     EDGE_SECRET=bench-edge-secret ADMIN_TOKEN=bench-admin-token \
         RATE_CONNECTS_PER_MIN=0 RATE_REJECTS_PER_MIN=0 RATE_MESSAGES_PER_MIN=0 \
         RATE_PING_INTERVAL=0s PING_TIMEOUT=10m MAX_CONNECTIONS=19000 \
-        LOG_LEVEL=warn INSTANCE_ID="$1" DATABASE_URL="$3" \
+        LOG_LEVEL=warn INSTANCE_ID="$1" DATABASE_URL="$3" CGROUP="$cgroup" \
+        bash -c '[ -z "$CGROUP" ] || echo $$ >"$CGROUP/cgroup.procs"; unset CGROUP; exec "$0" "$@"' \
         "$server_bin" --listen "127.0.0.1:$2" >>"$work/$1.log" 2>&1 &
     pids+=($!)
     local i
@@ -211,10 +282,14 @@ run_one() {
         start_instance "${names[$i]}" $((port_base + i)) "$db"
         url+=("http://127.0.0.1:$((port_base + i))")
     done
-    case $config in
-        sqlite | pg1) agents_on=${url[0]} posts_to=${url[0]} ;;
-        pg2) agents_on=${url[1]} posts_to=${url[0]} ;;
-        pg3) agents_on=${url[2]} posts_to="${url[0]},${url[1]}" ;;
+    case $spread.$config in
+        *.sqlite | *.pg1) agents_on=${url[0]} posts_to=${url[0]} ;;
+        no.pg2) agents_on=${url[1]} posts_to=${url[0]} ;;
+        no.pg3) agents_on=${url[2]} posts_to="${url[0]},${url[1]}" ;;
+        # Agent i on the instance after the one command i is posted to
+        # (the bench: command i → post URL i mod N, agent i mod agents).
+        yes.pg2) agents_on="${url[1]},${url[0]}" posts_to="${url[0]},${url[1]}" ;;
+        yes.pg3) agents_on="${url[1]},${url[2]},${url[0]}" posts_to="${url[0]},${url[1]},${url[2]}" ;;
     esac
     local args=(--url "$agents_on" --post-url "$posts_to")
     if [ "$mode" = throughput ]; then
@@ -222,8 +297,9 @@ run_one() {
     else
         args+=(--agents "$latency_agents" latency --rate "$rate" --duration "$duration" --settle "$settle")
     fi
-    local status=0 instances=("${pids[@]}") server0 pg0=- bench0 host0
+    local status=0 instances=("${pids[@]}") server0 pg0=- bench0 host0 throttled0
     host0=$(host_ticks)
+    throttled0=$(throttled_periods)
     server0=$(ticks "${instances[@]}")
     [ "$config" = sqlite ] || pg0=$(postgres_ticks)
     children_ticks
@@ -239,6 +315,7 @@ run_one() {
     cpu_pg=-
     [ "$pg0" = - ] || cpu_pg=$(per_command $(($(postgres_ticks) - pg0)))
     steal=$(steal_percent "$host0" "$(host_ticks)")
+    throttled=$(steal_percent "$throttled0" "$(throttled_periods)")
     stop_instances
     if [ $status -ne 0 ]; then
         echo "bench $config $mode failed (exit $status): ${args[*]}" >&2
@@ -303,13 +380,17 @@ median() {
 field() { grep -o "$1=[0-9.]*" <<<"$2" | head -1 | cut -d= -f2 | xargs printf '%.1f'; }
 
 topology() {
-    case $1 in
-        sqlite) echo "1 instance (SQLite): posts and agents on S" ;;
-        pg1) echo "1 instance (PostgreSQL): posts and agents on A" ;;
-        pg2) echo "2 instances: posts to A, agents on B" ;;
-        pg3) echo "3 instances: posts to A+B, agents on C" ;;
+    case $spread.$1 in
+        *.sqlite) echo "1 instance (SQLite): posts and agents on S" ;;
+        *.pg1) echo "1 instance (PostgreSQL): posts and agents on A" ;;
+        no.pg2) echo "2 instances: posts to A, agents on B" ;;
+        no.pg3) echo "3 instances: posts to A+B, agents on C" ;;
+        yes.pg2) echo "2 instances: posts and agents on A+B, each command crossing" ;;
+        yes.pg3) echo "3 instances: posts and agents on A+B+C, each command crossing" ;;
     esac
 }
+# The throttled column, with --instance-cpu: "| 12, 30 " (runs).
+throttled_cell() { [ -z "$cgroup_quota" ] || echo " $(each "$1") |"; }
 
 IFS=, read -r -a config_list <<<"$configs"
 IFS=, read -r -a mode_list <<<"$modes"
@@ -328,7 +409,8 @@ for config in "${config_list[@]}"; do
                 results[$config.cpu_pg]+="$cpu_pg "
                 results[$config.cpu_bench]+="$cpu_bench "
                 results[$config.steal_throughput]+="$steal "
-                log "  $value commands/s; CPU µs per command: instances $cpu_server, PostgreSQL $cpu_pg, bench $cpu_bench; host steal $steal %"
+                results[$config.throttled_throughput]+="$throttled "
+                log "  $value commands/s; CPU µs per command: instances $cpu_server, PostgreSQL $cpu_pg, bench $cpu_bench; host steal $steal %${cgroup_quota:+; instances throttled in $throttled % of periods}"
             else
                 push=$(grep 'agent got it' <<<"$output") accepted=$(grep '202 accepted' <<<"$output")
                 [ -n "$push" ] || { echo "no latency in: $output" >&2; exit 1; }
@@ -337,7 +419,8 @@ for config in "${config_list[@]}"; do
                 results[$config.p999]+="$(field p99.9 "$push") "
                 results[$config.a99]+="$(field p99 "$accepted") "
                 results[$config.steal_latency]+="$steal "
-                log "  push p50 $(field p50 "$push") ms, p99 $(field p99 "$push") ms; host steal $steal %"
+                results[$config.throttled_latency]+="$throttled "
+                log "  push p50 $(field p50 "$push") ms, p99 $(field p99 "$push") ms; host steal $steal %${cgroup_quota:+; instances throttled in $throttled % of periods}"
             fi
         done
     done
@@ -355,10 +438,10 @@ table() {
     if [[ ,$modes, == *,throughput,* ]]; then
         echo "Throughput, closed loop: $commands commands, $concurrency posts in flight, $agents agents acking at once (accepted → pushed → acked → completed):"
         echo
-        echo "| configuration | commands/s (median) | runs | CPU µs/command: instances | PostgreSQL | bench | host steal % (runs) |"
-        echo "|---|---|---|---|---|---|---|"
+        echo "| configuration | commands/s (median) | runs | CPU µs/command: instances | PostgreSQL | bench | host steal % (runs) |${cgroup_quota:+ instances throttled % (runs) |}"
+        echo "|---|---|---|---|---|---|---|${cgroup_quota:+---|}"
         for config in "${config_list[@]}"; do
-            echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") | $(med "$config.cpu_server") | $(med "$config.cpu_pg") | $(med "$config.cpu_bench") | $(each "$config.steal_throughput") |"
+            echo "| $(topology "$config") | **$(med "$config.throughput")** | $(each "$config.throughput") | $(med "$config.cpu_server") | $(med "$config.cpu_pg") | $(med "$config.cpu_bench") | $(each "$config.steal_throughput") |$(throttled_cell "$config.throttled_throughput")"
         done
         echo
         echo "CPU per command: user + system time over the bench run divided by the commands (medians); PostgreSQL's includes autovacuum and every backend. On $(nproc) cores, $(nproc) s of CPU per second caps throughput at about $(nproc),000,000 / (the three summed) commands/s."
@@ -367,13 +450,15 @@ table() {
     if [[ ,$modes, == *,latency,* ]]; then
         echo "Latency, open model: $rate commands/s for $duration to $latency_agents connected agents (first command $settle after they connected), from the scheduled send time (ms, medians):"
         echo
-        echo "| configuration | accept→push p50 | accept→push p99 | p99.9 | 202 p99 | p99 of each run | host steal % (runs) |"
-        echo "|---|---|---|---|---|---|---|"
+        echo "| configuration | accept→push p50 | accept→push p99 | p99.9 | 202 p99 | p99 of each run | host steal % (runs) |${cgroup_quota:+ instances throttled % (runs) |}"
+        echo "|---|---|---|---|---|---|---|${cgroup_quota:+---|}"
         for config in "${config_list[@]}"; do
-            echo "| $(topology "$config") | $(med "$config.p50") | **$(med "$config.p99")** | $(med "$config.p999") | $(med "$config.a99") | $(each "$config.p99") | $(each "$config.steal_latency") |"
+            echo "| $(topology "$config") | $(med "$config.p50") | **$(med "$config.p99")** | $(med "$config.p999") | $(med "$config.a99") | $(each "$config.p99") | $(each "$config.steal_latency") |$(throttled_cell "$config.throttled_latency")"
         done
         echo
     fi
+    [ -z "$cgroup_quota" ] || echo "Each instance ran with a CPU budget of $instance_cpu cores (cgroup quota $cgroup_quota µs per $cgroup_period µs); PostgreSQL and the bench without one. Throttled: the share of the instances' periods in which their budget ran out (high: the instances were the bottleneck, as intended)."
+    [ -z "$cgroup_quota" ] || echo
     echo "Host steal: the share of the machine's CPU time the hypervisor gave to others during each run (/proc/stat). Compare runs with a low steal; a run with a high one measured the host."
 }
 if [ -n "$out" ]; then
