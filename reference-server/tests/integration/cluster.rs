@@ -341,6 +341,15 @@ async fn ws_cmd_2_relayed_as_posted_across_instances() {
         let (text, _) = agent.expect_text("config_update").await;
         assert_member_as_posted(&text, "data", config);
     }
+    // The long one was taken from `cluster_messages` as it was delivered,
+    // not left for the heartbeat's sweep of old messages.
+    let left: i64 = sql(&url)
+        .await
+        .query_one("SELECT COUNT(*) FROM cluster_messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "a delivered cluster message was left in the table");
 
     // A status sent to A, as B's control API shows it.
     agent
