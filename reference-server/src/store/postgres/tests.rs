@@ -497,6 +497,57 @@ async fn one_batch_decides_each_request_in_arrival_order() {
     );
 }
 
+/// Group commit, continued: a retry earlier in the batch counts toward the
+/// pending limit of an insert after it (WS-API-4, WS-API-2), and an ack for
+/// a command the same batch creates answers as it would have a moment
+/// before, when the id was unknown (WS-ACK-3): that command was never
+/// pushed.
+#[tokio::test]
+async fn a_retry_and_an_ack_in_a_batch_count_as_they_would_alone() {
+    let test = "a_retry_and_an_ack_in_a_batch_count_as_they_would_alone";
+    let p = DeliveryPolicy {
+        max_pending: 2,
+        ..POLICY
+    };
+    let Some((_, store)) = setup(test, p).await else {
+        return;
+    };
+    let ttl = NewCommand {
+        expires_at: Some(T0 + 1),
+        ..new_cmd("c0", "a1", Priority::Normal, T0)
+    };
+    insert(&store, ttl, None).await;
+    assert_eq!(store.sweep(T0 + 2).await.unwrap().len(), 1, "c0 expired");
+    insert(&store, new_cmd("c1", "a1", Priority::Normal, T0), None).await;
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store.clone());
+    let retry: Call = Box::pin(async move { format!("{:?}", s1.retry("c0", T0).await.unwrap()) });
+    let full: Call = Box::pin(async move {
+        let cmd = new_cmd("c2", "a1", Priority::Normal, T0);
+        format!("{:?}", s2.insert_command(cmd, None).await.unwrap())
+    });
+    let other: Call = Box::pin(async move {
+        let cmd = new_cmd("c3", "a2", Priority::Normal, T0);
+        format!("{:?}", s3.insert_command(cmd, None).await.unwrap())
+    });
+    let ack: Call = Box::pin(async move {
+        format!(
+            "{:?}",
+            s4.ack("a2", "c3", AckKind::Completed, T0).await.unwrap()
+        )
+    });
+    let (answers, ran) = in_one_batch(&store, vec![retry, full, other, ack]).await;
+    assert_eq!(ran, (1, 4), "one batch of four");
+    let kind = |a: &String| a.split('(').next().unwrap().to_string();
+    assert_eq!(
+        answers.iter().map(kind).collect::<Vec<_>>(),
+        ["Requeued", "QueueFull", "Created", "Unknown"],
+        "{answers:#?}"
+    );
+    let c3 = store.command("c3").await.unwrap().unwrap();
+    assert_eq!(c3.status, Status::Queued);
+}
+
 /// A request PostgreSQL refuses (a NUL character in a TEXT column) fails
 /// alone: every other request of its batch is stored and answered.
 #[tokio::test]
