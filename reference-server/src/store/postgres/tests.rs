@@ -148,23 +148,7 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
         return;
     };
     let b = PgStore::open(&url, p).await.unwrap();
-    let blocker = session(&url).await;
-    blocker
-        .batch_execute(
-            "BEGIN; INSERT INTO commands (id, agent_id, command_type, parameters, priority, \
-             status, created_at) VALUES ('a-0', 'a2', 'send_message', '{}', 0, 'queued', 0)",
-        )
-        .await
-        .unwrap();
-    // Who waits for backend $1 (pg_locks is read live; pg_stat_activity
-    // would be the snapshot of the blocker's open transaction).
-    let waiting_for = "SELECT l.pid FROM pg_locks l \
-         WHERE NOT l.granted AND $1 = ANY(pg_blocking_pids(l.pid))";
-    let blocker_pid: i32 = blocker
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let (blocker, blocker_pid) = insert_uncommitted(&url, "a-0", "a2").await;
 
     // A's batch counts a1's pending commands (0), then waits at its INSERT.
     let a_task = tokio::spawn({
@@ -174,11 +158,7 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
                 .await
         }
     });
-    let a_pid: i32 = poll(|| async {
-        let rows = blocker.query(waiting_for, &[&blocker_pid]).await.unwrap();
-        rows.first().map(|r| r.get(0))
-    })
-    .await;
+    let a_pid = waiting_for(&blocker, blocker_pid).await;
 
     // B's batch for a1 meanwhile: it must wait for A's (correct), or it
     // finishes on its own count (no lock).
@@ -194,7 +174,7 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
         .collect();
     poll(|| async {
         let b_waits = !blocker
-            .query(waiting_for, &[&a_pid])
+            .query(WAITING_FOR, &[&a_pid])
             .await
             .unwrap()
             .is_empty();
@@ -213,6 +193,36 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
     assert_eq!(created.len(), 2, "WS-API-2: a limit of 2, got {created:?}");
     assert_eq!(created[0], "a-0", "A's command, held first, is kept");
     assert_eq!(a.agent("a1").await.unwrap().unwrap().pending_commands, 2);
+}
+
+/// WS-API-2 across instances: two agents' commands with one id, accepted at
+/// once. The batch whose read ran before the other's row committed decides
+/// to create, and its insert then finds the id taken (`ON CONFLICT DO
+/// NOTHING`): it answers `Conflict`. Answered `Created`, the caller would
+/// be told a command was stored that never was.
+#[tokio::test]
+async fn an_id_another_instance_takes_meanwhile_answers_conflict() {
+    let test = "an_id_another_instance_takes_meanwhile_answers_conflict";
+    let Some((url, a)) = setup(test, POLICY).await else {
+        return;
+    };
+    // The other instance's insert, not committed yet: A's read cannot see
+    // it, and A's insert waits for it.
+    let (blocker, blocker_pid) = insert_uncommitted(&url, "x-0", "a2").await;
+    let a_task = tokio::spawn({
+        let a = a.clone();
+        async move {
+            a.insert_command(new_cmd("x-0", "a1", Priority::Normal, T0), None)
+                .await
+        }
+    });
+    waiting_for(&blocker, blocker_pid).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let answer = a_task.await.unwrap().unwrap();
+    assert!(matches!(answer, InsertOutcome::Conflict), "{answer:?}");
+    let stored = a.command("x-0").await.unwrap().unwrap();
+    assert_eq!(stored.agent_id, "a2");
+    assert_eq!(a.agent("a1").await.unwrap().unwrap().pending_commands, 0);
 }
 
 /// WS-DLV-1 across instances: a socket row left by an instance that stopped
@@ -256,6 +266,43 @@ async fn session(url: &str) -> tokio_postgres::Client {
     let (client, connection) = Db::new(url).unwrap().connect_raw().await.unwrap();
     tokio::spawn(connection);
     client
+}
+
+/// Begins a transaction on a session of its own that inserts command `id`
+/// for `agent` and leaves it open (as another instance's batch between its
+/// insert and its commit); returns the session and its backend's pid.
+async fn insert_uncommitted(url: &str, id: &str, agent: &str) -> (tokio_postgres::Client, i32) {
+    let client = session(url).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
+             created_at) VALUES ($1, $2, 'send_message', '{}', 0, 'queued', 0)",
+            &[&id, &agent],
+        )
+        .await
+        .unwrap();
+    let pid = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (client, pid)
+}
+
+/// The backends waiting for a lock that backend `$1` holds (`pg_locks` is
+/// read live; `pg_stat_activity` would be the snapshot of the asking
+/// session's open transaction).
+const WAITING_FOR: &str =
+    "SELECT l.pid FROM pg_locks l WHERE NOT l.granted AND $1 = ANY(pg_blocking_pids(l.pid))";
+
+/// Waits until a backend waits for a lock `pid` holds; returns its pid.
+async fn waiting_for(client: &tokio_postgres::Client, pid: i32) -> i32 {
+    poll(|| async {
+        let rows = client.query(WAITING_FOR, &[&pid]).await.unwrap();
+        rows.first().map(|r| r.get(0))
+    })
+    .await
 }
 
 /// Polls `probe` every 10 ms until it yields a value; fails after 20 s.
