@@ -127,6 +127,9 @@ faults! {
     accepts_unknown_agents: AcceptsUnknownAgents => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
     empty_id_is_unknown_agent: EmptyIdIsUnknownAgent => "WS-AUTH-3", ["empty-agent-id-is-400"; "missing-agent-id-is-400"];
     invalid_id_is_unknown_agent: InvalidIdIsUnknownAgent => "WS-AUTH-3", ["invalid-agent-id-is-400"];
+    id_limit_off_by_one: IdLimitOffByOne => "WS-AUTH-3", ["longest-agent-id-is-valid"];
+    phone_not_validated: PhoneNotValidated => "WS-AUTH-3", ["register-validates-the-phone"; "register-is-idempotent-per-phone"];
+    phone_limit_off_by_one: PhoneLimitOffByOne => "WS-AUTH-3", ["register-validates-the-phone"; "register-is-idempotent-per-phone"];
     rate_limit_without_retry_after: RateLimitWithoutRetryAfter => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
     auth_before_rate_limit: AuthBeforeRateLimit => "WS-RATE-1", ["rate-limited-agent-gets-429-before-token-check", "refused-upgrades-limited-per-address", "strangers-cannot-lock-an-agent-out"; "connection-attempts-per-agent-limited"];
     address_limit_skips_valid_tokens: AddressLimitSkipsValidTokens => "WS-RATE-1", ["refused-address-gets-429-even-with-a-valid-token"; "refused-upgrades-limited-per-address"];

@@ -129,6 +129,13 @@ pub enum Fault {
     AcceptsUnknownAgents,
     /// Ids are not validated: an invalid id is just an unknown agent (403).
     InvalidIdIsUnknownAgent,
+    /// The id length is checked the strict way (`< 128`): a 128-character id is 400.
+    IdLimitOffByOne,
+    /// `user_phone` is never validated on registration (a malformed one is
+    /// registered as its digits, at most 20 of them).
+    PhoneNotValidated,
+    /// The phone length is checked the strict way (`< 20` digits): a 20-digit phone is 400.
+    PhoneLimitOffByOne,
     /// An empty `edge_agent_id` is looked up (403 unknown agent), not refused with 400.
     EmptyIdIsUnknownAgent,
     /// Without a configured REGISTRATION_TOKEN, registration answers 401 (compared with "").
@@ -789,6 +796,12 @@ impl Proxy {
             {
                 request.set_header("authorization", &edge)
             }
+            Fault::IdLimitOffByOne if socket && agent.len() == 128 => {
+                return Some(Http::answer(
+                    400,
+                    json!({"error": "invalid_agent_id", "message": "edge_agent_id is too long"}),
+                ));
+            }
             Fault::TokenValidOneHour
                 if socket && hmac.as_ref().is_some_and(|t| t.1 < now - 3600) =>
             {
@@ -879,6 +892,27 @@ impl Proxy {
                         phone.push_str(&format!("{salt:02}"));
                     }
                 });
+            }
+            Fault::PhoneNotValidated if path == "/edge/register" => {
+                request.edit_json(|body| {
+                    if let Some(Json::String(phone)) = body.get_mut("user_phone") {
+                        let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+                        *phone = format!("{:0<3.20}", digits);
+                    }
+                });
+            }
+            Fault::PhoneLimitOffByOne
+                if path == "/edge/register"
+                    && request.json().is_some_and(|body| {
+                        body["user_phone"]
+                            .as_str()
+                            .is_some_and(|p| p.chars().filter(char::is_ascii_digit).count() == 20)
+                    }) =>
+            {
+                return Some(Http::answer(
+                    400,
+                    json!({"error": "invalid_phone", "message": "user_phone is too long"}),
+                ));
             }
             Fault::EdgeSecretRegisters if path == "/edge/register" => {
                 let token = Json::String(self.secrets.registration.clone());

@@ -71,11 +71,13 @@ impl<'a> Ctx<'a> {
         if let Some(secret) = &target.edge_secret {
             vars.insert("edge_secret".to_string(), secret.clone());
         }
-        // A phone number unique to this check and attempt (WS-HTTP-3).
+        // A phone number unique to this check and attempt (WS-HTTP-3), of
+        // always 15 digits, so a check can append 5 for the longest valid
+        // one (WS-AUTH-3: `+?[0-9]{3,20}`) and 6 for one too long.
         let digits: String = prefix.bytes().map(|b| char::from(b'0' + b % 10)).collect();
         vars.insert(
             "phone".to_string(),
-            format!("+1{}", &digits[digits.len().saturating_sub(14)..]),
+            format!("+1{:0>14}", &digits[digits.len().saturating_sub(14)..]),
         );
         Ctx {
             target,
