@@ -188,6 +188,7 @@ faults! {
     compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
     progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
     status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];
+    sync_status_ignored: SyncStatusIgnored => "WS-STATUS-1", ["sync-status-is-stored"; "status-is-stored"];
     bad_input_kills_all_sockets: BadInputKillsAllSockets => "WS-ERR-2", ["bad-input-never-affects-another-agent"];
     only_ping_messages_count: OnlyPingMessagesCount => "WS-CONN-3", ["any-frame-keeps-the-socket-alive"];
     times_out_at_ping_interval: TimesOutAtPingInterval => "WS-DLV-8", ["ping-timeout-close-is-not-early"];

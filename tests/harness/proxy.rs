@@ -254,6 +254,8 @@ pub enum Fault {
     ProgressAckIgnored,
     /// `status` messages are never stored.
     StatusNotStored,
+    /// A `status` in a sync body is dropped (only `status` messages are stored).
+    SyncStatusIgnored,
     /// Only an agent's first `status` is stored (`ON CONFLICT DO NOTHING`).
     StatusFirstOnly,
     /// Bad input from one agent takes every socket down (a crash).
@@ -891,6 +893,11 @@ impl Proxy {
                     if let Some(Json::String(phone)) = body.get_mut("user_phone") {
                         phone.push_str(&format!("{salt:02}"));
                     }
+                });
+            }
+            Fault::SyncStatusIgnored if path == "/edge/sync" => {
+                request.edit_json(|body| {
+                    body.remove("status");
                 });
             }
             Fault::PhoneNotValidated if path == "/edge/register" => {
