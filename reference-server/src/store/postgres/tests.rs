@@ -148,17 +148,8 @@ async fn a_batch_waits_for_another_instances_batch_for_the_same_agent() {
         return;
     };
     let b = PgStore::open(&url, p).await.unwrap();
-    let (blocker, blocker_pid) = insert_uncommitted(&url, "a-0", "a2").await;
-
     // A's batch counts a1's pending commands (0), then waits at its INSERT.
-    let a_task = tokio::spawn({
-        let a = a.clone();
-        async move {
-            a.insert_command(new_cmd("a-0", "a1", Priority::Normal, T0), None)
-                .await
-        }
-    });
-    let a_pid = waiting_for(&blocker, blocker_pid).await;
+    let (blocker, a_task, a_pid) = insert_behind_an_uncommitted_twin(&url, &a, "a-0").await;
 
     // B's batch for a1 meanwhile: it must wait for A's (correct), or it
     // finishes on its own count (no lock).
@@ -208,15 +199,7 @@ async fn an_id_another_instance_takes_meanwhile_answers_conflict() {
     };
     // The other instance's insert, not committed yet: A's read cannot see
     // it, and A's insert waits for it.
-    let (blocker, blocker_pid) = insert_uncommitted(&url, "x-0", "a2").await;
-    let a_task = tokio::spawn({
-        let a = a.clone();
-        async move {
-            a.insert_command(new_cmd("x-0", "a1", Priority::Normal, T0), None)
-                .await
-        }
-    });
-    waiting_for(&blocker, blocker_pid).await;
+    let (blocker, a_task, _) = insert_behind_an_uncommitted_twin(&url, &a, "x-0").await;
     blocker.batch_execute("COMMIT").await.unwrap();
     let answer = a_task.await.unwrap().unwrap();
     assert!(matches!(answer, InsertOutcome::Conflict), "{answer:?}");
@@ -268,26 +251,39 @@ async fn session(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Begins a transaction on a session of its own that inserts command `id`
-/// for `agent` and leaves it open (as another instance's batch between its
-/// insert and its commit); returns the session and its backend's pid.
-async fn insert_uncommitted(url: &str, id: &str, agent: &str) -> (tokio_postgres::Client, i32) {
-    let client = session(url).await;
-    client.batch_execute("BEGIN").await.unwrap();
-    client
-        .execute(
-            "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
-             created_at) VALUES ($1, $2, 'send_message', '{}', 0, 'queued', 0)",
-            &[&id, &agent],
-        )
-        .await
-        .unwrap();
-    let pid = client
+/// Another instance's batch between its insert of command `id` for a2 and
+/// its commit (a session of its own, its transaction left open), and
+/// `store`'s insert of the same id for a1, waiting for it at its `INSERT`.
+/// Returns that session, the waiting insert, and its backend's pid.
+async fn insert_behind_an_uncommitted_twin(
+    url: &str,
+    store: &PgStore,
+    id: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<crate::store::StoreResult<InsertOutcome>>,
+    i32,
+) {
+    let twin = session(url).await;
+    twin.batch_execute("BEGIN").await.unwrap();
+    twin.execute(
+        "INSERT INTO commands (id, agent_id, command_type, parameters, priority, status, \
+         created_at) VALUES ($1, 'a2', 'send_message', '{}', 0, 'queued', 0)",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let twin_pid: i32 = twin
         .query_one("SELECT pg_backend_pid()", &[])
         .await
         .unwrap()
         .get(0);
-    (client, pid)
+    let insert = tokio::spawn({
+        let (store, command) = (store.clone(), new_cmd(id, "a1", Priority::Normal, T0));
+        async move { store.insert_command(command, None).await }
+    });
+    let pid = waiting_for(&twin, twin_pid).await;
+    (twin, insert, pid)
 }
 
 /// The backends waiting for a lock that backend `$1` holds (`pg_locks` is
