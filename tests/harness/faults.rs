@@ -103,6 +103,7 @@ faults! {
     only_spec_command_types: OnlySpecCommandTypes => "WS-CMD-1", ["ttl-gives-expires_at-and-other-types-pass"; "command-is-pushed-with-its-fields"];
     http_last_ack_wins: HttpLastAckWins => "WS-HTTP-2", ["http-late-ack-keeps-the-final-state"];
     sync_as_anyone: SyncAsAnyone => "WS-HTTP-1", ["sync-only-as-itself"; "sync-returns-pending-commands"];
+    sync_interval_not_sent: SyncIntervalNotSent => "WS-HTTP-1", ["sync-pushes-its-interval"; "sync-returns-pending-commands"];
     http_ack_ignored: HttpAckIgnored => "WS-HTTP-2", ["http-ack-completes"];
     no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias"; "http-ack-completes"];
     registration_accepts_any_token: RegistrationAcceptsAnyToken => "WS-HTTP-3", ["register-with-wrong-token-is-401"; "register-is-idempotent-per-phone"];

@@ -184,6 +184,8 @@ pub enum Fault {
     SyncIgnoresPriority,
     /// `/edge/sync` acknowledges an event id only the first time.
     SyncAcksEventsOnce,
+    /// `/edge/sync` answers without `config_updates` (the polling interval never pushed).
+    SyncIntervalNotSent,
     /// `/edge/sync` never returns a command again.
     SyncNeverRedelivers,
     /// `/edge/sync` returns sent commands on every sync, ignoring the redelivery time.
@@ -1201,6 +1203,9 @@ impl Proxy {
                         }
                     }
                 });
+            }
+            Fault::SyncIntervalNotSent if route == "/edge/sync" => {
+                answer.edit_json(|body| body.remove("config_updates"));
             }
             Fault::SyncAcksEventsOnce if route == "/edge/sync" => {
                 let mut memory = self.memory();
