@@ -709,13 +709,7 @@ mod tests {
         let Some(url) = schema_for(test).await else {
             return;
         };
-        let policy = DeliveryPolicy {
-            ack_timeout_ms: 30_000,
-            max_attempts: 10,
-            backoff_base_ms: 1_000,
-            backoff_cap_ms: 60_000,
-            max_pending: 1_000,
-        };
+        let policy = DeliveryPolicy::PROTOCOL_DEFAULTS;
         let store = PgStore::open(&url, policy).await.unwrap();
         let shutdown = CancellationToken::new();
         let start =

@@ -241,6 +241,15 @@ pub struct DeliveryPolicy {
 }
 
 impl DeliveryPolicy {
+    /// PROTOCOL.md's defaults (WS-DLV-3, WS-API-2).
+    pub const PROTOCOL_DEFAULTS: DeliveryPolicy = DeliveryPolicy {
+        ack_timeout_ms: 30_000,
+        max_attempts: 10,
+        backoff_base_ms: 1_000,
+        backoff_cap_ms: 60_000,
+        max_pending: 1_000,
+    };
+
     /// WS-DLV-3: attempt n+1 is due at tₙ + ack_timeout + min(base · 2ⁿ⁻¹, cap).
     pub fn next_attempt_at(&self, sent_at: Millis, attempt: u32) -> Millis {
         let exp = attempt.saturating_sub(1).min(30);

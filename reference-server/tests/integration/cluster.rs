@@ -36,13 +36,7 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     let mut agent = b.connect("x").await;
     b.wait_agent("x", |v| v["connected"] == true).await;
     // Stored straight into the database: nobody announces it.
-    let policy = edge_server::store::DeliveryPolicy {
-        ack_timeout_ms: 30_000,
-        max_attempts: 10,
-        backoff_base_ms: 1_000,
-        backoff_cap_ms: 60_000,
-        max_pending: 1_000,
-    };
+    let policy = edge_server::store::DeliveryPolicy::PROTOCOL_DEFAULTS;
     let store = edge_server::store::postgres::PgStore::open(&url, policy)
         .await
         .unwrap();

@@ -48,14 +48,8 @@ pub(in crate::store) const POLICY: DeliveryPolicy = DeliveryPolicy {
     max_pending: 10_000,
 };
 
-/// PROTOCOL.md's defaults (WS-DLV-3, WS-API-2), for tests of the numbers.
-const DEFAULTS: DeliveryPolicy = DeliveryPolicy {
-    ack_timeout_ms: 30_000,
-    max_attempts: 10,
-    backoff_base_ms: 1_000,
-    backoff_cap_ms: 60_000,
-    max_pending: 1_000,
-};
+/// PROTOCOL.md's defaults, for tests of the numbers.
+const DEFAULTS: DeliveryPolicy = DeliveryPolicy::PROTOCOL_DEFAULTS;
 
 /// For the pending limit (WS-API-2).
 const TWO_PENDING: DeliveryPolicy = DeliveryPolicy {

@@ -14,13 +14,7 @@ use crate::store::{
 #[ignore]
 async fn accept_and_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = DeliveryPolicy {
-        ack_timeout_ms: 30_000,
-        max_attempts: 10,
-        backoff_base_ms: 1_000,
-        backoff_cap_ms: 60_000,
-        max_pending: 1_000,
-    };
+    let policy = DeliveryPolicy::PROTOCOL_DEFAULTS;
     let store = SqliteStore::open(&dir.path().join("edge.db"), policy).unwrap();
     let agents = 100;
     for a in 0..agents {
