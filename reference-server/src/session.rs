@@ -237,6 +237,17 @@ impl Session {
             Some(Ok(frame)) => frame,
         };
         let handled = match frame {
+            // WS-RATE-2: every text or binary message counts; one past the
+            // limit is answered and otherwise ignored.
+            Message::Text(_) | Message::Binary(_) if self.over_message_limit() => {
+                self.reply_error(
+                    socket,
+                    "rate_limited",
+                    "too many messages; this one was ignored",
+                    None,
+                )
+                .await
+            }
             Message::Text(text) => self.on_text(socket, text.as_str()).await,
             Message::Binary(_) => {
                 // §3: binary frames are answered, not fatal.
@@ -344,19 +355,17 @@ impl Session {
         }
     }
 
-    /// WS-RATE-2, then §3: one text frame from the agent.
-    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), WriteFailed> {
+    /// Counts one message against WS-RATE-2's limit: true when it is past it.
+    fn over_message_limit(&self) -> bool {
         let now = std::time::Instant::now();
-        if let Verdict::Limited { .. } = self.state.message_limiter.hit(&self.agent_id, now) {
-            return self
-                .reply_error(
-                    socket,
-                    "rate_limited",
-                    "too many messages; this one was ignored",
-                    None,
-                )
-                .await;
-        }
+        matches!(
+            self.state.message_limiter.hit(&self.agent_id, now),
+            Verdict::Limited { .. }
+        )
+    }
+
+    /// §3: one text frame from the agent, within its message limit.
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), WriteFailed> {
         match wire::parse_text(text) {
             Ok(Inbound::Ping) => {
                 self.state.metrics.pings.inc();

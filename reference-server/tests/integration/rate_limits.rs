@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
@@ -231,6 +232,29 @@ async fn ws_rate_2_messages_past_the_limit_get_rate_limited_and_are_ignored() {
         agent.expect("command").await["data"]["command_id"],
         next.as_str()
     );
+}
+
+/// Binary messages count too (and WebSocket control frames do not): past
+/// the limit a binary message gets `rate_limited`, not `unsupported_frame`,
+/// and a `ping` after them is not answered.
+#[tokio::test]
+async fn ws_rate_2_binary_messages_count_and_control_frames_do_not() {
+    let server = TestServer::start_with(|c| c.rate_messages_per_min = 5).await;
+    let mut agent = server.agent("a1").await;
+    for _ in 0..10 {
+        agent.send(Message::Ping(Vec::new().into())).await;
+    }
+    for _ in 0..5 {
+        agent.send(Message::Binary(vec![0].into())).await;
+        assert_eq!(
+            agent.expect("error").await["data"]["code"],
+            "unsupported_frame"
+        );
+    }
+    agent.send(Message::Binary(vec![0].into())).await;
+    assert_eq!(agent.expect("error").await["data"]["code"], "rate_limited");
+    agent.send_json(json!({"type": "ping"})).await;
+    assert_eq!(agent.expect("error").await["data"]["code"], "rate_limited");
 }
 
 #[tokio::test]
