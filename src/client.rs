@@ -86,6 +86,12 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// A frame as [`Conn::read`] saw it: Pongs matter only to [`Conn::ping`].
+enum Read {
+    Event(Event),
+    Pong(Vec<u8>),
+}
+
 pub struct Conn {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// While waiting for events, send a WebSocket Ping this often, as a
@@ -224,23 +230,59 @@ impl Conn {
         if let Some(message) = self.pending.pop_front() {
             return Event::Message(message);
         }
-        if let Some(ended) = &self.ended {
-            return ended.clone();
-        }
-        let every = self.keepalive.filter(|_| alive);
         loop {
-            // Due `every` after the last frame sent, not after this call
-            // began: a wait that starts just before a ping was due must not
-            // stretch the silence to twice `every`.
-            let next_ping = every.map(|e| self.last_sent + e);
+            match self.read(deadline, alive).await {
+                Read::Event(event) => return event,
+                Read::Pong(_) => continue,
+            }
+        }
+    }
+
+    /// Sends a WebSocket Ping carrying `payload` and waits until `deadline`
+    /// for the Pong that echoes it (RFC 6455 §5.5.3; WS-CONN-3). Messages
+    /// read meanwhile are kept for the next reader. Err says what came
+    /// instead.
+    pub async fn ping(&mut self, payload: &[u8], deadline: Instant) -> Result<(), String> {
+        self.ws
+            .send(Message::Ping(payload.to_vec().into()))
+            .await
+            .map_err(|e| format!("send failed: {e}"))?;
+        self.last_sent = Instant::now();
+        let mut other_pongs = Vec::new();
+        loop {
+            match self.read(deadline, true).await {
+                Read::Pong(echo) if echo == payload => return Ok(()),
+                Read::Pong(echo) => {
+                    other_pongs.push(format!("{:?}", String::from_utf8_lossy(&echo)))
+                }
+                Read::Event(Event::Message(message)) => self.pending.push_back(message),
+                Read::Event(Event::NotJson(_) | Event::Binary(_)) => {}
+                Read::Event(Event::Nothing) if other_pongs.is_empty() => {
+                    return Err("no Pong".into())
+                }
+                Read::Event(Event::Nothing) => {
+                    return Err(format!("only Pongs carrying {}", other_pongs.join(", ")))
+                }
+                Read::Event(ended) => return Err(ended.to_string()),
+            }
+        }
+    }
+
+    /// The next frame off the wire (no read-ahead), sending keepalives
+    /// meanwhile when `alive`.
+    async fn read(&mut self, deadline: Instant, alive: bool) -> Read {
+        if let Some(ended) = &self.ended {
+            return Read::Event(ended.clone());
+        }
+        loop {
+            let next_ping = self.keepalive_due().filter(|_| alive);
             let wake = next_ping.map_or(deadline, |p| p.min(deadline));
             let frame = match timeout_at(wake, self.ws.next()).await {
                 Err(_) if wake < deadline => {
-                    let _ = self.ws.send(Message::Ping(Vec::new().into())).await;
-                    self.last_sent = Instant::now();
+                    self.send_keepalive().await;
                     continue;
                 }
-                Err(_) => return Event::Nothing,
+                Err(_) => return Read::Event(Event::Nothing),
                 Ok(frame) => frame,
             };
             let event = match frame {
@@ -252,7 +294,8 @@ impl Conn {
                     Err(_) => Event::NotJson(text.to_string()),
                 },
                 Some(Ok(Message::Binary(b))) => Event::Binary(b.len()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Pong(echo))) => return Read::Pong(echo.to_vec()),
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(frame))) => {
                     let frame: Option<CloseFrame> = frame;
                     let (code, reason) = frame.map_or((1005, String::new()), |f| {
@@ -274,8 +317,24 @@ impl Conn {
             if matches!(event, Event::Closed { .. } | Event::Dropped(_)) {
                 self.ended = Some(event.clone());
             }
-            return event;
+            return Read::Event(event);
         }
+    }
+
+    /// When this socket's next keepalive Ping is due: `keepalive` after the
+    /// last frame sent, not after a wait began (a wait starting just before a
+    /// Ping was due must not stretch the silence to twice `keepalive`). None
+    /// when it sends none, or has ended.
+    pub fn keepalive_due(&self) -> Option<Instant> {
+        self.keepalive
+            .filter(|_| self.ended.is_none())
+            .map(|every| self.last_sent + every)
+    }
+
+    /// Sends a keepalive: an empty WebSocket Ping, as a live agent pings.
+    pub async fn send_keepalive(&mut self) {
+        let _ = self.ws.send(Message::Ping(Vec::new().into())).await;
+        self.last_sent = Instant::now();
     }
 
     /// Puts a message back for the next reader.
@@ -307,10 +366,17 @@ impl Conn {
             .map_err(|e| format!("send failed: {e}"))
     }
 
-    /// Frames a well-behaved client would never send (§3 bad-input table).
-    pub async fn send_bad_frame(&mut self, kind: &str) -> Result<(), String> {
+    /// A hand-made frame: an empty WebSocket `ping` (a control frame, for
+    /// WS-RATE-2), or one a well-behaved client would never send (§3
+    /// bad-input table).
+    pub async fn send_frame(&mut self, kind: &str) -> Result<(), String> {
         self.last_sent = Instant::now();
         match kind {
+            "ping" => self
+                .ws
+                .send(Message::Ping(Vec::new().into()))
+                .await
+                .map_err(|e| format!("send failed: {e}")),
             "invalid_utf8" => {
                 let frame =
                     Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
@@ -346,7 +412,7 @@ impl Conn {
                     .map_err(|e| format!("send failed: {e}"))
             }
             other => Err(format!(
-                "unknown frame `{other}`: use invalid_utf8, oversized or reserved_opcode"
+                "unknown frame `{other}`: use ping, invalid_utf8, oversized or reserved_opcode"
             )),
         }
     }

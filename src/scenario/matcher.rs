@@ -3,8 +3,11 @@
 //! through the server's types (DESIGN.md: two independent readings).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::Value;
+
+use super::timestamp;
 
 /// The value at a dotted path (`data.code`, `commands.0.command_id`).
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
@@ -15,10 +18,24 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     })
 }
 
-/// Whether `actual` (at a path, maybe absent) is what `expected` asks for.
-/// Wildcards: `"<any>"` present and not null, `"<absent>"`, `"<string>"`,
-/// `"<number>"`, `"<array>"`, `"<object>"`.
-pub fn matches(actual: Option<&Value>, expected: &Value) -> bool {
+/// Whether `actual` (at a path of `root`, maybe absent) is what `expected`
+/// asks for. Wildcards: `"<any>"` present and not null, `"<absent>"`,
+/// `"<string>"`, `"<number>"`, `"<array>"`, `"<object>"`, `"<timestamp>"`
+/// (an ISO-8601 date-time, [`timestamp::parse`]) and `"<timestamp = PATH +
+/// DURATION>"` (one that is also the timestamp at PATH plus DURATION, within
+/// WS-DLV-8's tolerance: 10 % or 1 s, whichever is larger).
+fn matches(root: &Value, actual: Option<&Value>, expected: &Value) -> bool {
+    if let Some(Ok(relative)) = expected.as_str().and_then(timestamp_wildcard) {
+        let read = |value: Option<&Value>| value.and_then(Value::as_str).and_then(timestamp::parse);
+        let Some(at) = read(actual) else {
+            return false;
+        };
+        return relative.is_none_or(|(path, offset)| {
+            let offset = offset.as_secs_f64();
+            read(lookup(root, path))
+                .is_some_and(|base| (at - base - offset).abs() <= (offset * 0.1).max(1.0))
+        });
+    }
     match expected.as_str() {
         Some("<any>") => actual.is_some_and(|v| !v.is_null()),
         Some("<absent>") => actual.is_none_or(Value::is_null),
@@ -34,11 +51,32 @@ pub fn matches(actual: Option<&Value>, expected: &Value) -> bool {
     }
 }
 
+/// A `<timestamp…>` wildcard: None when `expected` is not one; else the
+/// (path, offset) it compares with, if any, or what is wrong with it.
+pub fn timestamp_wildcard(expected: &str) -> Option<Result<Option<(&str, Duration)>, String>> {
+    let inner = expected
+        .strip_prefix("<timestamp")?
+        .strip_suffix('>')?
+        .trim();
+    if inner.is_empty() {
+        return Some(Ok(None));
+    }
+    let how = "write `<timestamp>` or `<timestamp = PATH + DURATION>`, e.g. `<timestamp = data.created_at + 300s>`";
+    let Some((path, offset)) = inner.strip_prefix('=').and_then(|r| r.split_once('+')) else {
+        return Some(Err(format!("`{expected}`: {how}")));
+    };
+    Some(
+        humantime::parse_duration(offset.trim())
+            .map(|offset| Some((path.trim(), offset)))
+            .map_err(|e| format!("`{expected}`: {e}; {how}")),
+    )
+}
+
 /// The first field that does not match, as (path, expected, actual).
 pub fn mismatch(value: &Value, fields: &[(String, Value)]) -> Option<(String, Value, Value)> {
     fields.iter().find_map(|(path, expected)| {
         let actual = lookup(value, path);
-        (!matches(actual, expected)).then(|| {
+        (!matches(value, actual, expected)).then(|| {
             (
                 path.clone(),
                 expected.clone(),
@@ -89,15 +127,75 @@ mod tests {
 
     #[test]
     fn wildcards_and_numbers() {
-        assert!(matches(Some(&json!(2)), &json!(2.0)));
-        assert!(matches(Some(&json!("s")), &json!("<string>")));
-        assert!(matches(None, &json!("<absent>")));
-        assert!(!matches(Some(&Value::Null), &json!("<any>")));
+        let root = Value::Null;
+        assert!(matches(&root, Some(&json!(2)), &json!(2.0)));
+        assert!(matches(&root, Some(&json!("s")), &json!("<string>")));
+        assert!(matches(&root, None, &json!("<absent>")));
+        assert!(!matches(&root, Some(&Value::Null), &json!("<any>")));
         let found = mismatch(
             &json!({"a": 1}),
             &[("a".into(), json!(1)), ("b".into(), json!("<any>"))],
         );
         assert_eq!(found, Some(("b".into(), json!("<any>"), Value::Null)));
+    }
+
+    #[test]
+    fn timestamps_alone_and_from_another_field() {
+        let command = json!({"data": {
+            "created_at": "2026-12-03T20:44:49.952Z",
+            "expires_at": "2026-12-03T20:49:49.952Z",
+            "after_269s": "2026-12-03T20:49:18.952Z",
+            "after_271s": "2026-12-03T20:49:20.952Z",
+            "after_329s": "2026-12-03T20:50:18.952Z",
+            "after_331s": "2026-12-03T20:50:20.952Z",
+            "epoch": "1796330689952",
+            "http_date": "Thu, 03 Dec 2026 20:44:49 GMT",
+        }});
+        let field = |path: &str, expected: &str| {
+            mismatch(&command, &[(path.into(), json!(expected))]).is_none()
+        };
+        assert!(field("data.created_at", "<timestamp>"));
+        assert!(!field("data.epoch", "<timestamp>"));
+        assert!(!field("data.http_date", "<timestamp>"));
+        assert!(!field("data.absent", "<timestamp>"));
+        // 300 s later, within WS-DLV-8's 10 % (30 s) and no further.
+        let ttl = "<timestamp = data.created_at + 300s>";
+        assert!(field("data.expires_at", ttl));
+        assert!(field("data.after_271s", ttl));
+        assert!(field("data.after_329s", ttl));
+        assert!(!field("data.after_269s", ttl));
+        assert!(!field("data.after_331s", ttl));
+        // Short offsets get the 1 s floor.
+        assert!(field(
+            "data.created_at",
+            "<timestamp = data.created_at + 1s>"
+        ));
+        assert!(!field(
+            "data.expires_at",
+            "<timestamp = data.http_date + 300s>"
+        ));
+        assert!(!field(
+            "data.created_at",
+            "<timestamp = data.expires_at + 1s>"
+        ));
+    }
+
+    #[test]
+    fn timestamp_wildcards_are_read_or_refused_with_how_to() {
+        assert_eq!(timestamp_wildcard("<string>"), None);
+        assert_eq!(timestamp_wildcard("<timestamp>"), Some(Ok(None)));
+        assert_eq!(
+            timestamp_wildcard("<timestamp = data.created_at + 5m>"),
+            Some(Ok(Some(("data.created_at", Duration::from_secs(300)))))
+        );
+        for bad in [
+            "<timestamp data.created_at>",
+            "<timestamp = data.created_at>",
+            "<timestamp = data.created_at + soon>",
+        ] {
+            let error = timestamp_wildcard(bad).unwrap().unwrap_err();
+            assert!(error.contains("<timestamp = PATH + DURATION>"), "{error}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod prometheus;
 pub mod raw;
 mod spec;
 pub mod step;
+pub mod timestamp;
 
 pub use spec::{toml_to_json, StepSpec};
 
@@ -139,7 +140,8 @@ pub enum Payload {
     Json(Value),
     Text(String),
     Binary(Vec<u8>),
-    /// A hand-made frame: `invalid_utf8`, `reserved_opcode`, `oversized`.
+    /// A hand-made frame: `ping` (a WebSocket Ping), `invalid_utf8`,
+    /// `reserved_opcode`, `oversized`.
     Frame(String),
 }
 
@@ -235,6 +237,11 @@ pub enum StepKind {
     },
     ExpectOpen {
         conn: String,
+    },
+    /// A WebSocket-level Ping with a payload of its own; the Pong must echo it.
+    WsPing {
+        conn: String,
+        within: String,
     },
     ExpectSilence {
         conn: String,

@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::matcher::timestamp_wildcard;
 use super::raw::Ordered;
 use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, StepKind, Window};
 
 /// One step as written. Exactly one of the kind keys (`provision`,
 /// `connect`, `send`, `expect`, `expect_close`, `expect_open`,
-/// `expect_silence`, `close`, `command`, `http`, `api`, `wait`, `restart`,
-/// `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
+/// `expect_silence`, `ws_ping`, `close`, `command`, `http`, `api`, `wait`,
+/// `restart`, `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
 /// present; the others are options of that kind.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +26,7 @@ pub struct StepSpec {
     pub expect_close: Option<String>,
     pub expect_open: Option<String>,
     pub expect_silence: Option<String>,
+    pub ws_ping: Option<String>,
     pub close: Option<String>,
     pub command: Option<String>,
     pub http: Option<String>,
@@ -88,11 +90,21 @@ pub fn toml_to_json(value: toml::Value) -> Value {
     }
 }
 
-fn fields(map: Option<BTreeMap<String, toml::Value>>) -> Vec<(String, Value)> {
-    map.unwrap_or_default()
+/// `fields = { PATH = VALUE }`; a malformed `<timestamp…>` is an error here,
+/// not a mismatch later.
+fn fields(map: Option<BTreeMap<String, toml::Value>>) -> Result<Vec<(String, Value)>, String> {
+    let fields: Vec<(String, Value)> = map
+        .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| (k, toml_to_json(v)))
-        .collect()
+        .collect();
+    match fields
+        .iter()
+        .find_map(|(_, v)| v.as_str().and_then(timestamp_wildcard)?.err())
+    {
+        Some(error) => Err(error),
+        None => Ok(fields),
+    }
 }
 
 impl StepSpec {
@@ -149,7 +161,7 @@ impl StepSpec {
             headers: self.header.take().unwrap_or_default(),
             body: self.body()?,
             statuses: self.status.take().unwrap_or_else(|| vec![200]),
-            fields: fields(self.fields.take()),
+            fields: fields(self.fields.take())?,
             raw: self.raw()?,
             save: self.save.take().unwrap_or_default(),
             eventually: self.eventually.take(),
@@ -167,6 +179,7 @@ impl StepSpec {
             ("expect_close", self.expect_close.is_some()),
             ("expect_open", self.expect_open.is_some()),
             ("expect_silence", self.expect_silence.is_some()),
+            ("ws_ping", self.ws_ping.is_some()),
             ("close", self.close.is_some()),
             ("command", self.command.is_some()),
             ("http", self.http.is_some()),
@@ -225,7 +238,7 @@ impl StepSpec {
                     header_id: self.header_id.take(),
                     outcome,
                     source: self.source.take(),
-                    welcome: self.fields.take().map(|f| fields(Some(f))),
+                    welcome: self.fields.take().map(|f| fields(Some(f))).transpose()?,
                 }
             }
             "send" => {
@@ -257,7 +270,7 @@ impl StepSpec {
             "expect" => StepKind::Expect {
                 conn: self.expect.take().unwrap(),
                 msg_type: self.msg_type.take().ok_or("expect needs type = \"...\"")?,
-                fields: fields(self.fields.take()),
+                fields: fields(self.fields.take())?,
                 raw: self.raw()?,
                 save: self.save.take().unwrap_or_default(),
                 mark: self.mark.take(),
@@ -281,6 +294,10 @@ impl StepSpec {
                     .within
                     .take()
                     .ok_or("expect_silence needs within = \"...\" (how long)")?,
+            },
+            "ws_ping" => StepKind::WsPing {
+                conn: self.ws_ping.take().unwrap(),
+                within: self.within.take().unwrap_or_else(|| "5s".into()),
             },
             "close" => StepKind::Close {
                 conn: self.close.take().unwrap(),
@@ -325,7 +342,7 @@ impl StepSpec {
                     .body()?
                     .ok_or("fill needs body = { command_type = ... }")?,
                 statuses: self.status.take().unwrap_or_else(|| vec![429]),
-                fields: fields(self.fields.take()),
+                fields: fields(self.fields.take())?,
                 max: self.max.take().unwrap_or(2000),
                 save_as: self.ids.take(),
             },

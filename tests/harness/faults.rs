@@ -200,6 +200,8 @@ faults! {
     pending_before_welcome: PendingBeforeWelcome => "WS-MSG-1", ["connected-comes-before-pending-commands"; "connected-comes-first"];
     ws_pings_not_counted: WsPingsNotCounted => "WS-CONN-3", ["websocket-pings-keep-the-socket-alive"];
     no_expires_at: NoExpiresAt => "WS-CMD-1", ["ttl-gives-expires_at-and-other-types-pass"; "command-is-pushed-with-its-fields"];
+    expires_at_is_created_at: ExpiresAtIsCreatedAt => "WS-CMD-1", ["ttl-gives-expires_at-and-other-types-pass"; "command-is-pushed-with-its-fields"];
+    pong_loses_payload: PongLosesPayload => "WS-CONN-3", ["websocket-ping-gets-its-pong"; "websocket-pings-keep-the-socket-alive"];
     welcome_wrong_agent_id: WelcomeWrongAgentId => "WS-MSG-1", ["connected-comes-first"];
     error_without_message: ErrorWithoutMessage => "WS-ERR-1", ["not-json-is-invalid_json"];
     welcome_version_as_number: WelcomeVersionAsNumber => "WS-MSG-1", ["connected-comes-first"];
@@ -216,6 +218,8 @@ faults! {
     no_string_type_is_unknown_type: NoStringTypeIsUnknownType => "WS-ERR-1", ["no-string-type-is-invalid_message"; "unknown-type-is-unknown_type"];
     bad_data_ignored: BadDataIgnored => "WS-ERR-1", ["bad-data-is-invalid_message"];
     extra_pings_dropped: ExtraPingsDropped => "WS-RATE-3", ["extra-pings-get-rate_limited"];
+    control_frames_counted: ControlFramesCounted => "WS-RATE-2", ["control-frames-are-not-counted"; "messages-past-the-limit-get-rate_limited"];
+    binary_not_counted: BinaryNotCounted => "WS-RATE-2", ["binary-messages-are-counted"; "messages-past-the-limit-get-rate_limited"];
     foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];
     drops_queued_commands: DropsQueuedCommands => "WS-DLV-1", ["offline-command-waits-for-the-agent"];
     never_redelivers: NeverRedelivers => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
@@ -231,6 +235,7 @@ faults! {
     attempt_starts_at_zero: AttemptStartsAtZero => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     priority_as_number: PriorityAsNumber => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     created_at_as_epoch: CreatedAtAsEpoch => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
+    created_at_http_date: CreatedAtHttpDate => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     parameters_as_string: ParametersAsString => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     camel_case_command_fields: CamelCaseCommandFields => "WS-CMD-1", ["command-is-pushed-with-its-fields"];
     resorts_parameter_keys: ResortsParameterKeys => "WS-CMD-2", ["parameters-relayed-as-posted"];

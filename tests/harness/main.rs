@@ -4,6 +4,7 @@
 
 mod cli;
 mod dashboard;
+mod engine;
 mod faults;
 mod interrupt;
 mod load;

@@ -278,6 +278,11 @@ pub enum Fault {
     WsPingsNotCounted,
     /// No `expires_at` on a command with a TTL.
     NoExpiresAt,
+    /// `expires_at` is `created_at` (the TTL never added).
+    ExpiresAtIsCreatedAt,
+    /// WebSocket Pings are answered with an empty Pong (`pong(b"")`), not
+    /// one echoing their payload.
+    PongLosesPayload,
     /// `protocol_version` is the number 1.0, not the string "1.0".
     WelcomeVersionAsNumber,
     /// `connected` names another agent (a shared welcome object).
@@ -310,6 +315,11 @@ pub enum Fault {
     BadDataIgnored,
     /// Extra pings are dropped silently (no `rate_limited`).
     ExtraPingsDropped,
+    /// WebSocket Ping frames count toward the message limit (WS-RATE-2 says
+    /// control frames do not).
+    ControlFramesCounted,
+    /// Binary messages are answered `unsupported_frame` but not counted.
+    BinaryNotCounted,
     /// An ack for another agent's command is taken (no owner check).
     ForeignAckAccepted,
     /// Commands queued while the agent was away are lost on connect.
@@ -340,6 +350,9 @@ pub enum Fault {
     PriorityAsNumber,
     /// `created_at` is epoch milliseconds, not an ISO-8601 string.
     CreatedAtAsEpoch,
+    /// `created_at` is an HTTP date (`Thu, 03 Dec 2026 20:44:49 GMT`,
+    /// JavaScript's `toUTCString()`), not ISO-8601.
+    CreatedAtHttpDate,
     /// `parameters` is sent as a JSON string (a text column).
     ParametersAsString,
     /// Command fields in camelCase (`commandId`, `commandType`).
@@ -1710,7 +1723,12 @@ impl Proxy {
             s.last_type = kind.clone();
         }
         s.untyped = value.is_some() && kind.is_empty();
-        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+        let counted = match message {
+            Message::Text(_) | Message::Binary(_) => true,
+            Message::Ping(_) => self.fault == Fault::ControlFramesCounted,
+            _ => false,
+        };
+        if counted {
             s.messages += 1;
             // Past the spec's 100 a minute (RateLimitStopsDelivery's memory).
             s.rate_limited |= s.messages > 100;
@@ -1757,8 +1775,18 @@ impl Proxy {
             Fault::AckNeedsTimestamp
                 if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
             {
-                let error = json!({"type": "error", "data": {"code": "invalid_message", "message": "timestamp is required"}});
-                return vec![Act::Agent(Message::text(error.to_string()))];
+                return vec![error_to_agent("invalid_message", "timestamp is required")];
+            }
+            Fault::ControlFramesCounted
+                if s.messages > 100 && matches!(message, Message::Text(_)) =>
+            {
+                return vec![error_to_agent("rate_limited", "too many messages")];
+            }
+            Fault::BinaryNotCounted if matches!(message, Message::Binary(_)) => {
+                return vec![error_to_agent(
+                    "unsupported_frame",
+                    "binary frames are not supported",
+                )];
             }
             Fault::CompatAckIgnored if ack.as_ref().is_some_and(|a| a.get("success").is_none()) => {
                 return vec![]
@@ -1785,6 +1813,14 @@ impl Proxy {
                 }
             }
             Fault::WsPingsNotCounted if matches!(message, Message::Ping(_)) => return vec![],
+            // Sent at once, this replaces the Pong the proxy's own WebSocket
+            // library queued for the agent; the server's is dropped below.
+            Fault::PongLosesPayload if matches!(message, Message::Ping(_)) => {
+                return vec![
+                    Act::Agent(Message::Pong(Vec::new().into())),
+                    Act::Server(message),
+                ]
+            }
             Fault::FailureAckCompletes | Fault::AckErrorDropped | Fault::ProgressAckCompletes
                 if ack.is_some() =>
             {
@@ -1854,6 +1890,9 @@ impl Proxy {
                 (Fault::BadUtf8Closes1002, 1007) => replace(1002, "protocol error"),
                 _ => vec![Act::Agent(message)],
             };
+        }
+        if self.fault == Fault::PongLosesPayload && matches!(message, Message::Pong(_)) {
+            return vec![];
         }
         let Some(value) = json(&message) else {
             return vec![Act::Agent(message)];
@@ -2047,6 +2086,11 @@ impl Proxy {
                     .unwrap()
                     .insert("created_at", Json::from(unix_now() as u64 * 1000));
             }),
+            Fault::CreatedAtHttpDate if command => edit(&|f| {
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("created_at", Json::String(HTTP_DATE.into()));
+            }),
             Fault::ParametersAsString if command => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
                 for key in ["parameters", "payload"] {
@@ -2127,6 +2171,13 @@ impl Proxy {
             Fault::NoExpiresAt if command => {
                 edit(&|f| f.get_mut("data").unwrap().remove("expires_at"))
             }
+            Fault::ExpiresAtIsCreatedAt if command => edit(&|f| {
+                let data = f.get_mut("data").unwrap();
+                if data.get("expires_at").is_some() {
+                    let created = data.get("created_at").unwrap().clone();
+                    data.insert("expires_at", created);
+                }
+            }),
             Fault::NoPayloadCopy if command => {
                 edit(&|f| f.get_mut("data").unwrap().remove("payload"))
             }
@@ -2211,6 +2262,15 @@ fn is_command_post(request: &Http) -> bool {
         && request.path().starts_with("/api/agents/")
         && request.path().ends_with("/commands")
 }
+
+/// An `error` message from "the backend" (WS-ERR-1).
+fn error_to_agent(code: &str, message: &str) -> Act {
+    let error = json!({"type": "error", "data": {"code": code, "message": message}});
+    Act::Agent(Message::text(error.to_string()))
+}
+
+/// A date as `toUTCString()` writes it (which one does not matter).
+const HTTP_DATE: &str = "Thu, 03 Dec 2026 20:44:49 GMT";
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

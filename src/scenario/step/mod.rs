@@ -136,7 +136,26 @@ impl<'a> Ctx<'a> {
 
     /// Runs one step; closes nothing on failure (the caller drops the context).
     pub async fn run(&mut self, line: usize, kind: &StepKind) -> Result<(), StepFailure> {
-        let result = match kind {
+        let result = if http_only(kind) {
+            // The sockets are lent to a keepalive loop while the step runs:
+            // a live agent keeps pinging whatever the backend's API is
+            // doing, and a poll may outlast the ping timeout.
+            let mut conns = std::mem::take(&mut self.conns);
+            let result = keeping_alive(&mut conns, self.step(kind)).await;
+            self.conns = conns;
+            result
+        } else {
+            self.step(kind).await
+        };
+        result.map_err(|(expected, observed)| StepFailure {
+            line,
+            expected,
+            observed,
+        })
+    }
+
+    async fn step(&mut self, kind: &StepKind) -> StepResult {
+        match kind {
             StepKind::Provision { agent } => self.provision(agent).await,
             StepKind::Connect {
                 conn,
@@ -183,6 +202,7 @@ impl<'a> Ctx<'a> {
                 window,
             } => self.expect_close(conn, codes, window).await,
             StepKind::ExpectOpen { conn } => self.expect_open(conn).await,
+            StepKind::WsPing { conn, within } => self.ws_ping(conn, within).await,
             StepKind::ExpectSilence {
                 conn,
                 msg_type,
@@ -221,15 +241,9 @@ impl<'a> Ctx<'a> {
             } => self.metrics(path, token, families).await,
             StepKind::Http(call) => self.http(call, false).await,
             StepKind::Api(call) => self.http(call, true).await,
+            // Silent on every socket: an agent that sends nothing meanwhile.
             StepKind::Wait { during } => {
-                let during = self
-                    .eval(during)
-                    .map_err(|(expected, observed)| StepFailure {
-                        line,
-                        expected,
-                        observed,
-                    })?;
-                tokio::time::sleep(during).await;
+                tokio::time::sleep(self.eval(during)?).await;
                 Ok(())
             }
             StepKind::Restart => {
@@ -239,12 +253,7 @@ impl<'a> Ctx<'a> {
                     .await
                     .or_else(|e| fail("the backend restarts", e))
             }
-        };
-        result.map_err(|(expected, observed)| StepFailure {
-            line,
-            expected,
-            observed,
-        })
+        }
     }
 
     fn conn(&mut self, name: &str) -> Result<&mut Conn, (String, String)> {
@@ -283,7 +292,7 @@ impl<'a> Ctx<'a> {
                 Payload::Json(v) => socket.send_text(v.to_string()).await,
                 Payload::Text(t) => socket.send_text(t.clone()).await,
                 Payload::Binary(b) => socket.send_binary(b.clone()).await,
-                Payload::Frame(kind) => socket.send_bad_frame(kind).await,
+                Payload::Frame(kind) => socket.send_frame(kind).await,
             };
             sent.or_else(|e| fail("the frame is sent", e))?;
         }
@@ -495,6 +504,20 @@ impl<'a> Ctx<'a> {
         result
     }
 
+    async fn ws_ping(&mut self, conn: &str, within: &str) -> StepResult {
+        let payload = format!("{}-ping-{}", self.prefix, self.commands);
+        self.commands += 1;
+        let deadline = Instant::now() + self.eval(within)?;
+        let answer = self.conn(conn)?.ping(payload.as_bytes(), deadline).await;
+        self.note(format!("{conn} → WebSocket Ping {payload:?}: {answer:?}"));
+        answer.or_else(|observed| {
+            fail(
+                format!("a Pong carrying {payload:?} within {within}"),
+                observed,
+            )
+        })
+    }
+
     async fn expect_silence(
         &mut self,
         conn: &str,
@@ -552,6 +575,43 @@ impl<'a> Ctx<'a> {
         for (_, (_, mut conn)) in self.conns.drain() {
             if !conn.is_ended() {
                 conn.close(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Steps that talk to the backend over HTTP only, and leave the sockets to
+/// [`keeping_alive`].
+fn http_only(kind: &StepKind) -> bool {
+    matches!(
+        kind,
+        StepKind::Provision { .. }
+            | StepKind::Command { .. }
+            | StepKind::Fill { .. }
+            | StepKind::Metrics { .. }
+            | StepKind::Http(_)
+            | StepKind::Api(_)
+    )
+}
+
+/// Runs `step` while sending each socket's keepalive Ping as it falls due.
+async fn keeping_alive<T>(
+    conns: &mut HashMap<String, (String, Conn)>,
+    step: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(step);
+    loop {
+        let Some(due) = conns.values().filter_map(|(_, c)| c.keepalive_due()).min() else {
+            return step.await;
+        };
+        tokio::select! {
+            out = &mut step => return out,
+            () = tokio::time::sleep_until(due) => {
+                for (_, conn) in conns.values_mut() {
+                    if conn.keepalive_due().is_some_and(|at| at <= Instant::now()) {
+                        conn.send_keepalive().await;
+                    }
+                }
             }
         }
     }
