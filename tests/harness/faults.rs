@@ -177,6 +177,7 @@ faults! {
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];
+    normal_close_recorded_as_error: NormalCloseRecordedAsError => "WS-CONN-4", ["normal-close-recorded-as-normal"; "normal-close-removes-at-once"];
 
     // ---- agent → server frames ----
     crashes_on_bad_json: CrashesOnBadJson => "WS-ERR-1", ["not-json-is-invalid_json"];

@@ -229,6 +229,9 @@ pub enum Fault {
     /// `/metrics` has no reconnect counter.
     MetricsWithoutReconnects,
     /// History records connects only: no `disconnected_at`.
+    /// A close frame from the agent is recorded with reason `error` (one
+    /// reason for every disconnect the server did not start).
+    NormalCloseRecordedAsError,
     HistoryWithoutDisconnects,
     /// History without `remote_addr`.
     HistoryWithoutRemoteAddr,
@@ -1530,6 +1533,19 @@ impl Proxy {
                     if let Some(Json::Array(history)) = body.get_mut("history") {
                         for entry in history {
                             entry.remove("remote_addr");
+                        }
+                    }
+                });
+            }
+            Fault::NormalCloseRecordedAsError
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(history)) = body.get_mut("history") {
+                        for entry in history {
+                            if entry.get("reason") == Some(&Json::String("normal".into())) {
+                                entry.insert("reason", Json::String("error".into()));
+                            }
                         }
                     }
                 });
