@@ -253,7 +253,10 @@ impl Conn {
             match self.read(deadline, true).await {
                 Read::Pong(echo) if echo == payload => return Ok(()),
                 Read::Pong(echo) => {
-                    other_pongs.push(format!("{:?}", String::from_utf8_lossy(&echo)))
+                    let echo = format!("{:?}", String::from_utf8_lossy(&echo));
+                    if !other_pongs.contains(&echo) {
+                        other_pongs.push(echo);
+                    }
                 }
                 Read::Event(Event::Message(message)) => self.pending.push_back(message),
                 Read::Event(Event::NotJson(_) | Event::Binary(_)) => {}

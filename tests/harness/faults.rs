@@ -219,6 +219,7 @@ faults! {
     no_string_type_is_unknown_type: NoStringTypeIsUnknownType => "WS-ERR-1", ["no-string-type-is-invalid_message"; "unknown-type-is-unknown_type"];
     bad_data_ignored: BadDataIgnored => "WS-ERR-1", ["bad-data-is-invalid_message"];
     extra_pings_dropped: ExtraPingsDropped => "WS-RATE-3", ["extra-pings-get-rate_limited"];
+    extra_messages_processed: ExtraMessagesProcessed => "WS-RATE-2", ["messages-past-the-limit-are-ignored"; "messages-past-the-limit-get-rate_limited"];
     control_frames_counted: ControlFramesCounted => "WS-RATE-2", ["control-frames-are-not-counted"; "messages-past-the-limit-get-rate_limited"];
     binary_not_counted: BinaryNotCounted => "WS-RATE-2", ["binary-messages-are-counted"; "messages-past-the-limit-get-rate_limited"];
     foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];

@@ -19,7 +19,7 @@
 //! is made from the agent's own source address, so the server's
 //! per-address limits (WS-RATE-1) see what they would see without a proxy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -318,6 +318,9 @@ pub enum Fault {
     BadDataIgnored,
     /// Extra pings are dropped silently (no `rate_limited`).
     ExtraPingsDropped,
+    /// A message past the limit gets `rate_limited` but is processed
+    /// anyway (a status over the limit is stored).
+    ExtraMessagesProcessed,
     /// WebSocket Ping frames count toward the message limit (WS-RATE-2 says
     /// control frames do not).
     ControlFramesCounted,
@@ -541,6 +544,9 @@ enum Act {
     Deafen,
     /// Drop both connections, no close frame.
     Drop,
+    /// Store this `status` as the agent's (`POST /edge/sync`, edge secret)
+    /// before anything else is relayed.
+    StoreStatus(Value),
 }
 
 /// One agent socket through the proxy.
@@ -563,6 +569,10 @@ struct Session {
     acked: HashSet<String>,
     /// Commands pushed on this socket.
     seen: HashSet<String>,
+    /// What the agent sent past the message limit (a status's data, else
+    /// null), until the server's `rate_limited` for it comes back
+    /// (ExtraMessagesProcessed).
+    ignored: VecDeque<Value>,
 }
 
 /// Commands pending at connect are held until none has come for this long,
@@ -746,10 +756,20 @@ impl Proxy {
 
     /// A control-API call of the proxy's own (admin token), answer as JSON.
     async fn admin(&self, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
+        self.call(&self.secrets.admin, method, path, body).await
+    }
+
+    /// A call of the proxy's own to the server with this token, answer as JSON.
+    async fn call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Option<(u16, Value)> {
         let mut stream = TcpStream::connect(self.upstream).await.ok()?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            self.secrets.admin,
+            "{method} {path} HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).await.ok()?;
@@ -1590,6 +1610,7 @@ impl Proxy {
             max_attempts: 10,
             acked: HashSet::new(),
             seen: HashSet::new(),
+            ignored: VecDeque::new(),
         };
         let mut crash = self.crash.subscribe();
         let mut later: Vec<(Instant, Message)> = Vec::new();
@@ -1683,6 +1704,14 @@ impl Proxy {
                         true
                     }
                     Act::Drop => false,
+                    Act::StoreStatus(status) => {
+                        let body = json!({"edge_agent_id": s.agent, "status": status});
+                        let edge = &self.secrets.edge;
+                        let _ = self
+                            .call(edge, "POST", "/edge/sync", &body.to_string())
+                            .await;
+                        true
+                    }
                 };
                 if !sent {
                     return;
@@ -1792,6 +1821,12 @@ impl Proxy {
                 if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
             {
                 return vec![error_to_agent("invalid_message", "timestamp is required")];
+            }
+            Fault::ExtraMessagesProcessed if counted && s.messages > 100 => {
+                let data = value
+                    .filter(|_| kind == "status")
+                    .map(|v| v["data"].clone());
+                s.ignored.push_back(data.unwrap_or_default());
             }
             Fault::ControlFramesCounted
                 if s.messages > 100 && matches!(message, Message::Text(_)) =>
@@ -2002,6 +2037,14 @@ impl Proxy {
                 vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
             }
             Fault::NoMessageRateLimit if code == "rate_limited" => vec![],
+            // The server has read and ignored that message, and every one
+            // before it: the status is stored after them, as if processed.
+            Fault::ExtraMessagesProcessed if code == "rate_limited" => {
+                match s.ignored.pop_front().filter(Value::is_object) {
+                    Some(status) => vec![Act::Agent(message), Act::StoreStatus(status)],
+                    None => vec![Act::Agent(message)],
+                }
+            }
             Fault::RateLimitClosesSocket if code == "rate_limited" && s.last_type != "ping" => {
                 vec![Act::Close(1008, "rate limited")]
             }
