@@ -515,10 +515,30 @@ mod tests {
                 from: 2,
             }
         );
+        let checks = step("{ ws_ping = \"a\" }").unwrap();
+        assert_eq!(
+            checks[0].steps[0].kind,
+            StepKind::WsPing {
+                conn: "a".into(),
+                within: "5s".into(),
+            }
+        );
         for (body, error) in [
             (
                 "{ expect_attempts = \"a\", command_id = \"x\" }",
                 "by = \"timer\" or \"reconnect\"",
+            ),
+            (
+                "{ expect = \"a\", type = \"command\", fields = { \"data.expires_at\" = \"<timestamp data.created_at>\" } }",
+                "write `<timestamp>` or `<timestamp = PATH + DURATION>`",
+            ),
+            (
+                "{ api = \"GET /x\", fields = { at = \"<timestamp = at + soon>\" } }",
+                "<timestamp = PATH + DURATION>",
+            ),
+            (
+                "{ ws_ping = \"a\", type = \"pong\" }",
+                "`type` is not an option of a `ws_ping` step",
             ),
             (
                 "{ command = \"a\", body = {}, body_text = '{}' }",
