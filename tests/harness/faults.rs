@@ -150,6 +150,7 @@ faults! {
     status_merged: StatusMerged => "WS-STATUS-1", ["a-new-status-replaces-the-last"; "status-is-stored"];
     config_delivered_when_offline: ConfigDeliveredWhenOffline => "WS-CFG-1", ["config-for-an-offline-agent-is-not-delivered"; "config-update-pushed"];
     timed_out_agent_stays_registered: TimedOutAgentStaysRegistered => "WS-CONN-3", ["timed-out-agent-leaves-the-registry"; "silent-agent-is-closed"];
+    ping_timeout_recorded_as_normal: PingTimeoutRecordedAsNormal => "WS-CONN-3", ["ping-timeout-recorded-as-ping_timeout"; "timed-out-agent-leaves-the-registry"];
     http_errors_not_json: HttpErrorsNotJson => "WS-HTTP-4", ["http-errors-are-json"];
     sync_ignores_priority: SyncIgnoresPriority => "WS-HTTP-1", ["sync-returns-pending-commands"];
     sync_acks_events_once: SyncAcksEventsOnce => "WS-HTTP-1", ["sync-acknowledges-events"];

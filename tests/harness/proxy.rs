@@ -228,10 +228,13 @@ pub enum Fault {
     MetricsAsJson,
     /// `/metrics` has no reconnect counter.
     MetricsWithoutReconnects,
-    /// History records connects only: no `disconnected_at`.
     /// A close frame from the agent is recorded with reason `error` (one
     /// reason for every disconnect the server did not start).
     NormalCloseRecordedAsError,
+    /// A ping-timeout close is recorded as `normal` (every close the agent's
+    /// side ended looks the same to the server).
+    PingTimeoutRecordedAsNormal,
+    /// History records connects only: no `disconnected_at`.
     HistoryWithoutDisconnects,
     /// History without `remote_addr`.
     HistoryWithoutRemoteAddr,
@@ -1557,14 +1560,18 @@ impl Proxy {
                     }
                 });
             }
-            Fault::NormalCloseRecordedAsError
+            Fault::NormalCloseRecordedAsError | Fault::PingTimeoutRecordedAsNormal
                 if method == "GET" && route.starts_with("/api/agents/") =>
             {
+                let (from, to) = match self.fault {
+                    Fault::NormalCloseRecordedAsError => ("normal", "error"),
+                    _ => ("ping_timeout", "normal"),
+                };
                 answer.edit_json(|body| {
                     if let Some(Json::Array(history)) = body.get_mut("history") {
                         for entry in history {
-                            if entry.get("reason") == Some(&Json::String("normal".into())) {
-                                entry.insert("reason", Json::String("error".into()));
+                            if entry.get("reason") == Some(&Json::String(from.into())) {
+                                entry.insert("reason", Json::String(to.into()));
                             }
                         }
                     }
