@@ -114,7 +114,11 @@ fn ws_config() -> WebSocketConfig {
 
 /// Opens a TCP connection, from `source` when given (to spread the
 /// backend's per-address limits over loopback addresses).
-async fn tcp(host: &str, port: u16, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+pub(crate) async fn tcp(
+    host: &str,
+    port: u16,
+    source: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = lookup_host((host, port)).await?.collect();
     let mut last = std::io::Error::other(format!("{host} has no address"));
     for addr in addrs {

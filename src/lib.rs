@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod client;
 pub mod conform;
+pub mod early_answer;
 pub mod embedded;
 pub mod load;
 pub mod report;

@@ -197,6 +197,10 @@ pub struct HttpCall {
     pub save: BTreeMap<String, String>,
     pub eventually: Option<String>,
     pub retry_after: bool,
+    /// Bytes of `"x"` in a `padding` member added to the body (a table);
+    /// sent by [`crate::early_answer`], which reads an answer that comes
+    /// before the body is all written.
+    pub pad: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -539,6 +543,10 @@ mod tests {
             (
                 "{ ws_ping = \"a\", type = \"pong\" }",
                 "`type` is not an option of a `ws_ping` step",
+            ),
+            (
+                "{ api = \"POST /x\", body_text = '{}', pad = 10 }",
+                "pad = BYTES adds a `padding` member to the body: it needs body = { … }",
             ),
             (
                 "{ command = \"a\", body = {}, body_text = '{}' }",

@@ -67,6 +67,7 @@ pub struct StepSpec {
     pub source: Option<String>,
     pub raw: Option<BTreeMap<String, String>>,
     pub body_text: Option<String>,
+    pub pad: Option<usize>,
     pub max: Option<u32>,
     pub ids: Option<String>,
     pub command_id: Option<String>,
@@ -150,6 +151,11 @@ impl StepSpec {
         if !path.starts_with('/') {
             return Err(format!("the path `{path}` must start with /"));
         }
+        if self.pad.is_some() && !matches!(&self.body, Some(toml::Value::Table(_))) {
+            return Err(
+                "pad = BYTES adds a `padding` member to the body: it needs body = { … }".into(),
+            );
+        }
         Ok(HttpCall {
             method: method.to_uppercase(),
             path: path.trim().to_string(),
@@ -166,6 +172,7 @@ impl StepSpec {
             save: self.save.take().unwrap_or_default(),
             eventually: self.eventually.take(),
             retry_after: self.retry_after.take().unwrap_or(false),
+            pad: self.pad.take(),
         })
     }
 
@@ -418,6 +425,7 @@ impl StepSpec {
             ("source", self.source.is_some()),
             ("raw", self.raw.is_some()),
             ("body_text", self.body_text.is_some()),
+            ("pad", self.pad.is_some()),
             ("max", self.max.is_some()),
             ("ids", self.ids.is_some()),
             ("command_id", self.command_id.is_some()),

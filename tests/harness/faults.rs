@@ -141,6 +141,7 @@ faults! {
     registration_token_useless: RegistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"];
     api_errors_without_message: ApiErrorsWithoutMessage => "WS-HTTP-4", ["http-errors-are-json"];
     empty_body_on_405: EmptyBodyOn405 => "WS-HTTP-4", ["http-errors-are-json"];
+    big_body_is_text_413: BigBodyIsText413 => "WS-HTTP-4", ["big-body-is-413-json"];
     http_ack_no_owner_check: HttpAckNoOwnerCheck => "WS-HTTP-2", ["http-ack-of-another-agents-command-is-404"; "http-ack-unknown-is-404"];
     retry_any_state: RetryAnyState => "WS-API-4", ["retry-is-only-for-dead-or-expired"];
     repeated_id_at_limit_is_429: RepeatedIdAtLimitIs429 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];

@@ -153,6 +153,9 @@ pub enum Fault {
     /// HTTP errors are plain text (`Unauthorized`), not JSON.
     HttpErrorsNotJson,
     /// A 405 has an empty body (a router's default).
+    /// A body over the limit gets the framework's own text 413 (axum's
+    /// `DefaultBodyLimit` answers `length limit exceeded`).
+    BigBodyIsText413,
     EmptyBodyOn405,
     /// Control API errors carry no `message`.
     ApiErrorsWithoutMessage,
@@ -613,11 +616,12 @@ impl Proxy {
             let Some(mut server) = self.connect_upstream(peer).await else {
                 return;
             };
-            if server.write_all(&request.to_bytes()).await.is_err() {
-                return;
-            }
+            // A server may answer before it has read the whole body (a 413)
+            // and close: what it answered is read all the same.
+            let _ = server.write_all(&request.to_bytes()).await;
             let mut raw = Vec::new();
-            if server.read_to_end(&mut raw).await.is_err() {
+            let _ = server.read_to_end(&mut raw).await;
+            if raw.is_empty() {
                 return;
             }
             // Said on every answer, so the client never reuses the connection.
@@ -1065,6 +1069,9 @@ impl Proxy {
                 answer.set_json(json!({"error": "unavailable", "message": "try later"}));
             }
             Fault::EmptyBodyOn405 if status == 405 => answer.set_body("text/plain", ""),
+            Fault::BigBodyIsText413 if status == 413 => {
+                answer.set_body("text/plain; charset=utf-8", "length limit exceeded")
+            }
             // Refused upgrades (`/edge/ws` answered without a 101).
             Fault::RefusesWithBare403 if socket && status == 401 => {
                 answer.set_status(403);

@@ -14,11 +14,24 @@ async fn ws_auth_6(
     ca_cert: Option<&Path>,
     dir: &Path,
 ) -> (Option<i32>, String, serde_json::Value) {
+    let (code, stderr, result) = conform_one(url, ca_cert, dir, "WS-AUTH-6").await;
+    assert_eq!(result["rule"], "WS-AUTH-6");
+    assert_eq!(result["name"], "tls-chain-and-wss");
+    (code, stderr, result)
+}
+
+/// `edge-harness conform --only ONLY` (one check) against `url`.
+async fn conform_one(
+    url: &str,
+    ca_cert: Option<&Path>,
+    dir: &Path,
+    only: &str,
+) -> (Option<i32>, String, serde_json::Value) {
     let json = dir.join(format!("conform-{}.json", rand::random::<u32>()));
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_edge-harness"));
     command
         .args(["conform", "--url", url, "--edge-secret", EDGE_SECRET])
-        .args(["--admin-token", ADMIN_TOKEN, "--only", "WS-AUTH-6"])
+        .args(["--admin-token", ADMIN_TOKEN, "--only", only])
         .args(["--color", "never", "--json"])
         .arg(&json)
         .env_remove("EDGE_CA_CERT")
@@ -37,9 +50,21 @@ async fn ws_auth_6(
     .unwrap();
     let results = report["report"]["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 1, "{results:#?}");
-    assert_eq!(results[0]["rule"], "WS-AUTH-6");
-    assert_eq!(results[0]["name"], "tls-chain-and-wss");
     (out.status.code(), text(&out.stderr), results[0].clone())
+}
+
+/// The embedded edge-server over TLS with a self-signed certificate made
+/// in `dir`: (the server, the certificate to trust).
+async fn tls_server(dir: &Path) -> (Embedded, PathBuf) {
+    let (cert, key) = self_signed(dir);
+    let cert_file = cert.clone();
+    let server = Embedded::start(move |c| {
+        c.tls_cert = Some(cert_file);
+        c.tls_key = Some(key);
+    })
+    .await
+    .unwrap();
+    (server, cert)
 }
 
 /// A self-signed certificate for 127.0.0.1 in `dir`: (cert.pem, key.pem).
@@ -54,14 +79,7 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_auth_6_passes_with_ca_cert_and_fails_naming_the_certificate_without() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let (cert_file, key_file) = (cert.clone(), key.clone());
-    let server = Embedded::start(move |c| {
-        c.tls_cert = Some(cert_file);
-        c.tls_key = Some(key_file);
-    })
-    .await
-    .unwrap();
+    let (server, cert) = tls_server(dir.path()).await;
     let url = format!("https://127.0.0.1:{}", server.addr.port());
 
     // Trusted: GET /health over HTTPS, then a wss:// upgrade and a ping.
@@ -82,19 +100,25 @@ async fn ws_auth_6_passes_with_ca_cert_and_fails_naming_the_certificate_without(
     assert!(stderr.contains("--ca-cert"), "{stderr}");
 }
 
+/// A big body goes over its own TLS connection (it reads the 413 while
+/// it still writes), trusting --ca-cert as the other requests do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_body_is_refused_over_tls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, cert) = tls_server(dir.path()).await;
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    let (code, stderr, result) =
+        conform_one(&url, Some(&cert), dir.path(), "big-body-is-413-json").await;
+    assert_eq!(result["status"], "pass", "{result:#}\n{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// The wss:// upgrade itself trusts --ca-cert, and names the certificate
 /// when it does not verify (the HTTP client is checked above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wss_upgrade_trusts_the_ca_cert() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let (cert_file, key_file) = (cert.clone(), key);
-    let server = Embedded::start(move |c| {
-        c.tls_cert = Some(cert_file);
-        c.tls_key = Some(key_file);
-    })
-    .await
-    .unwrap();
+    let (server, cert) = tls_server(dir.path()).await;
     let url = format!(
         "wss://127.0.0.1:{}/edge/ws?edge_agent_id=x",
         server.addr.port()

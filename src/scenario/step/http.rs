@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::{fail, Ctx, StepResult};
 use crate::scenario::matcher::{lookup, mismatch, substitute, substitute_str};
 use crate::scenario::raw::raw_mismatch;
-use crate::scenario::HttpCall;
+use crate::scenario::{Body, HttpCall};
 
 impl Ctx<'_> {
     pub(super) async fn http(&mut self, call: &HttpCall, admin: bool) -> StepResult {
@@ -18,7 +18,14 @@ impl Ctx<'_> {
         let path = substitute_str(&call.path, &self.vars);
         let url = format!("{}{path}", self.target.http_base);
         let authorization = self.authorization(&call.token, &agent)?;
-        let body = call.body.as_ref().map(|b| b.text(&self.vars));
+        let body = call.body.as_ref().map(|body| match (body, call.pad) {
+            (Body::Json(value), Some(bytes)) => {
+                let mut value = substitute(value, &self.vars);
+                value["padding"] = Value::String("x".repeat(bytes));
+                value.to_string()
+            }
+            _ => body.text(&self.vars),
+        });
         let raw: Vec<(String, String)> = call
             .raw
             .iter()
@@ -39,28 +46,48 @@ impl Ctx<'_> {
             .map(|d| self.timings().scaled(d));
         let deadline = Instant::now() + patience.unwrap_or_default();
         let kind = if admin { "api" } else { "http" };
+        let mut headers: Vec<(String, String)> = call
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), substitute_str(value, &self.vars)))
+            .collect();
+        if let Some(auth) = &authorization {
+            headers.push(("authorization".into(), auth.clone()));
+        }
+        if body.is_some() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
         loop {
-            let mut request = self.target.http.request(method.clone(), &url);
-            if let Some(auth) = &authorization {
-                request = request.header("authorization", auth);
-            }
-            for (name, value) in &call.headers {
-                request = request.header(name, substitute_str(value, &self.vars));
-            }
-            if let Some(body) = &body {
-                request = request
-                    .header("content-type", "application/json")
-                    .body(body.clone());
-            }
-            let response = request.send().await.or_else(|e| {
-                fail(
-                    format!("{} {path} answers", call.method),
-                    crate::tls::describe(&e),
-                )
-            })?;
-            let status = response.status().as_u16();
-            let retry_after = response.headers().get("retry-after").is_some();
-            let text = response.text().await.unwrap_or_default();
+            let answered = if call.pad.is_some() {
+                let body = body.as_deref().unwrap_or_default().as_bytes();
+                let tls = self.target.tls.clone();
+                let within = self.timings().scaled(Duration::from_secs(30));
+                crate::early_answer::send(&call.method, &url, &headers, body, tls, within)
+                    .await
+                    .map(|a| (a.status, a.retry_after, a.body))
+            } else {
+                let mut request = self.target.http.request(method.clone(), &url);
+                for (name, value) in &headers {
+                    request = request.header(name, value);
+                }
+                if let Some(body) = &body {
+                    request = request.body(body.clone());
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_after = response.headers().get("retry-after").is_some();
+                        Ok((
+                            status,
+                            retry_after,
+                            response.text().await.unwrap_or_default(),
+                        ))
+                    }
+                    Err(e) => Err(crate::tls::describe(&e)),
+                }
+            };
+            let (status, retry_after, text) =
+                answered.or_else(|e| fail(format!("{} {path} answers", call.method), e))?;
             let value: Value =
                 serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.clone()));
             let problem = if !call.statuses.contains(&status) {
