@@ -55,16 +55,7 @@ pub async fn send(
             Box::new(tcp)
         };
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let mut head = format!(
-            "{method} {}{} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {}\r\nconnection: close\r\n",
-            url.path(),
-            url.query().map(|q| format!("?{q}")).unwrap_or_default(),
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
+        let head = request_head(method, &url, headers, body.len());
         let write = async {
             writer.write_all(head.as_bytes()).await?;
             writer.write_all(body).await?;
@@ -88,6 +79,30 @@ pub async fn send(
     tokio::time::timeout(within, exchange)
         .await
         .map_err(|_| format!("no answer within {within:?}"))?
+}
+
+/// The request line and headers, for one request on its own connection.
+fn request_head(
+    method: &str,
+    url: &reqwest::Url,
+    headers: &[(String, String)],
+    length: usize,
+) -> String {
+    // An IPv6 host comes in brackets, as a Host header wants it.
+    let host = url.host_str().unwrap_or_default();
+    let host = match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut head = format!(
+        "{method} {}{query} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {length}\r\nconnection: close\r\n",
+        url.path()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head + "\r\n"
 }
 
 /// An HTTP/1.1 answer read to the end of its connection: `Content-Length`,
@@ -163,6 +178,20 @@ mod tests {
             (to_the_end.status, to_the_end.body.as_str()),
             (200, "hello")
         );
+    }
+
+    #[test]
+    fn the_request_names_its_host_and_length() {
+        let head = |url: &str| {
+            let url = reqwest::Url::parse(url).unwrap();
+            request_head("POST", &url, &[("x-a".into(), "1".into())], 7)
+        };
+        assert_eq!(
+            head("http://127.0.0.1:8080/api/x?y=1"),
+            "POST /api/x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\ncontent-length: 7\r\nconnection: close\r\nx-a: 1\r\n\r\n"
+        );
+        assert!(head("https://[::1]/p").contains("\r\nhost: [::1]:443\r\n"));
+        assert!(head("http://edge.example/p").contains("\r\nhost: edge.example:80\r\n"));
     }
 
     #[test]
