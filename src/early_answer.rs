@@ -138,7 +138,7 @@ pub fn parse(raw: &[u8]) -> Option<Answer> {
 }
 
 /// A chunked body, whole (None when it stops short).
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+pub fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = rest.windows(2).position(|w| w == b"\r\n")?;

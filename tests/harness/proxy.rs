@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use edge_harness::early_answer::dechunk;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2412,7 +2413,8 @@ impl Http {
             .header("transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
         {
-            http.body = dechunk(&http.body);
+            // A body cut short stays as it came.
+            http.body = dechunk(&http.body).unwrap_or_else(|| http.body.clone());
             http.remove_header("transfer-encoding");
             http.set_header("content-length", &http.body.len().to_string());
         }
@@ -2527,22 +2529,6 @@ impl Http {
         bytes.extend_from_slice(&self.body);
         bytes
     }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&body[..end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 || body.len() < end + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&body[end + 2..end + 2 + size]);
-        body = &body[(end + 4 + size).min(body.len())..];
-    }
-    out
 }
 
 /// JSON that keeps its members in the order they were written, so a fault

@@ -46,13 +46,14 @@ impl Ctx<'_> {
             .map(|d| self.timings().scaled(d));
         let deadline = Instant::now() + patience.unwrap_or_default();
         let kind = if admin { "api" } else { "http" };
-        let mut headers: Vec<(String, String)> = call
-            .headers
+        // In the order reqwest was given them before: credentials, the
+        // step's own headers, then the body's type.
+        let mut headers: Vec<(String, String)> = authorization
             .iter()
-            .map(|(name, value)| (name.clone(), substitute_str(value, &self.vars)))
+            .map(|auth| ("authorization".to_string(), auth.clone()))
             .collect();
-        if let Some(auth) = &authorization {
-            headers.push(("authorization".into(), auth.clone()));
+        for (name, value) in &call.headers {
+            headers.push((name.clone(), substitute_str(value, &self.vars)));
         }
         if body.is_some() {
             headers.push(("content-type".into(), "application/json".into()));
