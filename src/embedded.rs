@@ -1,6 +1,11 @@
 //! The embedded default: edge-server in this process on an ephemeral
 //! loopback port, on a SQLite file in a temporary directory, with short
 //! timers so the whole suite runs in seconds.
+//!
+//! Each start of the server gets its own tokio runtime, so the harness can
+//! crash it as `kill -9` would (WS-DLV-6): dropping the runtime drops every
+//! task at its next await, with no close frame, no graceful drain and no
+//! flush. What was committed is in the SQLite file; nothing else survives.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +14,7 @@ use std::time::Duration;
 use edge_server::{Config, RunningServer};
 use tokio::sync::Mutex;
 
-use crate::target::Restarter;
+use crate::target::{Lifecycle, Restarter, Target};
 
 pub const EDGE_SECRET: &str = "embedded-edge-secret";
 pub const ADMIN_TOKEN: &str = "embedded-admin-token";
@@ -17,9 +22,10 @@ pub const REGISTRATION_TOKEN: &str = "embedded-registration-token";
 
 pub struct Embedded {
     pub addr: SocketAddr,
-    server: Arc<Mutex<Option<RunningServer>>>,
+    server: Arc<Mutex<Option<Incarnation>>>,
     config: Config,
-    _dir: tempfile::TempDir,
+    /// The SQLite file's directory, when the server made it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Short timers: pings 500 ms / timeout 1.5 s, acks 1 s, 3 attempts; the
@@ -42,36 +48,64 @@ impl Embedded {
         let db = format!("sqlite://{}", dir.path().join("edge.db").display());
         let mut config = config(&db);
         adjust(&mut config);
-        let listener = edge_server::bind(([127, 0, 0, 1], 0).into())?;
-        let server = edge_server::start(config.clone(), listener).await?;
+        let mut embedded = Embedded::start_with(config).await?;
+        embedded._dir = Some(dir);
+        Ok(embedded)
+    }
+
+    /// On the caller's configuration (e.g. a PostgreSQL database shared
+    /// with other instances), on an ephemeral loopback port.
+    pub async fn start_with(config: Config) -> anyhow::Result<Embedded> {
+        let server = Incarnation::start(config.clone(), ([127, 0, 0, 1], 0).into())
+            .await
+            .map_err(anyhow::Error::msg)?;
         Ok(Embedded {
-            addr: server.addr,
+            addr: server.addr(),
             server: Arc::new(Mutex::new(Some(server))),
             config,
-            _dir: dir,
+            _dir: None,
         })
+    }
+
+    /// A target for this server, with its credentials and lifecycle.
+    pub fn target(&self) -> Target {
+        let mut target = Target::new(&self.url()).expect("an http:// URL");
+        target.edge_secret = Some(self.config.edge_secret.clone());
+        target.admin_token = Some(self.config.admin_token.clone());
+        target.registration_token = self.config.registration_token.clone();
+        let Lifecycle { restart, crash } = self.lifecycle();
+        target.restarter = Some(restart);
+        target.crasher = Some(crash);
+        target
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Graceful stop (close 1012), then a new server on the same port and file.
-    pub fn restarter(&self) -> Restarter {
+    /// A graceful restart (close 1012) and a crash, each followed by a new
+    /// server on the same port and file.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            restart: self.restarter(false),
+            crash: self.restarter(true),
+        }
+    }
+
+    fn restarter(&self, crash: bool) -> Restarter {
         let (server, config, addr) = (self.server.clone(), self.config.clone(), self.addr);
         Arc::new(move || {
             let (server, config) = (server.clone(), config.clone());
             Box::pin(async move {
                 let mut slot = server.lock().await;
                 if let Some(running) = slot.take() {
-                    running.stop().await;
+                    if crash {
+                        drop(running);
+                    } else {
+                        running.stop().await;
+                    }
                 }
-                let listener = bind_again(addr).await?;
-                *slot = Some(
-                    edge_server::start(config, listener)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
+                *slot = Some(Incarnation::start(config, addr).await?);
                 Ok(())
             })
         })
@@ -80,6 +114,58 @@ impl Embedded {
     pub async fn stop(self) {
         if let Some(server) = self.server.lock().await.take() {
             server.stop().await;
+        }
+    }
+}
+
+/// One run of the server, on a runtime of its own. Dropping it without
+/// [`stop`](Incarnation::stop) is the crash.
+struct Incarnation {
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<RunningServer>,
+}
+
+impl Incarnation {
+    async fn start(config: Config, addr: SocketAddr) -> Result<Incarnation, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("edge-server")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime for edge-server: {e}"))?;
+        // Bound inside the server's runtime: the listener belongs to its reactor.
+        let server = runtime
+            .spawn(async move {
+                let listener = bind_again(addr).await?;
+                edge_server::start(config, listener)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        Ok(Incarnation {
+            runtime: Some(runtime),
+            server: Some(server),
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.as_ref().expect("a started server").addr
+    }
+
+    /// Graceful: every socket closed with 1012, pending work drained.
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+}
+
+impl Drop for Incarnation {
+    fn drop(&mut self) {
+        // Not a plain drop: that blocks, and panics inside an async context.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -21,6 +21,14 @@ use crate::timing::Timings;
 pub type Restarter =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// How the harness restarts a backend it started itself (the embedded
+/// edge-server): gracefully, and by killing it.
+#[derive(Clone)]
+pub struct Lifecycle {
+    pub restart: Restarter,
+    pub crash: Restarter,
+}
+
 /// How commands enter the backend.
 #[derive(Debug, Clone)]
 pub enum Inject {
@@ -50,6 +58,8 @@ pub struct Target {
     pub registration_disabled: bool,
     pub inject: Inject,
     pub restarter: Option<Restarter>,
+    /// Kills the backend without a graceful shutdown and starts it again.
+    pub crasher: Option<Restarter>,
     /// Spread connections over 127.0.0.x (the backend is on loopback).
     pub spread_sources: bool,
     pub http: reqwest::Client,
@@ -121,6 +131,7 @@ impl Target {
             registration_disabled: false,
             inject: Inject::ControlApi,
             restarter: None,
+            crasher: None,
             spread_sources: loopback && host != "localhost",
             http: http_client(Vec::new())?,
             tls: None,
@@ -175,6 +186,7 @@ impl Target {
             Capability::SharedSecret => self.edge_secret.is_some(),
             Capability::Registration => self.registration_token.is_some(),
             Capability::Restart => self.restarter.is_some(),
+            Capability::Crash => self.crasher.is_some(),
             Capability::RegistrationDisabled => self.registration_disabled,
             Capability::Tls => self.http_base.starts_with("https://"),
         }
@@ -313,6 +325,11 @@ impl Target {
         restarter().await
     }
 
+    pub async fn crash(&self) -> Result<(), String> {
+        let crasher = self.crasher.as_ref().ok_or("no --crash-cmd")?;
+        crasher().await
+    }
+
     /// Waits until `GET /health` answers 200.
     pub async fn wait_healthy(&self, within: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + within;
@@ -345,9 +362,14 @@ impl Target {
     }
 }
 
-/// `--restart-cmd`: runs the command with `sh -c`, then waits for health
+/// `--restart-cmd` or `--crash-cmd` (`flag`): runs the command with `sh -c`, then waits for health
 /// (trusting `trust`, as the run does).
-pub fn shell_restarter(command: String, http_base: String, trust: crate::tls::Trust) -> Restarter {
+pub fn shell_restarter(
+    flag: &'static str,
+    command: String,
+    http_base: String,
+    trust: crate::tls::Trust,
+) -> Restarter {
     Arc::new(move || {
         let (command, http_base, trust) = (command.clone(), http_base.clone(), trust.clone());
         Box::pin(async move {
@@ -356,9 +378,9 @@ pub fn shell_restarter(command: String, http_base: String, trust: crate::tls::Tr
                 .arg(&command)
                 .status()
                 .await
-                .map_err(|e| format!("--restart-cmd: {e}"))?;
+                .map_err(|e| format!("{flag}: {e}"))?;
             if !status.success() {
-                return Err(format!("--restart-cmd exited with {status}"));
+                return Err(format!("{flag} exited with {status}"));
             }
             let mut target = Target::new(&http_base).map_err(|e| e.to_string())?;
             target.trust(&trust).map_err(|e| e.to_string())?;

@@ -10,84 +10,15 @@
 //! under CI, where `.ci/run` provides both).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use edge_harness::conform::{self, Options};
+use edge_harness::embedded::{self, Embedded};
 use edge_harness::report::Status;
-use edge_harness::target::{Restarter, Target};
-use edge_harness::{embedded, suite};
+use edge_harness::suite;
 use edge_server::store::postgres::testing::schema_for;
-use edge_server::{Config, RunningServer};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-
-async fn start(config: Config, addr: SocketAddr) -> Result<RunningServer, String> {
-    let mut last = String::new();
-    // After a restart the port may take a moment to free up.
-    for _ in 0..50 {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                return edge_server::start(config, listener)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("cannot listen on {addr}: {last}"))
-}
-
-/// One instance, with a restarter for the WS-CONN-5 checks (graceful stop,
-/// then a new process-equivalent on the same port and database).
-struct Instance {
-    addr: SocketAddr,
-    server: Arc<Mutex<Option<RunningServer>>>,
-    config: Config,
-}
-
-impl Instance {
-    async fn start(config: Config) -> Instance {
-        let server = start(config.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("instance starts");
-        Instance {
-            addr: server.addr,
-            server: Arc::new(Mutex::new(Some(server))),
-            config,
-        }
-    }
-
-    fn target(&self) -> Target {
-        let mut target = Target::new(&format!("http://{}", self.addr)).unwrap();
-        target.edge_secret = Some(embedded::EDGE_SECRET.into());
-        target.admin_token = Some(embedded::ADMIN_TOKEN.into());
-        target.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
-        let (server, config, addr) = (self.server.clone(), self.config.clone(), self.addr);
-        let restarter: Restarter = Arc::new(move || {
-            let (server, config) = (server.clone(), config.clone());
-            Box::pin(async move {
-                let mut slot = server.lock().await;
-                if let Some(running) = slot.take() {
-                    running.stop().await;
-                }
-                *slot = Some(start(config, addr).await?);
-                Ok(())
-            })
-        });
-        target.restarter = Some(restarter);
-        target
-    }
-
-    async fn stop(self) {
-        if let Some(server) = self.server.lock().await.take() {
-            server.stop().await;
-        }
-    }
-}
 
 /// The PEM CA of the test database's certificate, or `None` (after
 /// printing why) outside CI.
@@ -215,8 +146,14 @@ async fn conformance_suite_passes_against_each_of_two_postgres_instances_over_ve
     ));
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch_tls(url.clone(), names.clone(), stop.clone()));
-    let a = Instance::start(config_a).await;
-    let b = Instance::start(config_b).await;
+    // Each with a graceful restart and a crash (its runtime dropped at
+    // once) for the WS-CONN-5 and WS-DLV-6 checks.
+    let a = Embedded::start_with(config_a)
+        .await
+        .expect("instance A starts");
+    let b = Embedded::start_with(config_b)
+        .await
+        .expect("instance B starts");
     // Different seeds: each run's agent and command ids are its own.
     for (seed, instance, label) in [(1, &a, "instance A"), (2, &b, "instance B")] {
         let options = Options {

@@ -115,12 +115,53 @@ impl Default for Metrics {
             "Bad input answered with an error, by code",
             metrics.bad_messages.clone(),
         );
+        // Every documented label value from the start, at 0: a family with
+        // no series is left out of the page, so a fresh server would show
+        // no commands, acks or failures at all, and `rate()` over a series
+        // that appears mid-way misses its first increments.
+        let known: [(&Family<Label, Counter>, &str, &[&str]); 5] = [
+            (&metrics.connection_failures, "reason", &CONNECTION_FAILURES),
+            (&metrics.disconnects, "reason", &DISCONNECTS),
+            (&metrics.commands, "outcome", &OUTCOMES),
+            (&metrics.delivery_attempts, "channel", &["ws", "http"]),
+            (&metrics.acks, "result", &ACK_RESULTS),
+        ];
+        for (family, key, values) in known {
+            for value in values {
+                drop(family.get_or_create(&[(key, value)]));
+            }
+        }
         Metrics {
             registry,
             ..metrics
         }
     }
 }
+
+const CONNECTION_FAILURES: [&str; 5] = [
+    "bad_request",
+    "unauthorized",
+    "unknown_agent",
+    "rate_limited",
+    "capacity",
+];
+const DISCONNECTS: [&str; 6] = [
+    "normal",
+    "ping_timeout",
+    "replaced",
+    "shutdown",
+    "error",
+    "slow_consumer",
+];
+const OUTCOMES: [&str; 6] = [
+    "accepted",
+    "completed",
+    "failed",
+    "expired",
+    "dead",
+    "queue_full",
+];
+const ACK_RESULTS: [&str; 5] = ["completed", "failed", "progress", "duplicate", "unknown"];
 
 impl Metrics {
     pub fn render(&self) -> String {
@@ -165,5 +206,27 @@ impl LatencyTotals {
         let count = self.count.load(Ordering::Relaxed);
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         (count, if count == 0 { 0.0 } else { sum / count as f64 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn a_fresh_page_has_every_family_at_zero() {
+        let page = Metrics::default().render();
+        for series in [
+            "edge_connection_failures_total{reason=\"unauthorized\"} 0",
+            "edge_disconnects_total{reason=\"ping_timeout\"} 0",
+            "edge_commands_total{outcome=\"completed\"} 0",
+            "edge_delivery_attempts_total{channel=\"http\"} 0",
+            "edge_acks_total{result=\"duplicate\"} 0",
+        ] {
+            assert!(
+                page.lines().any(|line| line == series),
+                "{series} in\n{page}"
+            );
+        }
     }
 }

@@ -181,7 +181,7 @@ fn build_target(args: &CheckArgs, embedded: Option<&Embedded>) -> Result<Target,
     }
     let trust = shared.trust()?;
     let mut target = match (embedded, shared.url.first()) {
-        (Some(e), _) => shared.target(&e.url(), &trust, Some(e.restarter()))?,
+        (Some(e), _) => shared.target(&e.url(), &trust, Some(e.lifecycle()))?,
         (None, Some(url)) => {
             let mut t = shared.target(url, &trust, None)?;
             t.registration_token = args.registration_token.clone();

@@ -227,7 +227,7 @@ pub async fn load(args: LoadArgs) -> Result<Outcome, Error> {
     for url in &urls {
         let t = args
             .target
-            .target(url, &trust, child.as_ref().map(ChildServer::restarter))?;
+            .target(url, &trust, child.as_ref().map(ChildServer::lifecycle))?;
         if t.admin_token.is_none() {
             return Err(Error::Usage(
                 "commands are injected through the control API: pass --admin-token".into(),

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::Error;
 use crate::embedded;
-use crate::target::{shell_restarter, Restarter, Target};
+use crate::target::{shell_restarter, Lifecycle, Target};
 use crate::tls::Trust;
 
 #[derive(Args, Clone, Default)]
@@ -41,6 +41,12 @@ pub struct TargetArgs {
     /// needs a restart is skipped.
     #[arg(long, env = "EDGE_RESTART_CMD")]
     pub restart_cmd: Option<String>,
+    /// Shell command that kills the backend without warning (`kill -9`) and
+    /// starts it again (WS-DLV-6: nothing accepted is lost on a crash); the
+    /// harness waits for /health afterwards. Without it, the crash checks
+    /// are skipped.
+    #[arg(long, env = "EDGE_CRASH_CMD")]
+    pub crash_cmd: Option<String>,
 }
 
 impl TargetArgs {
@@ -49,30 +55,34 @@ impl TargetArgs {
         Ok(crate::tls::trust(self.ca_cert.as_deref())?)
     }
 
-    /// The target at `url`. With `embedded` (the restarter of an embedded
+    /// The target at `url`. With `embedded` (how to restart an embedded
     /// edge-server) it gets the embedded credentials; otherwise the flags'.
     pub fn target(
         &self,
         url: &str,
         trust: &Trust,
-        embedded: Option<Restarter>,
+        embedded: Option<Lifecycle>,
     ) -> Result<Target, Error> {
         let mut t = Target::new(url).map_err(|e| Error::Usage(e.to_string()))?;
         match embedded {
-            Some(restarter) => {
+            Some(lifecycle) => {
                 t.edge_secret = Some(embedded::EDGE_SECRET.into());
                 t.admin_token = Some(embedded::ADMIN_TOKEN.into());
                 t.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
-                t.restarter = Some(restarter);
+                t.restarter = Some(lifecycle.restart);
+                t.crasher = Some(lifecycle.crash);
             }
             None => {
                 t.edge_secret = self.edge_secret.clone();
                 t.hmac_secret = self.hmac_secret.clone();
                 t.admin_token = self.admin_token.clone();
-                t.restarter = self
-                    .restart_cmd
-                    .clone()
-                    .map(|cmd| shell_restarter(cmd, t.http_base.clone(), trust.clone()));
+                let base = t.http_base.clone();
+                let shell = |flag, cmd: &Option<String>| {
+                    cmd.clone()
+                        .map(|cmd| shell_restarter(flag, cmd, base.clone(), trust.clone()))
+                };
+                t.restarter = shell("--restart-cmd", &self.restart_cmd);
+                t.crasher = shell("--crash-cmd", &self.crash_cmd);
             }
         }
         t.trust(trust).map_err(|e| Error::Usage(e.to_string()))?;

@@ -70,6 +70,7 @@ fn implied_needs(check: &Check) -> Vec<Capability> {
         match &step.kind {
             StepKind::Api(_) => needs.push(Capability::ControlApi),
             StepKind::Restart => needs.push(Capability::Restart),
+            StepKind::Crash => needs.push(Capability::Crash),
             _ => {}
         }
     }

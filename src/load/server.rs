@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::target::Restarter;
+use crate::target::{Lifecycle, Restarter};
 
 pub struct ChildServer {
     pub addr: SocketAddr,
@@ -65,10 +65,10 @@ fn spawn(database: &PathBuf, listen: &str) -> Result<(Child, SocketAddr), Server
     Ok((child, addr))
 }
 
-fn terminate(child: &mut Child) {
-    // SIGTERM: a graceful stop (close 1012), as a deploy would.
+/// `TERM`: a graceful stop (close 1012), as a deploy would; `KILL`: a crash.
+fn stop(child: &mut Child, signal: &str) {
     let _ = Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{signal}"))
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
@@ -87,14 +87,23 @@ impl ChildServer {
         })
     }
 
-    pub fn restarter(&self) -> Restarter {
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            restart: self.restarter("TERM"),
+            crash: self.restarter("KILL"),
+        }
+    }
+
+    /// Stops the server with `signal`, then starts it again on the same
+    /// address and database.
+    fn restarter(&self, signal: &'static str) -> Restarter {
         let (child, database, addr) = (self.child.clone(), self.database.clone(), self.addr);
         Arc::new(move || {
             let (child, database) = (child.clone(), database.clone());
             Box::pin(async move {
                 tokio::task::spawn_blocking(move || {
                     let mut child = child.lock().expect("child lock");
-                    terminate(&mut child);
+                    stop(&mut child, signal);
                     let mut last = String::new();
                     for _ in 0..50 {
                         match spawn(&database, &addr.to_string()) {
@@ -118,7 +127,7 @@ impl ChildServer {
 impl Drop for ChildServer {
     fn drop(&mut self) {
         if let Ok(mut child) = self.child.lock() {
-            terminate(&mut child);
+            stop(&mut child, "TERM");
         }
     }
 }

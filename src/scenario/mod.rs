@@ -74,6 +74,8 @@ pub enum Capability {
     Registration,
     /// Restarting the backend (`--restart-cmd`).
     Restart,
+    /// Killing the backend without warning and starting it again (`--crash-cmd`).
+    Crash,
     /// A backend with no registration configured (`--no-registration`).
     RegistrationDisabled,
     /// An `https://` target (WS-AUTH-6).
@@ -88,6 +90,9 @@ impl Capability {
             Capability::SharedSecret => "needs the shared secret: pass --edge-secret",
             Capability::Registration => "needs registration: pass --registration-token",
             Capability::Restart => "needs a way to restart the backend: pass --restart-cmd",
+            Capability::Crash => {
+                "needs a way to crash the backend: pass --crash-cmd (kill -9 it, then start it again)"
+            }
             Capability::RegistrationDisabled => {
                 "needs a backend without REGISTRATION_TOKEN: pass --no-registration if yours has none"
             }
@@ -285,11 +290,14 @@ pub enum StepKind {
         from: u32,
     },
     /// `GET path` parses as Prometheus text and has these families (WS-OBS-1):
-    /// (what, name patterns).
+    /// (what, name patterns); with `since`, each one's counters have grown
+    /// since the page saved as that `snapshot`.
     Metrics {
         path: String,
         token: String,
         families: Vec<(String, String)>,
+        snapshot: Option<String>,
+        since: Option<String>,
     },
     Http(HttpCall),
     Api(HttpCall),
@@ -297,6 +305,9 @@ pub enum StepKind {
         during: String,
     },
     Restart,
+    /// The backend is killed with no chance to flush anything, then started
+    /// again (WS-DLV-6: "not on a crash").
+    Crash,
 }
 
 #[derive(Debug, Clone, PartialEq)]

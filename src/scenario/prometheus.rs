@@ -1,8 +1,10 @@
 //! The Prometheus text exposition format (WS-OBS-1), read strictly enough
 //! to tell a real `/metrics` page from JSON or HTML served at that path:
 //! `# HELP`/`# TYPE` lines and samples `name{label="value",…} value [ts]`.
+//! It also sums the samples that can only go up (counters, histogram
+//! buckets and counts), so a check can see them move.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 const TYPES: [&str; 9] = [
     "counter",
@@ -32,10 +34,30 @@ fn is_value(text: &str) -> bool {
             .is_ok_and(|_| !text.contains(['i', 'I', 'n', 'N']))
 }
 
-/// Every metric family named on the page (by `# TYPE`/`# HELP` or by a
-/// sample), or the first line that is not the text format.
+/// What a page says: its names, and the totals of its counters.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Page {
+    /// Every metric family named on the page (by `# TYPE`/`# HELP` or by a
+    /// sample).
+    pub names: BTreeSet<String>,
+    /// Per sample name, the sum of its samples (all label sets), for the
+    /// samples that only go up: a `counter` family's, a histogram's or
+    /// summary's `_bucket` and `_count`, and, with no `# TYPE`, names
+    /// ending in `_total`, `_count` or `_bucket`.
+    pub counters: BTreeMap<String, f64>,
+}
+
+/// Every metric family named on the page, or the first line that is not
+/// the text format.
 pub fn families(text: &str) -> Result<BTreeSet<String>, String> {
+    read(text).map(|page| page.names)
+}
+
+/// Reads a page, or says which line is not the text format.
+pub fn read(text: &str) -> Result<Page, String> {
     let mut names = BTreeSet::new();
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples: Vec<(String, f64)> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let at = |why: String| format!("line {}: {why}: {:?}", index + 1, clip(line));
         let line = line.trim();
@@ -50,8 +72,18 @@ pub fn families(text: &str) -> Result<BTreeSet<String>, String> {
                     if !is_name(name) {
                         return Err(at(format!("`# {kind}` needs a metric name")));
                     }
-                    if kind == "TYPE" && !words.next().is_some_and(|t| TYPES.contains(&t)) {
-                        return Err(at(format!("`# TYPE` needs one of {}", TYPES.join(", "))));
+                    if kind == "TYPE" {
+                        match words.next() {
+                            Some(t) if TYPES.contains(&t) => {
+                                types.insert(name.to_string(), t.to_string());
+                            }
+                            _ => {
+                                return Err(at(format!(
+                                    "`# TYPE` needs one of {}",
+                                    TYPES.join(", ")
+                                )))
+                            }
+                        }
                     }
                     names.insert(name.to_string());
                 }
@@ -68,11 +100,11 @@ pub fn families(text: &str) -> Result<BTreeSet<String>, String> {
             None => rest,
         };
         let mut words = rest.split_whitespace();
-        if !words.next().is_some_and(is_value) {
-            return Err(at(
-                "a sample needs a number after its name and labels".into()
-            ));
-        }
+        let value = words
+            .next()
+            .filter(|v| is_value(v))
+            .ok_or_else(|| at("a sample needs a number after its name and labels".into()))?;
+        samples.push((name.to_string(), value.parse().unwrap_or(f64::NAN)));
         if words.next().is_some_and(|ts| ts.parse::<f64>().is_err()) || words.next().is_some() {
             return Err(at("after the value only a timestamp may follow".into()));
         }
@@ -81,7 +113,37 @@ pub fn families(text: &str) -> Result<BTreeSet<String>, String> {
     if names.is_empty() {
         return Err("no metrics at all".into());
     }
-    Ok(names)
+    let mut counters = BTreeMap::new();
+    for (name, value) in samples {
+        if only_goes_up(&name, &types) && value.is_finite() {
+            *counters.entry(name).or_insert(0.0) += value;
+        }
+    }
+    Ok(Page { names, counters })
+}
+
+/// Whether a sample named `name` is a counter, a histogram's or summary's
+/// bucket or count, judged by its family's `# TYPE` (OpenMetrics names a
+/// counter `x` and its sample `x_total`), or by its suffix without one.
+fn only_goes_up(name: &str, types: &BTreeMap<String, String>) -> bool {
+    let family_type = |suffix: &str| {
+        name.strip_suffix(suffix)
+            .and_then(|family| types.get(family))
+            .map(String::as_str)
+    };
+    match types.get(name).map(String::as_str) {
+        Some(t) => t == "counter",
+        None => match (
+            family_type("_total"),
+            family_type("_bucket").or(family_type("_count")),
+        ) {
+            (Some(t), _) => t == "counter",
+            (None, Some(t)) => matches!(t, "histogram" | "summary"),
+            (None, None) => ["_total", "_count", "_bucket"]
+                .iter()
+                .any(|s| name.ends_with(s)),
+        },
+    }
 }
 
 fn sample_name(line: &str) -> (&str, &str) {
@@ -137,6 +199,28 @@ mod tests {
         assert!(names.contains("edge_connections_active"));
         assert!(names.contains("edge_latency_seconds"));
         assert!(names.contains("edge_latency_seconds_bucket"));
+    }
+
+    #[test]
+    fn sums_what_only_goes_up() {
+        let page = "# TYPE open gauge\nopen 3\n\
+            # TYPE acks_total counter\nacks_total{result=\"completed\"} 2\nacks_total{result=\"failed\"} 1\n\
+            # TYPE pushes counter\npushes_total 4\npushes_created 1.7e9\n\
+            # TYPE latency histogram\nlatency_bucket{le=\"1\"} 1\nlatency_bucket{le=\"+Inf\"} 2\nlatency_sum 0.5\nlatency_count 2\n\
+            # TYPE temperature_count gauge\ntemperature_count 9\n\
+            untyped_total 5\nuntyped_level 6\nnan_total NaN\n";
+        let counters = read(page).unwrap().counters;
+        let expected: BTreeMap<String, f64> = [
+            ("acks_total", 3.0),
+            ("pushes_total", 4.0),
+            ("latency_bucket", 3.0),
+            ("latency_count", 2.0),
+            ("untyped_total", 5.0),
+        ]
+        .into_iter()
+        .map(|(name, sum)| (name.to_string(), sum))
+        .collect();
+        assert_eq!(counters, expected);
     }
 
     #[test]

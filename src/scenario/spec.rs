@@ -13,7 +13,7 @@ use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, StepKind, Windo
 /// One step as written. Exactly one of the kind keys (`provision`,
 /// `connect`, `send`, `expect`, `expect_close`, `expect_open`,
 /// `expect_silence`, `ws_ping`, `close`, `command`, `http`, `api`, `wait`,
-/// `restart`, `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
+/// `restart`, `crash`, `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
 /// present; the others are options of that kind.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +33,7 @@ pub struct StepSpec {
     pub api: Option<String>,
     pub wait: Option<String>,
     pub restart: Option<bool>,
+    pub crash: Option<bool>,
     pub fill: Option<String>,
     pub expect_commands: Option<String>,
     pub expect_attempts: Option<String>,
@@ -74,6 +75,8 @@ pub struct StepSpec {
     pub by: Option<String>,
     pub from: Option<u32>,
     pub families: Option<BTreeMap<String, String>>,
+    pub snapshot: Option<String>,
+    pub since: Option<String>,
 }
 
 /// How a connection attempt should end.
@@ -193,6 +196,7 @@ impl StepSpec {
             ("api", self.api.is_some()),
             ("wait", self.wait.is_some()),
             ("restart", self.restart.is_some()),
+            ("crash", self.crash.is_some()),
             ("fill", self.fill.is_some()),
             ("expect_commands", self.expect_commands.is_some()),
             ("expect_attempts", self.expect_attempts.is_some()),
@@ -343,11 +347,18 @@ impl StepSpec {
                 }
                 StepKind::Restart
             }
+            "crash" => {
+                if self.crash != Some(true) {
+                    return Err("write `crash = true`".into());
+                }
+                StepKind::Crash
+            }
             "fill" => StepKind::Fill {
                 agent: self.fill.take().unwrap(),
                 body: self
                     .body()?
                     .ok_or("fill needs body = { command_type = ... }")?,
+                // `status = []`: no refusal expected, all `max` accepted.
                 statuses: self.status.take().unwrap_or_else(|| vec![429]),
                 fields: fields(self.fields.take())?,
                 max: self.max.take().unwrap_or(2000),
@@ -374,16 +385,26 @@ impl StepSpec {
                 },
                 from: self.from.take().unwrap_or(1).max(1),
             },
-            "metrics" => StepKind::Metrics {
-                path: self.metrics.take().unwrap(),
-                token: self.token.take().unwrap_or_else(|| "none".into()),
-                families: self
+            "metrics" => {
+                let families: Vec<(String, String)> = self
                     .families
                     .take()
                     .unwrap_or_default()
                     .into_iter()
-                    .collect(),
-            },
+                    .collect();
+                if self.since.is_some() && families.is_empty() {
+                    return Err(
+                        "`since` needs `families`: the counters that must have grown".into(),
+                    );
+                }
+                StepKind::Metrics {
+                    path: self.metrics.take().unwrap(),
+                    token: self.token.take().unwrap_or_else(|| "none".into()),
+                    families,
+                    snapshot: self.snapshot.take(),
+                    since: self.since.take(),
+                }
+            }
             _ => unreachable!("listed above"),
         };
         self.leftover_options().map_or(Ok(kind), |name| {
@@ -432,6 +453,8 @@ impl StepSpec {
             ("by", self.by.is_some()),
             ("from", self.from.is_some()),
             ("families", self.families.is_some()),
+            ("snapshot", self.snapshot.is_some()),
+            ("since", self.since.is_some()),
         ];
         options
             .iter()

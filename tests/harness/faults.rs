@@ -24,7 +24,7 @@ use edge_harness::conform::{self, Options};
 use edge_harness::embedded::{self, Embedded};
 use edge_harness::report::{RunReport, Status};
 use edge_harness::suite;
-use edge_harness::target::Target;
+use edge_harness::target::{Lifecycle, Target};
 
 use crate::proxy::{self, Fault, Secrets};
 
@@ -175,7 +175,9 @@ faults! {
     progress_state_never_expires: ProgressStateNeverExpires => "WS-DLV-7", ["progress-state-expires-at-ttl"];
     dead_never_marked: DeadNeverMarked => "WS-DLV-3", ["dead-after-max-attempts"];
     metrics_as_json: MetricsAsJson => "WS-OBS-1", ["metrics-are-prometheus-text"];
-    metrics_without_reconnects: MetricsWithoutReconnects => "WS-OBS-1", ["metrics-are-prometheus-text"];
+    metrics_without_reconnects: MetricsWithoutReconnects => "WS-OBS-1", ["metrics-are-prometheus-text"; "metrics-count-what-happens"];
+    metrics_never_move: MetricsNeverMove => "WS-OBS-1", ["metrics-count-what-happens"; "metrics-are-prometheus-text"];
+    acks_not_counted: AcksNotCounted => "WS-OBS-1", ["metrics-count-what-happens"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];
@@ -263,6 +265,9 @@ faults! {
     replacement_loses_in_flight: ReplacementLosesInFlight => "WS-CONN-2", ["duplicate-replaces-old-and-redelivers"; "duplicate-closes-old-with-4000"];
     queue_in_memory: QueueInMemory => "WS-CONN-5", ["queued-commands-survive-restart"];
     in_flight_lost_on_restart: InFlightLostOnRestart => "WS-DLV-6", ["unacked-command-survives-a-restart"];
+    accepted_before_durable: AcceptedBeforeDurable => "WS-DLV-6", ["accepted-commands-survive-a-crash", "in-flight-command-survives-a-crash"];
+    in_flight_lost_on_crash: InFlightLostOnCrash => "WS-DLV-6", ["in-flight-command-survives-a-crash"; "accepted-commands-survive-a-crash", "unacked-command-survives-a-restart"];
+    ack_written_behind: AckWrittenBehind => "WS-ACK-3", ["answered-ack-survives-a-crash"];
     oversize_closes_1011: OversizeCloses1011 => "WS-ERR-1", ["oversized-frame-closes-1009"];
     bad_utf8_closes_1002: BadUtf8Closes1002 => "WS-ERR-1", ["invalid-utf8-closes-1007"];
 }
@@ -289,11 +294,17 @@ async fn backend(fault: Fault, setup: Setup) -> (Embedded, Target) {
     target.admin_token = Some(embedded::ADMIN_TOKEN.into());
     target.registration_token = registration.then(|| embedded::REGISTRATION_TOKEN.into());
     target.registration_disabled = !registration;
-    // The proxy hears of a restart (it sees none while no socket is open).
-    let restart = server.restarter();
+    // The proxy hears of a restart or a crash (it sees none while no
+    // socket is open).
+    let Lifecycle { restart, crash } = server.lifecycle();
+    let handle = proxy.clone();
     target.restarter = Some(Arc::new(move || {
-        proxy.restarting();
+        handle.restarting();
         restart()
+    }));
+    target.crasher = Some(Arc::new(move || {
+        proxy.crashing();
+        crash()
     }));
     (server, target)
 }

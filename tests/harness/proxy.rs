@@ -232,6 +232,11 @@ pub enum Fault {
     MetricsAsJson,
     /// `/metrics` has no reconnect counter.
     MetricsWithoutReconnects,
+    /// Every family is on the page and none ever moves (the code counts
+    /// on instances that were never registered).
+    MetricsNeverMove,
+    /// Acks are never counted (one increment forgotten); the rest move.
+    AcksNotCounted,
     /// A close frame from the agent is recorded with reason `error` (one
     /// reason for every disconnect the server did not start).
     NormalCloseRecordedAsError,
@@ -404,6 +409,15 @@ pub enum Fault {
     InFlightLostOnRestart,
     /// Commands waiting for an offline agent are lost on a restart (an in-memory queue).
     QueueInMemory,
+    /// A 202 before the command is written: a write-behind store that
+    /// flushes every second loses the last second's commands on a crash.
+    AcceptedBeforeDurable,
+    /// Pushing pops a command off the durable queue and keeps it in memory
+    /// until acked (put back only on a graceful shutdown): a crash loses it.
+    InFlightLostOnCrash,
+    /// A final HTTP ack is answered at once and written a second later: a
+    /// crash in between loses it, and the command is pushed again.
+    AckWrittenBehind,
     /// Commands in flight on a replaced socket are lost (its outbox dies with it).
     ReplacementLosesInFlight,
     /// Shutdown drops the sockets without a close frame.
@@ -442,7 +456,28 @@ impl Handle {
             memory.lost.extend(waiting);
         }
     }
+
+    /// The backend is about to be killed (the test's crasher says so):
+    /// what a broken backend kept only in memory is gone.
+    pub fn crashing(&self) {
+        self.proxy.crashes.send_modify(|n| *n += 1);
+        let mut memory = self.proxy.memory();
+        let lost: Vec<String> = match self.proxy.fault {
+            Fault::AcceptedBeforeDurable => memory
+                .accepted_at
+                .iter()
+                .filter(|(_, at)| at.elapsed() < WRITE_BEHIND)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            Fault::InFlightLostOnCrash => memory.pushed.values().flatten().cloned().collect(),
+            _ => return,
+        };
+        memory.lost.extend(lost);
+    }
 }
+
+/// How long a write-behind fault keeps a write in memory.
+const WRITE_BEHIND: Duration = Duration::from_secs(1);
 
 /// Starts the proxy on an ephemeral loopback port; it runs until the test ends.
 pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> Handle {
@@ -454,6 +489,7 @@ pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> Hand
         secrets,
         memory: Mutex::new(Memory::default()),
         crash: watch::channel(0).0,
+        crashes: watch::channel(0).0,
     });
     let handle = Handle {
         addr,
@@ -474,6 +510,8 @@ struct Proxy {
     memory: Mutex<Memory>,
     /// Bumped when the "server" crashes: every session ends.
     crash: watch::Sender<u32>,
+    /// Bumped when the test kills the real server ([`Handle::crashing`]).
+    crashes: watch::Sender<u32>,
 }
 
 /// What a broken backend remembers across connections (only the faults
@@ -498,6 +536,8 @@ struct Memory {
     created: HashSet<String>,
     /// Commands lost for good (a restart's, QueueFullEvictsOldest's).
     lost: HashSet<String>,
+    /// AcceptedBeforeDurable: when each command was answered 202.
+    accepted_at: HashMap<String, Instant>,
     /// Commands the control API accepted while their agent was away.
     queued: HashSet<String>,
     /// Commands pushed again on a later socket.
@@ -638,6 +678,24 @@ impl Proxy {
             return;
         }
         self.upgrade(client, peer, request).await;
+    }
+
+    /// Sends `request` to the server after [`WRITE_BEHIND`], unless the
+    /// server crashes first.
+    fn write_behind(&self, mut request: Http) {
+        request.set_header("connection", "close");
+        let (upstream, mut crashes) = (self.upstream, self.crashes.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = crashes.changed() => {}
+                _ = tokio::time::sleep(WRITE_BEHIND) => {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = server.write_all(&request.to_bytes()).await;
+                        let _ = server.read_to_end(&mut Vec::new()).await;
+                    }
+                }
+            }
+        });
     }
 
     /// From the agent's own source address (loopback only), so per-address
@@ -920,6 +978,10 @@ impl Proxy {
             Fault::HttpAckIgnored if path == "/edge/command/ack" => {
                 return Some(Http::answer(200, json!({"acknowledged": true})));
             }
+            Fault::AckWrittenBehind if path == "/edge/command/ack" => {
+                self.write_behind(request.clone());
+                return Some(Http::answer(200, json!({"acknowledged": true})));
+            }
             Fault::NoAckAlias if path == "/edge/ack_command" => {
                 return Some(Http::answer(
                     404,
@@ -1049,6 +1111,9 @@ impl Proxy {
         if is_command_post(request) && status == 202 {
             let body = answer.json().unwrap_or_default();
             let id = body["command_id"].as_str().unwrap_or("").to_string();
+            if self.fault == Fault::AcceptedBeforeDurable {
+                self.memory().accepted_at.insert(id.clone(), Instant::now());
+            }
             self.memory().created.insert(id);
             if body["status"] == "queued" {
                 let id = body["command_id"].as_str().unwrap_or("").to_string();
@@ -1404,6 +1469,10 @@ impl Proxy {
                     .unwrap_or("text/plain")
                     .to_string();
                 answer.set_body(&content_type, &(kept.join("\n") + "\n"));
+            }
+            Fault::MetricsNeverMove if route == "/metrics" => zero_samples(answer, |_| true),
+            Fault::AcksNotCounted if route == "/metrics" => {
+                zero_samples(answer, |sample| sample.starts_with("edge_acks"))
             }
             Fault::SkipsSentState
             | Fault::ProgressStateNotShown
@@ -2223,6 +2292,8 @@ impl Proxy {
             Fault::InFlightLostOnRestart
             | Fault::QueueInMemory
             | Fault::ReplacementLosesInFlight
+            | Fault::AcceptedBeforeDurable
+            | Fault::InFlightLostOnCrash
                 if command && self.memory().lost.contains(&id) =>
             {
                 vec![]
@@ -2374,6 +2445,24 @@ fn hmac_token(token: &str) -> Option<(String, i64)> {
         [id, _phone, ts, _mac] => Some((id.to_string(), ts.parse().ok()?)),
         _ => None,
     }
+}
+
+/// Sets to 0 the value of every sample of a `/metrics` answer that `which`
+/// picks (`name{labels} value`).
+fn zero_samples(answer: &mut Http, which: impl Fn(&str) -> bool) {
+    let text = String::from_utf8_lossy(&answer.body).to_string();
+    let zeroed: Vec<String> = text
+        .lines()
+        .map(|line| match line.rsplit_once(' ') {
+            Some((sample, _)) if !line.starts_with('#') && which(sample) => format!("{sample} 0"),
+            _ => line.to_string(),
+        })
+        .collect();
+    let content_type = answer
+        .header("content-type")
+        .unwrap_or("text/plain")
+        .to_string();
+    answer.set_body(&content_type, &(zeroed.join("\n") + "\n"));
 }
 
 fn query_param(path: &str, name: &str) -> Option<String> {

@@ -1,5 +1,5 @@
 //! Steps about many deliveries at once: `fill` (posts until the pending
-//! limit answers, WS-API-2), `expect_commands` (every accepted command
+//! limit answers, WS-API-2, or a given number of commands), `expect_commands` (every accepted command
 //! arrives, in order) and `expect_attempts` (each delivery of one command,
 //! on its timer, WS-DLV-3, or on a reconnect, WS-DLV-4).
 
@@ -18,7 +18,8 @@ use crate::target::with_command_id;
 
 impl Ctx<'_> {
     /// Posts `body` as new commands (fresh ids, one at a time, so the
-    /// backend's order is the posting order) until an answer in `statuses`.
+    /// backend's order is the posting order) until an answer in `statuses`;
+    /// with no `statuses`, `max` commands, every one of them accepted.
     pub(super) async fn fill(
         &mut self,
         agent: &str,
@@ -61,6 +62,12 @@ impl Ctx<'_> {
                 "api POST …/commands ×{} → 2xx, then {status} {answer}",
                 accepted.len()
             ));
+            if statuses.is_empty() {
+                return fail(
+                    format!("{max} commands accepted"),
+                    format!("HTTP {status} {answer} after {} accepted", accepted.len()),
+                );
+            }
             if !statuses.contains(&status) {
                 return fail(
                     format!("2xx, then HTTP {statuses:?}"),
@@ -75,23 +82,32 @@ impl Ctx<'_> {
                     format!("{path} = {actual} in {value}"),
                 );
             }
-            if let Some(name) = save_as {
-                self.vars
-                    .insert(format!("{name}.count"), accepted.len().to_string());
-                if let Some(first) = accepted.first() {
-                    self.vars.insert(format!("{name}.first"), first.clone());
-                }
-                self.lists.insert(name.to_string(), accepted);
-            }
+            self.save_list(save_as, accepted);
             return Ok(());
         }
         self.note(format!("api POST …/commands ×{max} → 2xx"));
+        if statuses.is_empty() {
+            self.save_list(save_as, accepted);
+            return Ok(());
+        }
         fail(
             format!("HTTP {statuses:?} within {max} posts"),
             format!(
                 "all {max} accepted: the pending limit (max_pending, 1,000 by default) is not enforced, or is set above {max}"
             ),
         )
+    }
+
+    /// Keeps the accepted ids as the list `name`, with `{name}.count` and
+    /// `{name}.first`.
+    fn save_list(&mut self, name: Option<&str>, accepted: Vec<String>) {
+        let Some(name) = name else { return };
+        self.vars
+            .insert(format!("{name}.count"), accepted.len().to_string());
+        if let Some(first) = accepted.first() {
+            self.vars.insert(format!("{name}.first"), first.clone());
+        }
+        self.lists.insert(name.to_string(), accepted);
     }
 
     /// Every command of the list arrives within the window; first

@@ -1,7 +1,12 @@
 //! The `metrics` step (WS-OBS-1): the page parses as the Prometheus text
 //! format and carries a family for each thing §9 names. PROTOCOL.md names
 //! what must be measured, not the metric names, so each is matched by name
-//! patterns (`*connection*active*|*active*connection*`).
+//! patterns (`*connection*active*|*active*connection*`). A step may save
+//! the page's counters (`snapshot`) and a later one require each family's
+//! counters to have grown since (`since`): a page whose counters never move
+//! has the families and measures nothing.
+
+use std::collections::BTreeMap;
 
 use super::{fail, Ctx, StepResult};
 use crate::conform::glob;
@@ -13,6 +18,8 @@ impl Ctx<'_> {
         path: &str,
         token: &str,
         families: &[(String, String)],
+        snapshot: Option<&str>,
+        since: Option<&str>,
     ) -> StepResult {
         let url = format!("{}{path}", self.target.http_base);
         let authorization = self.authorization(token, "a")?;
@@ -47,24 +54,58 @@ impl Ctx<'_> {
                 format!("Content-Type {content_type:?}"),
             );
         }
-        let names = prometheus::families(&text)
+        let page = prometheus::read(&text)
             .or_else(|e| fail("the Prometheus text exposition format", e))?;
         let missing: Vec<String> = families
             .iter()
-            .filter(|(_, patterns)| {
-                !names
-                    .iter()
-                    .any(|name| patterns.split('|').any(|p| glob(p.trim(), name)))
-            })
+            .filter(|(_, patterns)| !page.names.iter().any(|name| matches(patterns, name)))
             .map(|(what, patterns)| format!("{what} ({patterns})"))
             .collect();
-        if missing.is_empty() {
-            return Ok(());
+        if !missing.is_empty() {
+            let shown: Vec<&str> = page.names.iter().map(String::as_str).take(40).collect();
+            return fail(
+                format!("a metric family for: {}", missing.join("; ")),
+                format!("none; the families are: {}", shown.join(", ")),
+            );
         }
-        let shown: Vec<&str> = names.iter().map(String::as_str).take(40).collect();
-        fail(
-            format!("a metric family for: {}", missing.join("; ")),
-            format!("none; the families are: {}", shown.join(", ")),
-        )
+        if let Some(name) = since {
+            let Some(before) = self.snapshots.get(name) else {
+                return fail(
+                    format!("a metrics snapshot `{name}`"),
+                    "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
+                );
+            };
+            let still: Vec<String> = families
+                .iter()
+                .filter(|(_, patterns)| total(&page.counters, patterns) <= total(before, patterns))
+                .map(|(what, patterns)| {
+                    let (then, now) = (total(before, patterns), total(&page.counters, patterns));
+                    format!("{what} ({patterns}): {then} → {now}")
+                })
+                .collect();
+            if !still.is_empty() {
+                return fail(
+                    format!("these counters to have grown since `{name}`"),
+                    format!("unchanged: {}", still.join("; ")),
+                );
+            }
+        }
+        if let Some(name) = snapshot {
+            self.snapshots.insert(name.to_string(), page.counters);
+        }
+        Ok(())
     }
+}
+
+fn matches(patterns: &str, name: &str) -> bool {
+    patterns.split('|').any(|p| glob(p.trim(), name))
+}
+
+/// The sum of the counters whose names match `patterns`.
+fn total(counters: &BTreeMap<String, f64>, patterns: &str) -> f64 {
+    counters
+        .iter()
+        .filter(|(name, _)| matches(patterns, name))
+        .map(|(_, value)| value)
+        .sum()
 }

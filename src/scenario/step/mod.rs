@@ -8,7 +8,7 @@ mod delivery;
 mod http;
 mod metrics;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct Ctx<'a> {
     vars: HashMap<String, String>,
     /// Lists of command ids saved by `fill`.
     lists: HashMap<String, Vec<String>>,
+    /// Counter totals saved by `metrics` steps (`snapshot = "NAME"`).
+    snapshots: HashMap<String, BTreeMap<String, f64>>,
     marks: HashMap<String, Instant>,
     commands: u32,
     pub transcript: Vec<String>,
@@ -87,6 +89,7 @@ impl<'a> Ctx<'a> {
             conns: HashMap::new(),
             vars,
             lists: HashMap::new(),
+            snapshots: HashMap::new(),
             marks: HashMap::new(),
             commands: 0,
             transcript: Vec::new(),
@@ -238,7 +241,12 @@ impl<'a> Ctx<'a> {
                 path,
                 token,
                 families,
-            } => self.metrics(path, token, families).await,
+                snapshot,
+                since,
+            } => {
+                self.metrics(path, token, families, snapshot.as_deref(), since.as_deref())
+                    .await
+            }
             StepKind::Http(call) => self.http(call, false).await,
             StepKind::Api(call) => self.http(call, true).await,
             // Silent on every socket: an agent that sends nothing meanwhile.
@@ -252,6 +260,13 @@ impl<'a> Ctx<'a> {
                     .restart()
                     .await
                     .or_else(|e| fail("the backend restarts", e))
+            }
+            StepKind::Crash => {
+                self.note("crashing the backend (killed, then started again)".into());
+                self.target
+                    .crash()
+                    .await
+                    .or_else(|e| fail("the backend comes back after a crash", e))
             }
         }
     }
