@@ -256,7 +256,6 @@ pub async fn load(args: LoadArgs) -> Result<Outcome, Error> {
         (None, None) => None,
     };
     let config = LoadConfig {
-        restarter: targets[0].restarter.clone(),
         targets,
         plan,
         shard: args.shard,

@@ -48,8 +48,8 @@ use self::injector::{command_id, Injector};
 use self::plan::Plan;
 use self::progress::Progress;
 use self::report::{LoadReport, Meta};
-use self::timeline::Timeline;
-use crate::target::{Restarter, Target};
+use self::timeline::{Bounce, Timeline};
+use crate::target::Target;
 /// Control-API requests in flight at most, by default; past it, sends
 /// wait, and the wait shows in the corrected latency.
 pub const REQUESTS_IN_FLIGHT: usize = 2048;
@@ -60,7 +60,6 @@ pub struct LoadConfig {
     /// (i, n): this process runs the agents whose index is i modulo n.
     pub shard: (usize, usize),
     pub source_ips: Vec<IpAddr>,
-    pub restarter: Option<Restarter>,
     pub provision: bool,
     pub command_line: String,
     pub progress: bool,
@@ -185,7 +184,10 @@ pub async fn run_until(
         run_start,
         signals,
         samples.clone(),
-        cfg.restarter,
+        Bounce {
+            restart: cfg.targets[0].restarter.clone(),
+            crash: cfg.targets[0].crasher.clone(),
+        },
         fleet.stopping(),
     ));
     let targets = Arc::new(cfg.targets);

@@ -77,12 +77,18 @@ pub enum Event {
         #[serde(with = "humantime_serde_compat")]
         at: Duration,
     },
+    /// The backend is killed (`kill -9`) and started again (`--crash-cmd`,
+    /// or the embedded server): nothing it answered 202 may be lost.
+    Crash {
+        #[serde(with = "humantime_serde_compat")]
+        at: Duration,
+    },
 }
 
 impl Event {
     pub fn at(&self) -> Duration {
         match self {
-            Event::DropAll { at } | Event::Restart { at } => *at,
+            Event::DropAll { at } | Event::Restart { at } | Event::Crash { at } => *at,
         }
     }
 }

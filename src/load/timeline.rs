@@ -85,16 +85,23 @@ impl Timeline {
     }
 }
 
+/// How the run may restart the backend (`--restart-cmd`, `--crash-cmd`,
+/// or the embedded server's own).
+pub struct Bounce {
+    pub restart: Option<Restarter>,
+    pub crash: Option<Restarter>,
+}
+
 /// Plays `timeline` from `start` until `stop`: storms are sent to the
-/// collector as they happen, drops and churn to the agents, restarts to
-/// `restarter` (each in its own task: a restart waits for /health, and the
-/// churn does not wait for it).
+/// collector as they happen, drops and churn to the agents, restarts and
+/// crashes to `bounce` (each in its own task: a restart waits for /health,
+/// and the churn does not wait for it).
 pub async fn run(
     mut timeline: Timeline,
     start: Instant,
     signals: broadcast::Sender<Signal>,
     samples: mpsc::UnboundedSender<Sample>,
-    restarter: Option<Restarter>,
+    bounce: Bounce,
     stop: CancellationToken,
 ) {
     while let Some(at) = timeline.next_at() {
@@ -114,7 +121,12 @@ pub async fn run(
                             let _ = signals.send(Signal::DropAll);
                         }
                         Event::Restart { .. } => {
-                            tokio::spawn(restart(restarter.clone(), samples.clone()));
+                            let how = (bounce.restart.clone(), "restart", "--restart-cmd");
+                            tokio::spawn(restart(how, samples.clone()));
+                        }
+                        Event::Crash { .. } => {
+                            let how = (bounce.crash.clone(), "crash", "--crash-cmd");
+                            tokio::spawn(restart(how, samples.clone()));
                         }
                     }
                 }
@@ -123,13 +135,18 @@ pub async fn run(
     }
 }
 
-async fn restart(restarter: Option<Restarter>, samples: mpsc::UnboundedSender<Sample>) {
+/// Runs a restart or a crash (`what`); a failure, or an event with no way
+/// to run it (`flag` not given), is an error of the run.
+async fn restart(
+    (restarter, what, flag): (Option<Restarter>, &str, &str),
+    samples: mpsc::UnboundedSender<Sample>,
+) {
     let kind = match restarter {
         Some(restart) => match restart().await {
             Ok(()) => return,
-            Err(e) => format!("restart failed: {e}"),
+            Err(e) => format!("{what} failed: {e}"),
         },
-        None => "restart event without --restart-cmd".into(),
+        None => format!("{what} event without {flag}"),
     };
     let _ = samples.send(Sample::Error { kind });
 }

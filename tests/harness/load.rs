@@ -125,7 +125,13 @@ fn storm(event: &str) -> LoadReport {
     assert!(report.reconnect.t50_ms <= report.reconnect.t100_ms);
     let flowing = report.reconnect.flowing_ms.expect("commands flowed again");
     assert!(flowing > 0.0);
-    assert_eq!(report.counts.accepted, report.counts.received);
+    if event == "crash" {
+        // A post the crash cut off may have been stored but not answered:
+        // delivered, yet never counted as accepted (at least once).
+        assert!(report.counts.received >= report.counts.accepted);
+    } else {
+        assert_eq!(report.counts.accepted, report.counts.received);
+    }
     assert!(text(&out.stdout).contains("commands flowing again in"));
     report
 }
@@ -136,6 +142,16 @@ fn a_backend_restart_storm_brings_every_agent_back() {
     // Every socket was closed with 1012 by the restart.
     let closes = &report.personas["well_behaved"].disconnects;
     assert_eq!(closes.get("close 1012"), Some(&40), "{closes:?}");
+}
+
+/// A `kill -9` of the (child-process) edge-server mid-run: every socket is
+/// cut without a close frame, every agent comes back, and every command
+/// answered 202 is still delivered (`lost==0`).
+#[test]
+fn a_backend_crash_under_load_loses_nothing() {
+    let report = storm("crash");
+    let closes = &report.personas["well_behaved"].disconnects;
+    assert_eq!(closes.get("connection lost"), Some(&40), "{closes:?}");
 }
 
 #[test]
@@ -361,7 +377,6 @@ async fn coordinated_omission_correction_shows_a_stall() {
         plan,
         shard: (0, 1),
         source_ips: vec![],
-        restarter: None,
         provision: true,
         command_line: "test".into(),
         progress: false,
