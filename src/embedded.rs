@@ -6,8 +6,11 @@
 //! crash it as `kill -9` would (WS-DLV-6): dropping the runtime drops every
 //! task at its next await, with no close frame, no graceful drain and no
 //! flush. What was committed is in the SQLite file; nothing else survives.
+//! Its threads log (at `config.log_level`, `info` in process) to a file
+//! the log checks read (WS-AUTH-5, WS-OBS-1), and nowhere else.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +27,14 @@ pub struct Embedded {
     pub addr: SocketAddr,
     server: Arc<Mutex<Option<Incarnation>>>,
     config: Config,
-    /// The SQLite file's directory, when the server made it.
-    _dir: Option<tempfile::TempDir>,
+    /// Where the server logs.
+    log: PathBuf,
+    /// The SQLite file's and the log's directory.
+    _dir: tempfile::TempDir,
 }
 
 /// Short timers: pings 500 ms / timeout 1.5 s, acks 1 s, 3 attempts; the
-/// spec's rate limits and backoff stay as they are.
+/// spec's rate limits and backoff stay as they are; `info` logs.
 pub fn config(database_url: &str) -> Config {
     let mut config = Config::for_secrets(EDGE_SECRET, ADMIN_TOKEN, database_url);
     config.registration_token = Some(REGISTRATION_TOKEN.into());
@@ -38,7 +43,9 @@ pub fn config(database_url: &str) -> Config {
     config.ack_timeout = Duration::from_secs(1);
     config.max_attempts = 3;
     config.shutdown_grace = Duration::from_secs(3);
-    config.log_level = "warn".into();
+    // In process it logs to its own file, for the log checks (the spec's
+    // lines are `info`).
+    config.log_level = "info".into();
     config
 }
 
@@ -48,22 +55,26 @@ impl Embedded {
         let db = format!("sqlite://{}", dir.path().join("edge.db").display());
         let mut config = config(&db);
         adjust(&mut config);
-        let mut embedded = Embedded::start_with(config).await?;
-        embedded._dir = Some(dir);
-        Ok(embedded)
+        Embedded::start_in(config, dir).await
     }
 
     /// On the caller's configuration (e.g. a PostgreSQL database shared
     /// with other instances), on an ephemeral loopback port.
     pub async fn start_with(config: Config) -> anyhow::Result<Embedded> {
-        let server = Incarnation::start(config.clone(), ([127, 0, 0, 1], 0).into())
+        Embedded::start_in(config, tempfile::tempdir()?).await
+    }
+
+    async fn start_in(config: Config, dir: tempfile::TempDir) -> anyhow::Result<Embedded> {
+        let log = dir.path().join("edge-server.log");
+        let server = Incarnation::start(config.clone(), ([127, 0, 0, 1], 0).into(), &log)
             .await
             .map_err(anyhow::Error::msg)?;
         Ok(Embedded {
             addr: server.addr(),
             server: Arc::new(Mutex::new(Some(server))),
             config,
-            _dir: None,
+            log,
+            _dir: dir,
         })
     }
 
@@ -73,9 +84,10 @@ impl Embedded {
         target.edge_secret = Some(self.config.edge_secret.clone());
         target.admin_token = Some(self.config.admin_token.clone());
         target.registration_token = self.config.registration_token.clone();
-        let Lifecycle { restart, crash } = self.lifecycle();
-        target.restarter = Some(restart);
-        target.crasher = Some(crash);
+        let lifecycle = self.lifecycle();
+        target.restarter = Some(lifecycle.restart);
+        target.crasher = Some(lifecycle.crash);
+        target.server_log = lifecycle.log;
         target
     }
 
@@ -89,13 +101,15 @@ impl Embedded {
         Lifecycle {
             restart: self.restarter(false),
             crash: self.restarter(true),
+            log: Some(self.log.clone()),
         }
     }
 
     fn restarter(&self, crash: bool) -> Restarter {
         let (server, config, addr) = (self.server.clone(), self.config.clone(), self.addr);
+        let log = self.log.clone();
         Arc::new(move || {
-            let (server, config) = (server.clone(), config.clone());
+            let (server, config, log) = (server.clone(), config.clone(), log.clone());
             Box::pin(async move {
                 let mut slot = server.lock().await;
                 if let Some(running) = slot.take() {
@@ -105,7 +119,7 @@ impl Embedded {
                         running.stop().await;
                     }
                 }
-                *slot = Some(Incarnation::start(config, addr).await?);
+                *slot = Some(Incarnation::start(config, addr, &log).await?);
                 Ok(())
             })
         })
@@ -126,10 +140,15 @@ struct Incarnation {
 }
 
 impl Incarnation {
-    async fn start(config: Config, addr: SocketAddr) -> Result<Incarnation, String> {
+    async fn start(config: Config, addr: SocketAddr, log: &Path) -> Result<Incarnation, String> {
+        let logger = logger(&config.log_level, log)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("edge-server")
+            // The server's threads only: the harness's own stay silent.
+            .on_thread_start(move || {
+                std::mem::forget(tracing::dispatcher::set_default(&logger));
+            })
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start a runtime for edge-server: {e}"))?;
@@ -168,6 +187,27 @@ impl Drop for Incarnation {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Plain-text log lines at `level`, appended to `path`.
+fn logger(level: &str, path: &Path) -> Result<tracing::Dispatch, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "cannot open the embedded server's log {}: {e}",
+                path.display()
+            )
+        })?;
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Arc::new(file))
+        .finish();
+    Ok(tracing::Dispatch::new(subscriber))
 }
 
 /// The old listener is closed, but the port may take a moment to free up.

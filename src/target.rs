@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,6 +28,8 @@ pub type Restarter =
 pub struct Lifecycle {
     pub restart: Restarter,
     pub crash: Restarter,
+    /// Where it logs, when the harness can read it.
+    pub log: Option<PathBuf>,
 }
 
 /// How commands enter the backend.
@@ -60,6 +63,8 @@ pub struct Target {
     pub restarter: Option<Restarter>,
     /// Kills the backend without a graceful shutdown and starts it again.
     pub crasher: Option<Restarter>,
+    /// Where the backend's log goes (`--server-log`).
+    pub server_log: Option<PathBuf>,
     /// Spread connections over 127.0.0.x (the backend is on loopback).
     pub spread_sources: bool,
     pub http: reqwest::Client,
@@ -132,6 +137,7 @@ impl Target {
             inject: Inject::ControlApi,
             restarter: None,
             crasher: None,
+            server_log: None,
             spread_sources: loopback && host != "localhost",
             http: http_client(Vec::new())?,
             tls: None,
@@ -187,6 +193,7 @@ impl Target {
             Capability::Registration => self.registration_token.is_some(),
             Capability::Restart => self.restarter.is_some(),
             Capability::Crash => self.crasher.is_some(),
+            Capability::ServerLog => self.server_log.is_some(),
             Capability::RegistrationDisabled => self.registration_disabled,
             Capability::Tls => self.http_base.starts_with("https://"),
         }

@@ -53,6 +53,12 @@ pub struct CheckArgs {
     /// The backend's ack timeout; overrides what its `connected` message says.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ack_timeout: Option<Duration>,
+    /// The backend's log file (where its stdout/stderr go): the checks of
+    /// WS-AUTH-5 (no token in the logs) and WS-OBS-1 (the spec's log lines)
+    /// read what it gains during each check. Without it they are skipped
+    /// (the embedded server has a log of its own).
+    #[arg(long, env = "EDGE_SERVER_LOG", value_name = "FILE")]
+    pub server_log: Option<PathBuf>,
     /// Print what crossed the wire for each failure.
     #[arg(long, short)]
     pub verbose: bool,
@@ -186,6 +192,7 @@ fn build_target(args: &CheckArgs, embedded: Option<&Embedded>) -> Result<Target,
             let mut t = shared.target(url, &trust, None)?;
             t.registration_token = args.registration_token.clone();
             t.registration_disabled = args.no_registration;
+            t.server_log = args.server_log.clone();
             t
         }
         (None, None) => unreachable!("embedded when no --url"),

@@ -24,6 +24,8 @@ pub struct ServeArgs {
 pub async fn serve(args: ServeArgs) -> Result<Outcome, Error> {
     let db = format!("sqlite://{}", args.database.display());
     let mut config = crate::embedded::config(&db);
+    // Its stderr is the load run's terminal: warnings only.
+    config.log_level = "warn".into();
     // Spec timers, and no per-agent limits: the load decides the traffic.
     let spec = edge_server::Config::for_secrets("x", "y", &db);
     config.ping_interval = spec.ping_interval;

@@ -71,6 +71,7 @@ impl TargetArgs {
                 t.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
                 t.restarter = Some(lifecycle.restart);
                 t.crasher = Some(lifecycle.crash);
+                t.server_log = lifecycle.log;
             }
             None => {
                 t.edge_secret = self.edge_secret.clone();

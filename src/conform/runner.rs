@@ -71,6 +71,7 @@ fn implied_needs(check: &Check) -> Vec<Capability> {
             StepKind::Api(_) => needs.push(Capability::ControlApi),
             StepKind::Restart => needs.push(Capability::Restart),
             StepKind::Crash => needs.push(Capability::Crash),
+            StepKind::Log { .. } | StepKind::LogHasNoSecrets => needs.push(Capability::ServerLog),
             _ => {}
         }
     }

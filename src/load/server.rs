@@ -91,6 +91,8 @@ impl ChildServer {
         Lifecycle {
             restart: self.restarter("TERM"),
             crash: self.restarter("KILL"),
+            // It logs to the harness's stderr.
+            log: None,
         }
     }
 

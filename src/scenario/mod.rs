@@ -76,6 +76,8 @@ pub enum Capability {
     Restart,
     /// Killing the backend without warning and starting it again (`--crash-cmd`).
     Crash,
+    /// Reading the backend's log (`--server-log`).
+    ServerLog,
     /// A backend with no registration configured (`--no-registration`).
     RegistrationDisabled,
     /// An `https://` target (WS-AUTH-6).
@@ -92,6 +94,9 @@ impl Capability {
             Capability::Restart => "needs a way to restart the backend: pass --restart-cmd",
             Capability::Crash => {
                 "needs a way to crash the backend: pass --crash-cmd (kill -9 it, then start it again)"
+            }
+            Capability::ServerLog => {
+                "needs the backend's log: pass --server-log FILE (where its output goes)"
             }
             Capability::RegistrationDisabled => {
                 "needs a backend without REGISTRATION_TOKEN: pass --no-registration if yours has none"
@@ -308,6 +313,16 @@ pub enum StepKind {
     /// The backend is killed with no chance to flush anything, then started
     /// again (WS-DLV-6: "not on a crash").
     Crash,
+    /// The backend's log, from where this check started, comes to hold
+    /// `text` (WS-OBS-1's log lines) within `within`.
+    Log {
+        text: String,
+        within: String,
+    },
+    /// No secret this check used (the flags' secrets, every token it sent,
+    /// every token it was given) is in the backend's log since the check
+    /// started (WS-AUTH-5).
+    LogHasNoSecrets,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@ use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, StepKind, Windo
 /// One step as written. Exactly one of the kind keys (`provision`,
 /// `connect`, `send`, `expect`, `expect_close`, `expect_open`,
 /// `expect_silence`, `ws_ping`, `close`, `command`, `http`, `api`, `wait`,
-/// `restart`, `crash`, `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
+/// `restart`, `crash`, `log`, `log_has_no_secrets`, `fill`, `expect_commands`, `expect_attempts`, `metrics`) must be
 /// present; the others are options of that kind.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +34,8 @@ pub struct StepSpec {
     pub wait: Option<String>,
     pub restart: Option<bool>,
     pub crash: Option<bool>,
+    pub log: Option<String>,
+    pub log_has_no_secrets: Option<bool>,
     pub fill: Option<String>,
     pub expect_commands: Option<String>,
     pub expect_attempts: Option<String>,
@@ -197,6 +199,8 @@ impl StepSpec {
             ("wait", self.wait.is_some()),
             ("restart", self.restart.is_some()),
             ("crash", self.crash.is_some()),
+            ("log", self.log.is_some()),
+            ("log_has_no_secrets", self.log_has_no_secrets.is_some()),
             ("fill", self.fill.is_some()),
             ("expect_commands", self.expect_commands.is_some()),
             ("expect_attempts", self.expect_attempts.is_some()),
@@ -352,6 +356,16 @@ impl StepSpec {
                     return Err("write `crash = true`".into());
                 }
                 StepKind::Crash
+            }
+            "log" => StepKind::Log {
+                text: self.log.take().unwrap(),
+                within: self.within.take().unwrap_or_else(|| "2s".into()),
+            },
+            "log_has_no_secrets" => {
+                if self.log_has_no_secrets != Some(true) {
+                    return Err("write `log_has_no_secrets = true`".into());
+                }
+                StepKind::LogHasNoSecrets
             }
             "fill" => StepKind::Fill {
                 agent: self.fill.take().unwrap(),

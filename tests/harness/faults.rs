@@ -83,6 +83,7 @@ macro_rules! faults {
 
 faults! {
     // ---- request head and body ----
+    tokens_logged: TokensLogged => "WS-AUTH-5", ["tokens-never-logged"];
     accepts_any_token: AcceptsAnyToken => "WS-AUTH-1", ["wrong-token-refused", "missing-token-refused", "malformed-authorization-refused"];
     admin_api_open_to_edge_secret: AdminApiOpenToEdgeSecret => "WS-API-1", ["edge-secret-does-not-open-the-api"];
     api_accepts_agent_tokens: ApiAcceptsAgentTokens => "WS-API-1", ["agent-token-does-not-open-the-api"; "edge-secret-does-not-open-the-api"];
@@ -176,6 +177,7 @@ faults! {
     dead_never_marked: DeadNeverMarked => "WS-DLV-3", ["dead-after-max-attempts"];
     metrics_as_json: MetricsAsJson => "WS-OBS-1", ["metrics-are-prometheus-text"];
     metrics_without_reconnects: MetricsWithoutReconnects => "WS-OBS-1", ["metrics-are-prometheus-text"; "metrics-count-what-happens"];
+    spec_log_lines_missing: SpecLogLinesMissing => "WS-OBS-1", ["spec-log-lines"];
     metrics_never_move: MetricsNeverMove => "WS-OBS-1", ["metrics-count-what-happens"; "metrics-are-prometheus-text"];
     acks_not_counted: AcksNotCounted => "WS-OBS-1", ["metrics-count-what-happens"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
@@ -280,6 +282,9 @@ async fn backend(fault: Fault, setup: Setup) -> (Embedded, Target) {
         if !registration {
             c.registration_token = None;
         }
+        if fault == Fault::SpecLogLinesMissing {
+            c.log_level = "warn".into();
+        }
     })
     .await
     .unwrap();
@@ -288,7 +293,12 @@ async fn backend(fault: Fault, setup: Setup) -> (Embedded, Target) {
         admin: embedded::ADMIN_TOKEN.into(),
         registration: embedded::REGISTRATION_TOKEN.into(),
     };
-    let proxy = proxy::start(server.addr, fault, secrets).await;
+    let Lifecycle {
+        restart,
+        crash,
+        log,
+    } = server.lifecycle();
+    let proxy = proxy::start(server.addr, fault, secrets, log.clone()).await;
     let mut target = Target::new(&format!("http://{}", proxy.addr)).unwrap();
     target.edge_secret = Some(embedded::EDGE_SECRET.into());
     target.admin_token = Some(embedded::ADMIN_TOKEN.into());
@@ -296,7 +306,7 @@ async fn backend(fault: Fault, setup: Setup) -> (Embedded, Target) {
     target.registration_disabled = !registration;
     // The proxy hears of a restart or a crash (it sees none while no
     // socket is open).
-    let Lifecycle { restart, crash } = server.lifecycle();
+    target.server_log = log;
     let handle = proxy.clone();
     target.restarter = Some(Arc::new(move || {
         handle.restarting();

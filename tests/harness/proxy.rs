@@ -409,6 +409,13 @@ pub enum Fault {
     InFlightLostOnRestart,
     /// Commands waiting for an offline agent are lost on a restart (an in-memory queue).
     QueueInMemory,
+    /// Every request is logged with its headers, `Authorization` included
+    /// (a request logger at debug level left on): the proxy appends the
+    /// lines to the server's log.
+    TokensLogged,
+    /// The spec's log lines are never written (the server logs warnings
+    /// only); the proxy does nothing: `faults.rs` configures the server so.
+    SpecLogLinesMissing,
     /// A 202 before the command is written: a write-behind store that
     /// flushes every second loses the last second's commands on a crash.
     AcceptedBeforeDurable,
@@ -479,8 +486,14 @@ impl Handle {
 /// How long a write-behind fault keeps a write in memory.
 const WRITE_BEHIND: Duration = Duration::from_secs(1);
 
-/// Starts the proxy on an ephemeral loopback port; it runs until the test ends.
-pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> Handle {
+/// Starts the proxy on an ephemeral loopback port; it runs until the test
+/// ends. `log` is the server's log, for the faults that write to it.
+pub async fn start(
+    upstream: SocketAddr,
+    fault: Fault,
+    secrets: Secrets,
+    log: Option<std::path::PathBuf>,
+) -> Handle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = Arc::new(Proxy {
@@ -490,6 +503,7 @@ pub async fn start(upstream: SocketAddr, fault: Fault, secrets: Secrets) -> Hand
         memory: Mutex::new(Memory::default()),
         crash: watch::channel(0).0,
         crashes: watch::channel(0).0,
+        log,
     });
     let handle = Handle {
         addr,
@@ -512,6 +526,8 @@ struct Proxy {
     crash: watch::Sender<u32>,
     /// Bumped when the test kills the real server ([`Handle::crashing`]).
     crashes: watch::Sender<u32>,
+    /// The server's log.
+    log: Option<std::path::PathBuf>,
 }
 
 /// What a broken backend remembers across connections (only the faults
@@ -647,6 +663,9 @@ impl Proxy {
         let upgrade = request
             .header("upgrade")
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if self.fault == Fault::TokensLogged {
+            self.log_request(&request);
+        }
         if let Some(answer) = self.request(&mut request) {
             let _ = client.write_all(&answer.to_bytes()).await;
             return;
@@ -678,6 +697,22 @@ impl Proxy {
             return;
         }
         self.upgrade(client, peer, request).await;
+    }
+
+    /// TokensLogged: one line in the server's log, headers and all.
+    fn log_request(&self, request: &Http) {
+        let Some(path) = &self.log else { return };
+        let line = format!(
+            "2026-01-01T00:00:00Z DEBUG http: {} {} authorization={:?}\n",
+            request.method(),
+            request.path(),
+            request.header("authorization").unwrap_or("")
+        );
+        let file = std::fs::OpenOptions::new().append(true).open(path);
+        if let Ok(mut file) = file {
+            use std::io::Write as _;
+            let _ = file.write_all(line.as_bytes());
+        }
     }
 
     /// Sends `request` to the server after [`WRITE_BEHIND`], unless the

@@ -72,6 +72,7 @@ impl Ctx<'_> {
         let target = self.target;
         let id = self.agent_id(agent);
         let bearer = |t: &str| Some(format!("Bearer {t}"));
+        let deliberately_wrong = matches!(spec, "none" | "wrong" | "malformed" | "forged");
         let agent_token =
             |ctx: &mut Self, name: &str| -> Result<Option<String>, (String, String)> {
                 let id = ctx.agent_id(name);
@@ -87,7 +88,7 @@ impl Ctx<'_> {
                     )
                 })
             };
-        Ok(match spec {
+        let authorization = match spec {
             "none" => None,
             "edge" => match &target.edge_secret {
                 Some(secret) if target.hmac_secret.is_none() => bearer(secret),
@@ -109,7 +110,17 @@ impl Ctx<'_> {
                 (_, Some(var)) => bearer(&self.vars.get(var).cloned().unwrap_or_default()),
                 _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future, aged, skewed, forged, other:NAME or var:NAME")),
             },
-        })
+        };
+        // Remembered, so `log_has_no_secrets` can look for it.
+        if let Some(token) = authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+        {
+            if !deliberately_wrong {
+                self.sent_tokens.insert(token.to_string());
+            }
+        }
+        Ok(authorization)
     }
 
     #[allow(clippy::too_many_arguments)]

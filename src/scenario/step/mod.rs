@@ -6,9 +6,10 @@
 mod connect;
 mod delivery;
 mod http;
+mod log;
 mod metrics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -57,6 +58,11 @@ pub struct Ctx<'a> {
     lists: HashMap<String, Vec<String>>,
     /// Counter totals saved by `metrics` steps (`snapshot = "NAME"`).
     snapshots: HashMap<String, BTreeMap<String, f64>>,
+    /// Every bearer token this check's requests carried (not the deliberately
+    /// wrong ones), for `log_has_no_secrets`.
+    sent_tokens: BTreeSet<String>,
+    /// The length of the backend's log when the check started.
+    log_start: u64,
     marks: HashMap<String, Instant>,
     commands: u32,
     pub transcript: Vec<String>,
@@ -90,6 +96,8 @@ impl<'a> Ctx<'a> {
             vars,
             lists: HashMap::new(),
             snapshots: HashMap::new(),
+            sent_tokens: BTreeSet::new(),
+            log_start: log::log_length(target),
             marks: HashMap::new(),
             commands: 0,
             transcript: Vec::new(),
@@ -261,6 +269,8 @@ impl<'a> Ctx<'a> {
                     .await
                     .or_else(|e| fail("the backend restarts", e))
             }
+            StepKind::Log { text, within } => self.log(text, within).await,
+            StepKind::LogHasNoSecrets => self.log_has_no_secrets(),
             StepKind::Crash => {
                 self.note("crashing the backend (killed, then started again)".into());
                 self.target
@@ -595,8 +605,8 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Steps that talk to the backend over HTTP only, and leave the sockets to
-/// [`keeping_alive`].
+/// Steps that talk to the backend over HTTP only (or read its log), and
+/// leave the sockets to [`keeping_alive`].
 fn http_only(kind: &StepKind) -> bool {
     matches!(
         kind,
@@ -606,6 +616,8 @@ fn http_only(kind: &StepKind) -> bool {
             | StepKind::Metrics { .. }
             | StepKind::Http(_)
             | StepKind::Api(_)
+            | StepKind::Log { .. }
+            | StepKind::LogHasNoSecrets
     )
 }
 

@@ -1,0 +1,139 @@
+//! The steps that read the backend's log (`--server-log`): `log` waits for
+//! a line (WS-OBS-1's spec lines), `log_has_no_secrets` checks that no
+//! secret this check used was written there (WS-AUTH-5: "tokens never
+//! appear in logs"). Both read only what the log gained since the check
+//! started, and never show a secret: what they quote is redacted.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{fail, Ctx, StepResult};
+use crate::scenario::matcher::substitute_str;
+use crate::target::Target;
+
+/// Shorter values are not looked for: they would match by chance.
+const SHORTEST_SECRET: usize = 8;
+
+/// The log's length now: where a check's part of it starts.
+pub(super) fn log_length(target: &Target) -> u64 {
+    target
+        .server_log
+        .as_ref()
+        .and_then(|path| std::fs::metadata(path).ok())
+        .map_or(0, |m| m.len())
+}
+
+impl Ctx<'_> {
+    /// What the log gained since the check started (all of it, if it was
+    /// truncated or rotated meanwhile).
+    fn log_since_start(&self) -> Result<String, (String, String)> {
+        let Some(path) = &self.target.server_log else {
+            return fail("the backend's log", "no --server-log");
+        };
+        let bytes = std::fs::read(path).or_else(|e| {
+            fail(
+                format!("the backend's log {}", path.display()),
+                e.to_string(),
+            )
+        })?;
+        let start = usize::try_from(self.log_start).unwrap_or(usize::MAX);
+        let ours = bytes.get(start..).unwrap_or(&bytes);
+        Ok(String::from_utf8_lossy(ours).into_owned())
+    }
+
+    /// Waits until the log holds `text` (variables substituted).
+    pub(super) async fn log(&mut self, text: &str, within: &str) -> StepResult {
+        let text = substitute_str(text, &self.vars);
+        let within = self.eval(within)?;
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log_since_start()?;
+            if let Some(line) = log.lines().find(|line| line.contains(&text)) {
+                let shown = self.redact_secrets(line);
+                self.note(format!("log: {shown}"));
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<String> = tail.iter().rev().map(|l| self.redact_secrets(l)).collect();
+                return fail(
+                    format!("a log line with `{text}` within {within:?}"),
+                    match tail.is_empty() {
+                        true => "nothing logged since the check started".to_string(),
+                        false => format!("none; the last lines: {}", tail.join(" ⏎ ")),
+                    },
+                );
+            }
+            // A file gives no event to wait on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// No secret of [`Ctx::secrets`] is in the log since the check started.
+    pub(super) fn log_has_no_secrets(&mut self) -> StepResult {
+        let log = self.log_since_start()?;
+        let secrets = self.secrets();
+        self.note(format!(
+            "log: {} lines searched for {} secrets",
+            log.lines().count(),
+            secrets.len()
+        ));
+        let found: Vec<String> = secrets
+            .iter()
+            .filter_map(|(what, secret)| {
+                let line = log.lines().find(|line| line.contains(secret.as_str()))?;
+                Some(format!("{what}, in: {}", self.redact_secrets(line)))
+            })
+            .collect();
+        if found.is_empty() {
+            return Ok(());
+        }
+        fail("no token or secret in the backend's log", found.join("; "))
+    }
+
+    /// Every secret this check knows: the flags' secrets, every token its
+    /// requests carried, every token it was given (registration, provisioning).
+    fn secrets(&self) -> Vec<(String, String)> {
+        let target = self.target;
+        let flags = [
+            ("the shared secret (--edge-secret)", &target.edge_secret),
+            ("the HMAC key (--hmac-secret)", &target.hmac_secret),
+            ("the admin token", &target.admin_token),
+            ("the registration token", &target.registration_token),
+        ];
+        let mut secrets: Vec<(String, String)> = flags
+            .into_iter()
+            .filter_map(|(what, value)| Some((what.to_string(), value.clone()?)))
+            .collect();
+        secrets.extend(
+            self.sent_tokens
+                .iter()
+                .map(|token| ("a token this check sent".to_string(), token.clone())),
+        );
+        secrets.extend(
+            self.vars
+                .iter()
+                .filter(|(name, _)| name.starts_with("token:") || name.ends_with("token"))
+                .map(|(name, value)| (format!("the token `{name}`"), value.clone())),
+        );
+        // Each value once, under its first (most telling) name; longest
+        // first, so a secret inside a longer token is redacted with it.
+        let mut seen = std::collections::HashSet::new();
+        secrets.retain(|(_, value)| value.len() >= SHORTEST_SECRET && seen.insert(value.clone()));
+        secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
+        secrets
+    }
+
+    /// `line` with every secret replaced, so a report never shows one.
+    fn redact_secrets(&self, line: &str) -> String {
+        // Redacted before it is shortened: a cut must not leave half a secret.
+        let redacted = self
+            .secrets()
+            .iter()
+            .fold(line.to_string(), |text, (_, secret)| {
+                text.replace(secret.as_str(), "<redacted>")
+            });
+        redacted.chars().take(300).collect()
+    }
+}
