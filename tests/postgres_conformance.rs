@@ -184,16 +184,17 @@ async fn conformance_suite_passes_against_each_of_two_postgres_instances_over_ve
             report.results.len()
         );
         assert!(report.passed(), "{label} failed:\n{}", failed.join("\n"));
-        // Every check but two ran and passed (SHOULD ones too); those two
-        // need what an in-process plain-ws:// instance with registration
-        // cannot be, and say so.
+        // Every check but three ran and passed (SHOULD ones too); two need
+        // what an in-process plain-ws:// instance with registration cannot
+        // be, and one needs --slow (a minute's wait each, and the fault
+        // tests run it against the SQLite server); each says so.
         let others: Vec<String> = report
             .results
             .iter()
             .filter(|r| r.status != Status::Pass)
             .map(|r| format!("{} {:?} {:?}", r.name, r.status, r.reason))
             .collect();
-        assert_eq!(others.len(), 2, "{label}: {others:#?}");
+        assert_eq!(others.len(), 3, "{label}: {others:#?}");
         assert!(
             others
                 .iter()

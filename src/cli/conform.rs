@@ -90,8 +90,8 @@ pub struct CheckArgs {
     pub expect_fail: Option<PathBuf>,
     /// Also run checks that take minutes at the backend's timers (with the
     /// spec's 30 s ack timeout and 10 attempts, dead-after-max-attempts takes
-    /// about 9 minutes); without it they are skipped, saying how long they
-    /// would take.
+    /// about 9 minutes) and those that wait out a rate-limit window (about a
+    /// minute); without it they are skipped, saying how long they would take.
     #[arg(long)]
     pub slow: bool,
 }

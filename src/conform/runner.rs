@@ -109,6 +109,11 @@ fn redelivery_time(check: &Check, timings: &Timings) -> Duration {
 /// Why a check cannot run here, if it cannot.
 pub fn skip_reason(check: &Check, target: &Target, slow: bool) -> Option<String> {
     let timings = target.timings();
+    if check.slow && !slow {
+        return Some(
+            "needs --slow: it waits out a window of the backend's (about a minute)".into(),
+        );
+    }
     let takes = redelivery_time(check, &timings);
     if takes > SLOW && !slow {
         return Some(format!(
@@ -300,6 +305,7 @@ pub async fn learn_timings(target: &Target) {
         requirement: String::new(),
         needs: Vec::new(),
         timing: false,
+        slow: false,
         group: String::new(),
         file: Default::default(),
         line: 0,

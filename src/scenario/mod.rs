@@ -128,6 +128,9 @@ struct CheckSpec {
     /// Timing-sensitive checks are the ones `--retries` retries.
     #[serde(default)]
     timing: bool,
+    /// Runs only with `--slow` (it waits out a window of the backend's).
+    #[serde(default)]
+    slow: bool,
     steps: Vec<Spanned<StepSpec>>,
 }
 
@@ -339,6 +342,8 @@ pub struct Check {
     pub requirement: String,
     pub needs: Vec<Capability>,
     pub timing: bool,
+    /// Runs only with `--slow`, however short the backend's timers.
+    pub slow: bool,
     pub group: String,
     pub file: PathBuf,
     pub line: usize,
@@ -408,6 +413,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Check>, ScenarioError> {
             requirement: check.requirement.trim().to_string(),
             needs: check.needs,
             timing: check.timing,
+            slow: check.slow,
             group: spec.group.clone(),
             file: file.to_path_buf(),
             line,

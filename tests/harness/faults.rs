@@ -115,6 +115,7 @@ faults! {
     ignores_command_id: IgnoresCommandId => "WS-API-2", ["command-id-is-idempotent"];
     edge_secret_registers: EdgeSecretRegisters => "WS-HTTP-3", ["edge-secret-never-registers"];
     refuses_second_connection: RefusesSecondConnection => "WS-CONN-2", ["duplicate-replaces-old-and-redelivers", "duplicate-closes-old-with-4000"];
+    limit_never_resets: LimitNeverResets => "WS-RATE-1", ["connection-limit-window-passes"];
     counts_rejects_per_agent: CountsRejectsPerAgent => "WS-RATE-1", ["strangers-cannot-lock-an-agent-out"; "connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
 
     // ---- HTTP answers, refused upgrades included ----
@@ -329,6 +330,8 @@ async fn run_against(fault: Fault, setup: Setup, checks: &[&str]) -> RunReport {
         // The transparent run retries timing checks, as CI does; a broken
         // run need not (a retry could only hide the fault).
         retries: u32::from(fault == Fault::None),
+        // The checks that wait out a rate-limit window run too.
+        slow: true,
         seed: 7,
         ..Options::default()
     };

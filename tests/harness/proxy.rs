@@ -106,6 +106,9 @@ pub enum Fault {
     EdgeSecretRegisters,
     /// Failed upgrades count against the agent (before auth): strangers lock it out.
     CountsRejectsPerAgent,
+    /// The connection limit never resets (an `INCR` without `EXPIRE`): an
+    /// agent once answered 429 is answered 429 for good.
+    LimitNeverResets,
 
     // ---- HTTP answers (refused upgrades included) ----
     /// A refused upgrade is a bare 403 without a JSON body.
@@ -540,6 +543,8 @@ struct Memory {
     pushed: HashMap<String, HashSet<String>>,
     /// Refused upgrades per agent id (CountsRejectsPerAgent).
     rejects: HashMap<String, u32>,
+    /// Agents once answered 429 (LimitNeverResets).
+    limited: HashSet<String>,
     /// The latest ack per command, as a status.
     last_ack: HashMap<String, String>,
     /// When each agent last closed its socket.
@@ -977,6 +982,14 @@ impl Proxy {
                     json!({"error": "already_connected", "message": "this agent is connected"}),
                 ));
             }
+            Fault::LimitNeverResets if socket && self.memory().limited.contains(&agent) => {
+                let mut answer = Http::answer(
+                    429,
+                    json!({"error": "rate_limited", "message": "too many attempts"}),
+                );
+                answer.set_header("retry-after", "60");
+                return Some(answer);
+            }
             Fault::CountsRejectsPerAgent
                 if socket && self.memory().rejects.get(&agent).is_some_and(|n| *n >= 10) =>
             {
@@ -1222,6 +1235,9 @@ impl Proxy {
             }
             Fault::CountsRejectsPerAgent if socket && status == 401 => {
                 *self.memory().rejects.entry(agent).or_default() += 1;
+            }
+            Fault::LimitNeverResets if socket && status == 429 => {
+                self.memory().limited.insert(agent);
             }
             // The edge's HTTP endpoints: sync, acks, registration, errors.
             Fault::RegistrationOpenWhenUnconfigured
