@@ -345,28 +345,17 @@ impl StepSpec {
             "wait" => StepKind::Wait {
                 during: self.wait.take().unwrap(),
             },
-            "restart" => {
-                if self.restart != Some(true) {
-                    return Err("write `restart = true`".into());
-                }
-                StepKind::Restart
-            }
-            "crash" => {
-                if self.crash != Some(true) {
-                    return Err("write `crash = true`".into());
-                }
-                StepKind::Crash
-            }
+            "restart" => switch(self.restart, "restart", StepKind::Restart)?,
+            "crash" => switch(self.crash, "crash", StepKind::Crash)?,
             "log" => StepKind::Log {
                 text: self.log.take().unwrap(),
                 within: self.within.take().unwrap_or_else(|| "2s".into()),
             },
-            "log_has_no_secrets" => {
-                if self.log_has_no_secrets != Some(true) {
-                    return Err("write `log_has_no_secrets = true`".into());
-                }
-                StepKind::LogHasNoSecrets
-            }
+            "log_has_no_secrets" => switch(
+                self.log_has_no_secrets,
+                "log_has_no_secrets",
+                StepKind::LogHasNoSecrets,
+            )?,
             "fill" => StepKind::Fill {
                 agent: self.fill.take().unwrap(),
                 body: self
@@ -474,5 +463,14 @@ impl StepSpec {
             .iter()
             .find(|(_, given)| *given)
             .map(|(name, _)| *name)
+    }
+}
+
+/// A step written `KEY = true`: the value says nothing more, but `false`
+/// would read as "do not", so only `true` is taken.
+fn switch(value: Option<bool>, key: &str, kind: StepKind) -> Result<StepKind, String> {
+    match value {
+        Some(true) => Ok(kind),
+        _ => Err(format!("write `{key} = true`")),
     }
 }

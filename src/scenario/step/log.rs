@@ -31,15 +31,26 @@ impl Ctx<'_> {
         let Some(path) = &self.target.server_log else {
             return fail("the backend's log", "no --server-log");
         };
-        let bytes = std::fs::read(path).or_else(|e| {
+        let read = |path: &std::path::Path| -> std::io::Result<Vec<u8>> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = std::fs::File::open(path)?;
+            // A log may be large: only this check's part is read.
+            let start = match file.metadata()?.len() {
+                len if len >= self.log_start => self.log_start,
+                _ => 0,
+            };
+            file.seek(SeekFrom::Start(start))?;
+            let mut ours = Vec::new();
+            file.read_to_end(&mut ours)?;
+            Ok(ours)
+        };
+        let ours = read(path).or_else(|e| {
             fail(
                 format!("the backend's log {}", path.display()),
                 e.to_string(),
             )
         })?;
-        let start = usize::try_from(self.log_start).unwrap_or(usize::MAX);
-        let ours = bytes.get(start..).unwrap_or(&bytes);
-        Ok(String::from_utf8_lossy(ours).into_owned())
+        Ok(String::from_utf8_lossy(&ours).into_owned())
     }
 
     /// Waits until the log holds `text` (variables substituted).
@@ -135,5 +146,102 @@ impl Ctx<'_> {
                 text.replace(secret.as_str(), "<redacted>")
             });
         redacted.chars().take(300).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const ADMIN: &str = "admin-token-0123456789";
+
+    fn target(log: &std::path::Path) -> Target {
+        let mut target = Target::new("http://127.0.0.1:9").unwrap();
+        target.admin_token = Some(ADMIN.into());
+        target.edge_secret = Some("short".into());
+        target.server_log = Some(log.to_path_buf());
+        target
+    }
+
+    fn append(log: &std::path::Path, text: &str) {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_what_the_check_adds_is_read_and_secrets_are_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        // Before the check: not this check's business.
+        append(&log, &format!("old line with {ADMIN}\n"));
+        let target = target(&log);
+        let mut ctx = Ctx::new(&target, "t".into(), None);
+        ctx.sent_tokens.insert("agent-token-abcdefgh".into());
+        assert_eq!(ctx.log_has_no_secrets(), Ok(()));
+        let padding = "x".repeat(290);
+        append(
+            &log,
+            &format!("INFO {padding} Bearer agent-token-abcdefgh\n"),
+        );
+        ctx.log("Bearer", "100ms").await.unwrap();
+        let (expected, observed) = ctx.log_has_no_secrets().unwrap_err();
+        assert_eq!(expected, "no token or secret in the backend's log");
+        assert!(
+            observed.starts_with("a token this check sent, in: INFO xxx"),
+            "{observed}"
+        );
+        // Redacted before it is cut at 300 characters: no half secret.
+        assert!(!observed.contains("agent-tok"), "{observed}");
+        assert!(!ctx.transcript.iter().any(|line| line.contains("agent-tok")));
+        // The shared secret is too short to look for; the admin token is not.
+        append(&log, &format!("short {ADMIN}\n"));
+        let (_, observed) = ctx.log_has_no_secrets().unwrap_err();
+        assert!(
+            observed.contains("the admin token, in: short <redacted>"),
+            "{observed}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_line_fails_with_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let target = target(&log);
+        let mut ctx = Ctx::new(&target, "t".into(), None);
+        // No file yet: said, with its path.
+        let (expected, observed) = ctx.log("Sent command", "50ms").await.unwrap_err();
+        assert!(expected.contains(&log.display().to_string()), "{expected}");
+        assert!(observed.contains("No such file"), "{observed}");
+        append(&log, &format!("Edge agent a connected, admin {ADMIN}\n"));
+        let (expected, observed) = ctx.log("Sent command", "50ms").await.unwrap_err();
+        assert!(expected.contains("`Sent command`"), "{expected}");
+        assert_eq!(
+            observed,
+            "none; the last lines: Edge agent a connected, admin <redacted>"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the backend logs around a secret, a quoted line never
+        /// holds it, whole or cut.
+        #[test]
+        fn a_quoted_line_never_holds_a_secret(
+            before in "[ -~]{0,400}",
+            after in "[ -~]{0,50}",
+            secret in "[a-zA-Z0-9+/=]{8,40}",
+        ) {
+            let target = target(std::path::Path::new("/nonexistent"));
+            let mut ctx = Ctx::new(&target, "t".into(), None);
+            ctx.sent_tokens.insert(secret.clone());
+            let shown = ctx.redact_secrets(&format!("{before}{secret}{after}"));
+            proptest::prop_assert!(!shown.contains(&secret));
+            proptest::prop_assert!(shown.chars().count() <= 300);
+        }
     }
 }
