@@ -184,6 +184,9 @@ pub struct Collected {
     pub acked: u64,
     pub duplicates: u64,
     pub lost: u64,
+    /// Received, though their post got no 2xx (cut off by a crash: stored,
+    /// the answer lost).
+    pub unanswered: u64,
     pub connects: u64,
     pub connect_failures: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
@@ -233,6 +236,7 @@ impl Collector {
                 acked: 0,
                 duplicates: 0,
                 lost: 0,
+                unanswered: 0,
                 connects: 0,
                 connect_failures: BTreeMap::new(),
                 errors: BTreeMap::new(),
@@ -474,13 +478,13 @@ impl Collector {
         c.storm_returns.extend(o.storm_returns);
     }
 
-    /// Everything gathered; a command accepted (2xx) and never received is lost.
+    /// Everything gathered; a command accepted (2xx) and never received is
+    /// lost; one received without a 2xx was stored but not answered.
     pub fn finish(mut self) -> Collected {
-        self.c.lost = self
-            .commands
-            .values()
-            .filter(|e| e.accepted && e.received == 0)
-            .count() as u64;
+        let count =
+            |which: fn(&&Command) -> bool| self.commands.values().filter(which).count() as u64;
+        self.c.lost = count(|e| e.accepted && e.received == 0);
+        self.c.unanswered = count(|e| !e.accepted && e.received > 0);
         self.c
     }
 }

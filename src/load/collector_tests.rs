@@ -149,13 +149,22 @@ fn duplicates_lost_commands_and_rejections_are_counted_once() {
     // Refused: not lost, counted by its status.
     answered(&mut c, t0, 2, 503);
     answered(&mut c, t0, 3, 0);
+    // No answer (a crash cut the post off), yet stored and delivered:
+    // received and unanswered, neither accepted nor lost.
+    answered(&mut c, t0, 4, 0);
+    c.push(Sample::Received {
+        seq: 4,
+        persona: Persona::WellBehaved,
+        at: t0 + 9 * MS,
+    });
     let done = c.finish();
     assert_eq!(
         (done.received, done.duplicates, done.acked, done.lost),
-        (1, 1, 1, 1)
+        (2, 1, 1, 1)
     );
+    assert_eq!((done.accepted, done.unanswered), (2, 1));
     assert_eq!(done.rejected["HTTP 503"], 1);
-    assert_eq!(done.rejected["no answer"], 1);
+    assert_eq!(done.rejected["no answer"], 2);
 }
 
 #[test]

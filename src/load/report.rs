@@ -61,6 +61,11 @@ pub struct Counts {
     pub acked: u64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Commands received whose post got no 2xx: stored, the answer lost
+    /// (a crash cut the request off); a client retrying with the same
+    /// `command_id` gets them once.
+    #[serde(default)]
+    pub unanswered: u64,
     pub connects: u64,
     pub connect_failures: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
@@ -217,6 +222,7 @@ impl LoadReport {
                 acked: c.acked,
                 lost: c.lost,
                 duplicates: c.duplicates,
+                unanswered: c.unanswered,
                 connects: c.connects,
                 connect_failures: c.connect_failures,
                 errors: c.errors,
@@ -324,6 +330,7 @@ impl LoadReport {
             a.acked += b.acked;
             a.lost += b.lost;
             a.duplicates += b.duplicates;
+            a.unanswered += b.unanswered;
             a.connects += b.connects;
             add_counts(&mut a.rejected, b.rejected);
             add_counts(&mut a.connect_failures, b.connect_failures);
@@ -387,6 +394,13 @@ impl LoadReport {
             c.duplicates,
             self.throughput()
         );
+        if c.unanswered > 0 {
+            let _ = writeln!(
+                out,
+                "             {} received without a 2xx: stored, the answer cut off (retry with the same command_id)",
+                c.unanswered
+            );
+        }
         let _ = writeln!(out, "\nlatency (ms)                    count       p50       p90       p99     p99.9       max");
         let rows = [
             ("push→receive", "push_receive"),
