@@ -7,6 +7,9 @@
 //! has the families and measures nothing.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{fail, Ctx, StepResult};
 use crate::conform::glob;
@@ -21,6 +24,65 @@ impl Ctx<'_> {
         snapshot: Option<&str>,
         since: Option<&str>,
     ) -> StepResult {
+        // A backend may count an event a moment after it (a metrics task,
+        // a periodic collect): `since` reads the page again for a while.
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let page = self.metrics_page(path, token).await?;
+            let missing: Vec<String> = families
+                .iter()
+                .filter(|(_, patterns)| !page.names.iter().any(|name| matches(patterns, name)))
+                .map(|(what, patterns)| format!("{what} ({patterns})"))
+                .collect();
+            if !missing.is_empty() {
+                let shown: Vec<&str> = page.names.iter().map(String::as_str).take(40).collect();
+                return fail(
+                    format!("a metric family for: {}", missing.join("; ")),
+                    format!("none; the families are: {}", shown.join(", ")),
+                );
+            }
+            if let Some(name) = since {
+                let Some(before) = self.snapshots.get(name) else {
+                    return fail(
+                        format!("a metrics snapshot `{name}`"),
+                        "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
+                    );
+                };
+                let still: Vec<String> = families
+                    .iter()
+                    .filter(|(_, patterns)| {
+                        total(&page.counters, patterns) <= total(before, patterns)
+                    })
+                    .map(|(what, patterns)| {
+                        let (then, now) =
+                            (total(before, patterns), total(&page.counters, patterns));
+                        format!("{what} ({patterns}): {then} → {now}")
+                    })
+                    .collect();
+                if !still.is_empty() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                if !still.is_empty() {
+                    return fail(
+                        format!("these counters to have grown since `{name}` (within {SETTLE:?})"),
+                        format!("unchanged: {}", still.join("; ")),
+                    );
+                }
+            }
+            if let Some(name) = snapshot {
+                self.snapshots.insert(name.to_string(), page.counters);
+            }
+            return Ok(());
+        }
+    }
+
+    /// `GET path`: 200, Prometheus text, parsed.
+    async fn metrics_page(
+        &mut self,
+        path: &str,
+        token: &str,
+    ) -> Result<prometheus::Page, (String, String)> {
         let url = format!("{}{path}", self.target.http_base);
         let authorization = self.authorization(token, "a")?;
         let mut request = self.target.http.get(&url);
@@ -54,48 +116,12 @@ impl Ctx<'_> {
                 format!("Content-Type {content_type:?}"),
             );
         }
-        let page = prometheus::read(&text)
-            .or_else(|e| fail("the Prometheus text exposition format", e))?;
-        let missing: Vec<String> = families
-            .iter()
-            .filter(|(_, patterns)| !page.names.iter().any(|name| matches(patterns, name)))
-            .map(|(what, patterns)| format!("{what} ({patterns})"))
-            .collect();
-        if !missing.is_empty() {
-            let shown: Vec<&str> = page.names.iter().map(String::as_str).take(40).collect();
-            return fail(
-                format!("a metric family for: {}", missing.join("; ")),
-                format!("none; the families are: {}", shown.join(", ")),
-            );
-        }
-        if let Some(name) = since {
-            let Some(before) = self.snapshots.get(name) else {
-                return fail(
-                    format!("a metrics snapshot `{name}`"),
-                    "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
-                );
-            };
-            let still: Vec<String> = families
-                .iter()
-                .filter(|(_, patterns)| total(&page.counters, patterns) <= total(before, patterns))
-                .map(|(what, patterns)| {
-                    let (then, now) = (total(before, patterns), total(&page.counters, patterns));
-                    format!("{what} ({patterns}): {then} → {now}")
-                })
-                .collect();
-            if !still.is_empty() {
-                return fail(
-                    format!("these counters to have grown since `{name}`"),
-                    format!("unchanged: {}", still.join("; ")),
-                );
-            }
-        }
-        if let Some(name) = snapshot {
-            self.snapshots.insert(name.to_string(), page.counters);
-        }
-        Ok(())
+        prometheus::read(&text).or_else(|e| fail("the Prometheus text exposition format", e))
     }
 }
+
+/// How long `since` waits for counters to move.
+const SETTLE: Duration = Duration::from_secs(2);
 
 fn matches(patterns: &str, name: &str) -> bool {
     patterns.split('|').any(|p| glob(p.trim(), name))
