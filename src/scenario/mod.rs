@@ -214,6 +214,8 @@ pub struct HttpCall {
     /// sent by [`crate::early_answer`], which reads an answer that comes
     /// before the body is all written.
     pub pad: Option<usize>,
+    /// The answer must hold no stack trace and no secret (WS-HTTP-4).
+    pub no_trace: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

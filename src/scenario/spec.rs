@@ -79,6 +79,7 @@ pub struct StepSpec {
     pub families: Option<BTreeMap<String, String>>,
     pub snapshot: Option<String>,
     pub since: Option<String>,
+    pub no_trace: Option<bool>,
 }
 
 /// How a connection attempt should end.
@@ -178,6 +179,7 @@ impl StepSpec {
             eventually: self.eventually.take(),
             retry_after: self.retry_after.take().unwrap_or(false),
             pad: self.pad.take(),
+            no_trace: self.no_trace.take().unwrap_or(false),
         })
     }
 
@@ -458,6 +460,7 @@ impl StepSpec {
             ("families", self.families.is_some()),
             ("snapshot", self.snapshot.is_some()),
             ("since", self.since.is_some()),
+            ("no_trace", self.no_trace.is_some()),
         ];
         options
             .iter()

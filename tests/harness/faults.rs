@@ -176,6 +176,8 @@ faults! {
     progress_command_goes_dead: ProgressCommandGoesDead => "WS-DLV-4", ["progress-command-with-attempts-used-is-not-dead"];
     progress_state_never_expires: ProgressStateNeverExpires => "WS-DLV-7", ["progress-state-expires-at-ttl"];
     dead_never_marked: DeadNeverMarked => "WS-DLV-3", ["dead-after-max-attempts"];
+    stack_trace_in_errors: StackTraceInErrors => "WS-HTTP-4", ["http-errors-carry-no-trace-or-secret"; "http-errors-are-json"];
+    error_echoes_headers: ErrorEchoesHeaders => "WS-HTTP-4", ["http-errors-carry-no-trace-or-secret"; "http-errors-are-json"];
     metrics_as_json: MetricsAsJson => "WS-OBS-1", ["metrics-are-prometheus-text"];
     metrics_without_reconnects: MetricsWithoutReconnects => "WS-OBS-1", ["metrics-are-prometheus-text"; "metrics-count-what-happens"];
     spec_log_lines_missing: SpecLogLinesMissing => "WS-OBS-1", ["spec-log-lines"];

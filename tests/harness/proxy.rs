@@ -113,6 +113,11 @@ pub enum Fault {
     // ---- HTTP answers (refused upgrades included) ----
     /// A refused upgrade is a bare 403 without a JSON body.
     RefusesWithBare403,
+    /// Error answers carry the error's stack (an error handler that sends
+    /// `err.stack`).
+    StackTraceInErrors,
+    /// A 400 echoes the request's headers, `Authorization` included.
+    ErrorEchoesHeaders,
     /// Refuses by accepting the upgrade and closing with 1008 (not 401/403 or 4001).
     RefusesWithClose1008,
     /// Refuses by accepting the upgrade and closing with 4001 six seconds later.
@@ -1240,6 +1245,23 @@ impl Proxy {
                 self.memory().limited.insert(agent);
             }
             // The edge's HTTP endpoints: sync, acks, registration, errors.
+            Fault::StackTraceInErrors if status >= 400 && !socket => {
+                if let Some(mut body) = answer.json() {
+                    body["stack"] = json!(
+                        "TypeError: Cannot read properties of undefined (reading 'length')\n    at validate (/app/src/commands.js:42:17)\n    at /app/node_modules/express/lib/router/layer.js:95:5"
+                    );
+                    answer.set_json(body);
+                }
+            }
+            Fault::ErrorEchoesHeaders if status == 400 && !socket => {
+                if let Some(mut body) = answer.json() {
+                    body["request"] = json!({
+                        "method": method,
+                        "authorization": request.header("authorization").unwrap_or(""),
+                    });
+                    answer.set_json(body);
+                }
+            }
             Fault::RegistrationOpenWhenUnconfigured
                 if route == "/edge/register"
                     && answer

@@ -103,6 +103,11 @@ impl Ctx<'_> {
                 ))
             } else if let Some((p, e, a)) = mismatch(&value, &fields) {
                 Some((format!("{p} = {e}"), format!("{p} = {a} in {value}")))
+            } else if let Some(leak) = call.no_trace.then(|| self.leak(&text)).flatten() {
+                Some((
+                    "an answer with no stack trace and no secret".to_string(),
+                    leak,
+                ))
             } else {
                 raw_mismatch(&text, &raw).map(|(p, e, a)| {
                     (

@@ -2,7 +2,9 @@
 //! a line (WS-OBS-1's spec lines), `log_has_no_secrets` checks that no
 //! secret this check used was written there (WS-AUTH-5: "tokens never
 //! appear in logs"). Both read only what the log gained since the check
-//! started, and never show a secret: what they quote is redacted.
+//! started, and never show a secret: what they quote is redacted. The same
+//! secrets, and stack traces, must not be in an HTTP answer either
+//! (`no_trace`, WS-HTTP-4).
 
 use std::time::Duration;
 
@@ -14,6 +16,32 @@ use crate::target::Target;
 
 /// Shorter values are not looked for: they would match by chance.
 const SHORTEST_SECRET: usize = 8;
+
+/// What a stack trace of the usual backend languages holds (in a JSON
+/// string the newlines are `\n`, so frames are matched by their text).
+const STACK_TRACES: [(&str, &str); 8] = [
+    ("a Python traceback", "Traceback (most recent call last)"),
+    ("a Python frame", "File \"/"),
+    ("a Rust panic", "panicked at"),
+    ("a Go stack", "goroutine 1 [running]"),
+    ("a JavaScript or Java frame", "    at "),
+    ("a JavaScript module path", "node_modules/"),
+    ("a Java exception", "Exception in thread"),
+    ("a Java class", "java.lang."),
+];
+
+/// Appends every string of `value`, one per line.
+fn strings(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::String(s) => {
+            out.push('\n');
+            out.push_str(s);
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(members) => members.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
 
 /// The log's length now: where a check's part of it starts.
 pub(super) fn log_length(target: &Target) -> u64 {
@@ -101,6 +129,35 @@ impl Ctx<'_> {
             return Ok(());
         }
         fail("no token or secret in the backend's log", found.join("; "))
+    }
+
+    /// What in an HTTP answer's body leaks (WS-HTTP-4: "never a stack
+    /// trace, never a secret"), redacted, if anything does.
+    pub(super) fn leak(&self, body: &str) -> Option<String> {
+        // The text as sent, and a JSON answer's strings unescaped (where a
+        // trace's newlines and quotes are real).
+        let mut text = body.to_string();
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(body) {
+            strings(&value, &mut text);
+        }
+        let quoted = |at: usize| {
+            let start = text[..at]
+                .char_indices()
+                .rev()
+                .nth(40)
+                .map_or(0, |(i, _)| i);
+            self.redact_secrets(&text[start..])
+        };
+        if let Some((what, at)) = STACK_TRACES
+            .iter()
+            .find_map(|(what, marker)| text.find(marker).map(|at| (*what, at)))
+        {
+            return Some(format!("{what} in the answer: …{}", quoted(at)));
+        }
+        self.secrets().iter().find_map(|(what, secret)| {
+            let at = text.find(secret.as_str())?;
+            Some(format!("{what} in the answer: …{}", quoted(at)))
+        })
     }
 
     /// Every secret this check knows: the flags' secrets, every token its
@@ -225,6 +282,22 @@ mod tests {
             observed,
             "none; the last lines: Edge agent a connected, admin <redacted>"
         );
+    }
+
+    #[test]
+    fn an_answer_leaks_a_trace_or_a_secret() {
+        let target = target(std::path::Path::new("/nonexistent"));
+        let ctx = Ctx::new(&target, "t".into(), None);
+        let clean = r#"{"error":"invalid_body","message":"expected a string at line 1 column 18"}"#;
+        assert_eq!(ctx.leak(clean), None);
+        let python = r#"{"error":"internal","trace":"Traceback (most recent call last):\n  File \"/app/main.py\", line 3"}"#;
+        assert!(ctx.leak(python).unwrap().starts_with("a Python traceback"));
+        let go = "panic: boom\n\ngoroutine 1 [running]:\nmain.main()";
+        assert!(ctx.leak(go).unwrap().starts_with("a Go stack"));
+        let echoed = format!(r#"{{"error":"bad","authorization":"Bearer {ADMIN}"}}"#);
+        let leak = ctx.leak(&echoed).unwrap();
+        assert!(leak.starts_with("the admin token in the answer"), "{leak}");
+        assert!(!leak.contains(ADMIN), "{leak}");
     }
 
     proptest::proptest! {
