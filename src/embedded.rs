@@ -84,10 +84,7 @@ impl Embedded {
         target.edge_secret = Some(self.config.edge_secret.clone());
         target.admin_token = Some(self.config.admin_token.clone());
         target.registration_token = self.config.registration_token.clone();
-        let lifecycle = self.lifecycle();
-        target.restarter = Some(lifecycle.restart);
-        target.crasher = Some(lifecycle.crash);
-        target.server_log = lifecycle.log;
+        target.adopt(self.lifecycle());
         target
     }
 

@@ -332,6 +332,13 @@ impl Target {
         restarter().await
     }
 
+    /// Restarts, crashes and log from the harness's own server.
+    pub fn adopt(&mut self, lifecycle: Lifecycle) {
+        self.restarter = Some(lifecycle.restart);
+        self.crasher = Some(lifecycle.crash);
+        self.server_log = lifecycle.log;
+    }
+
     pub async fn crash(&self) -> Result<(), String> {
         let crasher = self.crasher.as_ref().ok_or("no --crash-cmd")?;
         crasher().await

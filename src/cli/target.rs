@@ -69,9 +69,7 @@ impl TargetArgs {
                 t.edge_secret = Some(embedded::EDGE_SECRET.into());
                 t.admin_token = Some(embedded::ADMIN_TOKEN.into());
                 t.registration_token = Some(embedded::REGISTRATION_TOKEN.into());
-                t.restarter = Some(lifecycle.restart);
-                t.crasher = Some(lifecycle.crash);
-                t.server_log = lifecycle.log;
+                t.adopt(lifecycle);
             }
             None => {
                 t.edge_secret = self.edge_secret.clone();

@@ -121,12 +121,12 @@ pub async fn run(
                             let _ = signals.send(Signal::DropAll);
                         }
                         Event::Restart { .. } => {
-                            let how = (bounce.restart.clone(), "restart", "--restart-cmd");
-                            tokio::spawn(restart(how, samples.clone()));
+                            let (how, samples) = (bounce.restart.clone(), samples.clone());
+                            tokio::spawn(restart(how, "restart", "--restart-cmd", samples));
                         }
                         Event::Crash { .. } => {
-                            let how = (bounce.crash.clone(), "crash", "--crash-cmd");
-                            tokio::spawn(restart(how, samples.clone()));
+                            let (how, samples) = (bounce.crash.clone(), samples.clone());
+                            tokio::spawn(restart(how, "crash", "--crash-cmd", samples));
                         }
                     }
                 }
@@ -138,7 +138,9 @@ pub async fn run(
 /// Runs a restart or a crash (`what`); a failure, or an event with no way
 /// to run it (`flag` not given), is an error of the run.
 async fn restart(
-    (restarter, what, flag): (Option<Restarter>, &str, &str),
+    restarter: Option<Restarter>,
+    what: &str,
+    flag: &str,
     samples: mpsc::UnboundedSender<Sample>,
 ) {
     let kind = match restarter {

@@ -988,22 +988,12 @@ impl Proxy {
                 ));
             }
             Fault::LimitNeverResets if socket && self.memory().limited.contains(&agent) => {
-                let mut answer = Http::answer(
-                    429,
-                    json!({"error": "rate_limited", "message": "too many attempts"}),
-                );
-                answer.set_header("retry-after", "60");
-                return Some(answer);
+                return Some(too_many_attempts());
             }
             Fault::CountsRejectsPerAgent
                 if socket && self.memory().rejects.get(&agent).is_some_and(|n| *n >= 10) =>
             {
-                let mut answer = Http::answer(
-                    429,
-                    json!({"error": "rate_limited", "message": "too many attempts"}),
-                );
-                answer.set_header("retry-after", "60");
-                return Some(answer);
+                return Some(too_many_attempts());
             }
             // The edge's HTTP endpoints.
             Fault::HttpLastAckWins if path == "/edge/command/ack" => {
@@ -1534,15 +1524,9 @@ impl Proxy {
                     .collect();
                 answer.set_json(Value::Object(metrics));
             }
-            Fault::MetricsWithoutReconnects if route == "/metrics" => {
-                let text = String::from_utf8_lossy(&answer.body).to_string();
-                let kept: Vec<&str> = text.lines().filter(|l| !l.contains("reconnect")).collect();
-                let content_type = answer
-                    .header("content-type")
-                    .unwrap_or("text/plain")
-                    .to_string();
-                answer.set_body(&content_type, &(kept.join("\n") + "\n"));
-            }
+            Fault::MetricsWithoutReconnects if route == "/metrics" => edit_lines(answer, |line| {
+                (!line.contains("reconnect")).then(|| line.into())
+            }),
             Fault::MetricsNeverMove if route == "/metrics" => zero_samples(answer, |_| true),
             Fault::AcksNotCounted if route == "/metrics" => {
                 zero_samples(answer, |sample| sample.starts_with("edge_acks"))
@@ -2523,19 +2507,34 @@ fn hmac_token(token: &str) -> Option<(String, i64)> {
 /// Sets to 0 the value of every sample of a `/metrics` answer that `which`
 /// picks (`name{labels} value`).
 fn zero_samples(answer: &mut Http, which: impl Fn(&str) -> bool) {
-    let text = String::from_utf8_lossy(&answer.body).to_string();
-    let zeroed: Vec<String> = text
-        .lines()
-        .map(|line| match line.rsplit_once(' ') {
+    edit_lines(answer, |line| {
+        Some(match line.rsplit_once(' ') {
             Some((sample, _)) if !line.starts_with('#') && which(sample) => format!("{sample} 0"),
             _ => line.to_string(),
         })
-        .collect();
+    });
+}
+
+/// Rewrites a text answer line by line (`None` drops the line), keeping
+/// its content type.
+fn edit_lines(answer: &mut Http, edit: impl Fn(&str) -> Option<String>) {
+    let text = String::from_utf8_lossy(&answer.body).to_string();
+    let lines: Vec<String> = text.lines().filter_map(edit).collect();
     let content_type = answer
         .header("content-type")
         .unwrap_or("text/plain")
         .to_string();
-    answer.set_body(&content_type, &(zeroed.join("\n") + "\n"));
+    answer.set_body(&content_type, &(lines.join("\n") + "\n"));
+}
+
+/// A broken limiter's refusal: 429 `rate_limited` with `Retry-After: 60`.
+fn too_many_attempts() -> Http {
+    let mut answer = Http::answer(
+        429,
+        json!({"error": "rate_limited", "message": "too many attempts"}),
+    );
+    answer.set_header("retry-after", "60");
+    answer
 }
 
 fn query_param(path: &str, name: &str) -> Option<String> {

@@ -89,13 +89,14 @@ impl Ctx<'_> {
         loop {
             let log = self.log_since_start()?;
             if let Some(line) = log.lines().find(|line| line.contains(&text)) {
-                let shown = self.redact_secrets(line);
+                let shown = redact(line, &self.secrets());
                 self.note(format!("log: {shown}"));
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                let secrets = self.secrets();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                let tail: Vec<String> = tail.iter().rev().map(|l| self.redact_secrets(l)).collect();
+                let tail: Vec<String> = tail.iter().rev().map(|l| redact(l, &secrets)).collect();
                 return fail(
                     format!("a log line with `{text}` within {within:?}"),
                     match tail.is_empty() {
@@ -122,7 +123,7 @@ impl Ctx<'_> {
             .iter()
             .filter_map(|(what, secret)| {
                 let line = log.lines().find(|line| line.contains(secret.as_str()))?;
-                Some(format!("{what}, in: {}", self.redact_secrets(line)))
+                Some(format!("{what}, in: {}", redact(line, &secrets)))
             })
             .collect();
         if found.is_empty() {
@@ -140,13 +141,14 @@ impl Ctx<'_> {
         if let Ok(value) = serde_json::from_str::<serde_json::Value>(body) {
             strings(&value, &mut text);
         }
+        let secrets = self.secrets();
         let quoted = |at: usize| {
             let start = text[..at]
                 .char_indices()
                 .rev()
                 .nth(40)
                 .map_or(0, |(i, _)| i);
-            self.redact_secrets(&text[start..])
+            redact(&text[start..], &secrets)
         };
         if let Some((what, at)) = STACK_TRACES
             .iter()
@@ -154,7 +156,7 @@ impl Ctx<'_> {
         {
             return Some(format!("{what} in the answer: …{}", quoted(at)));
         }
-        self.secrets().iter().find_map(|(what, secret)| {
+        secrets.iter().find_map(|(what, secret)| {
             let at = text.find(secret.as_str())?;
             Some(format!("{what} in the answer: …{}", quoted(at)))
         })
@@ -192,18 +194,15 @@ impl Ctx<'_> {
         secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
         secrets
     }
+}
 
-    /// `line` with every secret replaced, so a report never shows one.
-    fn redact_secrets(&self, line: &str) -> String {
-        // Redacted before it is shortened: a cut must not leave half a secret.
-        let redacted = self
-            .secrets()
-            .iter()
-            .fold(line.to_string(), |text, (_, secret)| {
-                text.replace(secret.as_str(), "<redacted>")
-            });
-        redacted.chars().take(300).collect()
-    }
+/// `line` with every one of `secrets` replaced, so a report never shows one.
+fn redact(line: &str, secrets: &[(String, String)]) -> String {
+    // Redacted before it is shortened: a cut must not leave half a secret.
+    let redacted = secrets.iter().fold(line.to_string(), |text, (_, secret)| {
+        text.replace(secret.as_str(), "<redacted>")
+    });
+    redacted.chars().take(300).collect()
 }
 
 #[cfg(test)]
@@ -312,7 +311,7 @@ mod tests {
             let target = target(std::path::Path::new("/nonexistent"));
             let mut ctx = Ctx::new(&target, "t".into(), None);
             ctx.sent_tokens.insert(secret.clone());
-            let shown = ctx.redact_secrets(&format!("{before}{secret}{after}"));
+            let shown = redact(&format!("{before}{secret}{after}"), &ctx.secrets());
             proptest::prop_assert!(!shown.contains(&secret));
             proptest::prop_assert!(shown.chars().count() <= 300);
         }

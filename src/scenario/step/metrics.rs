@@ -50,13 +50,10 @@ impl Ctx<'_> {
                 };
                 let still: Vec<String> = families
                     .iter()
-                    .filter(|(_, patterns)| {
-                        total(&page.counters, patterns) <= total(before, patterns)
-                    })
-                    .map(|(what, patterns)| {
+                    .filter_map(|(what, patterns)| {
                         let (then, now) =
                             (total(before, patterns), total(&page.counters, patterns));
-                        format!("{what} ({patterns}): {then} → {now}")
+                        (now <= then).then(|| format!("{what} ({patterns}): {then} → {now}"))
                     })
                     .collect();
                 if !still.is_empty() && Instant::now() < deadline {

@@ -264,19 +264,15 @@ impl<'a> Ctx<'a> {
             }
             StepKind::Restart => {
                 self.note("restarting the backend".into());
-                self.target
-                    .restart()
-                    .await
-                    .or_else(|e| fail("the backend restarts", e))
+                let restarted = self.target.restart().await;
+                restarted.or_else(|e| fail("the backend restarts", e))
             }
             StepKind::Log { text, within } => self.log(text, within).await,
             StepKind::LogHasNoSecrets => self.log_has_no_secrets(),
             StepKind::Crash => {
                 self.note("crashing the backend (killed, then started again)".into());
-                self.target
-                    .crash()
-                    .await
-                    .or_else(|e| fail("the backend comes back after a crash", e))
+                let back = self.target.crash().await;
+                back.or_else(|e| fail("the backend comes back after a crash", e))
             }
         }
     }
