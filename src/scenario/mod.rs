@@ -186,6 +186,16 @@ impl Body {
     }
 }
 
+/// What a `metrics` step requires of the counters since a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// `since = "NAME"`: every family's counters grew (something was counted).
+    Grown(String),
+    /// `unchanged_since = "NAME"`: no family's counters moved (what must
+    /// not count, such as a repeated ack, was not counted).
+    Unchanged(String),
+}
+
 /// How `expect_attempts` gets the next delivery of a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptsBy {
@@ -300,14 +310,14 @@ pub enum StepKind {
         from: u32,
     },
     /// `GET path` parses as Prometheus text and has these families (WS-OBS-1):
-    /// (what, name patterns); with `since`, each one's counters have grown
-    /// since the page saved as that `snapshot`.
+    /// (what, name patterns); with `since`, each one's counters have
+    /// grown (or not moved at all) since the page saved as a `snapshot`.
     Metrics {
         path: String,
         token: String,
         families: Vec<(String, String)>,
         snapshot: Option<String>,
-        since: Option<String>,
+        since: Option<Since>,
     },
     Http(HttpCall),
     Api(HttpCall),
@@ -553,6 +563,20 @@ mod tests {
                 from: 2,
             }
         );
+        let checks = step(
+            "{ metrics = \"/m\", unchanged_since = \"s\", snapshot = \"t\", families = { x = \"*x*\" } }",
+        )
+        .unwrap();
+        assert_eq!(
+            checks[0].steps[0].kind,
+            StepKind::Metrics {
+                path: "/m".into(),
+                token: "none".into(),
+                families: vec![("x".into(), "*x*".into())],
+                snapshot: Some("t".into()),
+                since: Some(Since::Unchanged("s".into())),
+            }
+        );
         let checks = step("{ ws_ping = \"a\" }").unwrap();
         assert_eq!(
             checks[0].steps[0].kind,
@@ -595,6 +619,14 @@ mod tests {
                 "raw `p` is not JSON text",
             ),
             ("{ expect_commands = \"a\" }", "needs ids"),
+            (
+                "{ metrics = \"/m\", since = \"s\", unchanged_since = \"s\", families = { x = \"*\" } }",
+                "exclude each other",
+            ),
+            (
+                "{ metrics = \"/m\", unchanged_since = \"s\" }",
+                "need `families`",
+            ),
             (
                 "{ close = \"a\", raw = { p = '1' } }",
                 "`raw` is not an option of a `close` step",

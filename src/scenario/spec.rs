@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::matcher::timestamp_wildcard;
 use super::raw::Ordered;
-use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, StepKind, Window};
+use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, Since, StepKind, Window};
 
 /// One step as written. Exactly one of the kind keys (`provision`,
 /// `connect`, `send`, `expect`, `expect_close`, `expect_open`,
@@ -79,6 +79,7 @@ pub struct StepSpec {
     pub families: Option<BTreeMap<String, String>>,
     pub snapshot: Option<String>,
     pub since: Option<String>,
+    pub unchanged_since: Option<String>,
     pub no_trace: Option<bool>,
 }
 
@@ -397,17 +398,27 @@ impl StepSpec {
                     .unwrap_or_default()
                     .into_iter()
                     .collect();
-                if self.since.is_some() && families.is_empty() {
-                    return Err(
-                        "`since` needs `families`: the counters that must have grown".into(),
-                    );
+                let since = match (self.since.take(), self.unchanged_since.take()) {
+                    (Some(_), Some(_)) => {
+                        return Err("`since` and `unchanged_since` exclude each other: \
+                                    use two `metrics` steps"
+                            .into())
+                    }
+                    (Some(name), None) => Some(Since::Grown(name)),
+                    (None, Some(name)) => Some(Since::Unchanged(name)),
+                    (None, None) => None,
+                };
+                if since.is_some() && families.is_empty() {
+                    return Err("`since` and `unchanged_since` need `families`: \
+                                the counters to compare with the snapshot"
+                        .into());
                 }
                 StepKind::Metrics {
                     path: self.metrics.take().unwrap(),
                     token: self.token.take().unwrap_or_else(|| "none".into()),
                     families,
                     snapshot: self.snapshot.take(),
-                    since: self.since.take(),
+                    since,
                 }
             }
             _ => unreachable!("listed above"),
@@ -460,6 +471,7 @@ impl StepSpec {
             ("families", self.families.is_some()),
             ("snapshot", self.snapshot.is_some()),
             ("since", self.since.is_some()),
+            ("unchanged_since", self.unchanged_since.is_some()),
             ("no_trace", self.no_trace.is_some()),
         ];
         options

@@ -183,6 +183,7 @@ faults! {
     spec_log_lines_missing: SpecLogLinesMissing => "WS-OBS-1", ["spec-log-lines"];
     metrics_never_move: MetricsNeverMove => "WS-OBS-1", ["metrics-count-what-happens"; "metrics-are-prometheus-text"];
     acks_not_counted: AcksNotCounted => "WS-OBS-1", ["metrics-count-what-happens"];
+    repeated_ack_counted_twice: RepeatedAckCountedTwice => "WS-ACK-3", ["repeated-ack-counted-once"; "acks-are-idempotent"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

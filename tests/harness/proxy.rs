@@ -245,6 +245,9 @@ pub enum Fault {
     MetricsNeverMove,
     /// Acks are never counted (one increment forgotten); the rest move.
     AcksNotCounted,
+    /// Every final ack counts a completed command, a repeated one too
+    /// (the counter sits before the "already final?" test).
+    RepeatedAckCountedTwice,
     /// A close frame from the agent is recorded with reason `error` (one
     /// reason for every disconnect the server did not start).
     NormalCloseRecordedAsError,
@@ -592,6 +595,10 @@ struct Memory {
     events: HashSet<String>,
     /// Per command: the state shown, and a newer one with when it was first seen.
     shown: HashMap<String, (Value, Option<(Value, Instant)>)>,
+    /// Commands that got a final ack (RepeatedAckCountedTwice).
+    final_acked: HashSet<String>,
+    /// Final acks for commands already final (RepeatedAckCountedTwice).
+    repeated_final_acks: u64,
 }
 
 /// A parsed HTTP message: the head without its blank line, and the body.
@@ -1531,6 +1538,17 @@ impl Proxy {
             Fault::AcksNotCounted if route == "/metrics" => {
                 zero_samples(answer, |sample| sample.starts_with("edge_acks"))
             }
+            Fault::RepeatedAckCountedTwice if route == "/metrics" => {
+                let extra = self.memory().repeated_final_acks as f64;
+                edit_lines(answer, |line| {
+                    Some(match line.rsplit_once(' ') {
+                        Some((sample @ "edge_commands_total{outcome=\"completed\"}", n)) => {
+                            format!("{sample} {}", n.parse::<f64>().unwrap_or(0.0) + extra)
+                        }
+                        _ => line.to_string(),
+                    })
+                })
+            }
             Fault::SkipsSentState
             | Fault::ProgressStateNotShown
             | Fault::ProgressStateResetOnReconnect
@@ -1939,6 +1957,14 @@ impl Proxy {
             }
             if !status.is_empty() {
                 s.acked.insert(id.clone());
+                if self.fault == Fault::RepeatedAckCountedTwice
+                    && (status == "completed" || status == "failed")
+                {
+                    let mut memory = self.memory();
+                    if !memory.final_acked.insert(id.clone()) {
+                        memory.repeated_final_acks += 1;
+                    }
+                }
                 if self.fault == Fault::LastAckWins {
                     self.memory().last_ack.insert(id, status);
                 }

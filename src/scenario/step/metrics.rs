@@ -4,7 +4,8 @@
 //! patterns (`*connection*active*|*active*connection*`). A step may save
 //! the page's counters (`snapshot`) and a later one require each family's
 //! counters to have grown since (`since`): a page whose counters never move
-//! has the families and measures nothing.
+//! has the families and measures nothing. Or require them not to have
+//! moved (`unchanged_since`): a repeated ack is not a second outcome.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{fail, Ctx, StepResult};
 use crate::conform::glob;
-use crate::scenario::prometheus;
+use crate::scenario::{prometheus, Since};
 
 impl Ctx<'_> {
     pub(super) async fn metrics(
@@ -22,10 +23,12 @@ impl Ctx<'_> {
         token: &str,
         families: &[(String, String)],
         snapshot: Option<&str>,
-        since: Option<&str>,
+        since: Option<&Since>,
     ) -> StepResult {
         // A backend may count an event a moment after it (a metrics task,
-        // a periodic collect): `since` reads the page again for a while.
+        // a periodic collect), so a comparison with a snapshot reads the
+        // page again for a while: `since` until the counters grow,
+        // `unchanged_since` for as long, to see a late count.
         let deadline = Instant::now() + SETTLE;
         loop {
             let page = self.metrics_page(path, token).await?;
@@ -41,36 +44,59 @@ impl Ctx<'_> {
                     format!("none; the families are: {}", shown.join(", ")),
                 );
             }
-            if let Some(name) = since {
-                let Some(before) = self.snapshots.get(name) else {
-                    return fail(
-                        format!("a metrics snapshot `{name}`"),
-                        "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
-                    );
-                };
-                let still: Vec<String> = families
-                    .iter()
-                    .filter_map(|(what, patterns)| {
-                        let (then, now) =
-                            (total(before, patterns), total(&page.counters, patterns));
-                        (now <= then).then(|| format!("{what} ({patterns}): {then} → {now}"))
-                    })
-                    .collect();
-                if !still.is_empty() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                if !still.is_empty() {
-                    return fail(
-                        format!("these counters to have grown since `{name}` (within {SETTLE:?})"),
-                        format!("unchanged: {}", still.join("; ")),
-                    );
-                }
+            let settled = match since {
+                None => true,
+                Some(since) => self.compare(since, families, &page.counters, deadline)?,
+            };
+            if !settled {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             if let Some(name) = snapshot {
                 self.snapshots.insert(name.to_string(), page.counters);
             }
             return Ok(());
+        }
+    }
+
+    /// Whether the page's counters meet `since` (fails once they cannot),
+    /// or the page must be read again.
+    fn compare(
+        &self,
+        since: &Since,
+        families: &[(String, String)],
+        counters: &BTreeMap<String, f64>,
+        deadline: Instant,
+    ) -> Result<bool, (String, String)> {
+        let (Since::Grown(name) | Since::Unchanged(name)) = since;
+        let Some(before) = self.snapshots.get(name) else {
+            return fail(
+                format!("a metrics snapshot `{name}`"),
+                "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
+            );
+        };
+        let grown = matches!(since, Since::Grown(_));
+        let wrong: Vec<String> = families
+            .iter()
+            .filter_map(|(what, patterns)| {
+                let (then, now) = (total(before, patterns), total(counters, patterns));
+                let right = if grown { now > then } else { now == then };
+                (!right).then(|| format!("{what} ({patterns}): {then} → {now}"))
+            })
+            .collect();
+        let time_left = Instant::now() < deadline;
+        match (grown, wrong.is_empty()) {
+            (true, true) => Ok(true),
+            (true, false) if time_left => Ok(false),
+            (true, false) => fail(
+                format!("these counters to have grown since `{name}` (within {SETTLE:?})"),
+                format!("unchanged: {}", wrong.join("; ")),
+            ),
+            (false, true) => Ok(!time_left),
+            (false, false) => fail(
+                format!("these counters unchanged since `{name}` (watched for {SETTLE:?})"),
+                format!("moved: {}", wrong.join("; ")),
+            ),
         }
     }
 
@@ -117,7 +143,8 @@ impl Ctx<'_> {
     }
 }
 
-/// How long `since` waits for counters to move.
+/// How long `since` waits for counters to move, and `unchanged_since`
+/// watches them stay.
 const SETTLE: Duration = Duration::from_secs(2);
 
 fn matches(patterns: &str, name: &str) -> bool {

@@ -252,7 +252,7 @@ impl<'a> Ctx<'a> {
                 snapshot,
                 since,
             } => {
-                self.metrics(path, token, families, snapshot.as_deref(), since.as_deref())
+                self.metrics(path, token, families, snapshot.as_deref(), since.as_ref())
                     .await
             }
             StepKind::Http(call) => self.http(call, false).await,
