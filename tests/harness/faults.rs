@@ -184,6 +184,14 @@ faults! {
     metrics_never_move: MetricsNeverMove => "WS-OBS-1", ["metrics-count-what-happens"; "metrics-are-prometheus-text"];
     acks_not_counted: AcksNotCounted => "WS-OBS-1", ["metrics-count-what-happens"];
     repeated_ack_counted_twice: RepeatedAckCountedTwice => "WS-ACK-3", ["repeated-ack-counted-once"; "acks-are-idempotent"];
+    failed_not_final: FailedNotFinal => "WS-ACK-3", ["failed-is-final"; "acks-are-idempotent"];
+    ack_data_not_object_crashes: AckDataNotObjectCrashes => "WS-ERR-1", ["malformed-ack-data-is-invalid_message"; "bad-data-is-invalid_message"];
+    command_post_open: CommandPostOpen => "WS-API-1", ["every-api-route-needs-the-admin-token"; "no-or-wrong-token-does-not-open-the-api"];
+    reprovision_drops_queue: ReprovisionDropsQueue => "WS-DLV-6", ["reprovisioning-keeps-the-agent"];
+    http_tokens_not_verified: HttpTokensNotVerified => "WS-AUTH-5", ["http-endpoints-verify-agent-tokens"; "forged-token-refused"];
+    header_overrides_agent_token: HeaderOverridesAgentToken => "WS-HTTP-2", ["agent-id-header-never-overrides-an-agent-token"; "http-ack-of-another-agents-command-is-404"];
+    http_compat_ack_fails: HttpCompatAckFails => "WS-HTTP-2", ["http-ack-takes-the-compat-dialect"; "http-ack-alias"];
+    registration_token_optional: RegistrationTokenOptional => "WS-HTTP-3", ["register-without-a-token-is-refused"; "register-with-wrong-token-is-401"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

@@ -80,6 +80,22 @@ pub enum Fault {
     NoClockSkew,
     /// The control API lets a request without `Authorization` through.
     ApiAcceptsMissingToken,
+    /// `POST /api/agents/{id}/commands` was registered before the admin
+    /// middleware: anyone may post commands.
+    CommandPostOpen,
+    /// A second `PUT /api/agents/{id}` replaces the agent (`INSERT OR
+    /// REPLACE` with a cascade): its queued commands are gone.
+    ReprovisionDropsQueue,
+    /// `/edge/sync` and `/edge/command/ack` trust a per-agent token's id
+    /// and never check its signature or age (only the upgrade does).
+    HttpTokensNotVerified,
+    /// `X-Edge-Agent-Id` names the agent even beside a per-agent token.
+    HeaderOverridesAgentToken,
+    /// The HTTP ack reads a missing `success` as `false`: a compat
+    /// `status` ack fails the command.
+    HttpCompatAckFails,
+    /// `registration_token` is compared only when it is given.
+    RegistrationTokenOptional,
     /// `priority: immediate` is not understood (taken as `normal`).
     ImmediateIsNormal,
     /// A command without `priority` is `low`.
@@ -245,6 +261,11 @@ pub enum Fault {
     MetricsNeverMove,
     /// Acks are never counted (one increment forgotten); the rest move.
     AcksNotCounted,
+    /// The final-state guard forgets `failed`: a later ack overwrites it.
+    FailedNotFinal,
+    /// An ack whose `data` is not an object, or whose `command_id` is not
+    /// a string, throws in the handler: the socket closes with 1011.
+    AckDataNotObjectCrashes,
     /// Every final ack counts a completed command, a repeated one too
     /// (the counter sits before the "already final?" test).
     RepeatedAckCountedTwice,
@@ -599,6 +620,10 @@ struct Memory {
     final_acked: HashSet<String>,
     /// Final acks for commands already final (RepeatedAckCountedTwice).
     repeated_final_acks: u64,
+    /// Agents provisioned once, and those provisioned again
+    /// (ReprovisionDropsQueue).
+    provisioned: HashSet<String>,
+    reprovisioned: HashSet<String>,
 }
 
 /// A parsed HTTP message: the head without its blank line, and the body.
@@ -1025,6 +1050,40 @@ impl Proxy {
                     request.set_header("authorization", &edge);
                 }
             }
+            Fault::HttpTokensNotVerified
+                if !socket && path.starts_with("/edge/") && hmac.is_some() =>
+            {
+                let id = hmac.unwrap().0;
+                request.set_header("authorization", &edge);
+                request.set_header("x-edge-agent-id", &id);
+            }
+            Fault::HeaderOverridesAgentToken
+                if !socket
+                    && path.starts_with("/edge/")
+                    && hmac.is_some()
+                    && request.header("x-edge-agent-id").is_some() =>
+            {
+                request.set_header("authorization", &edge)
+            }
+            Fault::HttpCompatAckFails
+                if path == "/edge/command/ack" || path == "/edge/ack_command" =>
+            {
+                request.edit_json(|body| {
+                    if body.get("success").is_none() {
+                        body.remove("status");
+                        body.insert("success", Json::Bool(false));
+                    }
+                });
+            }
+            Fault::RegistrationTokenOptional if path == "/edge/register" => {
+                let token = Json::String(self.secrets.registration.clone());
+                request.edit_json(|body| {
+                    let given = body.get("registration_token");
+                    if given.is_none_or(|t| *t == Json::Null || *t == Json::String(String::new())) {
+                        body.insert("registration_token", token);
+                    }
+                });
+            }
             Fault::HttpAckIgnored if path == "/edge/command/ack" => {
                 return Some(Http::answer(200, json!({"acknowledged": true})));
             }
@@ -1101,6 +1160,20 @@ impl Proxy {
                 if path.starts_with("/api") && request.header("authorization").is_none() =>
             {
                 request.set_header("authorization", &admin)
+            }
+            Fault::CommandPostOpen
+                if is_command_post(request) && request.header("authorization") != Some(&admin) =>
+            {
+                request.set_header("authorization", &admin)
+            }
+            Fault::ReprovisionDropsQueue
+                if request.method() == "PUT" && path.starts_with("/api/agents/") =>
+            {
+                let id = path.trim_start_matches("/api/agents/").to_string();
+                let mut memory = self.memory();
+                if !memory.provisioned.insert(id.clone()) {
+                    memory.reprovisioned.insert(id);
+                }
             }
             Fault::ImmediateIsNormal if is_command_post(request) => {
                 request.edit_json(|body| {
@@ -1615,6 +1688,7 @@ impl Proxy {
                 }
             }
             Fault::LastAckWins
+            | Fault::FailedNotFinal
             | Fault::ForeignAckAccepted
             | Fault::HttpAckNoOwnerCheck
             | Fault::HttpLastAckWins
@@ -1965,6 +2039,12 @@ impl Proxy {
                         memory.repeated_final_acks += 1;
                     }
                 }
+                if self.fault == Fault::FailedNotFinal {
+                    let mut memory = self.memory();
+                    if status == "failed" || memory.last_ack.contains_key(&id) {
+                        memory.last_ack.insert(id.clone(), status.clone());
+                    }
+                }
                 if self.fault == Fault::LastAckWins {
                     self.memory().last_ack.insert(id, status);
                 }
@@ -1984,6 +2064,13 @@ impl Proxy {
                 return vec![Act::Close(1003, "unsupported data")]
             }
             Fault::IgnoresAcks if ack.is_some() => return vec![],
+            Fault::AckDataNotObjectCrashes
+                if ack.as_ref().is_some_and(|a| {
+                    !a.is_object() || a.get("command_id").is_some_and(|c| !c.is_string())
+                }) =>
+            {
+                return vec![Act::Close(1011, "internal error")]
+            }
             Fault::AckNeedsTimestamp
                 if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
             {
@@ -2393,6 +2480,11 @@ impl Proxy {
             }
             Fault::ReplacedCleanupUnregistersNew
                 if command && self.memory().unregistered.contains(&s.agent) =>
+            {
+                vec![]
+            }
+            Fault::ReprovisionDropsQueue
+                if command && self.memory().reprovisioned.contains(&s.agent) =>
             {
                 vec![]
             }
