@@ -148,6 +148,7 @@ pub async fn run_sweeper(state: Arc<AppState>) {
             state.connect_limiter.prune(now);
             state.reject_limiter.prune(now);
             state.message_limiter.prune(now);
+            state.ping_limiter.prune(now);
             last_prune = now;
         }
     }

@@ -87,7 +87,6 @@ pub async fn run(
         remote,
         inflight: HashMap::new(),
         timers: BinaryHeap::new(),
-        last_pong: None,
     };
     let reason = session.serve(&mut socket, &mut rx, &kick).await;
 
@@ -123,8 +122,6 @@ struct Session {
     /// WS-DLV-3 redelivery times; entries whose attempt no longer matches
     /// `inflight` are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, String, u32)>>,
-    /// WS-RATE-3: when the last ping was answered.
-    last_pong: Option<Instant>,
 }
 
 impl Session {
@@ -369,14 +366,16 @@ impl Session {
         match wire::parse_text(text) {
             Ok(Inbound::Ping) => {
                 self.state.metrics.pings.inc();
-                let min_gap = self.state.config.rate_ping_interval;
-                // WS-RATE-3: at most one ping per interval is answered.
-                if self.last_pong.is_some_and(|at| at.elapsed() < min_gap) {
+                // WS-RATE-3: at most one ping per interval per agent is answered.
+                let verdict = self
+                    .state
+                    .ping_limiter
+                    .hit(&self.agent_id, std::time::Instant::now());
+                if matches!(verdict, Verdict::Limited { .. }) {
                     return self
                         .reply_error(socket, "rate_limited", "too many pings", None)
                         .await;
                 }
-                self.last_pong = Some(Instant::now());
                 self.state.metrics.pongs.inc();
                 self.write(socket, wire::pong_frame()).await
             }

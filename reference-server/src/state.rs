@@ -32,6 +32,9 @@ pub struct AppState {
     pub reject_limiter: RateLimiter<IpAddr>,
     /// WS-RATE-2: messages per agent.
     pub message_limiter: RateLimiter<String>,
+    /// WS-RATE-3: one answered ping per interval per agent, so a
+    /// reconnect does not earn another.
+    pub ping_limiter: RateLimiter<String>,
     /// Cancelled when the server starts shutting down (WS-CONN-5).
     pub shutdown: CancellationToken,
     /// Session tasks, so shutdown can wait for their 1012 closes.
@@ -54,6 +57,7 @@ impl AppState {
             connect_limiter: RateLimiter::new(config.rate_connects_per_min, MINUTE),
             reject_limiter: RateLimiter::new(config.rate_rejects_per_min, MINUTE),
             message_limiter: RateLimiter::new(config.rate_messages_per_min, MINUTE),
+            ping_limiter: RateLimiter::new(1, config.rate_ping_interval),
             registry: Registry::default(),
             metrics: Metrics::default(),
             sessions: TaskTracker::new(),

@@ -192,6 +192,8 @@ faults! {
     header_overrides_agent_token: HeaderOverridesAgentToken => "WS-HTTP-2", ["agent-id-header-never-overrides-an-agent-token"; "http-ack-of-another-agents-command-is-404"];
     http_compat_ack_fails: HttpCompatAckFails => "WS-HTTP-2", ["http-ack-takes-the-compat-dialect"; "http-ack-alias"];
     registration_token_optional: RegistrationTokenOptional => "WS-HTTP-3", ["register-without-a-token-is-refused"; "register-with-wrong-token-is-401"];
+    ping_limit_per_socket: PingLimitPerSocket => "WS-RATE-3", ["ping-limit-is-per-agent-not-per-socket"; "extra-pings-get-rate_limited"];
+    message_limit_per_socket: MessageLimitPerSocket => "WS-RATE-2", ["message-limit-is-per-agent-not-per-socket"; "messages-past-the-limit-get-rate_limited"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

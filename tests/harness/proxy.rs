@@ -342,6 +342,12 @@ pub enum Fault {
     NoPingRateLimit,
     /// No message rate limit.
     NoMessageRateLimit,
+    /// The ping limit is kept on the socket: a new socket's first ping is
+    /// answered, however recent the last pong.
+    PingLimitPerSocket,
+    /// The message counter is kept on the socket (`ws.msgCount`): a
+    /// reconnect starts it again at 0.
+    MessageLimitPerSocket,
     /// Past the message limit the socket is closed with 1008.
     RateLimitClosesSocket,
     /// Once an agent is rate limited, commands to it are dropped.
@@ -665,6 +671,8 @@ struct Session {
     untyped: bool,
     /// Text and binary messages from the agent (WS-RATE-2 counts them).
     messages: u32,
+    /// `ping` messages from the agent.
+    pings: u32,
     rate_limited: bool,
     ping_interval: Duration,
     ping_timeout: Duration,
@@ -1836,6 +1844,7 @@ impl Proxy {
             last_type: String::new(),
             untyped: false,
             messages: 0,
+            pings: 0,
             rate_limited: false,
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(60),
@@ -2013,6 +2022,7 @@ impl Proxy {
         }
         if kind == "ping" {
             s.last_ping = Instant::now();
+            s.pings += 1;
         }
         let ack = (kind == "command_ack").then(|| value.clone().unwrap()["data"].clone());
         if let Some(ack) = &ack {
@@ -2291,6 +2301,12 @@ impl Proxy {
                 vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
             }
             Fault::NoMessageRateLimit if code == "rate_limited" => vec![],
+            Fault::PingLimitPerSocket
+                if code == "rate_limited" && s.last_type == "ping" && s.pings == 1 =>
+            {
+                vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
+            }
+            Fault::MessageLimitPerSocket if code == "rate_limited" && s.messages <= 100 => vec![],
             // The server has read and ignored that message, and every one
             // before it: the status is stored after them, as if processed.
             Fault::ExtraMessagesProcessed if code == "rate_limited" => {

@@ -266,3 +266,15 @@ async fn ws_rate_3_at_most_one_ping_answered_per_interval() {
     agent.send_json(json!({"type": "ping"})).await;
     assert_eq!(agent.expect("error").await["data"]["code"], "rate_limited");
 }
+
+#[tokio::test]
+async fn ws_rate_3_a_reconnect_does_not_earn_another_pong() {
+    let server = TestServer::start_with(|c| c.rate_ping_interval = Duration::from_secs(10)).await;
+    let mut agent = server.agent("a1").await;
+    agent.send_json(json!({"type": "ping"})).await;
+    agent.expect("pong").await;
+    agent.close().await;
+    let mut again = server.connect("a1").await;
+    again.send_json(json!({"type": "ping"})).await;
+    assert_eq!(again.expect("error").await["data"]["code"], "rate_limited");
+}
