@@ -194,6 +194,15 @@ faults! {
     registration_token_optional: RegistrationTokenOptional => "WS-HTTP-3", ["register-without-a-token-is-refused"; "register-with-wrong-token-is-401"];
     ping_limit_per_socket: PingLimitPerSocket => "WS-RATE-3", ["ping-limit-is-per-agent-not-per-socket"; "extra-pings-get-rate_limited"];
     message_limit_per_socket: MessageLimitPerSocket => "WS-RATE-2", ["message-limit-is-per-agent-not-per-socket"; "messages-past-the-limit-get-rate_limited"];
+    resorts_parameters_when_repushed: ResortsParametersWhenRepushed => "WS-CMD-2", ["every-delivery-relays-the-command-as-posted"; "parameters-relayed-as-posted"];
+    sent_first_at_connect: SentFirstAtConnect => "WS-DLV-4", ["reconnect-orders-sent-and-queued-together"; "pending-pushed-on-reconnect-in-priority-order"];
+    failed_repushed_on_reconnect: FailedRepushedOnReconnect => "WS-DLV-4", ["final-commands-are-never-delivered-again"];
+    repeated_id_requeues: RepeatedIdRequeues => "WS-API-2", ["repeated-command-id-never-runs-twice"; "command-id-is-idempotent"];
+    refused_upgrade_kicks_live: RefusedUpgradeKicksLive => "WS-CONN-2", ["refused-upgrade-never-replaces-the-live-socket"; "duplicate-closes-old-with-4000"];
+    status_filter_ignored: StatusFilterIgnored => "WS-API-4", ["command-list-filters-by-status"; "expired-listable-and-retryable"];
+    unknown_agent_command_accepted: UnknownAgentCommandAccepted => "WS-API-2", ["command-for-an-unknown-agent-is-404"];
+    router_404_is_text: Router404IsText => "WS-HTTP-4", ["http-errors-are-json"];
+    extractor_rejection_is_text: ExtractorRejectionIsText => "WS-HTTP-4", ["http-errors-are-json"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

@@ -62,6 +62,9 @@ pub enum Fault {
     IgnoresHeaderIdMismatch,
     /// A missing or empty `edge_agent_id` falls back to the header.
     FallsBackToHeaderId,
+    /// The old socket is replaced before the new one is authenticated: a
+    /// refused upgrade knocks the live socket off.
+    RefusedUpgradeKicksLive,
     /// Any `X-Edge-Agent-Id` header is refused (400), even one that agrees.
     RejectsHeaderId,
     /// Without a configured REGISTRATION_TOKEN, anyone registers.
@@ -104,6 +107,13 @@ pub enum Fault {
     OnlySpecCommandTypes,
     /// `/edge/sync` trusts the body's `edge_agent_id` over the token's.
     SyncAsAnyone,
+    /// `?status=` is ignored: the list has every command of the agent.
+    StatusFilterIgnored,
+    /// A command for an unknown agent is accepted (stored for nobody).
+    UnknownAgentCommandAccepted,
+    /// A repeated `command_id` is an upsert: the completed command is
+    /// queued again (pushed again at the agent's next connect).
+    RepeatedIdRequeues,
     /// The compat alias `POST /edge/ack_command` was forgotten (404).
     NoAckAlias,
     /// `POST /edge/command/ack` answers `acknowledged` and does nothing.
@@ -177,11 +187,16 @@ pub enum Fault {
     HttpAckWithoutAgentIdAccepted,
     /// HTTP errors are plain text (`Unauthorized`), not JSON.
     HttpErrorsNotJson,
-    /// A 405 has an empty body (a router's default).
     /// A body over the limit gets the framework's own text 413 (axum's
     /// `DefaultBodyLimit` answers `length limit exceeded`).
     BigBodyIsText413,
+    /// A 405 has an empty body (a router's default).
     EmptyBodyOn405,
+    /// An unknown route's 404 is the router's default text (`Cannot GET /x`).
+    Router404IsText,
+    /// A JSON body of the wrong shape gets the framework's extractor
+    /// rejection: `422` in text (axum's `Json` default).
+    ExtractorRejectionIsText,
     /// Control API errors carry no `message`.
     ApiErrorsWithoutMessage,
     /// Progress acks stop the redelivery, but the state stays `sent`.
@@ -266,6 +281,12 @@ pub enum Fault {
     /// An ack whose `data` is not an object, or whose `command_id` is not
     /// a string, throws in the handler: the socket closes with 1011.
     AckDataNotObjectCrashes,
+    /// The pending query forgets `failed` (`status <> 'completed'`): a
+    /// failed command is pushed again at the agent's next connect.
+    FailedRepushedOnReconnect,
+    /// A reconnect pushes the unacked commands first, then the queue
+    /// (two queries), whatever their priority.
+    SentFirstAtConnect,
     /// Every final ack counts a completed command, a repeated one too
     /// (the counter sits before the "already final?" test).
     RepeatedAckCountedTwice,
@@ -417,6 +438,9 @@ pub enum Fault {
     ResortsParameterKeys,
     /// Integer-like keys of `parameters` moved first (a JavaScript object).
     IntegerKeysFirst,
+    /// A live push sends the posted request; a push at connect or a
+    /// redelivery rebuilds the message from a `jsonb` row (keys re-sorted).
+    ResortsParametersWhenRepushed,
     /// `payload` re-sorted, `parameters` kept (the copy goes through a map).
     ResortsPayloadKeys,
     /// Numbers in `parameters` re-rounded through f64 (`JSON.parse`).
@@ -630,6 +654,10 @@ struct Memory {
     /// (ReprovisionDropsQueue).
     provisioned: HashSet<String>,
     reprovisioned: HashSet<String>,
+    /// Every command frame pushed, by id, with its agent.
+    frames: HashMap<String, (String, Message)>,
+    /// Commands a fault pushes again at their agent's next connect.
+    replay: HashSet<String>,
 }
 
 /// A parsed HTTP message: the head without its blank line, and the body.
@@ -1169,6 +1197,14 @@ impl Proxy {
             {
                 request.set_header("authorization", &admin)
             }
+            Fault::StatusFilterIgnored
+                if request.method() == "GET"
+                    && path.starts_with("/api/agents/")
+                    && path.contains("/commands?") =>
+            {
+                let bare = path.split('?').next().unwrap_or("").to_string();
+                request.set_path(&bare);
+            }
             Fault::CommandPostOpen
                 if is_command_post(request) && request.header("authorization") != Some(&admin) =>
             {
@@ -1266,10 +1302,29 @@ impl Proxy {
                 answer.set_json(json!({"error": "unavailable", "message": "try later"}));
             }
             Fault::EmptyBodyOn405 if status == 405 => answer.set_body("text/plain", ""),
+            Fault::Router404IsText
+                if status == 404 && !ROUTES.iter().any(|known| route.starts_with(known)) =>
+            {
+                answer.set_body("text/html", &format!("Cannot {method} {route}"))
+            }
+            Fault::ExtractorRejectionIsText if status == 400 && method == "POST" => {
+                answer.set_status(422);
+                answer.set_body(
+                    "text/plain; charset=utf-8",
+                    "Failed to deserialize the JSON body into the target type",
+                );
+            }
             Fault::BigBodyIsText413 if status == 413 => {
                 answer.set_body("text/plain; charset=utf-8", "length limit exceeded")
             }
             // Refused upgrades (`/edge/ws` answered without a 101).
+            Fault::RefusedUpgradeKicksLive
+                if socket
+                    && [401, 403].contains(&status)
+                    && self.memory().live.get(&agent).is_some_and(|n| *n > 0) =>
+            {
+                self.crash.send_modify(|n| *n += 1);
+            }
             Fault::RefusesWithBare403 if socket && status == 401 => {
                 answer.set_status(403);
                 answer.set_body("text/plain", "");
@@ -1597,6 +1652,17 @@ impl Proxy {
                 let id = request.json().map(|b| b["command_id"].clone());
                 answer.set_status(202);
                 answer.set_json(json!({"command_id": id, "status": "queued"}));
+            }
+            Fault::UnknownAgentCommandAccepted if is_command_post(request) && status == 404 => {
+                let id = request.json().map(|b| b["command_id"].clone());
+                answer.set_status(202);
+                answer.set_json(json!({"command_id": id, "status": "queued"}));
+            }
+            Fault::RepeatedIdRequeues if is_command_post(request) && status == 200 => {
+                let id = request.json().map(|b| b["command_id"].clone());
+                if let Some(Value::String(id)) = id {
+                    self.memory().replay.insert(id);
+                }
             }
             Fault::QueueFullIs503 if is_command_post(request) && status == 429 => {
                 answer.set_status(503);
@@ -1991,6 +2057,7 @@ impl Proxy {
             Fault::LifoWithinPriority => {
                 commands.sort_by_key(|c| (rank(c), std::cmp::Reverse(field(c, "created_at"))))
             }
+            Fault::SentFirstAtConnect => commands.sort_by_key(|c| field(c, "attempt") == "1"),
             _ => {}
         }
     }
@@ -2048,6 +2115,9 @@ impl Proxy {
                     if !memory.final_acked.insert(id.clone()) {
                         memory.repeated_final_acks += 1;
                     }
+                }
+                if self.fault == Fault::FailedRepushedOnReconnect && status == "failed" {
+                    self.memory().replay.insert(id.clone());
                 }
                 if self.fault == Fault::FailedNotFinal {
                     let mut memory = self.memory();
@@ -2257,6 +2327,10 @@ impl Proxy {
                 memory.repushed.insert(id.clone());
             }
         }
+        if kind == "command" {
+            let frame = (s.agent.clone(), message.clone());
+            self.memory().frames.insert(id.clone(), frame);
+        }
         let edit = |f: &dyn Fn(&mut Json)| {
             let mut frame = Json::parse(&message).unwrap();
             f(&mut frame);
@@ -2382,6 +2456,7 @@ impl Proxy {
             | Fault::IgnoresPriority
             | Fault::PrioritySortedByName
             | Fault::LifoWithinPriority
+            | Fault::SentFirstAtConnect
                 if command && at_connect =>
             {
                 vec![Act::Hold(Json::parse(&message).unwrap())]
@@ -2440,6 +2515,34 @@ impl Proxy {
                     payload.sort_keys();
                 }
             }),
+            Fault::FailedRepushedOnReconnect | Fault::RepeatedIdRequeues if kind == "connected" => {
+                let mut memory = self.memory();
+                let mine: Vec<String> = (memory.replay.iter())
+                    .filter(|id| memory.frames.get(*id).is_some_and(|(a, _)| *a == s.agent))
+                    .cloned()
+                    .collect();
+                let mut acts = vec![Act::Agent(message)];
+                for id in mine {
+                    memory.replay.remove(&id);
+                    let mut frame = Json::parse(&memory.frames[&id].1).unwrap();
+                    frame
+                        .get_mut("data")
+                        .unwrap()
+                        .insert("attempt", Json::from(2));
+                    acts.push(Act::Agent(Message::text(frame.to_text())));
+                }
+                acts
+            }
+            Fault::ResortsParametersWhenRepushed if command && (attempt > 1 || at_connect) => {
+                edit(&|f| {
+                    let data = f.get_mut("data").unwrap();
+                    for key in ["parameters", "payload"] {
+                        if let Some(value) = data.get_mut(key) {
+                            value.sort_keys();
+                        }
+                    }
+                })
+            }
             Fault::ResortsParameterKeys if command => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
                 for key in ["parameters", "payload"] {
@@ -2592,6 +2695,19 @@ fn json(message: &Message) -> Option<Value> {
         _ => None,
     }
 }
+
+/// The routes PROTOCOL.md names (prefixes); any other path is unknown.
+const ROUTES: [&str; 9] = [
+    "/edge/ws",
+    "/edge/sync",
+    "/edge/command/ack",
+    "/edge/ack_command",
+    "/edge/register",
+    "/api/agents",
+    "/api/commands",
+    "/api/stats",
+    "/metrics",
+];
 
 fn is_command_post(request: &Http) -> bool {
     request.method() == "POST"
