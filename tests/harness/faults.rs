@@ -203,6 +203,11 @@ faults! {
     unknown_agent_command_accepted: UnknownAgentCommandAccepted => "WS-API-2", ["command-for-an-unknown-agent-is-404"];
     router_404_is_text: Router404IsText => "WS-HTTP-4", ["http-errors-are-json"];
     extractor_rejection_is_text: ExtractorRejectionIsText => "WS-HTTP-4", ["http-errors-are-json"];
+    ghost_connection_after_crash: GhostConnectionAfterCrash => "WS-CONN-1", ["a-crash-leaves-no-ghost-connection"];
+    attempts_spent_offline: AttemptsSpentOffline => "WS-DLV-3", ["no-attempts-are-spent-while-offline"];
+    ttl_lost_on_restart: TtlLostOnRestart => "WS-DLV-7", ["ttl-outlives-a-restart"; "ttl-expires-and-is-never-sent"];
+    synced_not_pushed_on_connect: SyncedNotPushedOnConnect => "WS-DLV-4", ["synced-command-is-pushed-on-connect"];
+    retry_not_pushed_live: RetryNotPushedLive => "WS-API-4", ["retry-pushes-to-a-connected-agent"; "expired-listable-and-retryable"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

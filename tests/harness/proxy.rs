@@ -281,6 +281,16 @@ pub enum Fault {
     /// An ack whose `data` is not an object, or whose `command_id` is not
     /// a string, throws in the handler: the socket closes with 1011.
     AckDataNotObjectCrashes,
+    /// The redelivery timer runs while the agent is away and counts each
+    /// push into no socket: an agent away past ack_timeout + backoff(1)
+    /// comes back to two attempts spent.
+    AttemptsSpentOffline,
+    /// The outbox is kept per channel: a command delivered by `/edge/sync`
+    /// is not pushed when the agent then opens its socket.
+    SyncedNotPushedOnConnect,
+    /// A retry only re-queues: a connected agent gets the command at its
+    /// next connect, not at once.
+    RetryNotPushedLive,
     /// The pending query forgets `failed` (`status <> 'completed'`): a
     /// failed command is pushed again at the agent's next connect.
     FailedRepushedOnReconnect,
@@ -471,6 +481,9 @@ pub enum Fault {
     InFlightLostOnRestart,
     /// Commands waiting for an offline agent are lost on a restart (an in-memory queue).
     QueueInMemory,
+    /// TTLs are in-memory timers (`setTimeout` per command): a restart
+    /// forgets them, and the commands never expire.
+    TtlLostOnRestart,
     /// Every request is logged with its headers, `Authorization` included
     /// (a request logger at debug level left on): the proxy appends the
     /// lines to the server's log.
@@ -484,6 +497,9 @@ pub enum Fault {
     /// Pushing pops a command off the durable queue and keeps it in memory
     /// until acked (put back only on a graceful shutdown): a crash loses it.
     InFlightLostOnCrash,
+    /// `connected` is a persisted flag that nobody resets at boot: after a
+    /// crash the agents connected then still show connected.
+    GhostConnectionAfterCrash,
     /// A final HTTP ack is answered at once and written a second later: a
     /// crash in between loses it, and the command is pushed again.
     AckWrittenBehind,
@@ -518,6 +534,11 @@ impl Handle {
     /// The backend is being restarted (the test's restarter says so; the
     /// proxy cannot see a restart while no socket is open).
     pub fn restarting(&self) {
+        if self.proxy.fault == Fault::TtlLostOnRestart {
+            let mut memory = self.proxy.memory();
+            let forgotten: Vec<String> = memory.with_ttl.iter().cloned().collect();
+            memory.ttl_forgotten.extend(forgotten);
+        }
         if self.proxy.fault == Fault::QueueInMemory {
             let mut memory = self.proxy.memory();
             let pushed: HashSet<String> = memory.pushed.values().flatten().cloned().collect();
@@ -539,6 +560,12 @@ impl Handle {
                 .map(|(id, _)| id.clone())
                 .collect(),
             Fault::InFlightLostOnCrash => memory.pushed.values().flatten().cloned().collect(),
+            Fault::GhostConnectionAfterCrash => {
+                let live = memory.live.iter().filter(|(_, n)| **n > 0);
+                let agents: Vec<String> = live.map(|(agent, _)| agent.clone()).collect();
+                memory.ghosts.extend(agents);
+                return;
+            }
             _ => return,
         };
         memory.lost.extend(lost);
@@ -654,6 +681,16 @@ struct Memory {
     /// (ReprovisionDropsQueue).
     provisioned: HashSet<String>,
     reprovisioned: HashSet<String>,
+    /// Commands posted with `ttl_s`, and those whose TTL a restart forgot
+    /// (TtlLostOnRestart).
+    with_ttl: HashSet<String>,
+    ttl_forgotten: HashSet<String>,
+    /// Commands `/edge/sync` delivered (SyncedNotPushedOnConnect).
+    via_sync: HashSet<String>,
+    /// When each command was retried (RetryNotPushedLive).
+    retried_at: HashMap<String, Instant>,
+    /// Agents connected when the backend crashed (GhostConnectionAfterCrash).
+    ghosts: HashSet<String>,
     /// Every command frame pushed, by id, with its agent.
     frames: HashMap<String, (String, Message)>,
     /// Commands a fault pushes again at their agent's next connect.
@@ -697,6 +734,8 @@ struct Session {
     last_type: String,
     /// The last message from the agent was JSON without a string `type`.
     untyped: bool,
+    /// When the socket opened.
+    opened: Instant,
     /// Text and binary messages from the agent (WS-RATE-2 counts them).
     messages: u32,
     /// `ping` messages from the agent.
@@ -1653,6 +1692,40 @@ impl Proxy {
                 answer.set_status(202);
                 answer.set_json(json!({"command_id": id, "status": "queued"}));
             }
+            Fault::TtlLostOnRestart if is_command_post(request) && status == 202 => {
+                let ttl = request.json().is_some_and(|b| b.get("ttl_s").is_some());
+                let id = answer.json().map(|b| b["command_id"].clone());
+                if let (true, Some(Value::String(id))) = (ttl, id) {
+                    self.memory().with_ttl.insert(id);
+                }
+            }
+            Fault::TtlLostOnRestart if method == "GET" && command.is_some() && status == 200 => {
+                if self
+                    .memory()
+                    .ttl_forgotten
+                    .contains(command.as_ref().unwrap())
+                {
+                    answer.edit_json(|body| {
+                        if body.get("status") == Some(&Json::String("expired".into())) {
+                            body.insert("status", Json::String("queued".into()));
+                        }
+                    });
+                }
+            }
+            Fault::SyncedNotPushedOnConnect if route == "/edge/sync" && status == 200 => {
+                let body = answer.json().unwrap_or_default();
+                let ids = body["commands"].as_array().cloned().unwrap_or_default();
+                let mut memory = self.memory();
+                for command in ids {
+                    if let Some(id) = command["command_id"].as_str() {
+                        memory.via_sync.insert(id.to_string());
+                    }
+                }
+            }
+            Fault::RetryNotPushedLive if route.ends_with("/retry") && status == 202 => {
+                let id = command.unwrap_or_default();
+                self.memory().retried_at.insert(id, Instant::now());
+            }
             Fault::UnknownAgentCommandAccepted if is_command_post(request) && status == 404 => {
                 let id = request.json().map(|b| b["command_id"].clone());
                 answer.set_status(202);
@@ -1752,6 +1825,25 @@ impl Proxy {
                         status.sort_keys();
                     }
                 });
+            }
+            Fault::AttemptsSpentOffline
+                if method == "GET" && command.is_some() && status == 200 =>
+            {
+                let id = command.as_ref().unwrap();
+                if self.away_long(id, true) {
+                    answer.edit_json(|body| {
+                        let spent = body.get("attempts").and_then(Json::as_u64).unwrap_or(0);
+                        body.insert("attempts", Json::from(spent + 1));
+                    });
+                }
+            }
+            Fault::GhostConnectionAfterCrash
+                if method == "GET" && route.starts_with("/api/agents/") && status == 200 =>
+            {
+                let id = route.trim_start_matches("/api/agents/");
+                if self.memory().ghosts.contains(id) {
+                    answer.edit_json(|body| body.insert("connected", Json::Bool(true)));
+                }
             }
             Fault::ReplacedCleanupUnregistersNew
                 if method == "GET" && route.starts_with("/api/agents/") =>
@@ -1909,6 +2001,7 @@ impl Proxy {
             last_ping: now,
             last_type: String::new(),
             untyped: false,
+            opened: now,
             messages: 0,
             pings: 0,
             rate_limited: false,
@@ -2035,6 +2128,20 @@ impl Proxy {
             Fault::TimesOutAtPingInterval => Some(s.last_frame + s.ping_interval),
             _ => None,
         }
+    }
+
+    /// AttemptsSpentOffline: whether the agent of a command pushed before
+    /// was away long enough for a timer to spend an attempt (2 s: the
+    /// embedded ack_timeout plus backoff(1)), and, with `still`, still is.
+    fn away_long(&self, id: &str, still: bool) -> bool {
+        let memory = self.memory();
+        let Some((agent, _)) = memory.frames.get(id) else {
+            return false;
+        };
+        let gone = memory.live.get(agent).is_none_or(|n| *n == 0);
+        let long =
+            (memory.closed_at.get(agent)).is_some_and(|at| at.elapsed() > Duration::from_secs(2));
+        long && (gone || !still)
     }
 
     /// The order a fault pushes pending commands in at connect.
@@ -2532,6 +2639,22 @@ impl Proxy {
                     acts.push(Act::Agent(Message::text(frame.to_text())));
                 }
                 acts
+            }
+            Fault::SyncedNotPushedOnConnect if command && self.memory().via_sync.contains(&id) => {
+                vec![]
+            }
+            Fault::RetryNotPushedLive
+                if command
+                    && (self.memory().retried_at.get(&id)).is_some_and(|at| s.opened < *at) =>
+            {
+                vec![]
+            }
+            Fault::AttemptsSpentOffline if command && repush && self.away_long(&id, false) => {
+                edit(&|f| {
+                    f.get_mut("data")
+                        .unwrap()
+                        .insert("attempt", Json::from(attempt + 1))
+                })
             }
             Fault::ResortsParametersWhenRepushed if command && (attempt > 1 || at_connect) => {
                 edit(&|f| {
