@@ -1699,18 +1699,17 @@ impl Proxy {
                     self.memory().with_ttl.insert(id);
                 }
             }
-            Fault::TtlLostOnRestart if method == "GET" && command.is_some() && status == 200 => {
-                if self
-                    .memory()
-                    .ttl_forgotten
-                    .contains(command.as_ref().unwrap())
-                {
-                    answer.edit_json(|body| {
-                        if body.get("status") == Some(&Json::String("expired".into())) {
-                            body.insert("status", Json::String("queued".into()));
-                        }
-                    });
-                }
+            Fault::TtlLostOnRestart
+                if method == "GET"
+                    && status == 200
+                    && (command.as_ref())
+                        .is_some_and(|id| self.memory().ttl_forgotten.contains(id)) =>
+            {
+                answer.edit_json(|body| {
+                    if body.get("status") == Some(&Json::String("expired".into())) {
+                        body.insert("status", Json::String("queued".into()));
+                    }
+                });
             }
             Fault::SyncedNotPushedOnConnect if route == "/edge/sync" && status == 200 => {
                 let body = answer.json().unwrap_or_default();
