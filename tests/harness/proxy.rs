@@ -2655,7 +2655,11 @@ impl Proxy {
                         .insert("attempt", Json::from(attempt + 1))
                 })
             }
-            Fault::ResortsParametersWhenRepushed if command && (attempt > 1 || at_connect) => {
+            // Every push, or (WhenRepushed) every push but a live first one.
+            Fault::ResortsParameterKeys | Fault::ResortsParametersWhenRepushed
+                if command
+                    && (self.fault == Fault::ResortsParameterKeys || attempt > 1 || at_connect) =>
+            {
                 edit(&|f| {
                     let data = f.get_mut("data").unwrap();
                     for key in ["parameters", "payload"] {
@@ -2665,14 +2669,6 @@ impl Proxy {
                     }
                 })
             }
-            Fault::ResortsParameterKeys if command => edit(&|f| {
-                let data = f.get_mut("data").unwrap();
-                for key in ["parameters", "payload"] {
-                    if let Some(value) = data.get_mut(key) {
-                        value.sort_keys();
-                    }
-                }
-            }),
             Fault::IntegerKeysFirst if command => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
                 for key in ["parameters", "payload"] {
