@@ -62,6 +62,9 @@ pub enum Fault {
     IgnoresHeaderIdMismatch,
     /// A missing or empty `edge_agent_id` falls back to the header.
     FallsBackToHeaderId,
+    /// Only 401s count toward the per-address limit (`onUnauthorized`
+    /// hook): a flood of malformed ids is answered 400 for ever.
+    OnlyUnauthorizedCounted,
     /// The old socket is replaced before the new one is authenticated: a
     /// refused upgrade knocks the live socket off.
     RefusedUpgradeKicksLive,
@@ -1357,6 +1360,18 @@ impl Proxy {
                 answer.set_body("text/plain; charset=utf-8", "length limit exceeded")
             }
             // Refused upgrades (`/edge/ws` answered without a 101).
+            Fault::OnlyUnauthorizedCounted
+                if socket
+                    && status == 429
+                    && !agent
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+            {
+                *answer = Http::answer(
+                    400,
+                    json!({"error": "invalid_agent_id", "message": "edge_agent_id is malformed"}),
+                );
+            }
             Fault::RefusedUpgradeKicksLive
                 if socket
                     && [401, 403].contains(&status)
