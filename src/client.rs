@@ -21,6 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+/// The size of the `largest` frame: 60 KiB, well inside the 64 KiB a
+/// backend must take (§3) and past the 16 or 32 KiB some libraries default to.
+const LARGEST_TAKEN: usize = 60 * 1024;
+
 /// What the backend did with an upgrade request.
 pub enum Upgrade {
     Open(Box<Conn>),
@@ -374,8 +378,8 @@ impl Conn {
     }
 
     /// A hand-made frame: an empty WebSocket `ping` (a control frame, for
-    /// WS-RATE-2), or one a well-behaved client would never send (§3
-    /// bad-input table).
+    /// WS-RATE-2), one a well-behaved client would never send (§3
+    /// bad-input table), or the largest a backend must take (`largest`).
     pub async fn send_frame(&mut self, kind: &str) -> Result<(), String> {
         self.last_sent = Instant::now();
         match kind {
@@ -399,6 +403,12 @@ impl Conn {
                 ))
                 .await
             }
+            "largest" => {
+                let head = "{\"type\":\"status\",\"data\":{\"n\":60,\"pad\":\"";
+                let tail = "\"}}";
+                let pad = "x".repeat(LARGEST_TAKEN - head.len() - tail.len());
+                self.send_text(format!("{head}{pad}{tail}")).await
+            }
             "reserved_opcode" => {
                 let mut bytes = Vec::new();
                 FrameHeader {
@@ -419,7 +429,7 @@ impl Conn {
                     .map_err(|e| format!("send failed: {e}"))
             }
             other => Err(format!(
-                "unknown frame `{other}`: use ping, invalid_utf8, oversized or reserved_opcode"
+                "unknown frame `{other}`: use ping, invalid_utf8, oversized, largest or reserved_opcode"
             )),
         }
     }

@@ -154,7 +154,7 @@ pub enum Payload {
     Text(String),
     Binary(Vec<u8>),
     /// A hand-made frame: `ping` (a WebSocket Ping), `invalid_utf8`,
-    /// `reserved_opcode`, `oversized`.
+    /// `reserved_opcode`, `oversized`, `largest` (60 KiB, to be taken).
     Frame(String),
 }
 

@@ -209,6 +209,7 @@ faults! {
     synced_not_pushed_on_connect: SyncedNotPushedOnConnect => "WS-DLV-4", ["synced-command-is-pushed-on-connect"];
     retry_not_pushed_live: RetryNotPushedLive => "WS-API-4", ["retry-pushes-to-a-connected-agent"; "expired-listable-and-retryable"];
     only_unauthorized_counted: OnlyUnauthorizedCounted => "WS-RATE-1", ["bad-requests-count-toward-the-address-limit"; "refused-upgrades-limited-per-address"];
+    frame_limit_16_kib: FrameLimit16KiB => "WS-ERR-1", ["a-frame-under-the-limit-is-taken"; "oversized-frame-closes-1009"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

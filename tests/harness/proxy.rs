@@ -281,6 +281,9 @@ pub enum Fault {
     AcksNotCounted,
     /// The final-state guard forgets `failed`: a later ack overwrites it.
     FailedNotFinal,
+    /// The library's default frame limit is left at 16 KiB
+    /// (uWebSockets' `maxPayloadLength`): larger messages close with 1009.
+    FrameLimit16KiB,
     /// An ack whose `data` is not an object, or whose `command_id` is not
     /// a string, throws in the handler: the socket closes with 1011.
     AckDataNotObjectCrashes,
@@ -2265,6 +2268,9 @@ impl Proxy {
                 return vec![Act::Close(1003, "unsupported data")]
             }
             Fault::IgnoresAcks if ack.is_some() => return vec![],
+            Fault::FrameLimit16KiB if matches!(&message, Message::Text(text) if text.len() > 16 * 1024) => {
+                return vec![Act::Close(1009, "message too big")]
+            }
             Fault::AckDataNotObjectCrashes
                 if ack.as_ref().is_some_and(|a| {
                     !a.is_object() || a.get("command_id").is_some_and(|c| !c.is_string())
