@@ -697,7 +697,9 @@ struct Memory {
     retried_at: HashMap<String, Instant>,
     /// Agents connected when the backend crashed (GhostConnectionAfterCrash).
     ghosts: HashSet<String>,
-    /// Every command frame pushed, by id, with its agent.
+    /// Every command frame pushed, by id, with its agent (only for the
+    /// faults that read it: FailedRepushedOnReconnect, RepeatedIdRequeues,
+    /// AttemptsSpentOffline).
     frames: HashMap<String, (String, Message)>,
     /// Commands a fault pushes again at their agent's next connect.
     replay: HashSet<String>,
@@ -2454,7 +2456,15 @@ impl Proxy {
                 memory.repushed.insert(id.clone());
             }
         }
-        if kind == "command" {
+        // Only the faults that push a command again, or need its agent, keep
+        // a copy of every push.
+        let keeps_frames = matches!(
+            self.fault,
+            Fault::FailedRepushedOnReconnect
+                | Fault::RepeatedIdRequeues
+                | Fault::AttemptsSpentOffline
+        );
+        if kind == "command" && keeps_frames {
             let frame = (s.agent.clone(), message.clone());
             self.memory().frames.insert(id.clone(), frame);
         }
