@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-/// What came back: the status, whether `Retry-After` was there, the body.
+/// What came back: the status, `Retry-After` if there, the body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: u16,
-    pub retry_after: bool,
+    pub retry_after: Option<String>,
     pub body: String,
 }
 
@@ -132,7 +132,7 @@ pub fn parse(raw: &[u8]) -> Option<Answer> {
     };
     Some(Answer {
         status,
-        retry_after: header("retry-after").is_some(),
+        retry_after: header("retry-after").map(str::to_string),
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
@@ -166,12 +166,15 @@ mod tests {
                 .unwrap();
         assert_eq!(answer.status, 413);
         assert_eq!(answer.body, "{}");
-        assert!(!answer.retry_after);
+        assert_eq!(answer.retry_after, None);
         let chunked = parse(
             b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n",
         )
         .unwrap();
-        assert_eq!((chunked.status, chunked.retry_after), (429, true));
+        assert_eq!(
+            (chunked.status, chunked.retry_after.as_deref()),
+            (429, Some("3"))
+        );
         assert_eq!(chunked.body, "{\"a\":1}");
         let to_the_end = parse(b"HTTP/1.0 200 OK\r\n\r\nhello").unwrap();
         assert_eq!(

@@ -20,21 +20,23 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// Whether `actual` (at a path of `root`, maybe absent) is what `expected`
 /// asks for. Wildcards: `"<any>"` present and not null, `"<absent>"`,
-/// `"<string>"`, `"<number>"`, `"<array>"`, `"<object>"`, `"<timestamp>"`
-/// (an ISO-8601 date-time, [`timestamp::parse`]) and `"<timestamp = PATH +
-/// DURATION>"` (one that is also the timestamp at PATH plus DURATION, within
-/// WS-DLV-8's tolerance: 10 % or 1 s, whichever is larger).
+/// `"<string>"`, `"<number>"`, `"<array>"`, `"<object>"`, and the
+/// [`Timestamp`] ones.
 fn matches(root: &Value, actual: Option<&Value>, expected: &Value) -> bool {
-    if let Some(Ok(relative)) = expected.as_str().and_then(timestamp_wildcard) {
-        let read = |value: Option<&Value>| value.and_then(Value::as_str).and_then(timestamp::parse);
-        let Some(at) = read(actual) else {
+    if let Some(Ok(wildcard)) = expected.as_str().and_then(timestamp_wildcard) {
+        let read = |value: Option<&Value>| value.and_then(Value::as_str).and_then(timestamp::read);
+        let Some((at, zoned)) = read(actual) else {
             return false;
         };
-        return relative.is_none_or(|(path, offset)| {
-            let offset = offset.as_secs_f64();
-            read(lookup(root, path))
-                .is_some_and(|base| (at - base - offset).abs() <= (offset * 0.1).max(1.0))
-        });
+        return match wildcard {
+            Timestamp::Any => true,
+            Timestamp::After(path, offset) => {
+                let offset = offset.as_secs_f64();
+                read(lookup(root, path))
+                    .is_some_and(|(base, _)| (at - base - offset).abs() <= (offset * 0.1).max(1.0))
+            }
+            Timestamp::Now => zoned && (at - now()).abs() <= NOW_TOLERANCE.as_secs_f64(),
+        };
     }
     match expected.as_str() {
         Some("<any>") => actual.is_some_and(|v| !v.is_null()),
@@ -51,23 +53,53 @@ fn matches(root: &Value, actual: Option<&Value>, expected: &Value) -> bool {
     }
 }
 
-/// A `<timestamp…>` wildcard: None when `expected` is not one; else the
-/// (path, offset) it compares with, if any, or what is wrong with it.
-pub fn timestamp_wildcard(expected: &str) -> Option<Result<Option<(&str, Duration)>, String>> {
+/// A `<timestamp…>` wildcard: each asks for an ISO-8601 date-time
+/// ([`timestamp::parse`]), and maybe more.
+#[derive(Debug, PartialEq)]
+pub enum Timestamp<'a> {
+    /// `<timestamp>`: any.
+    Any,
+    /// `<timestamp = PATH + DURATION>`: the timestamp at PATH plus
+    /// DURATION, within WS-DLV-8's tolerance (10 % or 1 s, whichever is
+    /// larger).
+    After(&'a str, Duration),
+    /// `<timestamp ≈ now>`: one that says its zone (`Z` or an offset) and
+    /// is within [`NOW_TOLERANCE`] of the harness's clock, so a zone
+    /// mistaken or left out is caught.
+    Now,
+}
+
+/// How far a `<timestamp ≈ now>` may be from the harness's clock: two
+/// machines' clocks agree within that, and every zone's offset is a
+/// multiple of 15 minutes, so a wrong zone is always further off.
+pub const NOW_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A `<timestamp…>` wildcard: None when `expected` is not one; else which,
+/// or what is wrong with it.
+pub fn timestamp_wildcard(expected: &str) -> Option<Result<Timestamp<'_>, String>> {
     let inner = expected
         .strip_prefix("<timestamp")?
         .strip_suffix('>')?
         .trim();
     if inner.is_empty() {
-        return Some(Ok(None));
+        return Some(Ok(Timestamp::Any));
     }
-    let how = "write `<timestamp>` or `<timestamp = PATH + DURATION>`, e.g. `<timestamp = data.created_at + 300s>`";
+    if inner == "≈ now" {
+        return Some(Ok(Timestamp::Now));
+    }
+    let how = "write `<timestamp>`, `<timestamp ≈ now>` or `<timestamp = PATH + DURATION>`, e.g. `<timestamp = data.created_at + 300s>`";
     let Some((path, offset)) = inner.strip_prefix('=').and_then(|r| r.split_once('+')) else {
         return Some(Err(format!("`{expected}`: {how}")));
     };
     Some(
         humantime::parse_duration(offset.trim())
-            .map(|offset| Some((path.trim(), offset)))
+            .map(|offset| Timestamp::After(path.trim(), offset))
             .map_err(|e| format!("`{expected}`: {e}; {how}")),
     )
 }
@@ -181,14 +213,54 @@ mod tests {
     }
 
     #[test]
+    fn now_is_a_zoned_timestamp_near_the_clock() {
+        use std::time::SystemTime;
+        let at = |offset_s: i64, zone: &str| {
+            let (clock, by) = (
+                SystemTime::now(),
+                Duration::from_secs(offset_s.unsigned_abs()),
+            );
+            let t = if offset_s >= 0 {
+                clock + by
+            } else {
+                clock - by
+            };
+            let utc = humantime::format_rfc3339_millis(t).to_string();
+            json!(format!("{}{zone}", utc.trim_end_matches('Z')))
+        };
+        let now = |value: Value| {
+            let root = json!({"t": value});
+            mismatch(&root, &[("t".into(), json!("<timestamp ≈ now>"))]).is_none()
+        };
+        assert!(now(at(0, "Z")));
+        assert!(now(at(-240, "Z")), "four minutes of clock skew");
+        assert!(now(at(240, "+00:00")));
+        assert!(!now(at(0, "")), "no zone: local time to the agent");
+        assert!(!now(at(3600, "Z")), "local time of UTC+1 marked Z");
+        assert!(!now(at(-900, "Z")), "a quarter-hour zone");
+        assert!(!now(json!("1796330689952")));
+        // A local time with its offset is the same instant: fine.
+        let local = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(3600));
+        assert!(now(json!(local.to_string().replace('Z', "+01:00"))));
+    }
+
+    #[test]
     fn timestamp_wildcards_are_read_or_refused_with_how_to() {
         assert_eq!(timestamp_wildcard("<string>"), None);
-        assert_eq!(timestamp_wildcard("<timestamp>"), Some(Ok(None)));
+        assert_eq!(timestamp_wildcard("<timestamp>"), Some(Ok(Timestamp::Any)));
+        assert_eq!(
+            timestamp_wildcard("<timestamp ≈ now>"),
+            Some(Ok(Timestamp::Now))
+        );
         assert_eq!(
             timestamp_wildcard("<timestamp = data.created_at + 5m>"),
-            Some(Ok(Some(("data.created_at", Duration::from_secs(300)))))
+            Some(Ok(Timestamp::After(
+                "data.created_at",
+                Duration::from_secs(300)
+            )))
         );
         for bad in [
+            "<timestamp ~ now>",
             "<timestamp data.created_at>",
             "<timestamp = data.created_at>",
             "<timestamp = data.created_at + soon>",

@@ -26,6 +26,7 @@
 pub mod matcher;
 pub mod prometheus;
 pub mod raw;
+pub mod retry_after;
 mod spec;
 pub mod step;
 pub mod timestamp;
@@ -592,7 +593,7 @@ mod tests {
             ),
             (
                 "{ expect = \"a\", type = \"command\", fields = { \"data.expires_at\" = \"<timestamp data.created_at>\" } }",
-                "write `<timestamp>` or `<timestamp = PATH + DURATION>`",
+                "`<timestamp ≈ now>` or `<timestamp = PATH + DURATION>`",
             ),
             (
                 "{ api = \"GET /x\", fields = { at = \"<timestamp = at + soon>\" } }",
@@ -626,6 +627,14 @@ mod tests {
             (
                 "{ metrics = \"/m\", unchanged_since = \"s\" }",
                 "need `families`",
+            ),
+            (
+                "{ metrics = \"/m\", families = { x = \"*a*{replaced\" } }",
+                "`*a*{replaced` is not a name pattern",
+            ),
+            (
+                "{ metrics = \"/m\", families = { x = \"*a*|{replaced}\" } }",
+                "`{replaced}` is not a name pattern",
             ),
             (
                 "{ close = \"a\", raw = { p = '1' } }",

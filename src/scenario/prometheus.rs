@@ -2,7 +2,8 @@
 //! to tell a real `/metrics` page from JSON or HTML served at that path:
 //! `# HELP`/`# TYPE` lines and samples `name{label="value",…} value [ts]`.
 //! It also sums the samples that can only go up (counters, histogram
-//! buckets and counts), so a check can see them move.
+//! buckets and counts) per name and label values, so a check can see them
+//! move, and see under which label (`reason="replaced"`) they moved.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,17 +35,23 @@ fn is_value(text: &str) -> bool {
             .is_ok_and(|_| !text.contains(['i', 'I', 'n', 'N']))
 }
 
+/// A sample's name and its label values in the order written
+/// (`edge_disconnects_total{reason="replaced"}` → `("edge_disconnects_total",
+/// ["replaced"])`): PROTOCOL.md names the reasons to count by, not the
+/// labels' names, so a check matches values only.
+pub type Series = (String, Vec<String>);
+
 /// What a page says: its names, and the totals of its counters.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Page {
     /// Every metric family named on the page (by `# TYPE`/`# HELP` or by a
     /// sample).
     pub names: BTreeSet<String>,
-    /// Per sample name, the sum of its samples (all label sets), for the
-    /// samples that only go up: a `counter` family's, a histogram's or
-    /// summary's `_bucket` and `_count`, and, with no `# TYPE`, names
-    /// ending in `_total`, `_count` or `_bucket`.
-    pub counters: BTreeMap<String, f64>,
+    /// Per series, the sum of its samples (a series written twice counts
+    /// twice), for the samples that only go up: a `counter` family's, a
+    /// histogram's or summary's `_bucket` and `_count`, and, with no
+    /// `# TYPE`, names ending in `_total`, `_count` or `_bucket`.
+    pub counters: BTreeMap<Series, f64>,
 }
 
 /// Every metric family named on the page, or the first line that is not
@@ -57,7 +64,7 @@ pub fn families(text: &str) -> Result<BTreeSet<String>, String> {
 pub fn read(text: &str) -> Result<Page, String> {
     let mut names = BTreeSet::new();
     let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut samples: Vec<(String, f64)> = Vec::new();
+    let mut samples: Vec<(Series, f64)> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let at = |why: String| format!("line {}: {why}: {:?}", index + 1, clip(line));
         let line = line.trim();
@@ -95,16 +102,19 @@ pub fn read(text: &str) -> Result<Page, String> {
         if !is_name(name) {
             return Err(at("a sample must start with a metric name".into()));
         }
-        let rest = match rest.strip_prefix('{') {
-            Some(labels) => skip_labels(labels).map_err(at)?,
-            None => rest,
+        let (values, rest) = match rest.strip_prefix('{') {
+            Some(labels) => read_labels(labels).map_err(at)?,
+            None => (Vec::new(), rest),
         };
         let mut words = rest.split_whitespace();
         let value = words
             .next()
             .filter(|v| is_value(v))
             .ok_or_else(|| at("a sample needs a number after its name and labels".into()))?;
-        samples.push((name.to_string(), value.parse().unwrap_or(f64::NAN)));
+        samples.push((
+            (name.to_string(), values),
+            value.parse().unwrap_or(f64::NAN),
+        ));
         if words.next().is_some_and(|ts| ts.parse::<f64>().is_err()) || words.next().is_some() {
             return Err(at("after the value only a timestamp may follow".into()));
         }
@@ -114,9 +124,9 @@ pub fn read(text: &str) -> Result<Page, String> {
         return Err("no metrics at all".into());
     }
     let mut counters = BTreeMap::new();
-    for (name, value) in samples {
-        if only_goes_up(&name, &types) && value.is_finite() {
-            *counters.entry(name).or_insert(0.0) += value;
+    for (series, value) in samples {
+        if only_goes_up(&series.0, &types) && value.is_finite() {
+            *counters.entry(series).or_insert(0.0) += value;
         }
     }
     Ok(Page { names, counters })
@@ -153,12 +163,14 @@ fn sample_name(line: &str) -> (&str, &str) {
     line.split_at(end)
 }
 
-/// Skips `label="value",…}` and returns what follows the `}`.
-fn skip_labels(mut rest: &str) -> Result<&str, String> {
+/// Reads `label="value",…}`: the values (as written, escapes kept) and
+/// what follows the `}`.
+fn read_labels(mut rest: &str) -> Result<(Vec<String>, &str), String> {
+    let mut values = Vec::new();
     loop {
         rest = rest.trim_start();
         if let Some(after) = rest.strip_prefix('}') {
-            return Ok(after);
+            return Ok((values, after));
         }
         let eq = rest.find('=').ok_or("a label needs `name=\"value\"`")?;
         if !is_name(rest[..eq].trim()) {
@@ -178,6 +190,7 @@ fn skip_labels(mut rest: &str) -> Result<&str, String> {
             })
             .map(|(i, _)| i)
             .ok_or("a label value is not closed")?;
+        values.push(value[..close].to_string());
         rest = value[close + 1..].trim_start();
         rest = rest.strip_prefix(',').unwrap_or(rest);
     }
@@ -199,6 +212,13 @@ mod tests {
         assert!(names.contains("edge_connections_active"));
         assert!(names.contains("edge_latency_seconds"));
         assert!(names.contains("edge_latency_seconds_bucket"));
+        let counters = read(page).unwrap().counters;
+        let bucket = |values: &[&str]| {
+            let values = values.iter().map(|v| v.to_string()).collect();
+            counters[&("edge_latency_seconds_bucket".to_string(), values)]
+        };
+        assert_eq!(bucket(&["0.005", "a\\\"b"]), 1.0);
+        assert_eq!(bucket(&["+Inf"]), 2.0);
     }
 
     #[test]
@@ -210,15 +230,20 @@ mod tests {
             # TYPE temperature_count gauge\ntemperature_count 9\n\
             untyped_total 5\nuntyped_level 6\nnan_total NaN\n";
         let counters = read(page).unwrap().counters;
-        let expected: BTreeMap<String, f64> = [
-            ("acks_total", 3.0),
-            ("pushes_total", 4.0),
-            ("latency_bucket", 3.0),
-            ("latency_count", 2.0),
-            ("untyped_total", 5.0),
+        let expected: BTreeMap<Series, f64> = [
+            ("acks_total", &["completed"][..], 2.0),
+            ("acks_total", &["failed"], 1.0),
+            ("pushes_total", &[], 4.0),
+            ("latency_bucket", &["1"], 1.0),
+            ("latency_bucket", &["+Inf"], 2.0),
+            ("latency_count", &[], 2.0),
+            ("untyped_total", &[], 5.0),
         ]
         .into_iter()
-        .map(|(name, sum)| (name.to_string(), sum))
+        .map(|(name, values, sum)| {
+            let values = values.iter().map(|v| v.to_string()).collect();
+            ((name.to_string(), values), sum)
+        })
         .collect();
         assert_eq!(counters, expected);
     }

@@ -408,6 +408,18 @@ impl StepSpec {
                     (None, Some(name)) => Some(Since::Unchanged(name)),
                     (None, None) => None,
                 };
+                if let Some((what, pattern)) = families.iter().find_map(|(what, patterns)| {
+                    let bad = |p: &&str| {
+                        let (name, label) = p.split_once('{').unwrap_or((p, "}"));
+                        name.trim().is_empty() || name.contains('}') || !label.ends_with('}')
+                    };
+                    patterns.split('|').find(bad).map(|p| (what, p))
+                }) {
+                    return Err(format!(
+                        "family `{what}`: `{pattern}` is not a name pattern; write NAME or \
+                         NAME{{LABEL VALUE}}, globs with `*`, e.g. `*disconnect*{{replaced}}`"
+                    ));
+                }
                 if since.is_some() && families.is_empty() {
                     return Err("`since` and `unchanged_since` need `families`: \
                                 the counters to compare with the snapshot"

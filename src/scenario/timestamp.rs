@@ -8,6 +8,13 @@
 /// ISO-8601's extended format, with RFC 3339's space for `T`. Anything else
 /// (a second field out of range, trailing text) is None.
 pub fn parse(text: &str) -> Option<f64> {
+    read(text).map(|(seconds, _)| seconds)
+}
+
+/// [`parse`], and whether the text says its zone (`Z` or an offset): one
+/// without is local time to ISO-8601, and an agent in another zone reads
+/// it as its own.
+pub fn read(text: &str) -> Option<(f64, bool)> {
     let b = text.as_bytes();
     let number = |from: usize, to: usize| -> Option<i64> {
         let digits = b.get(from..to)?;
@@ -42,6 +49,7 @@ pub fn parse(text: &str) -> Option<f64> {
             second += format!("0.{}", &text[start..at]).parse::<f64>().ok()?;
         }
     }
+    let zoned = at < b.len();
     let offset_minutes = match b.get(at) {
         None => 0,
         Some(b'Z' | b'z') if at + 1 == b.len() => 0,
@@ -74,7 +82,7 @@ pub fn parse(text: &str) -> Option<f64> {
         return None;
     }
     let minutes = (days_from_civil(year, month, day) * 24 + hour) * 60 + minute - offset_minutes;
-    Some(minutes as f64 * 60.0 + second)
+    Some((minutes as f64 * 60.0 + second, zoned))
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {
@@ -104,7 +112,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::parse;
+    use super::{parse, read};
 
     #[test]
     fn reads_the_forms_backends_write() {
@@ -124,6 +132,20 @@ mod tests {
             assert!((read - at).abs() < 1e-3, "{text}: {read}");
         }
         assert_eq!(parse("2026-12-03T20:44Z"), Some(1_796_330_640.0));
+    }
+
+    #[test]
+    fn tells_a_zone_from_none() {
+        for (text, zoned) in [
+            ("2026-12-03T20:44:49.952Z", true),
+            ("2026-12-03T20:44:49z", true),
+            ("2026-12-03T21:44+01:00", true),
+            ("2026-12-03T15:14:49-0530", true),
+            ("2026-12-03T20:44:49.952", false),
+            ("2026-12-03 20:44", false),
+        ] {
+            assert_eq!(read(text).map(|(_, z)| z), Some(zoned), "{text}");
+        }
     }
 
     #[test]

@@ -134,6 +134,7 @@ faults! {
     phone_not_validated: PhoneNotValidated => "WS-AUTH-3", ["register-validates-the-phone"; "register-is-idempotent-per-phone"];
     phone_limit_off_by_one: PhoneLimitOffByOne => "WS-AUTH-3", ["register-validates-the-phone"; "register-is-idempotent-per-phone"];
     rate_limit_without_retry_after: RateLimitWithoutRetryAfter => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
+    retry_after_in_milliseconds: RetryAfterInMilliseconds => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
     auth_before_rate_limit: AuthBeforeRateLimit => "WS-RATE-1", ["rate-limited-agent-gets-429-before-token-check", "refused-upgrades-limited-per-address", "strangers-cannot-lock-an-agent-out"; "connection-attempts-per-agent-limited"];
     address_limit_skips_valid_tokens: AddressLimitSkipsValidTokens => "WS-RATE-1", ["refused-address-gets-429-even-with-a-valid-token"; "refused-upgrades-limited-per-address"];
     rate_limit_is_503: RateLimitIs503 => "WS-RATE-1", ["connection-attempts-per-agent-limited", "refused-upgrades-limited-per-address"];
@@ -183,6 +184,12 @@ faults! {
     spec_log_lines_missing: SpecLogLinesMissing => "WS-OBS-1", ["spec-log-lines"];
     metrics_never_move: MetricsNeverMove => "WS-OBS-1", ["metrics-count-what-happens"; "metrics-are-prometheus-text"];
     acks_not_counted: AcksNotCounted => "WS-OBS-1", ["metrics-count-what-happens"];
+    replaced_counted_as_normal: ReplacedCountedAsNormal => "WS-OBS-1", ["metrics-count-under-the-right-label"; "metrics-count-what-happens"];
+    failed_counted_as_completed: FailedCountedAsCompleted => "WS-OBS-1", ["metrics-count-under-the-right-label"; "metrics-count-what-happens"];
+    failed_acks_uncounted: FailedAcksUncounted => "WS-OBS-1", ["metrics-count-under-the-right-label"; "metrics-count-what-happens"];
+    http_deliveries_counted_as_ws: HttpDeliveriesCountedAsWs => "WS-OBS-1", ["metrics-count-under-the-right-label"; "metrics-count-what-happens"];
+    timestamps_without_zone: TimestampsWithoutZone => "WS-CMD-1", ["timestamps-say-their-zone-and-are-now"; "ttl-gives-expires_at-and-other-types-pass"];
+    local_time_marked_z: LocalTimeMarkedZ => "WS-CMD-1", ["timestamps-say-their-zone-and-are-now"; "ttl-gives-expires_at-and-other-types-pass"];
     repeated_ack_counted_twice: RepeatedAckCountedTwice => "WS-ACK-3", ["repeated-ack-counted-once"; "acks-are-idempotent"];
     failed_not_final: FailedNotFinal => "WS-ACK-3", ["failed-is-final"; "acks-are-idempotent"];
     ack_data_not_object_crashes: AckDataNotObjectCrashes => "WS-ERR-1", ["malformed-ack-data-is-invalid_message"; "bad-data-is-invalid_message"];

@@ -182,6 +182,8 @@ pub enum Fault {
     RateLimitWithoutRetryAfter,
     /// The token is checked before the limits: past them a wrong token gets 401, not 429.
     AuthBeforeRateLimit,
+    /// `Retry-After` in milliseconds (`60000`: a JavaScript `Date` delta).
+    RetryAfterInMilliseconds,
     /// Past a rate limit the upgrade is answered 503.
     RateLimitIs503,
     /// No connection rate limit at all: every upgrade is accepted.
@@ -521,6 +523,22 @@ pub enum Fault {
     OversizeCloses1011,
     /// Invalid UTF-8 closes with 1002, not 1007.
     BadUtf8Closes1002,
+    /// A replaced socket is counted as a `normal` disconnect: the
+    /// `replaced` series never moves.
+    ReplacedCountedAsNormal,
+    /// Every command outcome is counted as `completed`: `failed` never moves.
+    FailedCountedAsCompleted,
+    /// Every ack is counted by its transport, not its result: the `failed`
+    /// series never moves.
+    FailedAcksUncounted,
+    /// Every delivery is counted under `ws`, commands fetched by
+    /// `/edge/sync` too.
+    HttpDeliveriesCountedAsWs,
+    /// Timestamps are written without a zone (Python's
+    /// `datetime.utcnow().isoformat()`).
+    TimestampsWithoutZone,
+    /// Timestamps are local time (UTC+1) marked `Z`.
+    LocalTimeMarkedZ,
 }
 
 pub struct Secrets {
@@ -1343,6 +1361,13 @@ impl Proxy {
             Fault::RateLimitWithoutRetryAfter if status == 429 => {
                 answer.remove_header("retry-after")
             }
+            Fault::RetryAfterInMilliseconds if status == 429 => {
+                let seconds: u64 = answer
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(60);
+                answer.set_header("retry-after", &(seconds * 1000).to_string());
+            }
             Fault::RateLimitIs503 if status == 429 => {
                 answer.set_status(503);
                 answer.remove_header("retry-after");
@@ -1776,6 +1801,21 @@ impl Proxy {
             Fault::MetricsNeverMove if route == "/metrics" => zero_samples(answer, |_| true),
             Fault::AcksNotCounted if route == "/metrics" => {
                 zero_samples(answer, |sample| sample.starts_with("edge_acks"))
+            }
+            Fault::ReplacedCountedAsNormal if route == "/metrics" => {
+                zero_samples(answer, |sample| sample.contains("reason=\"replaced\""))
+            }
+            Fault::FailedCountedAsCompleted if route == "/metrics" => {
+                zero_samples(answer, |sample| sample.contains("outcome=\"failed\""))
+            }
+            Fault::FailedAcksUncounted if route == "/metrics" => {
+                zero_samples(answer, |sample| sample.contains("result=\"failed\""))
+            }
+            Fault::HttpDeliveriesCountedAsWs if route == "/metrics" => {
+                zero_samples(answer, |sample| sample.contains("channel=\"http\""))
+            }
+            Fault::TimestampsWithoutZone | Fault::LocalTimeMarkedZ => {
+                answer.edit_json(|body| body.edit_strings(&|text| misdate(self.fault, text)));
             }
             Fault::RepeatedAckCountedTwice if route == "/metrics" => {
                 let extra = self.memory().repeated_final_acks as f64;
@@ -2476,6 +2516,9 @@ impl Proxy {
         let command = kind == "command";
         match self.fault {
             Fault::NoWelcome if kind == "connected" => vec![],
+            Fault::TimestampsWithoutZone | Fault::LocalTimeMarkedZ => {
+                edit(&|f| f.edit_strings(&|text| misdate(self.fault, text)))
+            }
             Fault::WelcomeWrongAgentId if kind == "connected" => edit(&|f| {
                 f.get_mut("data")
                     .unwrap()
@@ -2914,6 +2957,16 @@ fn zero_samples(answer: &mut Http, which: impl Fn(&str) -> bool) {
     });
 }
 
+/// A UTC timestamp (`…Z`) as the timestamp faults write it: without its
+/// zone, or an hour later (UTC+1's local time) still marked `Z`.
+fn misdate(fault: Fault, text: &str) -> Option<String> {
+    let at = humantime::parse_rfc3339(text).ok()?;
+    match fault {
+        Fault::TimestampsWithoutZone => Some(text.trim_end_matches(['Z', 'z']).to_string()),
+        _ => Some(humantime::format_rfc3339_millis(at + Duration::from_secs(3600)).to_string()),
+    }
+}
+
 /// Rewrites a text answer line by line (`None` drops the line), keeping
 /// its content type.
 fn edit_lines(answer: &mut Http, edit: impl Fn(&str) -> Option<String>) {
@@ -3184,6 +3237,20 @@ mod ordered {
                     members.iter_mut().for_each(|(_, v)| v.integer_keys_first());
                 }
                 Json::Array(items) => items.iter_mut().for_each(Json::integer_keys_first),
+                _ => {}
+            }
+        }
+
+        /// Replaces the strings `edit` has a replacement for, at every depth.
+        pub fn edit_strings(&mut self, edit: &dyn Fn(&str) -> Option<String>) {
+            match self {
+                Json::String(text) => {
+                    if let Some(new) = edit(text) {
+                        *text = new;
+                    }
+                }
+                Json::Object(members) => members.iter_mut().for_each(|(_, v)| v.edit_strings(edit)),
+                Json::Array(items) => items.iter_mut().for_each(|v| v.edit_strings(edit)),
                 _ => {}
             }
         }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::{fail, redact, Ctx, StepResult};
 use crate::client::{self, Event, Upgrade};
 use crate::scenario::matcher::{mismatch, substitute, substitute_str};
-use crate::scenario::ConnectOutcome;
+use crate::scenario::{retry_after, ConnectOutcome};
 
 impl Ctx<'_> {
     /// Makes the backend know an agent: the control API, else registration.
@@ -267,11 +267,15 @@ impl Ctx<'_> {
                     self.note(format!(
                         "{conn}: attempt {attempt} answered 429 (Retry-After: {header:?}) {body}"
                     ));
-                    return match (retry_after, header) {
-                        (true, None) => {
-                            fail("429 with a Retry-After header", "429 without Retry-After")
-                        }
-                        _ => Ok(()),
+                    let wrong = retry_after
+                        .then(|| retry_after::problem(header.as_deref()))
+                        .flatten();
+                    return match wrong {
+                        Some(wrong) => fail(
+                            "429 with a Retry-After of whole seconds or an HTTP-date, within the minute",
+                            wrong,
+                        ),
+                        None => Ok(()),
                     };
                 }
                 (ConnectOutcome::RateLimited { .. }, Upgrade::Refused { status, .. }) => {

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::{fail, Ctx, StepResult};
 use crate::scenario::matcher::{lookup, mismatch, substitute, substitute_str};
 use crate::scenario::raw::raw_mismatch;
-use crate::scenario::{Body, HttpCall};
+use crate::scenario::{retry_after, Body, HttpCall};
 
 impl Ctx<'_> {
     pub(super) async fn http(&mut self, call: &HttpCall, admin: bool) -> StepResult {
@@ -77,7 +77,10 @@ impl Ctx<'_> {
                 match request.send().await {
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        let retry_after = response.headers().get("retry-after").is_some();
+                        let retry_after = response
+                            .headers()
+                            .get("retry-after")
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                         Ok((
                             status,
                             retry_after,
@@ -96,10 +99,14 @@ impl Ctx<'_> {
                     format!("HTTP {:?}", call.statuses),
                     format!("HTTP {status} {value}"),
                 ))
-            } else if call.retry_after && !retry_after {
+            } else if let Some(wrong) = call
+                .retry_after
+                .then(|| retry_after::problem(retry_after.as_deref()))
+                .flatten()
+            {
                 Some((
-                    "a Retry-After header".to_string(),
-                    format!("HTTP {status} without Retry-After"),
+                    "a Retry-After of whole seconds or an HTTP-date, within the minute".to_string(),
+                    format!("HTTP {status}: {wrong}"),
                 ))
             } else if let Some((p, e, a)) = mismatch(&value, &fields) {
                 Some((format!("{p} = {e}"), format!("{p} = {a} in {value}")))

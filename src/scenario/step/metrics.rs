@@ -1,7 +1,10 @@
 //! The `metrics` step (WS-OBS-1): the page parses as the Prometheus text
 //! format and carries a family for each thing §9 names. PROTOCOL.md names
 //! what must be measured, not the metric names, so each is matched by name
-//! patterns (`*connection*active*|*active*connection*`). A step may save
+//! patterns (`*connection*active*|*active*connection*`), and a count by
+//! reason by a label value in braces (`*disconnect*{replaced}`: only the
+//! samples with a label of that value, whatever the label's name). A step
+//! may save
 //! the page's counters (`snapshot`) and a later one require each family's
 //! counters to have grown since (`since`): a page whose counters never move
 //! has the families and measures nothing. Or require them not to have
@@ -14,7 +17,8 @@ use tokio::time::Instant;
 
 use super::{fail, Ctx, StepResult};
 use crate::conform::glob;
-use crate::scenario::{prometheus, Since};
+use crate::scenario::prometheus::{self, Series};
+use crate::scenario::Since;
 
 impl Ctx<'_> {
     pub(super) async fn metrics(
@@ -34,7 +38,7 @@ impl Ctx<'_> {
             let page = self.metrics_page(path, token).await?;
             let missing: Vec<String> = families
                 .iter()
-                .filter(|(_, patterns)| !page.names.iter().any(|name| matches(patterns, name)))
+                .filter(|(_, patterns)| !page.names.iter().any(|name| names(patterns, name)))
                 .map(|(what, patterns)| format!("{what} ({patterns})"))
                 .collect();
             if !missing.is_empty() {
@@ -65,7 +69,7 @@ impl Ctx<'_> {
         &self,
         since: &Since,
         families: &[(String, String)],
-        counters: &BTreeMap<String, f64>,
+        counters: &BTreeMap<Series, f64>,
         deadline: Instant,
     ) -> Result<bool, (String, String)> {
         let (Since::Grown(name) | Since::Unchanged(name)) = since;
@@ -147,15 +151,62 @@ impl Ctx<'_> {
 /// watches them stay.
 const SETTLE: Duration = Duration::from_secs(2);
 
-fn matches(patterns: &str, name: &str) -> bool {
-    patterns.split('|').any(|p| glob(p.trim(), name))
+/// `NAME` or `NAME{VALUE}` (globs): the name, and the label value if any.
+fn parts(pattern: &str) -> (&str, Option<&str>) {
+    let pattern = pattern.trim();
+    match pattern.strip_suffix('}').and_then(|p| p.split_once('{')) {
+        Some((name, value)) => (name, Some(value)),
+        None => (pattern, None),
+    }
 }
 
-/// The sum of the counters whose names match `patterns`.
-fn total(counters: &BTreeMap<String, f64>, patterns: &str) -> f64 {
+/// Whether `name` is a family one of `patterns` is about. A family is
+/// there even before the label value it is read by has a sample: a page
+/// may show a reason's series only once it has counted one.
+fn names(patterns: &str, name: &str) -> bool {
+    patterns.split('|').any(|p| glob(parts(p).0, name))
+}
+
+/// The sum of the counters one of `patterns` matches.
+fn total(counters: &BTreeMap<Series, f64>, patterns: &str) -> f64 {
+    let matches = |(name, values): &Series| {
+        patterns.split('|').map(parts).any(|(family, value)| {
+            glob(family, name) && value.is_none_or(|v| values.iter().any(|x| glob(v, x)))
+        })
+    };
     counters
         .iter()
-        .filter(|(name, _)| matches(patterns, name))
+        .filter(|(series, _)| matches(series))
         .map(|(_, value)| value)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_value_in_braces_sums_only_its_series() {
+        let page = prometheus::read(
+            "# TYPE edge_disconnects_total counter\n\
+             edge_disconnects_total{instance=\"a\",reason=\"normal\"} 5\n\
+             edge_disconnects_total{instance=\"a\",reason=\"replaced\"} 2\n\
+             # TYPE edge_commands_total counter\n\
+             edge_commands_total{outcome=\"failed\"} 1\n",
+        )
+        .unwrap();
+        let sum = |patterns: &str| total(&page.counters, patterns);
+        assert_eq!(sum("*disconnect*"), 7.0);
+        assert_eq!(sum("*disconnect*{replaced}"), 2.0);
+        assert_eq!(sum("*disconnect*{REPLACED}"), 2.0, "globs ignore case");
+        assert_eq!(sum("*disconnect*{ping_timeout}"), 0.0);
+        assert_eq!(sum("*disconnect*{a}"), 7.0, "any label's value");
+        assert_eq!(sum("*disconnect*{replaced}|*command*{fail*}"), 3.0);
+        assert_eq!(sum("*command*{replaced}"), 0.0);
+        assert!(names(
+            "*disconnect*{ping_timeout}",
+            "edge_disconnects_total"
+        ));
+        assert!(!names("*command*{failed}", "edge_disconnects_total"));
+    }
 }
