@@ -72,6 +72,39 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     assert_eq!(pushed, HashSet::from(["stranded".into(), "left".into()]));
 }
 
+/// The heartbeat's scan reads every socket of the instance, however many:
+/// a lost announcement for an agent whose socket sorts after a thousand
+/// others on the same instance is still found (a scan bounded by sockets,
+/// like its bound on the commands it returns, would miss it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_lost_announcement_is_found_behind_a_thousand_sockets() {
+    let test = "ws_dlv_1_a_lost_announcement_is_found_behind_a_thousand_sockets";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let b = TestServer::start_pg(&url, |_| {}).await;
+    b.provision("x").await;
+    let mut agent = b.connect("x").await;
+    b.wait_agent("x", |v| v["connected"] == true).await;
+    // A thousand sockets of B that sort before `x` (with nothing pending).
+    sql(&url)
+        .await
+        .execute(
+            "INSERT INTO agent_sockets (agent_id, instance_tag, conn_id, connected_at, remote_addr) \
+             SELECT 'a' || lpad(g::TEXT, 4, '0'), i.tag, g, 0, '127.0.0.1' \
+             FROM generate_series(1, 1000) g, instances i WHERE i.name = $1",
+            &[&b.instance()],
+        )
+        .await
+        .unwrap();
+    store_unannounced(&url, "x", "left", None).await;
+    let command = agent
+        .recv_within(Duration::from_secs(10))
+        .await
+        .expect("found by the heartbeat's scan");
+    assert_eq!(command["data"]["command_id"], "left", "{command}");
+}
+
 /// Two instances on the schema at `url`, and agent `x` connected to B, which
 /// A sees holding it.
 async fn agent_on_b(url: &str) -> (TestServer, TestServer, Agent) {
