@@ -31,10 +31,7 @@ async fn ws_dlv_1_a_lost_announcement_costs_latency_not_the_command() {
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    b.provision("x").await;
-    let mut agent = b.connect("x").await;
-    b.wait_agent("x", |v| v["connected"] == true).await;
+    let (_b, mut agent) = agent_on_one(&url).await;
     // Stored straight into the database: nobody announces it.
     let policy = edge_server::store::DeliveryPolicy::PROTOCOL_DEFAULTS;
     let store = edge_server::store::postgres::PgStore::open(&url, policy)
@@ -82,10 +79,7 @@ async fn ws_dlv_1_a_lost_announcement_is_found_behind_a_thousand_sockets() {
     let Some(url) = schema_for(test).await else {
         return;
     };
-    let b = TestServer::start_pg(&url, |_| {}).await;
-    b.provision("x").await;
-    let mut agent = b.connect("x").await;
-    b.wait_agent("x", |v| v["connected"] == true).await;
+    let (b, mut agent) = agent_on_one(&url).await;
     // A thousand sockets of B that sort before `x` (with nothing pending).
     sql(&url)
         .await
@@ -103,6 +97,15 @@ async fn ws_dlv_1_a_lost_announcement_is_found_behind_a_thousand_sockets() {
         .await
         .expect("found by the heartbeat's scan");
     assert_eq!(command["data"]["command_id"], "left", "{command}");
+}
+
+/// One instance on the schema at `url`, and agent `x` connected to it.
+async fn agent_on_one(url: &str) -> (TestServer, Agent) {
+    let b = TestServer::start_pg(url, |_| {}).await;
+    b.provision("x").await;
+    let agent = b.connect("x").await;
+    b.wait_agent("x", |v| v["connected"] == true).await;
+    (b, agent)
 }
 
 /// Two instances on the schema at `url`, and agent `x` connected to B, which
