@@ -19,6 +19,14 @@ pub enum Verdict {
     },
 }
 
+/// A running window of a [`RateLimiter`]: how long ago it began, and what
+/// it counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub age: Duration,
+    pub count: u32,
+}
+
 pub struct RateLimiter<K> {
     limit: u32,
     window: Duration,
@@ -68,6 +76,44 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         Verdict::Allowed
     }
 
+    /// `key`'s window, if one is running: how long ago it began, and its
+    /// count. What another instance needs to go on counting for an agent
+    /// whose socket moved there (PROTOCOL.md §7 limits per agent).
+    pub fn window(&self, key: &K, now: Instant) -> Option<Window> {
+        let windows = self.windows.lock().expect("rate limiter lock");
+        let &(start, count) = windows.get(key)?;
+        let age = now.duration_since(start);
+        (age < self.window && count > 0).then_some(Window { age, count })
+    }
+
+    /// Makes `key`'s window the one counted elsewhere (`None`: no window),
+    /// replacing what this limiter had.
+    pub fn set_window(&self, key: &K, window: Option<Window>, now: Instant) {
+        let mut windows = self.windows.lock().expect("rate limiter lock");
+        match window.filter(|w| w.age < self.window) {
+            Some(w) => windows.insert(
+                key.clone(),
+                (now.checked_sub(w.age).unwrap_or(now), w.count),
+            ),
+            None => windows.remove(key),
+        };
+    }
+
+    /// Adds a window counted elsewhere to `key`'s: the counts add up, and
+    /// the window begins when the earlier one did.
+    pub fn add_window(&self, key: &K, window: Window, now: Instant) {
+        if window.age >= self.window {
+            return;
+        }
+        let start = now.checked_sub(window.age).unwrap_or(now);
+        let mut windows = self.windows.lock().expect("rate limiter lock");
+        let entry = windows.entry(key.clone()).or_insert((start, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (start, 0);
+        }
+        *entry = (entry.0.min(start), entry.1.saturating_add(window.count));
+    }
+
     /// Forgets keys whose window has passed.
     pub fn prune(&self, now: Instant) {
         let mut windows = self.windows.lock().expect("rate limiter lock");
@@ -114,6 +160,71 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(off.hit(&1, t0), Verdict::Allowed);
         }
+    }
+
+    #[test]
+    fn a_window_moves_to_another_limiter_and_counts_on_there() {
+        let (a, b) = (
+            RateLimiter::new(3, Duration::from_secs(60)),
+            RateLimiter::new(3, Duration::from_secs(60)),
+        );
+        let t0 = Instant::now();
+        assert_eq!(a.window(&"x", t0), None);
+        a.hit(&"x", t0);
+        a.hit(&"x", t0);
+        let t1 = t0 + Duration::from_secs(20);
+        let moved = a.window(&"x", t1);
+        assert_eq!(
+            moved,
+            Some(Window {
+                age: Duration::from_secs(20),
+                count: 2
+            })
+        );
+        b.set_window(&"x", moved, t1);
+        assert_eq!(b.hit(&"x", t1), Verdict::Allowed);
+        assert_eq!(
+            b.hit(&"x", t1),
+            Verdict::Limited {
+                retry_after: Duration::from_secs(40)
+            },
+            "the window began on the other limiter"
+        );
+        b.set_window(&"x", None, t1);
+        assert_eq!(b.hit(&"x", t1), Verdict::Allowed, "no window: a fresh one");
+        assert_eq!(a.window(&"x", t0 + Duration::from_secs(60)), None, "passed");
+    }
+
+    #[test]
+    fn an_added_window_sums_counts_from_the_earlier_start() {
+        let limiter = RateLimiter::new(5, Duration::from_secs(60));
+        let t0 = Instant::now();
+        limiter.hit(&"x", t0);
+        let t1 = t0 + Duration::from_secs(10);
+        let elsewhere = Window {
+            age: Duration::from_secs(30),
+            count: 3,
+        };
+        limiter.add_window(&"x", elsewhere, t1);
+        assert_eq!(
+            limiter.window(&"x", t1),
+            Some(Window {
+                age: Duration::from_secs(30),
+                count: 4
+            })
+        );
+        let passed = Window {
+            age: Duration::from_secs(61),
+            count: 50,
+        };
+        limiter.add_window(&"x", passed, t1);
+        assert_eq!(
+            limiter.window(&"x", t1).map(|w| w.count),
+            Some(4),
+            "a passed window adds nothing"
+        );
+        limiter.add_window(&"y", elsewhere, t1);
+        assert_eq!(limiter.window(&"y", t1).map(|w| w.count), Some(3));
     }
 
     #[test]

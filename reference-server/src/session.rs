@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{info, warn};
 
+use crate::cluster::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ratelimit::Verdict;
 use crate::registry::{Kick, KickReason, SessionHandle, SessionMsg};
@@ -61,20 +62,23 @@ pub async fn run(
     };
     let connected_at = handle.connected_at;
     // WS-CONN-2: the newer connection wins; the old one closes with 4000.
-    if let Some(old) = state.registry.register(&agent_id, handle) {
+    let replaced_here = state.registry.register(&agent_id, handle);
+    if let Some(old) = &replaced_here {
         old.kick.kick(KickReason::Replaced);
     }
     // WS-CONN-1/2 across instances: recorded before the pending commands are
-    // claimed; an old socket on another instance closes with 4000.
-    if let Err(e) = state
+    // claimed; an old socket on another instance closes with 4000. The
+    // agent's rate-limit windows come with it (WS-RATE-2/3).
+    match state
         .cluster
         .hold(&agent_id, conn, connected_at, &remote.to_string())
         .await
     {
-        warn!(
+        Ok(handover) => handover.apply(&state, &agent_id, replaced_here.is_some()),
+        Err(e) => warn!(
             agent_id,
             "could not record which instance holds the socket: {e}"
-        );
+        ),
     }
     state.metrics.connections_total.inc();
     state.metrics.connections_active.inc();
@@ -92,8 +96,12 @@ pub async fn run(
 
     let Session { agent_id, .. } = session;
     state.registry.remove(&agent_id, conn);
-    if let Err(e) = state.cluster.release(&agent_id, conn).await {
-        warn!(agent_id, "could not release the socket's record: {e}");
+    let limits = Limits::of(&state, &agent_id);
+    match state.cluster.release(&agent_id, conn, &limits).await {
+        // The windows went with the socket; a newer socket here keeps them.
+        Ok(true) if state.registry.get(&agent_id).is_none() => Limits::forget(&state, &agent_id),
+        Ok(_) => {}
+        Err(e) => warn!(agent_id, "could not release the socket's record: {e}"),
     }
     state.metrics.connections_active.dec();
     Metrics::count(&state.metrics.disconnects, "reason", reason);

@@ -14,8 +14,11 @@
 //!   → `Push`, many per message ([`Cluster::announce`]); commands that wait
 //!   for an agent held elsewhere → `Deliver`, which that instance claims;
 //! - a config update (WS-CFG-1) → `Config`;
-//! - a takeover (WS-CONN-2): the old instance closes its socket with 4000.
+//! - a takeover (WS-CONN-2): the old instance closes its socket with 4000;
+//! - an agent's rate-limit windows, from the instance that held its socket
+//!   to the one that holds it now (WS-RATE-2/3, [`limits`]) → `Limits`.
 
+pub mod limits;
 pub mod postgres;
 
 use std::collections::HashMap;
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use self::limits::{Handover, Limits};
 use crate::raw_json::RawJson;
 use crate::registry::{KickReason, SessionMsg};
 use crate::state::AppState;
@@ -62,6 +66,9 @@ pub enum Inbound {
     Config { agent: String, config: RawJson },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
     Kick { agent: String, conn: ConnId },
+    /// WS-RATE-2/3: the windows of the agent's socket another instance
+    /// held until this one took it over ([`limits`]).
+    Limits { agent: String, limits: Limits },
     /// Commands stored as pushed to sockets of this instance that may never
     /// have been pushed (`[agent, command, attempt]`): found by this
     /// instance's own scan, never sent between instances.
@@ -89,6 +96,7 @@ struct Envelope {
     config: Option<RawJson>,
     conn: Option<ConnId>,
     id: Option<i64>,
+    limits: Option<Limits>,
 }
 
 impl TryFrom<Envelope> for Inbound {
@@ -114,6 +122,10 @@ impl TryFrom<Envelope> for Inbound {
                 agent: needs(kind, "agent", e.agent)?,
                 conn: needs(kind, "conn", e.conn)?,
             }),
+            "limits" => Ok(Inbound::Limits {
+                agent: needs(kind, "agent", e.agent)?,
+                limits: needs(kind, "limits", e.limits)?,
+            }),
             "stored" => Ok(Inbound::Stored {
                 id: needs(kind, "id", e.id)?,
             }),
@@ -137,17 +149,21 @@ pub trait Cluster: Send + Sync + 'static {
     /// `conn`. If another instance held it, that one is told to close its
     /// socket with 4000 (WS-CONN-2). Returns once recorded, so a claim of the
     /// agent's pending commands that follows sees every command inserted
-    /// before (see `store/postgres/batch.rs`).
+    /// before (see `store/postgres/batch.rs`), with what the agent's earlier
+    /// sockets left of its rate-limit windows ([`limits`]).
     async fn hold(
         &self,
         agent_id: &str,
         conn: ConnId,
         connected_at: Millis,
         remote_addr: &str,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Handover>;
 
-    /// The socket `conn` closed (a newer holder is left alone).
-    async fn release(&self, agent_id: &str, conn: ConnId) -> StoreResult<()>;
+    /// The socket `conn` closed (a newer holder is left alone). Its windows
+    /// go with it: stored for the agent's next socket, or sent to the
+    /// instance that took it over. True if they went (this instance may
+    /// then forget them, [`limits`]).
+    async fn release(&self, agent_id: &str, conn: ConnId, limits: &Limits) -> StoreResult<bool>;
 
     /// The agent's socket, if a live instance other than this one holds it.
     async fn locate(&self, agent_id: &str) -> StoreResult<Option<RemoteSocket>>;
@@ -198,12 +214,13 @@ impl Cluster for Local {
         crate::wire::now_millis() << 20
     }
 
-    async fn hold(&self, _: &str, _: ConnId, _: Millis, _: &str) -> StoreResult<()> {
-        Ok(())
+    async fn hold(&self, _: &str, _: ConnId, _: Millis, _: &str) -> StoreResult<Handover> {
+        Ok(Handover::default())
     }
 
-    async fn release(&self, _: &str, _: ConnId) -> StoreResult<()> {
-        Ok(())
+    /// The windows stay in this process's limiters, for the next socket.
+    async fn release(&self, _: &str, _: ConnId, _: &Limits) -> StoreResult<bool> {
+        Ok(false)
     }
 
     async fn locate(&self, _: &str) -> StoreResult<Option<RemoteSocket>> {
@@ -282,6 +299,13 @@ pub fn apply(state: &AppState, message: Inbound) {
             Some(session) if session.conn == conn => session.kick.kick(KickReason::Replaced),
             _ => debug!(agent, conn, "takeover of a socket already gone"),
         },
+        // Only while the socket is here: a window with no socket would count
+        // twice if the agent came back within it.
+        Inbound::Limits { agent, limits } => {
+            if state.registry.get(&agent).is_some() {
+                limits.add_to(state, &agent);
+            }
+        }
         Inbound::Recheck { commands } => {
             for (agent, command_id, attempt) in commands {
                 if let Some(session) = state.registry.get(&agent) {

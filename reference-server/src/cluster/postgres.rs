@@ -50,6 +50,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::limits::{Handover, Limits};
 use super::{Cluster, Inbound, RemoteSocket};
 use crate::store::postgres::{backend, pg_error, Db};
 use crate::store::{CommandRow, ConnId, Millis, Status, StoreResult};
@@ -572,22 +573,28 @@ impl Cluster for PgCluster {
         conn: ConnId,
         connected_at: Millis,
         remote_addr: &str,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Handover> {
         // One round trip. The agent's lock orders this against command
         // inserts for the agent (see module doc); the old holder is read
         // once it is granted. WS-CONN-2: an old socket on another instance
         // closes with 4000 (`Inbound::Kick`; a socket of this instance was
-        // replaced in the local registry already).
+        // replaced in the local registry already). The windows a released
+        // socket left are read after the new row is written: a release that
+        // deleted the old row first has committed them by then (the insert
+        // waits for it), and one that comes later finds this instance
+        // holding the socket and sends them (`limits.rs`).
         let prefix = channel_prefix(&self.schema);
-        self.db
+        let rows = self
+            .db
             .transaction(&[
                 (
                     "SELECT 1 FROM agents WHERE id = $1 FOR NO KEY UPDATE",
                     &[&agent_id],
                 ),
                 (
-                    "SELECT pg_notify($2::TEXT || s.instance_tag, json_build_object('kind', 'kick', \
-                     'agent', s.agent_id, 'conn', s.conn_id)::TEXT) FROM agent_sockets s \
+                    "SELECT s.conn_id, pg_notify($2::TEXT || s.instance_tag, \
+                     json_build_object('kind', 'kick', 'agent', s.agent_id, \
+                     'conn', s.conn_id)::TEXT) FROM agent_sockets s \
                      WHERE s.agent_id = $1 AND s.instance_tag <> $3",
                     &[&agent_id, &prefix, &self.tag],
                 ),
@@ -598,20 +605,52 @@ impl Cluster for PgCluster {
                      connected_at = EXCLUDED.connected_at, remote_addr = EXCLUDED.remote_addr",
                     &[&agent_id, &self.tag, &conn, &connected_at, &remote_addr],
                 ),
+                (
+                    "SELECT conn_id, limits FROM agent_limits WHERE agent_id = $1",
+                    &[&agent_id],
+                ),
             ])
-            .await
-            .map(|_| ())
+            .await?;
+        let released = match rows[3].first() {
+            Some(row) => {
+                let limits = serde_json::from_str(row.get::<_, &str>(1)).map_err(backend)?;
+                Some((row.get(0), limits))
+            }
+            None => None,
+        };
+        Ok(Handover {
+            taken_over: rows[1].first().map(|row| row.get(0)),
+            released,
+        })
     }
 
-    async fn release(&self, agent_id: &str, conn: ConnId) -> StoreResult<()> {
+    async fn release(&self, agent_id: &str, conn: ConnId, limits: &Limits) -> StoreResult<bool> {
+        // In one transaction: the delete and the store commit together, so a
+        // hold of the agent waits for both or sees neither; and a holder the
+        // delete did not find (it took the socket over first) is sent the
+        // windows.
+        let prefix = channel_prefix(&self.schema);
+        let stored = serde_json::to_string(limits).expect("limits serialise");
+        let message = serde_json::json!({"kind": "limits", "agent": agent_id, "limits": limits});
+        let message = message.to_string();
         self.db
-            .execute(
-                "DELETE FROM agent_sockets WHERE agent_id = $1 AND instance_tag = $2 \
-                 AND conn_id = $3",
-                &[&agent_id, &self.tag, &conn],
-            )
-            .await
-            .map(|_| ())
+            .transaction(&[
+                (
+                    "WITH gone AS (DELETE FROM agent_sockets WHERE agent_id = $1 \
+                     AND instance_tag = $2 AND conn_id = $3 RETURNING agent_id) \
+                     INSERT INTO agent_limits (agent_id, conn_id, limits) \
+                     SELECT agent_id, $3, $4 FROM gone ON CONFLICT (agent_id) DO UPDATE \
+                     SET conn_id = EXCLUDED.conn_id, limits = EXCLUDED.limits",
+                    &[&agent_id, &self.tag, &conn, &stored],
+                ),
+                (
+                    "SELECT pg_notify($3::TEXT || s.instance_tag, $4) FROM agent_sockets s \
+                     WHERE s.agent_id = $1 AND s.instance_tag <> $2",
+                    &[&agent_id, &self.tag, &prefix, &message],
+                ),
+            ])
+            .await?;
+        Ok(true)
     }
 
     async fn locate(&self, agent_id: &str) -> StoreResult<Option<RemoteSocket>> {

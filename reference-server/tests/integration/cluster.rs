@@ -781,3 +781,127 @@ async fn ws_dlv_6_kill_9_of_one_instance_with_1000_in_flight_loses_none_complete
     eprintln!("{pushes} pushes for 1,000 commands; {by_survivor} completed by the survivor");
     assert!(pushes >= AGENTS * PER_AGENT);
 }
+
+/// Both instances of a rate-limit test: 5 messages a minute (WS-RATE-2),
+/// one answered ping a minute (WS-RATE-3); agent `x` provisioned.
+async fn limited_pair(url: &str) -> (TestServer, TestServer) {
+    let limited = |c: &mut edge_server::config::Config| {
+        c.rate_messages_per_min = 5;
+        c.rate_ping_interval = Duration::from_secs(60);
+    };
+    let a = TestServer::start_pg(url, limited).await;
+    let b = TestServer::start_pg(url, limited).await;
+    a.provision("x").await;
+    (a, b)
+}
+
+/// On B: a ping (answered) and three statuses, four messages in all, each
+/// read by B before this returns.
+async fn four_messages_on_b(b: &TestServer) -> Agent {
+    let mut on_b = b.connect("x").await;
+    on_b.send_json(json!({"type": "ping"})).await;
+    on_b.expect("pong").await;
+    for n in 0..3 {
+        on_b.send_json(json!({"type": "status", "data": {"n": n}}))
+            .await;
+    }
+    b.wait_agent("x", |v| v["last_status"]["n"] == 2).await;
+    on_b
+}
+
+/// WS-RATE-2/3 across instances: an agent's windows move with its socket.
+/// Its socket on B closes, and it reconnects through the load balancer to
+/// A, which goes on counting where B stopped: no fresh quota, and no
+/// second pong within the ping interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_rate_2_3_windows_move_with_a_released_socket() {
+    let test = "ws_rate_2_3_windows_move_with_a_released_socket";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let (a, b) = limited_pair(&url).await;
+    four_messages_on_b(&b).await.close().await;
+    // B released the socket (and stored its windows) once A sees no holder.
+    a.wait_agent("x", |v| v["connected"] == false).await;
+    let mut on_a = a.connect("x").await;
+    // The fifth message: within the message limit, past the ping limit.
+    on_a.send_json(json!({"type": "ping"})).await;
+    assert_eq!(on_a.expect("error").await["data"]["code"], "rate_limited");
+    // The sixth: past the message limit.
+    on_a.send_json(json!({"type": "status", "data": {"n": 9}}))
+        .await;
+    assert_eq!(on_a.expect("error").await["data"]["code"], "rate_limited");
+    let view = a.wait_agent("x", |_| true).await;
+    assert_eq!(
+        view["last_status"]["n"], 2,
+        "the limited status was ignored"
+    );
+}
+
+/// WS-RATE-2 across instances, on a takeover (WS-CONN-2): A takes the
+/// socket over while B still holds it; B closes it with 4000 and sends A
+/// the windows it counted, so A refuses the agent's sixth message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_rate_2_windows_move_with_a_socket_taken_over() {
+    let test = "ws_rate_2_windows_move_with_a_socket_taken_over";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let (a, b) = limited_pair(&url).await;
+    let mut on_b = four_messages_on_b(&b).await;
+    let mut on_a = a.connect("x").await;
+    assert!(
+        matches!(on_b.ended(PROMPT).await, Ended::Closed(4000, _)),
+        "B closes its socket with 4000"
+    );
+    // B's socket is gone once its history says so (written after B sent
+    // its windows to A).
+    a.wait_agent("x", |v| {
+        v["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|c| c["reason"] == "replaced"))
+    })
+    .await;
+    // Four more: A alone would count them all (4 of 5); with B's four, the
+    // sixth message overall is refused. Four, not two, so the test does not
+    // depend on the exact moment A hears from B.
+    for n in 10..14 {
+        on_a.send_json(json!({"type": "status", "data": {"n": n}}))
+            .await;
+    }
+    assert_eq!(on_a.expect("error").await["data"]["code"], "rate_limited");
+}
+
+/// WS-RATE-2 across instances counts each message once: an agent that goes
+/// from A to B and back to A within the window is not refused early. A
+/// forgets the windows it handed over, so they are not added twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_rate_2_a_round_trip_through_two_instances_counts_each_message_once() {
+    let test = "ws_rate_2_a_round_trip_through_two_instances_counts_each_message_once";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let (a, b) = limited_pair(&url).await;
+    for (n, server) in [(0, &a), (1, &b)] {
+        let mut agent = server.connect("x").await;
+        for m in 0..2 {
+            let status = json!({"type": "status", "data": {"n": n * 10 + m}});
+            agent.send_json(status).await;
+        }
+        server
+            .wait_agent("x", |v| v["last_status"]["n"] == n * 10 + 1)
+            .await;
+        agent.close().await;
+        a.wait_agent("x", |v| v["connected"] == false).await;
+    }
+    // Four counted; the fifth is taken, the sixth refused.
+    let mut agent = a.connect("x").await;
+    agent
+        .send_json(json!({"type": "status", "data": {"n": 20}}))
+        .await;
+    a.wait_agent("x", |v| v["last_status"]["n"] == 20).await;
+    agent
+        .send_json(json!({"type": "status", "data": {"n": 21}}))
+        .await;
+    assert_eq!(agent.expect("error").await["data"]["code"], "rate_limited");
+}

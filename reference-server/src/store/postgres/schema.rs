@@ -115,6 +115,16 @@ CREATE TABLE cluster_messages (
     created_at  BIGINT NOT NULL
 );
 ",
+    // WS-RATE-2/3 across instances (`cluster/limits.rs`): the rate-limit
+    // windows (JSON) the agent's last released socket `conn_id` left, for
+    // whichever instance holds its next socket.
+    "
+CREATE TABLE agent_limits (
+    agent_id TEXT PRIMARY KEY,
+    conn_id  BIGINT NOT NULL,
+    limits   TEXT NOT NULL
+);
+",
 ];
 
 /// Applies the migrations the database has not seen yet; refuses a database
