@@ -169,6 +169,7 @@ faults! {
     retry_keeps_ttl: RetryKeepsTtl => "WS-API-4", ["expired-listable-and-retryable"];
     queue_full_evicts_oldest: QueueFullEvictsOldest => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     queue_full_is_503: QueueFullIs503 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
+    queue_full_counts_finished: QueueFullCountsFinished => "WS-API-2", ["a-full-queue-frees-as-commands-finish"; "queue-full-is-429-and-nothing-is-dropped"];
     sync_resorts_parameter_keys: SyncResortsParameterKeys => "WS-CMD-2", ["sync-relays-parameters-as-posted"];
     resorts_status_keys: ResortsStatusKeys => "WS-CMD-2", ["status-relayed-as-posted"];
     progress_state_not_shown: ProgressStateNotShown => "WS-DLV-2", ["states-are-visible-in-order"];
@@ -199,6 +200,7 @@ faults! {
     header_overrides_agent_token: HeaderOverridesAgentToken => "WS-HTTP-2", ["agent-id-header-never-overrides-an-agent-token"; "http-ack-of-another-agents-command-is-404"];
     http_compat_ack_fails: HttpCompatAckFails => "WS-HTTP-2", ["http-ack-takes-the-compat-dialect"; "http-ack-alias"];
     registration_token_optional: RegistrationTokenOptional => "WS-HTTP-3", ["register-without-a-token-is-refused"; "register-with-wrong-token-is-401"];
+    reregistration_token_useless: ReregistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"; "register-with-wrong-token-is-401"];
     ping_limit_per_socket: PingLimitPerSocket => "WS-RATE-3", ["ping-limit-is-per-agent-not-per-socket"; "extra-pings-get-rate_limited"];
     message_limit_per_socket: MessageLimitPerSocket => "WS-RATE-2", ["message-limit-is-per-agent-not-per-socket"; "messages-past-the-limit-get-rate_limited"];
     resorts_parameters_when_repushed: ResortsParametersWhenRepushed => "WS-CMD-2", ["every-delivery-relays-the-command-as-posted"; "parameters-relayed-as-posted"];
@@ -215,6 +217,7 @@ faults! {
     ttl_lost_on_restart: TtlLostOnRestart => "WS-DLV-7", ["ttl-outlives-a-restart"; "ttl-expires-and-is-never-sent"];
     synced_not_pushed_on_connect: SyncedNotPushedOnConnect => "WS-DLV-4", ["synced-command-is-pushed-on-connect"];
     retry_not_pushed_live: RetryNotPushedLive => "WS-API-4", ["retry-pushes-to-a-connected-agent"; "expired-listable-and-retryable"];
+    retry_final_commands: RetryFinalCommands => "WS-API-4", ["retry-is-only-for-dead-or-expired"; "expired-listable-and-retryable"];
     only_unauthorized_counted: OnlyUnauthorizedCounted => "WS-RATE-1", ["bad-requests-count-toward-the-address-limit"; "refused-upgrades-limited-per-address"];
     frame_limit_16_kib: FrameLimit16KiB => "WS-ERR-1", ["a-frame-under-the-limit-is-taken"; "oversized-frame-closes-1009"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];

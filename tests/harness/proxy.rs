@@ -214,6 +214,16 @@ pub enum Fault {
     RetryAnyState,
     /// At the pending limit, a repeated `command_id` gets 429 too.
     RepeatedIdAtLimitIs429,
+    /// The pending limit counts every command ever stored (`COUNT(*)`, or a
+    /// filter that forgets final states): once full, an agent's queue
+    /// never takes a new command again.
+    QueueFullCountsFinished,
+    /// `retry` refuses only commands that are not final (`!isFinal`):
+    /// a `completed` or `failed` command is re-queued.
+    RetryFinalCommands,
+    /// A repeated registration answers a token that opens nothing (minted
+    /// for a new id that was never saved).
+    ReregistrationTokenUseless,
     /// `/edge/sync` returns `received`/`executing` commands too.
     SyncReturnsInProgress,
     /// A new status is merged into the last one (`status || $new`).
@@ -685,6 +695,8 @@ struct Memory {
     max_attempts: u64,
     /// Agents the control API refused a command for (queue full).
     full: HashSet<String>,
+    /// Phones registered (ReregistrationTokenUseless).
+    phones: HashSet<String>,
     /// Agents whose last socket was closed for its missing pings.
     timed_out: HashSet<String>,
     /// Agents that sent a status (StatusFirstOnly).
@@ -1533,6 +1545,16 @@ impl Proxy {
                 answer.set_status(200);
                 answer.set_json(json!({"acknowledged": true}));
             }
+            Fault::ReregistrationTokenUseless if route == "/edge/register" && status == 200 => {
+                let phone = request.json().map(|b| b["user_phone"].to_string());
+                if !self.memory().phones.insert(phone.unwrap_or_default()) {
+                    answer.edit_json(|body| {
+                        if let Some(Json::String(token)) = body.get_mut("auth_token") {
+                            *token = forge(token);
+                        }
+                    });
+                }
+            }
             Fault::RegistrationTokenUseless if route == "/edge/register" && status == 200 => {
                 answer.edit_json(|body| {
                     if let Some(Json::String(token)) = body.get_mut("auth_token") {
@@ -1682,6 +1704,20 @@ impl Proxy {
                     }
                 });
             }
+            Fault::RetryFinalCommands if route.ends_with("/retry") && status == 409 => {
+                let id = command.clone().unwrap_or_default();
+                let Some((200, mut existing)) =
+                    self.admin("GET", &format!("/api/commands/{id}"), "").await
+                else {
+                    return;
+                };
+                if existing["status"] == "completed" || existing["status"] == "failed" {
+                    existing["status"] = json!("queued");
+                    existing["attempts"] = json!(0);
+                    answer.set_status(202);
+                    answer.set_json(existing);
+                }
+            }
             Fault::RetryAnyState if route.ends_with("/retry") && status == 409 => {
                 let id = command.clone().unwrap_or_default();
                 let Some((200, existing)) =
@@ -1692,15 +1728,23 @@ impl Proxy {
                 answer.set_status(202);
                 answer.set_json(existing);
             }
-            Fault::RepeatedIdAtLimitIs429 if is_command_post(request) => {
+            // Once an agent's queue was full: its repeats (200), or its new
+            // commands (202), are refused too.
+            Fault::RepeatedIdAtLimitIs429 | Fault::QueueFullCountsFinished
+                if is_command_post(request) =>
+            {
                 let agent = route
                     .trim_start_matches("/api/agents/")
                     .trim_end_matches("/commands")
                     .to_string();
+                let refused = match self.fault {
+                    Fault::RepeatedIdAtLimitIs429 => 200,
+                    _ => 202,
+                };
                 let mut memory = self.memory();
                 if status == 429 {
                     memory.full.insert(agent);
-                } else if status == 200 && memory.full.contains(&agent) {
+                } else if status == refused && memory.full.contains(&agent) {
                     answer.set_status(429);
                     answer.set_json(
                         json!({"error": "queue_full", "message": "too many pending commands"}),
