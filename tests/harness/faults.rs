@@ -233,6 +233,7 @@ faults! {
     ack_error_dropped: AckErrorDropped => "WS-ACK-2", ["spec-ack-failure-fails"];
     progress_ack_completes: ProgressAckCompletes => "WS-ACK-2", ["progress-ack-keeps-command-pending"];
     ack_needs_timestamp: AckNeedsTimestamp => "WS-ACK-1", ["compat-ack-dialect"; "unknown-command-ack-is-unknown_command"];
+    null_error_refused: NullErrorRefused => "WS-ACK-2", ["spec-ack-completes"; "spec-ack-failure-fails"];
     compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
     progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
     status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];

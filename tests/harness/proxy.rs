@@ -348,6 +348,10 @@ pub enum Fault {
     CompatAckIgnored,
     /// Acks without `timestamp` are refused as `invalid_message`.
     AckNeedsTimestamp,
+    /// A strict schema refuses the spec's own ack: `"error": null` is not
+    /// a string (zod's `.optional()` without `.nullable()`), so every
+    /// successful ack is `invalid_message`.
+    NullErrorRefused,
     /// Progress acks (`received`/`executing`) are ignored.
     ProgressAckIgnored,
     /// `status` messages are never stored.
@@ -2368,6 +2372,16 @@ impl Proxy {
                 if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
             {
                 return vec![error_to_agent("invalid_message", "timestamp is required")];
+            }
+            Fault::NullErrorRefused
+                if ack
+                    .as_ref()
+                    .is_some_and(|a| a.get("error").is_some_and(Value::is_null)) =>
+            {
+                return vec![error_to_agent(
+                    "invalid_message",
+                    "error: expected string, received null",
+                )];
             }
             Fault::ExtraMessagesProcessed if counted && s.messages > 100 => {
                 let data = value

@@ -290,6 +290,8 @@ impl<'a> Ctx<'a> {
     async fn send(&mut self, conn: &str, payload: &Payload, repeat: u32) -> StepResult {
         let payload = match payload {
             Payload::Json(value) => Payload::Json(substitute(value, &self.vars)),
+            // Only `{name}` of a variable is replaced: other braces stay.
+            Payload::Text(text) => Payload::Text(substitute_str(text, &self.vars)),
             other => other.clone(),
         };
         let shown = match &payload {
