@@ -234,6 +234,7 @@ faults! {
     progress_ack_completes: ProgressAckCompletes => "WS-ACK-2", ["progress-ack-keeps-command-pending"];
     ack_needs_timestamp: AckNeedsTimestamp => "WS-ACK-1", ["compat-ack-dialect"; "unknown-command-ack-is-unknown_command"];
     null_error_refused: NullErrorRefused => "WS-ACK-2", ["spec-ack-completes"; "spec-ack-failure-fails"];
+    final_ack_leaves_timer: FinalAckLeavesTimer => "WS-DLV-3", ["every-final-ack-stops-redelivery"; "progress-ack-stops-redelivery"];
     compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
     progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
     status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];

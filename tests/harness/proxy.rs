@@ -348,6 +348,10 @@ pub enum Fault {
     CompatAckIgnored,
     /// Acks without `timestamp` are refused as `invalid_message`.
     AckNeedsTimestamp,
+    /// Only `success: true` clears the redelivery timer: after a compat
+    /// `completed` or a `success: false` ack the command is pushed again,
+    /// attempt 2, at ack_timeout + backoff(1).
+    FinalAckLeavesTimer,
     /// A strict schema refuses the spec's own ack: `"error": null` is not
     /// a string (zod's `.optional()` without `.nullable()`), so every
     /// successful ack is `invalid_message`.
@@ -732,7 +736,7 @@ struct Memory {
     /// Agents connected when the backend crashed (GhostConnectionAfterCrash).
     ghosts: HashSet<String>,
     /// Every command frame pushed, by id, with its agent (only for the
-    /// faults that read it: FailedRepushedOnReconnect, RepeatedIdRequeues,
+    /// faults that read it: FinalAckLeavesTimer, FailedRepushedOnReconnect, RepeatedIdRequeues,
     /// AttemptsSpentOffline).
     frames: HashMap<String, (String, Message)>,
     /// Commands a fault pushes again at their agent's next connect.
@@ -752,8 +756,12 @@ enum Act {
     Server(Message),
     /// Send to the agent now.
     Agent(Message),
-    /// Send to the agent at this time (kept in order of time).
+    /// Send to the agent at this time (kept in order of time), unless it
+    /// is a command the agent acked meanwhile.
     AgentAt(Instant, Message),
+    /// Send to the agent at this time, acked or not: a command pushed
+    /// again after it finished.
+    ReplayAt(Instant, Message),
     /// A command pushed at connect: held, then released re-ordered.
     Hold(Json),
     /// Close the agent's socket with this code; the session ends.
@@ -2121,7 +2129,8 @@ impl Proxy {
             ignored: VecDeque::new(),
         };
         let mut crash = self.crash.subscribe();
-        let mut later: Vec<(Instant, Message)> = Vec::new();
+        // (when, what, sent even if acked meanwhile)
+        let mut later: Vec<(Instant, Message, bool)> = Vec::new();
         let mut held: Vec<Json> = Vec::new();
         let mut release = now;
         let mut deaf = false;
@@ -2129,12 +2138,12 @@ impl Proxy {
         let mut agent_broken = false;
         let far = now + Duration::from_secs(3600);
         loop {
-            let due = later.first().map(|(t, _)| *t);
+            let due = later.first().map(|(t, ..)| *t);
             let idle = self.idle_deadline(&s);
             let acts = tokio::select! {
                 _ = sleep_until(due.unwrap_or(far)), if due.is_some() => {
-                    let (_, message) = later.remove(0);
-                    let acked = json(&message).is_some_and(|v| {
+                    let (_, message, anyway) = later.remove(0);
+                    let acked = !anyway && json(&message).is_some_and(|v| {
                         v["data"]["command_id"].as_str().is_some_and(|id| s.acked.contains(id))
                     });
                     match message {
@@ -2189,8 +2198,13 @@ impl Proxy {
                     Act::Server(message) => server.send(message).await.is_ok(),
                     Act::Agent(message) => client.send(message).await.is_ok(),
                     Act::AgentAt(at, message) => {
-                        let at = at.max(later.last().map_or(at, |(t, _)| *t));
-                        later.push((at, message));
+                        let at = at.max(later.last().map_or(at, |(t, ..)| *t));
+                        later.push((at, message, false));
+                        true
+                    }
+                    Act::ReplayAt(at, message) => {
+                        let at = at.max(later.last().map_or(at, |(t, ..)| *t));
+                        later.push((at, message, true));
                         true
                     }
                     Act::Hold(command) => {
@@ -2372,6 +2386,26 @@ impl Proxy {
                 if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
             {
                 return vec![error_to_agent("invalid_message", "timestamp is required")];
+            }
+            Fault::FinalAckLeavesTimer
+                if ack.as_ref().is_some_and(|a| {
+                    a["status"] == "completed" || a["status"] == "failed" || a["success"] == false
+                }) =>
+            {
+                let id = ack.as_ref().unwrap()["command_id"].as_str().unwrap_or("");
+                let Some((_, frame)) = self.memory().frames.get(id).cloned() else {
+                    return vec![Act::Server(message)];
+                };
+                let mut again = Json::parse(&frame).unwrap();
+                again
+                    .get_mut("data")
+                    .unwrap()
+                    .insert("attempt", Json::from(2));
+                let at = Instant::now() + s.ack_timeout + Duration::from_secs(1);
+                return vec![
+                    Act::Server(message),
+                    Act::ReplayAt(at, Message::text(again.to_text())),
+                ];
             }
             Fault::NullErrorRefused
                 if ack
@@ -2561,6 +2595,7 @@ impl Proxy {
             Fault::FailedRepushedOnReconnect
                 | Fault::RepeatedIdRequeues
                 | Fault::AttemptsSpentOffline
+                | Fault::FinalAckLeavesTimer
         );
         if kind == "command" && keeps_frames {
             let frame = (s.agent.clone(), message.clone());
