@@ -202,6 +202,7 @@ faults! {
     registration_token_optional: RegistrationTokenOptional => "WS-HTTP-3", ["register-without-a-token-is-refused"; "register-with-wrong-token-is-401"];
     reregistration_token_useless: ReregistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"; "register-with-wrong-token-is-401"];
     ping_limit_per_socket: PingLimitPerSocket => "WS-RATE-3", ["ping-limit-is-per-agent-not-per-socket"; "extra-pings-get-rate_limited"];
+    ping_limit_per_address: PingLimitPerAddress => "WS-RATE-3", ["limits-are-per-agent-not-per-address"; "extra-pings-get-rate_limited"];
     message_limit_per_socket: MessageLimitPerSocket => "WS-RATE-2", ["message-limit-is-per-agent-not-per-socket"; "messages-past-the-limit-get-rate_limited"];
     resorts_parameters_when_repushed: ResortsParametersWhenRepushed => "WS-CMD-2", ["every-delivery-relays-the-command-as-posted"; "parameters-relayed-as-posted"];
     sent_first_at_connect: SentFirstAtConnect => "WS-DLV-4", ["reconnect-orders-sent-and-queued-together"; "pending-pushed-on-reconnect-in-priority-order"];

@@ -20,7 +20,7 @@
 //! per-address limits (WS-RATE-1) see what they would see without a proxy.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -402,6 +402,9 @@ pub enum Fault {
     /// The ping limit is kept on the socket: a new socket's first ping is
     /// answered, however recent the last pong.
     PingLimitPerSocket,
+    /// The "per agent" limits are keyed by remote address (a limiter's
+    /// default `req.ip`): agents behind one NAT share one ping a 10 s.
+    PingLimitPerAddress,
     /// The message counter is kept on the socket (`ws.msgCount`): a
     /// reconnect starts it again at 0.
     MessageLimitPerSocket,
@@ -705,6 +708,8 @@ struct Memory {
     full: HashSet<String>,
     /// Phones registered (ReregistrationTokenUseless).
     phones: HashSet<String>,
+    /// When each address last sent a ping (PingLimitPerAddress).
+    pinged_from: HashMap<Option<IpAddr>, Instant>,
     /// Agents whose last socket was closed for its missing pings.
     timed_out: HashSet<String>,
     /// Agents that sent a status (StatusFirstOnly).
@@ -778,6 +783,8 @@ enum Act {
 /// One agent socket through the proxy.
 struct Session {
     agent: String,
+    /// The agent's address (the same for every agent of a check).
+    ip: Option<IpAddr>,
     /// The last frame of any kind from the agent, and the last `ping` message.
     last_frame: Instant,
     last_ping: Instant,
@@ -2112,6 +2119,7 @@ impl Proxy {
         let now = Instant::now();
         let mut s = Session {
             agent,
+            ip: client.get_ref().peer_addr().ok().map(|a| a.ip()),
             last_frame: now,
             last_ping: now,
             last_type: String::new(),
@@ -2406,6 +2414,14 @@ impl Proxy {
                     Act::Server(message),
                     Act::ReplayAt(at, Message::text(again.to_text())),
                 ];
+            }
+            Fault::PingLimitPerAddress if kind == "ping" => {
+                let mut memory = self.memory();
+                let last = memory.pinged_from.get(&s.ip);
+                if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+                    return vec![error_to_agent("rate_limited", "too many pings")];
+                }
+                memory.pinged_from.insert(s.ip, Instant::now());
             }
             Fault::NullErrorRefused
                 if ack
