@@ -170,6 +170,7 @@ faults! {
     queue_full_evicts_oldest: QueueFullEvictsOldest => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     queue_full_is_503: QueueFullIs503 => "WS-API-2", ["queue-full-is-429-and-nothing-is-dropped"];
     queue_full_counts_finished: QueueFullCountsFinished => "WS-API-2", ["a-full-queue-frees-as-commands-finish"; "queue-full-is-429-and-nothing-is-dropped"];
+    server_ids_from_clock: ServerIdsFromClock => "WS-API-2", ["server-made-command-ids-are-unique"; "command-id-is-idempotent"];
     sync_resorts_parameter_keys: SyncResortsParameterKeys => "WS-CMD-2", ["sync-relays-parameters-as-posted"];
     resorts_status_keys: ResortsStatusKeys => "WS-CMD-2", ["status-relayed-as-posted"];
     progress_state_not_shown: ProgressStateNotShown => "WS-DLV-2", ["states-are-visible-in-order"];

@@ -214,6 +214,10 @@ pub enum Fault {
     RetryAnyState,
     /// At the pending limit, a repeated `command_id` gets 429 too.
     RepeatedIdAtLimitIs429,
+    /// A command posted without `command_id` gets `cmd_<unix seconds>`
+    /// (the spec's example id): a second one in the same second is taken
+    /// for a repeat of the first, answered 200, and dropped.
+    ServerIdsFromClock,
     /// The pending limit counts every command ever stored (`COUNT(*)`, or a
     /// filter that forgets final states): once full, an agent's queue
     /// never takes a new command again.
@@ -708,6 +712,8 @@ struct Memory {
     full: HashSet<String>,
     /// Phones registered (ReregistrationTokenUseless).
     phones: HashSet<String>,
+    /// The id made from the clock, and when (ServerIdsFromClock).
+    clock_id: Option<(String, Instant)>,
     /// When each address last sent a ping (PingLimitPerAddress).
     pinged_from: HashMap<Option<IpAddr>, Instant>,
     /// Agents whose last socket was closed for its missing pings.
@@ -1204,6 +1210,24 @@ impl Proxy {
                     if body.get("success").is_none() {
                         body.remove("status");
                         body.insert("success", Json::Bool(false));
+                    }
+                });
+            }
+            // The same id for posts within 2 s of the first, so the second of
+            // a check's two never lands in the next second by chance.
+            Fault::ServerIdsFromClock if is_command_post(request) => {
+                let id = {
+                    let mut memory = self.memory();
+                    let made = memory.clock_id.take();
+                    let (id, at) = made
+                        .filter(|(_, at)| at.elapsed() < Duration::from_secs(2))
+                        .unwrap_or_else(|| (format!("cmd_{now}"), Instant::now()));
+                    memory.clock_id = Some((id.clone(), at));
+                    Json::String(id)
+                };
+                request.edit_json(|body| {
+                    if body.get("command_id").is_none() {
+                        body.insert("command_id", id);
                     }
                 });
             }
