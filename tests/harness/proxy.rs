@@ -352,6 +352,10 @@ pub enum Fault {
     CompatAckIgnored,
     /// Acks without `timestamp` are refused as `invalid_message`.
     AckNeedsTimestamp,
+    /// The sweeper marks a command `dead` once its last attempt is sent,
+    /// not once that attempt's ack_timeout has passed: the last attempt's
+    /// ack is ignored.
+    LastAttemptAckIgnored,
     /// Only `success: true` clears the redelivery timer: after a compat
     /// `completed` or a `success: false` ack the command is pushed again,
     /// attempt 2, at ack_timeout + backoff(1).
@@ -2418,6 +2422,15 @@ impl Proxy {
                 if ack.as_ref().is_some_and(|a| a.get("timestamp").is_none()) =>
             {
                 return vec![error_to_agent("invalid_message", "timestamp is required")];
+            }
+            Fault::LastAttemptAckIgnored
+                if ack.as_ref().is_some_and(|a| {
+                    let memory = self.memory();
+                    let id = a["command_id"].as_str().unwrap_or("");
+                    memory.attempts.get(id) == Some(&memory.max_attempts)
+                }) =>
+            {
+                return vec![];
             }
             Fault::FinalAckLeavesTimer
                 if ack.as_ref().is_some_and(|a| {
