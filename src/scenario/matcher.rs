@@ -32,8 +32,9 @@ fn matches(root: &Value, actual: Option<&Value>, expected: &Value) -> bool {
             Timestamp::Any => true,
             Timestamp::After(path, offset) => {
                 let offset = offset.as_secs_f64();
-                read(lookup(root, path))
-                    .is_some_and(|(base, _)| (at - base - offset).abs() <= (offset * 0.1).max(1.0))
+                // PATH, or a timestamp saved earlier (`{var}`, replaced by now).
+                let base = read(lookup(root, path)).or_else(|| timestamp::read(path));
+                base.is_some_and(|(base, _)| (at - base - offset).abs() <= (offset * 0.1).max(1.0))
             }
             Timestamp::Now => zoned && (at - now()).abs() <= NOW_TOLERANCE.as_secs_f64(),
         };
@@ -59,9 +60,9 @@ fn matches(root: &Value, actual: Option<&Value>, expected: &Value) -> bool {
 pub enum Timestamp<'a> {
     /// `<timestamp>`: any.
     Any,
-    /// `<timestamp = PATH + DURATION>`: the timestamp at PATH plus
-    /// DURATION, within WS-DLV-8's tolerance (10 % or 1 s, whichever is
-    /// larger).
+    /// `<timestamp = PATH + DURATION>`: the timestamp at PATH (or a saved
+    /// one, `{var}`) plus DURATION, within WS-DLV-8's tolerance (10 % or
+    /// 1 s, whichever is larger).
     After(&'a str, Duration),
     /// `<timestamp ≈ now>`: one that says its zone (`Z` or an offset) and
     /// is within [`NOW_TOLERANCE`] of the harness's clock, so a zone
@@ -94,7 +95,7 @@ pub fn timestamp_wildcard(expected: &str) -> Option<Result<Timestamp<'_>, String
         return Some(Ok(Timestamp::Now));
     }
     let how = "write `<timestamp>`, `<timestamp ≈ now>` or `<timestamp = PATH + DURATION>`, e.g. `<timestamp = data.created_at + 300s>`";
-    let Some((path, offset)) = inner.strip_prefix('=').and_then(|r| r.split_once('+')) else {
+    let Some((path, offset)) = inner.strip_prefix('=').and_then(|r| r.rsplit_once('+')) else {
         return Some(Err(format!("`{expected}`: {how}")));
     };
     Some(
@@ -209,6 +210,15 @@ mod tests {
         assert!(!field(
             "data.created_at",
             "<timestamp = data.expires_at + 1s>"
+        ));
+        // A timestamp saved earlier, put in by substitution.
+        assert!(field(
+            "data.created_at",
+            "<timestamp = 2026-12-03T20:44:49.952+00:00 + 0s>"
+        ));
+        assert!(!field(
+            "data.created_at",
+            "<timestamp = 2026-12-03T20:44:47.952Z + 0s>"
         ));
     }
 

@@ -191,6 +191,7 @@ faults! {
     failed_acks_uncounted: FailedAcksUncounted => "WS-OBS-1", ["metrics-count-under-the-right-label"; "metrics-count-what-happens"];
     http_deliveries_counted_as_ws: HttpDeliveriesCountedAsWs => "WS-OBS-1", ["metrics-count-under-the-right-label"; "metrics-count-what-happens"];
     timestamps_without_zone: TimestampsWithoutZone => "WS-CMD-1", ["timestamps-say-their-zone-and-are-now"; "ttl-gives-expires_at-and-other-types-pass"];
+    created_at_restamped: CreatedAtRestamped => "WS-CMD-1", ["created_at-stays-on-every-delivery"; "command-is-pushed-with-its-fields"];
     local_time_marked_z: LocalTimeMarkedZ => "WS-CMD-1", ["timestamps-say-their-zone-and-are-now"; "ttl-gives-expires_at-and-other-types-pass"];
     repeated_ack_counted_twice: RepeatedAckCountedTwice => "WS-ACK-3", ["repeated-ack-counted-once"; "acks-are-idempotent"];
     failed_not_final: FailedNotFinal => "WS-ACK-3", ["failed-is-final"; "acks-are-idempotent"];
@@ -204,6 +205,7 @@ faults! {
     reregistration_token_useless: ReregistrationTokenUseless => "WS-HTTP-3", ["register-is-idempotent-per-phone"; "register-with-wrong-token-is-401"];
     ping_limit_per_socket: PingLimitPerSocket => "WS-RATE-3", ["ping-limit-is-per-agent-not-per-socket"; "extra-pings-get-rate_limited"];
     ping_limit_per_address: PingLimitPerAddress => "WS-RATE-3", ["limits-are-per-agent-not-per-address"; "extra-pings-get-rate_limited"];
+    rate_limited_ping_also_ponged: RateLimitedPingAlsoPonged => "WS-RATE-3", ["extra-pings-get-rate_limited"];
     message_limit_per_socket: MessageLimitPerSocket => "WS-RATE-2", ["message-limit-is-per-agent-not-per-socket"; "messages-past-the-limit-get-rate_limited"];
     resorts_parameters_when_repushed: ResortsParametersWhenRepushed => "WS-CMD-2", ["every-delivery-relays-the-command-as-posted"; "parameters-relayed-as-posted"];
     sent_first_at_connect: SentFirstAtConnect => "WS-DLV-4", ["reconnect-orders-sent-and-queued-together"; "pending-pushed-on-reconnect-in-priority-order"];

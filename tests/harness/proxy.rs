@@ -356,6 +356,12 @@ pub enum Fault {
     /// not once that attempt's ack_timeout has passed: the last attempt's
     /// ack is ignored.
     LastAttemptAckIgnored,
+    /// A command pushed again carries the time of the push as `created_at`
+    /// (the message built with `new Date()` at send time).
+    CreatedAtRestamped,
+    /// A rate-limited ping gets its `error` and a `pong` too (a `return`
+    /// missing after the error).
+    RateLimitedPingAlsoPonged,
     /// Only `success: true` clears the redelivery timer: after a compat
     /// `completed` or a `success: false` ack the command is pushed again,
     /// attempt 2, at ack_timeout + backoff(1).
@@ -2701,6 +2707,12 @@ impl Proxy {
                 vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
             }
             Fault::NoMessageRateLimit if code == "rate_limited" => vec![],
+            Fault::RateLimitedPingAlsoPonged if code == "rate_limited" && s.last_type == "ping" => {
+                vec![
+                    Act::Agent(message),
+                    Act::Agent(Message::text(r#"{"type":"pong"}"#)),
+                ]
+            }
             Fault::PingLimitPerSocket
                 if code == "rate_limited" && s.last_type == "ping" && s.pings == 1 =>
             {
@@ -2889,6 +2901,12 @@ impl Proxy {
                     }
                 })
             }
+            Fault::CreatedAtRestamped if command && attempt > 1 => edit(&|f| {
+                let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+                f.get_mut("data")
+                    .unwrap()
+                    .insert("created_at", Json::String(now.to_string()))
+            }),
             Fault::IntegerKeysFirst if command => edit(&|f| {
                 let data = f.get_mut("data").unwrap();
                 for key in ["parameters", "payload"] {
