@@ -408,6 +408,13 @@ mod tests {
                 ids: vec!["c1".into(), "c2".into()],
             },
             Inbound::Stored { id: 9 },
+            Inbound::Limits {
+                agent: "x".into(),
+                limits: Limits {
+                    messages: Some((1_796_400_000_000, 60)),
+                    pings: None,
+                },
+            },
         ];
         for message in messages {
             let text = serde_json::to_string(&message).unwrap();
@@ -446,6 +453,8 @@ mod tests {
             r#"{"kind":"push","commands":[["x","c1"]]}"#,
             r#"{"kind":"push","ids":"c1"}"#,
             r#"{"kind":"kick","agent":"x","conn":"7"}"#,
+            r#"{"kind":"limits","agent":"x"}"#,
+            r#"{"kind":"limits","agent":"x","limits":{"messages":[1,-5],"pings":null}}"#,
             r#"{"kind":"resync"}"#,
             r#"{"kind":"teleport"}"#,
             r#"{"agent":"x"}"#,
