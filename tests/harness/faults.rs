@@ -240,6 +240,7 @@ faults! {
     null_error_refused: NullErrorRefused => "WS-ACK-2", ["spec-ack-completes"; "spec-ack-failure-fails"];
     final_ack_leaves_timer: FinalAckLeavesTimer => "WS-DLV-3", ["every-final-ack-stops-redelivery"; "progress-ack-stops-redelivery"];
     last_attempt_ack_ignored: LastAttemptAckIgnored => "WS-DLV-3", ["the-last-attempt-can-still-be-acked"; "dead-after-max-attempts"];
+    last_attempt_stranded_on_close: LastAttemptStrandedOnClose => "WS-DLV-3", ["a-last-attempt-cut-off-still-goes-dead"; "dead-after-max-attempts"];
     compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
     progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
     status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];

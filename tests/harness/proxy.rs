@@ -286,6 +286,10 @@ pub enum Fault {
     ProgressStateNeverExpires,
     /// A command is never marked `dead` (it stays `sent`).
     DeadNeverMarked,
+    /// The ack timers live on the socket and die with it: a command whose
+    /// last attempt went out just before the socket closed stays `sent`
+    /// for good (never `dead`, so it cannot be retried).
+    LastAttemptStrandedOnClose,
     /// `/metrics` is JSON.
     MetricsAsJson,
     /// `/metrics` has no reconnect counter.
@@ -722,6 +726,9 @@ struct Memory {
     full: HashSet<String>,
     /// Phones registered (ReregistrationTokenUseless).
     phones: HashSet<String>,
+    /// Commands on their last attempt when their socket closed
+    /// (LastAttemptStrandedOnClose).
+    stranded_on_close: HashSet<String>,
     /// The id made from the clock, and when (ServerIdsFromClock).
     clock_id: Option<(String, Instant)>,
     /// When each address last sent a ping (PingLimitPerAddress).
@@ -1032,6 +1039,14 @@ impl Proxy {
         self.pump(agent.clone(), agent_ws, server_ws).await;
         let mut memory = self.memory();
         *memory.live.entry(agent.clone()).or_default() -= 1;
+        if self.fault == Fault::LastAttemptStrandedOnClose {
+            let last = memory.max_attempts;
+            let on_last: Vec<String> = (memory.pushed.get(&agent).into_iter().flatten())
+                .filter(|id| memory.attempts.get(*id) == Some(&last))
+                .cloned()
+                .collect();
+            memory.stranded_on_close.extend(on_last);
+        }
         memory.closed_at.insert(agent, Instant::now());
     }
 
@@ -1932,6 +1947,7 @@ impl Proxy {
             | Fault::ProgressStateNeverExpires
             | Fault::OneAttemptTooMany
             | Fault::DeadNeverMarked
+            | Fault::LastAttemptStrandedOnClose
                 if method == "GET" && command.is_some() && status == 200 =>
             {
                 let Some(body) = answer.json() else {
@@ -1970,6 +1986,11 @@ impl Proxy {
                         "sent".to_string()
                     }
                     Fault::DeadNeverMarked if state == "dead" => "sent".to_string(),
+                    Fault::LastAttemptStrandedOnClose
+                        if state == "dead" && memory.stranded_on_close.contains(&id) =>
+                    {
+                        "sent".to_string()
+                    }
                     _ => return,
                 };
                 drop(memory);
