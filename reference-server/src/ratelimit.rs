@@ -86,17 +86,9 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
         (age < self.window && count > 0).then_some(Window { age, count })
     }
 
-    /// Makes `key`'s window the one counted elsewhere (`None`: no window),
-    /// replacing what this limiter had.
-    pub fn set_window(&self, key: &K, window: Option<Window>, now: Instant) {
-        let mut windows = self.windows.lock().expect("rate limiter lock");
-        match window.filter(|w| w.age < self.window) {
-            Some(w) => windows.insert(
-                key.clone(),
-                (now.checked_sub(w.age).unwrap_or(now), w.count),
-            ),
-            None => windows.remove(key),
-        };
+    /// Forgets `key`'s window: it is counted elsewhere now.
+    pub fn forget(&self, key: &K) {
+        self.windows.lock().expect("rate limiter lock").remove(key);
     }
 
     /// Adds a window counted elsewhere to `key`'s: the counts add up, and
@@ -181,7 +173,7 @@ mod tests {
                 count: 2
             })
         );
-        b.set_window(&"x", moved, t1);
+        b.add_window(&"x", moved.unwrap(), t1);
         assert_eq!(b.hit(&"x", t1), Verdict::Allowed);
         assert_eq!(
             b.hit(&"x", t1),
@@ -190,7 +182,7 @@ mod tests {
             },
             "the window began on the other limiter"
         );
-        b.set_window(&"x", None, t1);
+        b.forget(&"x");
         assert_eq!(b.hit(&"x", t1), Verdict::Allowed, "no window: a fresh one");
         assert_eq!(a.window(&"x", t0 + Duration::from_secs(60)), None, "passed");
     }

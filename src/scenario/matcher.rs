@@ -36,7 +36,7 @@ fn matches(root: &Value, actual: Option<&Value>, expected: &Value) -> bool {
                 let base = read(lookup(root, path)).or_else(|| timestamp::read(path));
                 base.is_some_and(|(base, _)| (at - base - offset).abs() <= (offset * 0.1).max(1.0))
             }
-            Timestamp::Now => zoned && (at - now()).abs() <= NOW_TOLERANCE.as_secs_f64(),
+            Timestamp::Now => zoned && (at - timestamp::now()).abs() <= NOW_TOLERANCE.as_secs_f64(),
         };
     }
     match expected.as_str() {
@@ -74,12 +74,6 @@ pub enum Timestamp<'a> {
 /// machines' clocks agree within that, and every zone's offset is a
 /// multiple of 15 minutes, so a wrong zone is always further off.
 pub const NOW_TOLERANCE: Duration = Duration::from_secs(5 * 60);
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// A `<timestamp…>` wildcard: None when `expected` is not one; else which,
 /// or what is wrong with it.

@@ -13,12 +13,9 @@ pub const LONGEST_S: f64 = 120.0;
 /// What is wrong with a 429's `Retry-After` (absent, or unreadable, or
 /// too long), if anything.
 pub fn problem(header: Option<&str>) -> Option<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
     match header {
         None => Some("429 without Retry-After".into()),
-        Some(value) => read(value, now).err(),
+        Some(value) => read(value, timestamp::now()).err(),
     }
 }
 

@@ -3,6 +3,13 @@
 //! can then tell a timestamp from an HTTP date or epoch milliseconds in a
 //! string, and compare two of them (`expires_at` = `created_at` + `ttl_s`).
 
+/// Seconds since the Unix epoch now, by the harness's clock.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Seconds since the Unix epoch of `YYYY-MM-DD[T ]HH:MM[:SS[.fraction]]`
 /// with a zone `Z`, `±HH`, `±HHMM` or `±HH:MM`, or none (read as UTC):
 /// ISO-8601's extended format, with RFC 3339's space for `T`. Anything else

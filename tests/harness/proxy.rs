@@ -1613,22 +1613,19 @@ impl Proxy {
                 answer.set_status(200);
                 answer.set_json(json!({"acknowledged": true}));
             }
-            Fault::ReregistrationTokenUseless if route == "/edge/register" && status == 200 => {
+            // Every answer's token useless, or only a repeated phone's.
+            Fault::RegistrationTokenUseless | Fault::ReregistrationTokenUseless
+                if route == "/edge/register" && status == 200 =>
+            {
                 let phone = request.json().map(|b| b["user_phone"].to_string());
-                if !self.memory().phones.insert(phone.unwrap_or_default()) {
+                let repeated = !self.memory().phones.insert(phone.unwrap_or_default());
+                if self.fault == Fault::RegistrationTokenUseless || repeated {
                     answer.edit_json(|body| {
                         if let Some(Json::String(token)) = body.get_mut("auth_token") {
                             *token = forge(token);
                         }
                     });
                 }
-            }
-            Fault::RegistrationTokenUseless if route == "/edge/register" && status == 200 => {
-                answer.edit_json(|body| {
-                    if let Some(Json::String(token)) = body.get_mut("auth_token") {
-                        *token = forge(token);
-                    }
-                });
             }
             Fault::HttpAckNoOwnerCheck
                 if route == "/edge/command/ack"

@@ -91,9 +91,9 @@ impl Limits {
     /// Forgets `agent`'s windows on this instance: they went with its
     /// socket.
     pub fn forget(state: &AppState, agent: &str) {
-        let (now, agent) = (Instant::now(), agent.to_string());
-        state.message_limiter.set_window(&agent, None, now);
-        state.ping_limiter.set_window(&agent, None, now);
+        let agent = agent.to_string();
+        state.message_limiter.forget(&agent);
+        state.ping_limiter.forget(&agent);
     }
 }
 
