@@ -9,13 +9,66 @@ use serde_json::Value;
 
 use super::timestamp;
 
-/// The value at a dotted path (`data.code`, `commands.0.command_id`).
+/// The value at a dotted path (`data.code`, `commands.0.command_id`). A
+/// segment `[member=value]` is the first element of an array that is an
+/// object whose `member` is `value` (a string, or a number or bool written
+/// as text): `[edge_agent_id=a-1].connected`. A list holds other clients'
+/// entries too, so a check finds its own by what it is, not where.
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(value, |v, key| match v {
-        Value::Object(map) => map.get(key),
-        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+    segments(path).try_fold(value, |v, key| match (v, selector(key)) {
+        (Value::Array(items), Some((member, wanted))) => items
+            .iter()
+            .find(|item| item.get(member).is_some_and(|m| scalar_is(m, wanted))),
+        (Value::Object(map), None) => map.get(key),
+        (Value::Array(items), None) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
         _ => None,
     })
+}
+
+/// A path's segments: split at dots, except inside `[…]` (a selected
+/// value, such as an id, may hold a dot).
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0usize;
+    path.split(move |c| {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        c == '.' && depth == 0
+    })
+}
+
+/// What is wrong with a path's `[…]` segments, if anything: each must be
+/// a whole segment `[member=value]`, so a typo is an error when the file is
+/// read rather than a field that is never found.
+pub fn path_error(path: &str) -> Option<String> {
+    let bad = segments(path).find(|segment| {
+        (segment.contains('[') || segment.contains(']'))
+            && selector(segment).is_none_or(|(member, _)| member.is_empty())
+    })?;
+    Some(format!(
+        "field path `{path}`: `{bad}` is not a selector; write `[member=value]` as a whole segment, e.g. `[edge_agent_id={{id:a}}].connected`"
+    ))
+}
+
+/// `[member=value]` as (member, value); None for a plain key or index.
+fn selector(segment: &str) -> Option<(&str, &str)> {
+    segment
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .split_once('=')
+}
+
+/// Whether a JSON scalar reads as `text` (`"a-1"`, `7`, `true`); numbers
+/// compare as numbers, as field values do (`2` is `2.0`).
+fn scalar_is(value: &Value, text: &str) -> bool {
+    match value {
+        Value::String(s) => s == text,
+        Value::Number(n) => n.as_f64().is_some_and(|n| text.parse() == Ok(n)),
+        Value::Bool(b) => text.parse() == Ok(*b),
+        _ => false,
+    }
 }
 
 /// Whether `actual` (at a path of `root`, maybe absent) is what `expected`
@@ -113,6 +166,18 @@ pub fn mismatch(value: &Value, fields: &[(String, Value)]) -> Option<(String, Va
     })
 }
 
+/// `fields` with `{name}` replaced in paths (`[edge_agent_id={id:a}]`) and
+/// in expected values.
+pub fn substitute_fields(
+    fields: &[(String, Value)],
+    vars: &HashMap<String, String>,
+) -> Vec<(String, Value)> {
+    fields
+        .iter()
+        .map(|(path, expected)| (substitute_str(path, vars), substitute(expected, vars)))
+        .collect()
+}
+
 /// Replaces `{name}` in every string of `value` by the variable's value.
 pub fn substitute(value: &Value, vars: &HashMap<String, String>) -> Value {
     match value {
@@ -141,6 +206,7 @@ pub fn substitute_str(text: &str, vars: &HashMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     #[test]
@@ -150,6 +216,90 @@ mod tests {
         assert_eq!(lookup(&v, "commands.0.command_id"), Some(&json!("c1")));
         assert_eq!(lookup(&v, "commands.1"), None);
         assert_eq!(lookup(&v, "data.code.deeper"), None);
+    }
+
+    #[test]
+    fn a_selector_finds_an_element_by_a_member() {
+        let v = json!([
+            {"edge_agent_id": "h.1-b", "connected": false, "n": 7},
+            {"edge_agent_id": "h.1-a", "connected": true, "n": 8},
+            {"edge_agent_id": "h.1-a", "connected": false},
+            "not an object",
+        ]);
+        assert_eq!(
+            lookup(&v, "[edge_agent_id=h.1-a].connected"),
+            Some(&json!(true))
+        );
+        assert_eq!(lookup(&v, "[n=7].edge_agent_id"), Some(&json!("h.1-b")));
+        assert_eq!(
+            lookup(&v, "[n=8.0].edge_agent_id"),
+            Some(&json!("h.1-a")),
+            "as numbers"
+        );
+        assert_eq!(
+            lookup(&v, "[connected=false].edge_agent_id"),
+            Some(&json!("h.1-b"))
+        );
+        assert_eq!(lookup(&v, "[edge_agent_id=h.1-c]"), None);
+        assert_eq!(
+            lookup(&v, "[edge_agent_id=h.1]"),
+            None,
+            "whole values, not prefixes"
+        );
+        let nested = json!({"agents": v});
+        assert_eq!(
+            lookup(&nested, "agents.[n=8].edge_agent_id"),
+            Some(&json!("h.1-a"))
+        );
+        assert_eq!(
+            lookup(&json!({"x": 1}), "[x=1]"),
+            None,
+            "selects in arrays only"
+        );
+        assert!(matches(
+            &v,
+            lookup(&v, "[edge_agent_id=h.1-c]"),
+            &json!("<absent>")
+        ));
+    }
+
+    #[test]
+    fn a_malformed_selector_is_refused_with_how_to() {
+        for good in [
+            "data.code",
+            "[edge_agent_id={id:a}].connected",
+            "a.[k=v.w].b",
+            "[k=]",
+        ] {
+            assert_eq!(path_error(good), None, "{good}");
+        }
+        for bad in [
+            "[edge_agent_id]",
+            "[=v]",
+            "x[k=v]",
+            "[k=v",
+            "k=v]",
+            "[k=v]x",
+        ] {
+            let error = path_error(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(error.contains("[member=value]"), "{error}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_replaced_in_paths_and_values() {
+        let vars = HashMap::from([("id:a".to_string(), "h.1-a".to_string())]);
+        let fields = [(
+            "[edge_agent_id={id:a}].edge_agent_id".to_string(),
+            json!("{id:a}"),
+        )];
+        assert_eq!(
+            substitute_fields(&fields, &vars),
+            [(
+                "[edge_agent_id=h.1-a].edge_agent_id".to_string(),
+                json!("h.1-a")
+            )]
+        );
     }
 
     #[test]
@@ -285,5 +435,28 @@ mod tests {
             substitute_str("/api/commands/{c1}", &vars),
             "/api/commands/cmd_7"
         );
+    }
+
+    proptest! {
+        /// Fed by the network: whatever the list, `[member=value]` finds the
+        /// first element whose member is that value, or nothing when none is.
+        #[test]
+        fn a_selector_finds_the_first_element_with_the_value(
+            ids in proptest::collection::vec("[a-z0-9.-]{1,8}", 0..12),
+            wanted in "[a-z0-9.-]{1,8}",
+        ) {
+            let list = Value::Array(
+                ids.iter().enumerate().map(|(i, id)| json!({"id": id, "i": i})).collect(),
+            );
+            let expected = ids.iter().position(|id| *id == wanted).map(|i| json!(i));
+            prop_assert_eq!(lookup(&list, &format!("[id={wanted}].i")), expected.as_ref());
+        }
+
+        /// A path without brackets reads as it always did: split at dots.
+        #[test]
+        fn plain_paths_split_at_every_dot(path in "[a-z0-9.]{0,20}") {
+            prop_assert_eq!(segments(&path).collect::<Vec<_>>(), path.split('.').collect::<Vec<_>>());
+            prop_assert_eq!(path_error(&path), None);
+        }
     }
 }

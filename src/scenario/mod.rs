@@ -600,6 +600,10 @@ mod tests {
                 "<timestamp = PATH + DURATION>",
             ),
             (
+                "{ api = \"GET /x\", fields = { \"[edge_agent_id].connected\" = true } }",
+                "`[edge_agent_id]` is not a selector; write `[member=value]`",
+            ),
+            (
                 "{ ws_ping = \"a\", type = \"pong\" }",
                 "`type` is not an option of a `ws_ping` step",
             ),

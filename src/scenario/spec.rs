@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::matcher::timestamp_wildcard;
+use super::matcher::{path_error, timestamp_wildcard};
 use super::raw::Ordered;
 use super::{AttemptsBy, Body, ConnectOutcome, HttpCall, Payload, Since, StepKind, Window};
 
@@ -98,7 +98,7 @@ pub fn toml_to_json(value: toml::Value) -> Value {
     }
 }
 
-/// `fields = { PATH = VALUE }`; a malformed `<timestamp…>` is an error here,
+/// `fields = { PATH = VALUE }`; a malformed `<timestamp…>` or `[selector]` is an error here,
 /// not a mismatch later.
 fn fields(map: Option<BTreeMap<String, toml::Value>>) -> Result<Vec<(String, Value)>, String> {
     let fields: Vec<(String, Value)> = map
@@ -106,10 +106,9 @@ fn fields(map: Option<BTreeMap<String, toml::Value>>) -> Result<Vec<(String, Val
         .into_iter()
         .map(|(k, v)| (k, toml_to_json(v)))
         .collect();
-    match fields
-        .iter()
-        .find_map(|(_, v)| v.as_str().and_then(timestamp_wildcard)?.err())
-    {
+    match fields.iter().find_map(|(path, v)| {
+        path_error(path).or_else(|| v.as_str().and_then(timestamp_wildcard)?.err())
+    }) {
         Some(error) => Err(error),
         None => Ok(fields),
     }

@@ -213,6 +213,9 @@ faults! {
     repeated_id_requeues: RepeatedIdRequeues => "WS-API-2", ["repeated-command-id-never-runs-twice"; "command-id-is-idempotent"];
     refused_upgrade_kicks_live: RefusedUpgradeKicksLive => "WS-CONN-2", ["refused-upgrade-never-replaces-the-live-socket"; "duplicate-closes-old-with-4000"];
     status_filter_ignored: StatusFilterIgnored => "WS-API-4", ["command-list-filters-by-status"; "expired-listable-and-retryable"];
+    connected_filter_ignored: ConnectedFilterIgnored => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
+    connected_list_from_last_seen: ConnectedListFromLastSeen => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
+    connected_list_has_never_connected: ConnectedListHasNeverConnected => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     unknown_agent_command_accepted: UnknownAgentCommandAccepted => "WS-API-2", ["command-for-an-unknown-agent-is-404"];
     router_404_is_text: Router404IsText => "WS-HTTP-4", ["http-errors-are-json"];
     extractor_rejection_is_text: ExtractorRejectionIsText => "WS-HTTP-4", ["http-errors-are-json"];

@@ -112,6 +112,14 @@ pub enum Fault {
     SyncAsAnyone,
     /// `?status=` is ignored: the list has every command of the agent.
     StatusFilterIgnored,
+    /// `GET /api/agents?connected=true` ignores the filter: every agent.
+    ConnectedFilterIgnored,
+    /// `?connected=true` lists the agents ever seen (`last_seen` set), not
+    /// those connected now: one that disconnected stays.
+    ConnectedListFromLastSeen,
+    /// `?connected=true` is written as "not disconnected": agents that never
+    /// connected (no `last_seen`) are listed too.
+    ConnectedListHasNeverConnected,
     /// A command for an unknown agent is accepted (stored for nobody).
     UnknownAgentCommandAccepted,
     /// A repeated `command_id` is an upsert: the completed command is
@@ -1350,6 +1358,13 @@ impl Proxy {
                 let bare = path.split('?').next().unwrap_or("").to_string();
                 request.set_path(&bare);
             }
+            Fault::ConnectedFilterIgnored
+            | Fault::ConnectedListFromLastSeen
+            | Fault::ConnectedListHasNeverConnected
+                if request.method() == "GET" && path.starts_with("/api/agents?") =>
+            {
+                request.set_path("/api/agents");
+            }
             Fault::CommandPostOpen
                 if is_command_post(request) && request.header("authorization") != Some(&admin) =>
             {
@@ -2085,6 +2100,24 @@ impl Proxy {
                 };
                 answer.set_status(200);
                 answer.set_json(existing);
+            }
+            Fault::ConnectedListFromLastSeen
+                if method == "GET" && route == "/api/agents" && status == 200 =>
+            {
+                if let Some(Value::Array(agents)) = answer.json() {
+                    let seen = agents.into_iter().filter(|a| !a["last_seen"].is_null());
+                    answer.set_json(Value::Array(seen.collect()));
+                }
+            }
+            Fault::ConnectedListHasNeverConnected
+                if method == "GET" && route == "/api/agents" && status == 200 =>
+            {
+                if let Some(Value::Array(agents)) = answer.json() {
+                    let not_gone = agents
+                        .into_iter()
+                        .filter(|a| a["connected"] == true || a["last_seen"].is_null());
+                    answer.set_json(Value::Array(not_gone.collect()));
+                }
             }
             Fault::FinalStatesNotListed
                 if route.ends_with("/commands")

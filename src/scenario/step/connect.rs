@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{fail, redact, Ctx, StepResult};
 use crate::client::{self, Event, Upgrade};
-use crate::scenario::matcher::{mismatch, substitute, substitute_str};
+use crate::scenario::matcher::{mismatch, substitute_fields, substitute_str};
 use crate::scenario::{retry_after, ConnectOutcome};
 
 impl Ctx<'_> {
@@ -190,11 +190,7 @@ impl Ctx<'_> {
                     match first {
                         Event::Message(first) if first["type"] == "connected" => {
                             self.target.learn_timings(&first);
-                            let welcome: Option<Vec<(String, Value)>> = welcome.map(|f| {
-                                f.iter()
-                                    .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
-                                    .collect()
-                            });
+                            let welcome = welcome.map(|f| substitute_fields(f, &self.vars));
                             if let Some((path, expected, actual)) =
                                 welcome.and_then(|f| mismatch(&first, &f))
                             {

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{fail, Ctx, StepResult};
-use crate::scenario::matcher::{lookup, mismatch, substitute, substitute_str};
+use crate::scenario::matcher::{lookup, mismatch, substitute, substitute_fields, substitute_str};
 use crate::scenario::raw::raw_mismatch;
 use crate::scenario::{retry_after, Body, HttpCall};
 
@@ -33,11 +33,7 @@ impl Ctx<'_> {
             .collect();
         let method = reqwest::Method::from_bytes(call.method.as_bytes())
             .or_else(|e| fail("an HTTP method", e.to_string()))?;
-        let fields: Vec<(String, Value)> = call
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
-            .collect();
+        let fields = substitute_fields(&call.fields, &self.vars);
         let patience = call
             .eventually
             .as_deref()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::matcher::{lookup, mismatch, substitute, substitute_str};
+use super::matcher::{lookup, mismatch, substitute, substitute_fields, substitute_str};
 use super::raw::raw_mismatch;
 use super::{Body, Payload, StepKind, Window};
 use crate::client::{Conn, Event};
@@ -405,10 +405,7 @@ impl<'a> Ctx<'a> {
         window: &Window,
     ) -> StepResult {
         let (earliest, deadline) = self.window(window, Instant::now())?;
-        let fields: Vec<(String, Value)> = fields
-            .iter()
-            .map(|(k, v)| (k.clone(), substitute(v, &self.vars)))
-            .collect();
+        let fields = substitute_fields(fields, &self.vars);
         let mut skipped = Vec::new();
         loop {
             let event = self.conn(conn)?.next_event(deadline).await;
