@@ -216,6 +216,15 @@ faults! {
     connected_filter_ignored: ConnectedFilterIgnored => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     connected_list_from_last_seen: ConnectedListFromLastSeen => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     connected_list_has_never_connected: ConnectedListHasNeverConnected => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
+    repeat_answer_made_up: RepeatAnswerMadeUp => "WS-API-2", ["command-id-is-idempotent"; "repeated-command-id-never-runs-twice"];
+    retry_unknown_is_409: RetryUnknownIs409 => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
+    unknown_agent_list_empty: UnknownAgentListEmpty => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
+    unknown_agent_config_accepted: UnknownAgentConfigAccepted => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
+    expired_counted_pending: ExpiredCountedPending => "WS-DLV-7", ["ttl-expires-and-is-never-sent"; "progress-ack-keeps-command-pending"];
+    immediate_relayed_as_is: ImmediateRelayedAsIs => "WS-CMD-1", ["priority-defaults-and-compat"];
+    sync_command_data_partial: SyncCommandDataPartial => "WS-HTTP-1", ["sync-returns-pending-commands"; "sync-relays-parameters-as-posted"];
+    sync_refuses_shared_secret: SyncRefusesSharedSecret => "WS-HTTP-1", ["sync-takes-the-shared-secret"; "sync-returns-pending-commands"];
+    sync_skips_socket_pushed: SyncSkipsSocketPushed => "WS-DLV-5", ["sync-returns-what-the-socket-left-due"; "sync-redelivers-after-ack-timeout"];
     unknown_agent_command_accepted: UnknownAgentCommandAccepted => "WS-API-2", ["command-for-an-unknown-agent-is-404"];
     router_404_is_text: Router404IsText => "WS-HTTP-4", ["http-errors-are-json"];
     extractor_rejection_is_text: ExtractorRejectionIsText => "WS-HTTP-4", ["http-errors-are-json"];

@@ -112,6 +112,27 @@ pub enum Fault {
     SyncAsAnyone,
     /// `?status=` is ignored: the list has every command of the agent.
     StatusFilterIgnored,
+    /// A repeated `command_id` is answered from the request (`queued`), not
+    /// with the stored command.
+    RepeatAnswerMadeUp,
+    /// `retry` of an unknown command: 409 `not_retryable` (an `UPDATE … WHERE
+    /// status IN ('dead','expired')` that matched nothing).
+    RetryUnknownIs409,
+    /// The command list of an unknown agent is `200 []`.
+    UnknownAgentListEmpty,
+    /// `config` for an unknown agent is `202 {"delivered": false}`.
+    UnknownAgentConfigAccepted,
+    /// `pending_commands` counts expired commands (`WHERE acked_at IS NULL`).
+    ExpiredCountedPending,
+    /// `priority: immediate` is ordered as `high` but pushed as posted.
+    ImmediateRelayedAsIs,
+    /// Sync answers carry only `command_id`, `parameters` and `attempt`.
+    SyncCommandDataPartial,
+    /// Sync takes only per-agent tokens: the shared secret gets 401.
+    SyncRefusesSharedSecret,
+    /// Sync returns only commands it delivered itself: one pushed over a
+    /// socket that dropped is never returned.
+    SyncSkipsSocketPushed,
     /// `GET /api/agents?connected=true` ignores the filter: every agent.
     ConnectedFilterIgnored,
     /// `?connected=true` lists the agents ever seen (`last_seen` set), not
@@ -777,6 +798,10 @@ struct Memory {
     frames: HashMap<String, (String, Message)>,
     /// Commands a fault pushes again at their agent's next connect.
     replay: HashSet<String>,
+    /// Commands posted with `priority: immediate` (ImmediateRelayedAsIs).
+    immediate: HashSet<String>,
+    /// Commands posted with a `ttl_s`, per agent (ExpiredCountedPending).
+    ttl_posts: HashMap<String, u64>,
 }
 
 /// A parsed HTTP message: the head without its blank line, and the body.
@@ -1365,6 +1390,14 @@ impl Proxy {
             {
                 request.set_path("/api/agents");
             }
+            Fault::SyncRefusesSharedSecret
+                if path == "/edge/sync" && request.header("authorization") == Some(&edge) =>
+            {
+                return Some(Http::answer(
+                    401,
+                    json!({"error": "unauthorized", "message": "invalid token"}),
+                ));
+            }
             Fault::CommandPostOpen
                 if is_command_post(request) && request.header("authorization") != Some(&admin) =>
             {
@@ -1705,6 +1738,28 @@ impl Proxy {
                                 }
                             }
                         }
+                    }
+                });
+            }
+            Fault::SyncCommandDataPartial if route == "/edge/sync" => {
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        for command in commands {
+                            for key in ["command_type", "priority", "created_at", "expires_at"] {
+                                command.remove(key);
+                            }
+                        }
+                    }
+                });
+            }
+            Fault::SyncSkipsSocketPushed if route == "/edge/sync" => {
+                let pushed: HashSet<String> =
+                    self.memory().pushed.values().flatten().cloned().collect();
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        commands.retain(|c| {
+                            !matches!(c.get("command_id"), Some(Json::String(id)) if pushed.contains(id))
+                        });
                     }
                 });
             }
@@ -2108,6 +2163,53 @@ impl Proxy {
                     let seen = agents.into_iter().filter(|a| !a["last_seen"].is_null());
                     answer.set_json(Value::Array(seen.collect()));
                 }
+            }
+            Fault::RepeatAnswerMadeUp if is_command_post(request) && status == 200 => {
+                let id = answer.json().unwrap_or_default()["command_id"].clone();
+                answer.set_json(json!({"command_id": id, "status": "queued"}));
+            }
+            Fault::RetryUnknownIs409 if route.ends_with("/retry") && status == 404 => {
+                answer.set_status(409);
+                answer
+                    .set_json(json!({"error": "not_retryable", "message": "not dead or expired"}));
+            }
+            Fault::UnknownAgentListEmpty
+                if method == "GET" && route.ends_with("/commands") && status == 404 =>
+            {
+                answer.set_status(200);
+                answer.set_json(json!([]));
+            }
+            Fault::UnknownAgentConfigAccepted if route.ends_with("/config") && status == 404 => {
+                answer.set_status(202);
+                answer.set_json(json!({"delivered": false}));
+            }
+            Fault::ExpiredCountedPending
+                if is_command_post(request)
+                    && status == 202
+                    && request.json().is_some_and(|b| !b["ttl_s"].is_null()) =>
+            {
+                let agent = route.split('/').nth(3).unwrap_or("").to_string();
+                *self.memory().ttl_posts.entry(agent).or_default() += 1;
+            }
+            Fault::ExpiredCountedPending
+                if method == "GET" && route.starts_with("/api/agents/") && status == 200 =>
+            {
+                let agent = route.trim_start_matches("/api/agents/");
+                let extra = self.memory().ttl_posts.get(agent).copied().unwrap_or(0);
+                if let Some(mut body) = answer.json().filter(|b| b["pending_commands"].is_u64()) {
+                    let pending = body["pending_commands"].as_u64().unwrap_or(0);
+                    body["pending_commands"] = json!(pending + extra);
+                    answer.set_json(body);
+                }
+            }
+            Fault::ImmediateRelayedAsIs
+                if is_command_post(request)
+                    && status == 202
+                    && request.json().is_some_and(|b| b["priority"] == "immediate") =>
+            {
+                let body = answer.json().unwrap_or_default();
+                let id = body["command_id"].as_str().unwrap_or("").to_string();
+                self.memory().immediate.insert(id);
             }
             Fault::ConnectedListHasNeverConnected
                 if method == "GET" && route == "/api/agents" && status == 200 =>
@@ -2753,6 +2855,12 @@ impl Proxy {
                     Json::Number(serde_json::Number::from_f64(1.0).unwrap()),
                 );
             }),
+            Fault::ImmediateRelayedAsIs if command && self.memory().immediate.contains(&id) => {
+                edit(&|f| {
+                    let data = f.get_mut("data").unwrap();
+                    data.insert("priority", Json::String("immediate".into()))
+                })
+            }
             Fault::NoPong if kind == "pong" => vec![],
             Fault::NoPingRateLimit if code == "rate_limited" && s.last_type == "ping" => {
                 vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
