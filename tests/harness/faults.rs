@@ -216,6 +216,12 @@ faults! {
     connected_filter_ignored: ConnectedFilterIgnored => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     connected_list_from_last_seen: ConnectedListFromLastSeen => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     connected_list_has_never_connected: ConnectedListHasNeverConnected => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
+    prefix_secret_accepted: PrefixSecretAccepted => "WS-AUTH-5", ["a-truncated-secret-is-refused"];
+    prefix_admin_accepted: PrefixAdminAccepted => "WS-API-1", ["no-or-wrong-token-does-not-open-the-api"];
+    prefix_signature_accepted: PrefixSignatureAccepted => "WS-AUTH-5", ["a-truncated-signature-is-refused"; "http-endpoints-verify-agent-tokens"];
+    agent_ids_case_insensitive: AgentIdsCaseInsensitive => "WS-AUTH-4", ["agent-ids-are-case-sensitive"; "unknown-agent-refused"];
+    only_first_extra_answered: OnlyFirstExtraAnswered => "WS-RATE-3", ["extra-pings-get-rate_limited", "messages-past-the-limit-get-rate_limited"];
+    ping_window_never_passes: PingWindowNeverPasses => "WS-RATE-3", ["the-ping-window-passes"; "ping-gets-pong"];
     repeat_answer_made_up: RepeatAnswerMadeUp => "WS-API-2", ["command-id-is-idempotent"; "repeated-command-id-never-runs-twice"];
     retry_unknown_is_409: RetryUnknownIs409 => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
     unknown_agent_list_empty: UnknownAgentListEmpty => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];

@@ -112,6 +112,21 @@ pub enum Fault {
     SyncAsAnyone,
     /// `?status=` is ignored: the list has every command of the agent.
     StatusFilterIgnored,
+    /// The shared secret is compared over the shorter of the two strings
+    /// (a hand-rolled constant-time compare that zips): a prefix opens.
+    PrefixSecretAccepted,
+    /// The same for the admin token.
+    PrefixAdminAccepted,
+    /// The same for an HMAC token's signature.
+    PrefixSignatureAccepted,
+    /// Agent ids are looked up ignoring case (a `_ci` collation).
+    AgentIdsCaseInsensitive,
+    /// Only the first extra message (or ping) of a socket gets
+    /// `rate_limited`; later ones are dropped without an answer.
+    OnlyFirstExtraAnswered,
+    /// The ping limit is a counter without an expiry: after its first
+    /// `pong`, an agent never gets another.
+    PingWindowNeverPasses,
     /// A repeated `command_id` is answered from the request (`queued`), not
     /// with the stored command.
     RepeatAnswerMadeUp,
@@ -798,6 +813,10 @@ struct Memory {
     frames: HashMap<String, (String, Message)>,
     /// Commands a fault pushes again at their agent's next connect.
     replay: HashSet<String>,
+    /// Agents answered `rate_limited` once (OnlyFirstExtraAnswered).
+    limited_once: HashSet<String>,
+    /// Agents answered `pong` once (PingWindowNeverPasses).
+    ponged: HashSet<String>,
     /// Commands posted with `priority: immediate` (ImmediateRelayedAsIs).
     immediate: HashSet<String>,
     /// Commands posted with a `ttl_s`, per agent (ExpiredCountedPending).
@@ -1402,6 +1421,51 @@ impl Proxy {
                 if is_command_post(request) && request.header("authorization") != Some(&admin) =>
             {
                 request.set_header("authorization", &admin)
+            }
+            Fault::PrefixSecretAccepted
+                if bearer
+                    .as_deref()
+                    .is_some_and(|b| is_short_prefix(b, &self.secrets.edge)) =>
+            {
+                request.set_header("authorization", &edge)
+            }
+            Fault::PrefixAdminAccepted
+                if bearer
+                    .as_deref()
+                    .is_some_and(|b| is_short_prefix(b, &self.secrets.admin)) =>
+            {
+                request.set_header("authorization", &admin)
+            }
+            Fault::PrefixSignatureAccepted => {
+                if let Some(whole) = bearer
+                    .as_deref()
+                    .and_then(|b| signature_completed(b, &self.secrets.edge))
+                {
+                    request.set_header("authorization", &format!("Bearer {whole}"))
+                }
+            }
+            Fault::AgentIdsCaseInsensitive
+                if request.method() == "PUT" && path.starts_with("/api/agents/") =>
+            {
+                let id = path.trim_start_matches("/api/agents/").to_string();
+                self.memory().provisioned.insert(id);
+            }
+            Fault::AgentIdsCaseInsensitive if socket || path.starts_with("/api/agents/") => {
+                let named = match socket {
+                    true => agent.clone(),
+                    false => path["/api/agents/".len()..]
+                        .split(['/', '?'])
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                };
+                let provisioned = self.memory().provisioned.clone();
+                let known = provisioned
+                    .iter()
+                    .find(|p| p.eq_ignore_ascii_case(&named) && **p != named);
+                if let Some(known) = known {
+                    request.set_path(&path.replacen(&named, known, 1));
+                }
             }
             Fault::ReprovisionDropsQueue
                 if request.method() == "PUT" && path.starts_with("/api/agents/") =>
@@ -2862,6 +2926,18 @@ impl Proxy {
                 })
             }
             Fault::NoPong if kind == "pong" => vec![],
+            Fault::OnlyFirstExtraAnswered
+                if code == "rate_limited"
+                    && !self.memory().limited_once.insert(s.agent.clone()) =>
+            {
+                vec![]
+            }
+            Fault::PingWindowNeverPasses
+                if kind == "pong" && !self.memory().ponged.insert(s.agent.clone()) =>
+            {
+                let limited = json!({"type": "error", "data": {"code": "rate_limited", "message": "too many pings"}});
+                vec![Act::Agent(Message::text(limited.to_string()))]
+            }
             Fault::NoPingRateLimit if code == "rate_limited" && s.last_type == "ping" => {
                 vec![Act::Agent(Message::text(r#"{"type":"pong"}"#))]
             }
@@ -3257,6 +3333,24 @@ fn forge(token: &str) -> String {
 }
 
 /// A per-agent HMAC token (WS-AUTH-5): (agent id, issued at).
+/// Whether `given` is a non-empty proper prefix of `secret`.
+fn is_short_prefix(given: &str, secret: &str) -> bool {
+    !given.is_empty() && given.len() < secret.len() && secret.starts_with(given)
+}
+
+/// An HMAC token (`base64("…:signature")`) whose signature is a proper
+/// prefix of the right one, made whole (PrefixSignatureAccepted).
+fn signature_completed(token: &str, key: &str) -> Option<String> {
+    use hmac::{Hmac, KeyInit, Mac};
+    let engine = base64::engine::general_purpose::STANDARD;
+    let text = String::from_utf8(engine.decode(token).ok()?).ok()?;
+    let (message, signature) = text.rsplit_once(':')?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).ok()?;
+    mac.update(message.as_bytes());
+    let whole = hex::encode(mac.finalize().into_bytes());
+    is_short_prefix(signature, &whole).then(|| engine.encode(format!("{message}:{whole}")))
+}
+
 fn hmac_token(token: &str) -> Option<(String, i64)> {
     let text = base64::engine::general_purpose::STANDARD
         .decode(token)

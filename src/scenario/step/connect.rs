@@ -9,6 +9,7 @@ use super::{fail, redact, Ctx, StepResult};
 use crate::client::{self, Event, Upgrade};
 use crate::scenario::matcher::{mismatch, substitute_fields, substitute_str};
 use crate::scenario::{retry_after, ConnectOutcome};
+use crate::target::truncated_token;
 
 impl Ctx<'_> {
     /// Makes the backend know an agent: the control API, else registration.
@@ -72,7 +73,8 @@ impl Ctx<'_> {
         let target = self.target;
         let id = self.agent_id(agent);
         let bearer = |t: &str| Some(format!("Bearer {t}"));
-        let deliberately_wrong = matches!(spec, "none" | "wrong" | "malformed" | "forged");
+        let deliberately_wrong = matches!(spec, "none" | "wrong" | "malformed" | "forged")
+            || spec.starts_with("truncated:");
         let agent_token =
             |ctx: &mut Self, name: &str| -> Result<Option<String>, (String, String)> {
                 let id = ctx.agent_id(name);
@@ -105,10 +107,14 @@ impl Ctx<'_> {
             "aged" => bearer(&target.mint(&id, 23 * 3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
             "skewed" => bearer(&target.mint(&id, -240).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
             "forged" => bearer(&target.forge(&id)),
-            other => match (other.strip_prefix("other:"), other.strip_prefix("var:")) {
-                (Some(name), _) => agent_token(self, name)?,
-                (_, Some(var)) => bearer(&self.vars.get(var).cloned().unwrap_or_default()),
-                _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future, aged, skewed, forged, other:NAME or var:NAME")),
+            other => match (other.strip_prefix("other:"), other.strip_prefix("var:"), other.strip_prefix("truncated:")) {
+                (Some(name), _, _) => agent_token(self, name)?,
+                (_, Some(var), _) => bearer(&self.vars.get(var).cloned().unwrap_or_default()),
+                (_, _, Some(kind @ ("edge" | "shared" | "agent" | "admin"))) => self
+                    .authorization(kind, agent)?
+                    .and_then(|a| a.strip_prefix("Bearer ").map(truncated_token))
+                    .and_then(|t| bearer(&t)),
+                _ => return fail("a token kind", format!("unknown token `{other}`: use edge, shared, agent, admin, none, wrong, malformed, expired, future, aged, skewed, forged, other:NAME, var:NAME or truncated:edge|shared|agent|admin")),
             },
         };
         // Remembered, so `log_has_no_secrets` can look for it.
