@@ -222,6 +222,8 @@ faults! {
     agent_ids_case_insensitive: AgentIdsCaseInsensitive => "WS-AUTH-4", ["agent-ids-are-case-sensitive"; "unknown-agent-refused"];
     only_first_extra_answered: OnlyFirstExtraAnswered => "WS-RATE-3", ["extra-pings-get-rate_limited", "messages-past-the-limit-get-rate_limited"];
     ping_window_never_passes: PingWindowNeverPasses => "WS-RATE-3", ["the-ping-window-passes"; "ping-gets-pong"];
+    expired_sent_redelivered: ExpiredSentRedelivered => "WS-DLV-7", ["a-sent-command-that-expires-is-not-pushed-again"];
+    final_ack_restamps: FinalAckRestamps => "WS-ACK-3", ["acks-are-idempotent"];
     repeat_answer_made_up: RepeatAnswerMadeUp => "WS-API-2", ["command-id-is-idempotent"; "repeated-command-id-never-runs-twice"];
     retry_unknown_is_409: RetryUnknownIs409 => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
     unknown_agent_list_empty: UnknownAgentListEmpty => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use edge_harness::early_answer::dechunk;
@@ -127,6 +127,11 @@ pub enum Fault {
     /// The ping limit is a counter without an expiry: after its first
     /// `pong`, an agent never gets another.
     PingWindowNeverPasses,
+    /// The ack timer asks only "acked?": a `sent` command that expired is
+    /// pushed again when its attempt 2 is due.
+    ExpiredSentRedelivered,
+    /// A repeated success ack stamps `completed_at` again.
+    FinalAckRestamps,
     /// A repeated `command_id` is answered from the request (`queued`), not
     /// with the stored command.
     RepeatAnswerMadeUp,
@@ -815,6 +820,8 @@ struct Memory {
     replay: HashSet<String>,
     /// Agents answered `rate_limited` once (OnlyFirstExtraAnswered).
     limited_once: HashSet<String>,
+    /// When a repeated success ack came, per command (FinalAckRestamps).
+    restamped: HashMap<String, String>,
     /// Agents answered `pong` once (PingWindowNeverPasses).
     ponged: HashSet<String>,
     /// Commands posted with `priority: immediate` (ImmediateRelayedAsIs).
@@ -2291,6 +2298,12 @@ impl Proxy {
             {
                 answer.set_json(json!([]));
             }
+            Fault::FinalAckRestamps if method == "GET" && status == 200 => {
+                let at = command.and_then(|id| self.memory().restamped.get(&id).cloned());
+                if let Some(at) = at {
+                    answer.edit_json(|body| body.insert("completed_at", Json::String(at)));
+                }
+            }
             Fault::RetryKeepsTtl if route.ends_with("/retry") && status == 202 => {
                 self.memory().retried.insert(command.unwrap_or_default());
             }
@@ -2601,6 +2614,13 @@ impl Proxy {
                     let mut memory = self.memory();
                     if !memory.final_acked.insert(id.clone()) {
                         memory.repeated_final_acks += 1;
+                    }
+                }
+                if self.fault == Fault::FinalAckRestamps && status == "completed" {
+                    let mut memory = self.memory();
+                    if !memory.final_acked.insert(id.clone()) {
+                        let now = humantime::format_rfc3339_millis(SystemTime::now());
+                        memory.restamped.insert(id.clone(), now.to_string());
                     }
                 }
                 if self.fault == Fault::FailedRepushedOnReconnect && status == "failed" {
@@ -3021,6 +3041,17 @@ impl Proxy {
             // Lost for good: every later delivery of them too.
             Fault::DropsQueuedCommands if command && self.memory().queued.contains(&id) => vec![],
             Fault::NeverRedelivers if command && attempt > 1 => vec![],
+            Fault::ExpiredSentRedelivered
+                if command && attempt == 1 && !data["expires_at"].is_null() =>
+            {
+                let mut again = value.clone();
+                again["data"]["attempt"] = json!(2);
+                let due = Instant::now() + s.ack_timeout + Duration::from_secs(1);
+                vec![
+                    Act::Agent(message),
+                    Act::AgentAt(due, Message::text(again.to_string())),
+                ]
+            }
             Fault::BackoffTooLong if command && attempt > 1 => {
                 let extra = Duration::from_secs(2 << (attempt - 2).min(6));
                 vec![Act::AgentAt(Instant::now() + extra, message)]
