@@ -243,6 +243,10 @@ struct Memory {
     frames: HashMap<String, (String, Message)>,
     /// Commands a fault pushes again at their agent's next connect.
     replay: HashSet<String>,
+    /// Agents that got a `connected` (WelcomeOnlyOnFirstSocket).
+    welcomed: HashSet<String>,
+    /// Sockets closed with 1012 so far (OnlyFirstSocketGets1012).
+    restart_closes: u32,
     /// Agents answered `rate_limited` once (OnlyFirstExtraAnswered).
     limited_once: HashSet<String>,
     /// When a repeated success ack came, per command (FinalAckRestamps).
@@ -826,6 +830,16 @@ fn forge(token: &str) -> String {
 }
 
 /// A per-agent HMAC token (WS-AUTH-5): (agent id, issued at).
+/// An ack (`data`) with a command id but no outcome: neither a boolean
+/// `success` nor one of the four states (AckWithoutOutcomeCompletes).
+fn lacks_outcome(data: &Value) -> bool {
+    let states = ["received", "executing", "completed", "failed"];
+    let known = data["success"].is_boolean()
+        || (data["success"].is_null()
+            && data["status"].as_str().is_some_and(|s| states.contains(&s)));
+    data["command_id"].is_string() && !known
+}
+
 /// Whether `given` is a non-empty proper prefix of `secret`.
 fn is_short_prefix(given: &str, secret: &str) -> bool {
     !given.is_empty() && given.len() < secret.len() && secret.starts_with(given)

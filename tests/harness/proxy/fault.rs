@@ -584,4 +584,31 @@ pub enum Fault {
     TimestampsWithoutZone,
     /// Timestamps are local time (UTC+1) marked `Z`.
     LocalTimeMarkedZ,
+    /// `connected` only on an agent's first socket.
+    WelcomeOnlyOnFirstSocket,
+    /// A replaced socket's disconnect is never recorded (the close handler's
+    /// history write sits inside `if (registry.get(id) === ws)`).
+    ReplacedDisconnectNotRecorded,
+    /// `last_status` lives on the socket: gone once the agent disconnects.
+    StatusKeptWithSocket,
+    /// `/edge/register` answers the shared secret as `auth_token`.
+    RegisterHandsOutSharedSecret,
+    /// An ack with no outcome (`{command_id}` alone, `status: "done"`,
+    /// `success: "false"`) completes the command.
+    AckWithoutOutcomeCompletes,
+    /// A `received` ack after `executing` moves the command back.
+    ProgressMovesBack,
+    /// Ids are `[A-Za-z0-9-]`: `.` and `_` are refused with 400.
+    IdSyntaxNoDots,
+    /// Ids are `\w` with Unicode: `café` is valid (then unknown, 403).
+    IdSyntaxUnicode,
+    /// Only the first socket gets 1012 at shutdown; the rest are dropped.
+    OnlyFirstSocketGets1012,
+    /// `received` leaves the ack timer running (only `executing` stops it).
+    ReceivedAckLeavesTimer,
+    /// A 400 to an upgrade is the framework's text (`Bad Request`).
+    UpgradeErrorsNotJson,
+    /// An upgrade without `Authorization` gets FastAPI `HTTPBearer`'s
+    /// `403 {"detail": "Not authenticated"}`.
+    MissingTokenIsBearerDetail,
 }

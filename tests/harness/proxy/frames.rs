@@ -114,6 +114,12 @@ impl Proxy {
                 return vec![Act::Close(1003, "unsupported data")]
             }
             Fault::IgnoresAcks if ack.is_some() => return vec![],
+            Fault::AckWithoutOutcomeCompletes if ack.as_ref().is_some_and(lacks_outcome) => {
+                let id = ack.as_ref().unwrap()["command_id"].clone();
+                let completed =
+                    json!({"type": "command_ack", "data": {"command_id": id, "success": true}});
+                return vec![Act::Server(Message::text(completed.to_string()))];
+            }
             Fault::FrameLimit16KiB if matches!(&message, Message::Text(text) if text.len() > 16 * 1024) => {
                 return vec![Act::Close(1009, "message too big")]
             }
@@ -138,9 +144,14 @@ impl Proxy {
             {
                 return vec![];
             }
-            Fault::FinalAckLeavesTimer
-                if ack.as_ref().is_some_and(|a| {
-                    a["status"] == "completed" || a["status"] == "failed" || a["success"] == false
+            Fault::FinalAckLeavesTimer | Fault::ReceivedAckLeavesTimer
+                if ack.as_ref().is_some_and(|a| match self.fault {
+                    Fault::ReceivedAckLeavesTimer => a["status"] == "received",
+                    _ => {
+                        a["status"] == "completed"
+                            || a["status"] == "failed"
+                            || a["success"] == false
+                    }
                 }) =>
             {
                 let id = ack.as_ref().unwrap()["command_id"].as_str().unwrap_or("");
@@ -276,6 +287,14 @@ impl Proxy {
                     self.memory().unregistered.insert(s.agent.clone());
                     vec![Act::Agent(message)]
                 }
+                (Fault::OnlyFirstSocketGets1012, 1012) => {
+                    let mut memory = self.memory();
+                    memory.restart_closes += 1;
+                    match memory.restart_closes {
+                        1 => vec![Act::Agent(message)],
+                        _ => vec![Act::Drop],
+                    }
+                }
                 (Fault::ShutdownDropsSockets, 1012) | (Fault::ProtocolErrorNoCloseFrame, 1002) => {
                     vec![Act::Drop]
                 }
@@ -351,6 +370,7 @@ impl Proxy {
                 | Fault::RepeatedIdRequeues
                 | Fault::AttemptsSpentOffline
                 | Fault::FinalAckLeavesTimer
+                | Fault::ReceivedAckLeavesTimer
         );
         if kind == "command" && keeps_frames {
             let frame = (s.agent.clone(), message.clone());
@@ -364,6 +384,11 @@ impl Proxy {
         let command = kind == "command";
         match self.fault {
             Fault::NoWelcome if kind == "connected" => vec![],
+            Fault::WelcomeOnlyOnFirstSocket
+                if kind == "connected" && !self.memory().welcomed.insert(s.agent.clone()) =>
+            {
+                vec![]
+            }
             Fault::TimestampsWithoutZone | Fault::LocalTimeMarkedZ => {
                 edit(&|f| f.edit_strings(&|text| misdate(self.fault, text)))
             }

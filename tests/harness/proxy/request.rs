@@ -180,6 +180,26 @@ impl Proxy {
                     }
                 });
             }
+            Fault::AckWithoutOutcomeCompletes
+                if path == "/edge/command/ack"
+                    && request.json().is_some_and(|b| lacks_outcome(&b)) =>
+            {
+                request.edit_json(|body| {
+                    body.remove("status");
+                    body.insert("success", Json::Bool(true));
+                });
+            }
+            Fault::IdSyntaxNoDots
+                if (socket && agent.contains(['.', '_']))
+                    || (request.method() == "PUT"
+                        && path.starts_with("/api/agents/")
+                        && path.contains(['.', '_'])) =>
+            {
+                return Some(Http::answer(
+                    400,
+                    json!({"error": "invalid_agent_id", "message": "edge_agent_id must be [A-Za-z0-9-]"}),
+                ));
+            }
             Fault::HttpAckIgnored if path == "/edge/command/ack" => {
                 return Some(Http::answer(200, json!({"acknowledged": true})));
             }

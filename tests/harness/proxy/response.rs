@@ -89,6 +89,19 @@ impl Proxy {
                 answer.set_status(401);
                 answer.set_json(json!({"error": "unauthorized", "message": "unknown agent"}));
             }
+            Fault::UpgradeErrorsNotJson if socket && status == 400 => {
+                answer.set_body("text/plain", "Bad Request");
+            }
+            Fault::MissingTokenIsBearerDetail
+                if socket && status == 401 && request.header("authorization").is_none() =>
+            {
+                answer.set_status(403);
+                answer.set_json(json!({"detail": "Not authenticated"}));
+            }
+            Fault::IdSyntaxUnicode if socket && status == 400 && agent.contains("%C3") => {
+                answer.set_status(403);
+                answer.set_json(json!({"error": "unknown_agent", "message": "unknown edge agent"}));
+            }
             Fault::UnknownAgentIs404 if socket && status == 403 => {
                 answer.set_status(404);
                 answer.set_json(json!({"error": "not_found", "message": "unknown agent"}));
@@ -706,6 +719,47 @@ impl Proxy {
                 if let Some(Value::Array(agents)) = answer.json() {
                     let seen = agents.into_iter().filter(|a| !a["last_seen"].is_null());
                     answer.set_json(Value::Array(seen.collect()));
+                }
+            }
+            Fault::ReplacedDisconnectNotRecorded
+                if method == "GET" && route.starts_with("/api/agents/") && status == 200 =>
+            {
+                if let Some(mut body) = answer.json() {
+                    for entry in body["history"].as_array_mut().into_iter().flatten() {
+                        if entry["reason"] == "replaced" {
+                            entry["reason"] = Value::Null;
+                            entry["disconnected_at"] = Value::Null;
+                        }
+                    }
+                    answer.set_json(body);
+                }
+            }
+            Fault::StatusKeptWithSocket
+                if method == "GET" && route.starts_with("/api/agents/") && status == 200 =>
+            {
+                answer.edit_json(|body| {
+                    if body.get("connected") == Some(&Json::Bool(false)) {
+                        body.remove("last_status");
+                    }
+                });
+            }
+            Fault::RegisterHandsOutSharedSecret if route == "/edge/register" && status < 300 => {
+                let secret = Json::String(self.secrets.edge.clone());
+                answer.edit_json(|body| body.insert("auth_token", secret));
+            }
+            Fault::ProgressMovesBack if method == "GET" && status == 200 => {
+                let back = command.is_some_and(|id| {
+                    self.memory()
+                        .progress
+                        .get(&id)
+                        .is_some_and(|p| p == "received")
+                });
+                if back {
+                    answer.edit_json(|body| {
+                        if body.get("status") == Some(&Json::String("executing".into())) {
+                            body.insert("status", Json::String("received".into()));
+                        }
+                    });
                 }
             }
             Fault::RepeatAnswerMadeUp if is_command_post(request) && status == 200 => {
