@@ -25,6 +25,17 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 /// backend must take (§3) and past the 16 or 32 KiB some libraries default to.
 const LARGEST_TAKEN: usize = 60 * 1024;
 
+/// §3: a text frame over 64 KiB is closed with 1009; 64 KiB itself is taken.
+const FRAME_LIMIT: usize = 64 * 1024;
+
+/// A `status` message of exactly `size` bytes with `data.n` = `n`, padded.
+fn padded_status(n: u32, size: usize) -> String {
+    let head = format!("{{\"type\":\"status\",\"data\":{{\"n\":{n},\"pad\":\"");
+    let tail = "\"}}";
+    let pad = "x".repeat(size - head.len() - tail.len());
+    format!("{head}{pad}{tail}")
+}
+
 /// What the backend did with an upgrade request.
 pub enum Upgrade {
     Open(Box<Conn>),
@@ -403,12 +414,9 @@ impl Conn {
                 ))
                 .await
             }
-            "largest" => {
-                let head = "{\"type\":\"status\",\"data\":{\"n\":60,\"pad\":\"";
-                let tail = "\"}}";
-                let pad = "x".repeat(LARGEST_TAKEN - head.len() - tail.len());
-                self.send_text(format!("{head}{pad}{tail}")).await
-            }
+            "largest" => self.send_text(padded_status(60, LARGEST_TAKEN)).await,
+            "at_limit" => self.send_text(padded_status(64, FRAME_LIMIT)).await,
+            "over_limit" => self.send_text(padded_status(65, FRAME_LIMIT + 1)).await,
             "reserved_opcode" => {
                 let mut bytes = Vec::new();
                 FrameHeader {
@@ -429,7 +437,7 @@ impl Conn {
                     .map_err(|e| format!("send failed: {e}"))
             }
             other => Err(format!(
-                "unknown frame `{other}`: use ping, invalid_utf8, oversized, largest or reserved_opcode"
+                "unknown frame `{other}`: use ping, invalid_utf8, oversized, largest, at_limit, over_limit or reserved_opcode"
             )),
         }
     }

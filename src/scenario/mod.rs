@@ -155,7 +155,8 @@ pub enum Payload {
     Text(String),
     Binary(Vec<u8>),
     /// A hand-made frame: `ping` (a WebSocket Ping), `invalid_utf8`,
-    /// `reserved_opcode`, `oversized`, `largest` (60 KiB, to be taken).
+    /// `reserved_opcode`, `oversized`, `largest` (60 KiB, to be taken),
+    /// `at_limit` (64 KiB exactly, to be taken), `over_limit` (one byte more).
     Frame(String),
 }
 

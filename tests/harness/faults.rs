@@ -236,6 +236,7 @@ faults! {
     received_ack_leaves_timer: ReceivedAckLeavesTimer => "WS-ACK-2", ["progress-ack-stops-redelivery"];
     upgrade_errors_not_json: UpgradeErrorsNotJson => "WS-AUTH-2", ["every-refused-upgrade-is-json"];
     missing_token_is_bearer_detail: MissingTokenIsBearerDetail => "WS-AUTH-2", ["every-refused-upgrade-is-json"; "missing-token-refused"];
+    shared_secret_ack_skips_owner: SharedSecretAckSkipsOwner => "WS-HTTP-2", ["http-ack-with-the-shared-secret-checks-the-owner"; "http-ack-with-shared-secret-needs-agent-id"];
     repeat_answer_made_up: RepeatAnswerMadeUp => "WS-API-2", ["command-id-is-idempotent"; "repeated-command-id-never-runs-twice"];
     retry_unknown_is_409: RetryUnknownIs409 => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
     unknown_agent_list_empty: UnknownAgentListEmpty => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
@@ -256,6 +257,7 @@ faults! {
     retry_final_commands: RetryFinalCommands => "WS-API-4", ["retry-is-only-for-dead-or-expired"; "expired-listable-and-retryable"];
     only_unauthorized_counted: OnlyUnauthorizedCounted => "WS-RATE-1", ["bad-requests-count-toward-the-address-limit"; "refused-upgrades-limited-per-address"];
     frame_limit_16_kib: FrameLimit16KiB => "WS-ERR-1", ["a-frame-under-the-limit-is-taken"; "oversized-frame-closes-1009"];
+    frame_limit_64000: FrameLimit64000 => "WS-ERR-1", ["the-frame-limit-is-exactly-64-kib"; "a-frame-under-the-limit-is-taken", "oversized-frame-closes-1009"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];

@@ -255,6 +255,8 @@ struct Memory {
     ponged: HashSet<String>,
     /// Commands posted with `priority: immediate` (ImmediateRelayedAsIs).
     immediate: HashSet<String>,
+    /// Each command's agent, as posted (SharedSecretAckSkipsOwner).
+    owners: HashMap<String, String>,
     /// Commands posted with a `ttl_s`, per agent (ExpiredCountedPending).
     ttl_posts: HashMap<String, u64>,
 }
@@ -838,6 +840,14 @@ fn lacks_outcome(data: &Value) -> bool {
         || (data["success"].is_null()
             && data["status"].as_str().is_some_and(|s| states.contains(&s)));
     data["command_id"].is_string() && !known
+}
+
+/// The frame limit of FrameLimit16KiB and FrameLimit64000.
+fn frame_limit(fault: Fault) -> usize {
+    match fault {
+        Fault::FrameLimit16KiB => 16 * 1024,
+        _ => 64_000,
+    }
 }
 
 /// Whether `given` is a non-empty proper prefix of `secret`.

@@ -310,6 +310,11 @@ pub enum Fault {
     /// The library's default frame limit is left at 16 KiB
     /// (uWebSockets' `maxPayloadLength`): larger messages close with 1009.
     FrameLimit16KiB,
+    /// Frames are limited to 64,000 bytes ("64 KB"), not 64 KiB.
+    FrameLimit64000,
+    /// With the shared secret, an HTTP ack skips the owner check: any
+    /// `X-Edge-Agent-Id` acks any agent's command.
+    SharedSecretAckSkipsOwner,
     /// An ack whose `data` is not an object, or whose `command_id` is not
     /// a string, throws in the handler: the socket closes with 1011.
     AckDataNotObjectCrashes,

@@ -120,7 +120,7 @@ impl Proxy {
                     json!({"type": "command_ack", "data": {"command_id": id, "success": true}});
                 return vec![Act::Server(Message::text(completed.to_string()))];
             }
-            Fault::FrameLimit16KiB if matches!(&message, Message::Text(text) if text.len() > 16 * 1024) => {
+            Fault::FrameLimit16KiB | Fault::FrameLimit64000 if matches!(&message, Message::Text(text) if text.len() > frame_limit(self.fault)) => {
                 return vec![Act::Close(1009, "message too big")]
             }
             Fault::AckDataNotObjectCrashes

@@ -200,6 +200,18 @@ impl Proxy {
                     json!({"error": "invalid_agent_id", "message": "edge_agent_id must be [A-Za-z0-9-]"}),
                 ));
             }
+            Fault::SharedSecretAckSkipsOwner
+                if path == "/edge/command/ack"
+                    && request.header("authorization") == Some(&edge) =>
+            {
+                let id = request.json().unwrap_or_default()["command_id"]
+                    .as_str()
+                    .map(str::to_string);
+                let owner = id.and_then(|id| self.memory().owners.get(&id).cloned());
+                if let Some(owner) = owner {
+                    request.set_header("x-edge-agent-id", &owner);
+                }
+            }
             Fault::HttpAckIgnored if path == "/edge/command/ack" => {
                 return Some(Http::answer(200, json!({"acknowledged": true})));
             }

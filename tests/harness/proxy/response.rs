@@ -762,6 +762,14 @@ impl Proxy {
                     });
                 }
             }
+            Fault::SharedSecretAckSkipsOwner if is_command_post(request) && status == 202 => {
+                let id = answer.json().unwrap_or_default()["command_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let agent = route.split('/').nth(3).unwrap_or("").to_string();
+                self.memory().owners.insert(id, agent);
+            }
             Fault::RepeatAnswerMadeUp if is_command_post(request) && status == 200 => {
                 let id = answer.json().unwrap_or_default()["command_id"].clone();
                 answer.set_json(json!({"command_id": id, "status": "queued"}));
