@@ -264,6 +264,8 @@ pub enum StepKind {
     ExpectClose {
         conn: String,
         codes: Vec<u16>,
+        /// The close frame's reason, exactly (`replaced`, `ping timeout`).
+        reason: Option<String>,
         window: Window,
     },
     ExpectOpen {
@@ -525,7 +527,7 @@ mod tests {
         let text = format!("{HEAD}steps = [\n  {{ close = \"a\", codes = [1000] }},\n]\n");
         assert_eq!(
             parse_str(&text).unwrap_err().message,
-            "`codes` is not an option of a `close` step"
+            "`codes` is not an option of the `close` step"
         );
     }
 
@@ -606,7 +608,11 @@ mod tests {
             ),
             (
                 "{ ws_ping = \"a\", type = \"pong\" }",
-                "`type` is not an option of a `ws_ping` step",
+                "`type` is not an option of the `ws_ping` step",
+            ),
+            (
+                "{ expect = \"a\", type = \"x\", reason = \"replaced\" }",
+                "`reason` is not an option of the `expect` step",
             ),
             (
                 "{ api = \"POST /x\", body_text = '{}', pad = 10 }",
@@ -643,7 +649,7 @@ mod tests {
             ),
             (
                 "{ close = \"a\", raw = { p = '1' } }",
-                "`raw` is not an option of a `close` step",
+                "`raw` is not an option of the `close` step",
             ),
         ] {
             let message = step(body).unwrap_err().message;

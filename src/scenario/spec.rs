@@ -48,6 +48,7 @@ pub struct StepSpec {
     pub outcome: Option<String>,
     pub statuses: Option<Vec<u16>>,
     pub codes: Option<Vec<u16>>,
+    pub reason: Option<String>,
     pub json: Option<toml::Value>,
     pub text: Option<String>,
     pub binary: Option<String>,
@@ -299,6 +300,7 @@ impl StepSpec {
                     .codes
                     .take()
                     .ok_or("expect_close needs codes = [...] ([] for any close)")?,
+                reason: self.reason.take(),
                 window: self.window("5s"),
             },
             "expect_open" => StepKind::ExpectOpen {
@@ -436,7 +438,7 @@ impl StepSpec {
         };
         self.leftover_options().map_or(Ok(kind), |name| {
             Err(format!(
-                "`{name}` is not an option of a `{}` step",
+                "`{name}` is not an option of the `{}` step",
                 present[0]
             ))
         })
@@ -456,6 +458,7 @@ impl StepSpec {
             ("header_id", self.header_id.is_some()),
             ("statuses", self.statuses.is_some()),
             ("codes", self.codes.is_some()),
+            ("reason", self.reason.is_some()),
             ("repeat", self.repeat.is_some()),
             ("type", self.msg_type.is_some()),
             ("fields", self.fields.is_some()),

@@ -210,8 +210,12 @@ impl<'a> Ctx<'a> {
             StepKind::ExpectClose {
                 conn,
                 codes,
+                reason,
                 window,
-            } => self.expect_close(conn, codes, window).await,
+            } => {
+                self.expect_close(conn, codes, reason.as_deref(), window)
+                    .await
+            }
             StepKind::ExpectOpen { conn } => self.expect_open(conn).await,
             StepKind::WsPing { conn, within } => self.ws_ping(conn, within).await,
             StepKind::ExpectSilence {
@@ -461,14 +465,28 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    async fn expect_close(&mut self, conn: &str, codes: &[u16], window: &Window) -> StepResult {
+    async fn expect_close(
+        &mut self,
+        conn: &str,
+        codes: &[u16],
+        reason: Option<&str>,
+        window: &Window,
+    ) -> StepResult {
         let (earliest, deadline) = self.window(window, Instant::now())?;
         loop {
             let event = self.conn(conn)?.next_event_silently(deadline).await;
             let at = Instant::now();
             self.note(format!("{conn} ← {event}"));
             match event {
-                Event::Closed { code, .. } if codes.is_empty() || codes.contains(&code) => {
+                Event::Closed { code, reason: got }
+                    if codes.is_empty() || codes.contains(&code) =>
+                {
+                    if let Some(wanted) = reason.filter(|wanted| *wanted != got) {
+                        return fail(
+                            format!("close {code} reason {wanted:?}"),
+                            format!("reason {got:?}"),
+                        );
+                    }
                     return self.timing_error(earliest, at, window).map_or(Ok(()), Err);
                 }
                 Event::Message(_) | Event::NotJson(_) | Event::Binary(_) => continue,

@@ -312,6 +312,8 @@ pub enum Fault {
     FrameLimit16KiB,
     /// Frames are limited to 64,000 bytes ("64 KB"), not 64 KiB.
     FrameLimit64000,
+    /// The 4000 and 4008 closes carry no reason (`ws.close(4000)`).
+    CloseReasonsLeftOut,
     /// With the shared secret, an HTTP ack skips the owner check: any
     /// `X-Edge-Agent-Id` acks any agent's command.
     SharedSecretAckSkipsOwner,

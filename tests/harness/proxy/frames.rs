@@ -279,6 +279,7 @@ impl Proxy {
                     Act::AgentAt(Instant::now() + s.ping_timeout, message.clone()),
                 ],
                 (Fault::ReplacedClosesWith1000, 4000) => replace(1000, ""),
+                (Fault::CloseReasonsLeftOut, 4000 | 4008) => replace(code, ""),
                 (Fault::TimedOutAgentStaysRegistered, 4008) => {
                     self.memory().timed_out.insert(s.agent.clone());
                     vec![Act::Agent(message)]
