@@ -90,22 +90,40 @@ impl Ctx<'_> {
                     )
                 })
             };
+        // A secret the command line must have given, and a per-agent token
+        // minted now, `age_s` seconds old (negative: from the future).
+        let given = |value: Option<&str>, what: &str, flag: &str| {
+            value
+                .map(|v| format!("Bearer {v}"))
+                .ok_or_else(|| (what.to_string(), format!("no {flag}")))
+        };
+        let minted = |age_s: i64| {
+            target
+                .mint(&id, age_s)
+                .map(|t| format!("Bearer {t}"))
+                .ok_or_else(|| {
+                    (
+                        "an HMAC key".to_string(),
+                        "no --edge-secret or --hmac-secret".to_string(),
+                    )
+                })
+        };
         let authorization = match spec {
             "none" => None,
             "edge" => match &target.edge_secret {
                 Some(secret) if target.hmac_secret.is_none() => bearer(secret),
                 _ => agent_token(self, agent)?,
             },
-            "shared" => bearer(target.edge_secret.as_deref().ok_or(("the shared secret".to_string(), "no --edge-secret".to_string()))?),
+            "shared" => Some(given(target.edge_secret.as_deref(), "the shared secret", "--edge-secret")?),
             "agent" => agent_token(self, agent)?,
-            "admin" => bearer(target.admin_token.as_deref().ok_or(("the admin token".to_string(), "no --admin-token".to_string()))?),
+            "admin" => Some(given(target.admin_token.as_deref(), "the admin token", "--admin-token")?),
             "wrong" => bearer(&format!("wrong-{}", self.prefix)),
             "malformed" => Some("Basic ZWRnZTpzZWNyZXQ=".into()),
-            "expired" => bearer(&target.mint(&id, 24 * 3600 + 600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
-            "future" => bearer(&target.mint(&id, -3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            "expired" => Some(minted(24 * 3600 + 600)?),
+            "future" => Some(minted(-3600)?),
             // Still valid: 23 h old (valid for 24 h), and 4 min ahead (5 min of skew allowed).
-            "aged" => bearer(&target.mint(&id, 23 * 3600).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
-            "skewed" => bearer(&target.mint(&id, -240).ok_or(("an HMAC key".to_string(), "no --edge-secret or --hmac-secret".to_string()))?),
+            "aged" => Some(minted(23 * 3600)?),
+            "skewed" => Some(minted(-240)?),
             "forged" => bearer(&target.forge(&id)),
             other => match (other.strip_prefix("other:"), other.strip_prefix("var:"), other.strip_prefix("truncated:")) {
                 (Some(name), _, _) => agent_token(self, name)?,
