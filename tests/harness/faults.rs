@@ -237,6 +237,10 @@ faults! {
     upgrade_errors_not_json: UpgradeErrorsNotJson => "WS-AUTH-2", ["every-refused-upgrade-is-json"];
     missing_token_is_bearer_detail: MissingTokenIsBearerDetail => "WS-AUTH-2", ["every-refused-upgrade-is-json"; "missing-token-refused"];
     shared_secret_ack_skips_owner: SharedSecretAckSkipsOwner => "WS-HTTP-2", ["http-ack-with-the-shared-secret-checks-the-owner"; "http-ack-with-shared-secret-needs-agent-id"];
+    reconnects_never_counted: ReconnectsNeverCounted => "WS-OBS-1", ["metrics-count-what-happens"];
+    pings_never_counted: PingsNeverCounted => "WS-OBS-1", ["metrics-count-what-happens"];
+    connection_failures_never_counted: ConnectionFailuresNeverCounted => "WS-OBS-1", ["metrics-count-what-happens"];
+    normal_disconnects_uncounted: NormalDisconnectsUncounted => "WS-OBS-1", ["metrics-count-what-happens"];
     close_reasons_left_out: CloseReasonsLeftOut => "WS-CONN-2", ["duplicate-closes-old-with-4000"; "ping-timeout-closes-4008"];
     repeat_answer_made_up: RepeatAnswerMadeUp => "WS-API-2", ["command-id-is-idempotent"; "repeated-command-id-never-runs-twice"];
     retry_unknown_is_409: RetryUnknownIs409 => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];

@@ -312,6 +312,11 @@ pub enum Fault {
     FrameLimit16KiB,
     /// Frames are limited to 64,000 bytes ("64 KB"), not 64 KiB.
     FrameLimit64000,
+    /// These counters never move (registered, never incremented).
+    ReconnectsNeverCounted,
+    PingsNeverCounted,
+    ConnectionFailuresNeverCounted,
+    NormalDisconnectsUncounted,
     /// The 4000 and 4008 closes carry no reason (`ws.close(4000)`).
     CloseReasonsLeftOut,
     /// With the shared secret, an HTTP ack skips the owner check: any

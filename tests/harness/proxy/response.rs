@@ -535,6 +535,24 @@ impl Proxy {
                 (!line.contains("reconnect")).then(|| line.into())
             }),
             Fault::MetricsNeverMove if route == "/metrics" => zero_samples(answer, |_| true),
+            Fault::ReconnectsNeverCounted
+            | Fault::PingsNeverCounted
+            | Fault::ConnectionFailuresNeverCounted
+            | Fault::NormalDisconnectsUncounted
+                if route == "/metrics" =>
+            {
+                let never = |sample: &str| match self.fault {
+                    Fault::ReconnectsNeverCounted => sample.starts_with("edge_reconnects"),
+                    Fault::PingsNeverCounted => {
+                        sample.starts_with("edge_pings") || sample.starts_with("edge_pongs")
+                    }
+                    Fault::ConnectionFailuresNeverCounted => {
+                        sample.starts_with("edge_connection_failures")
+                    }
+                    _ => sample.contains("reason=\"normal\""),
+                };
+                zero_samples(answer, never)
+            }
             Fault::AcksNotCounted if route == "/metrics" => {
                 zero_samples(answer, |sample| sample.starts_with("edge_acks"))
             }
