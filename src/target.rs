@@ -419,7 +419,6 @@ pub(crate) fn with_command_id(body: &str, command_id: &str) -> Result<String, St
     Ok(format!("{{\"command_id\":{id}{separator}{rest}"))
 }
 
-/// `base64("{id}::{unix_ts}:{hex(HMAC-SHA256(key, "{id}::{unix_ts}"))}")`, issued `age_s` ago.
 /// A token cut short, for a backend that compares secrets byte by byte
 /// over the shorter of the two (a hand-rolled constant-time compare that
 /// zips without checking lengths): a secret loses its second half; an HMAC
@@ -444,15 +443,21 @@ pub fn truncated_token(token: &str) -> String {
     })
 }
 
+/// `base64("{id}::{unix_ts}:{hex(HMAC-SHA256(key, "{id}::{unix_ts}"))}")`, issued `age_s` ago.
 fn mint_with(key: &str, agent_id: &str, age_s: i64) -> Option<String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let message = format!("{agent_id}::{}", now - age_s);
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).ok()?;
-    mac.update(message.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
+    let signature = hmac_hex(key, &message);
     Some(base64::engine::general_purpose::STANDARD.encode(format!("{message}:{signature}")))
+}
+
+/// `hex(HMAC-SHA256(key, message))`: a per-agent token's signature (WS-AUTH-5).
+pub fn hmac_hex(key: &str, message: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]

@@ -831,7 +831,6 @@ fn forge(token: &str) -> String {
     engine.encode(text)
 }
 
-/// A per-agent HMAC token (WS-AUTH-5): (agent id, issued at).
 /// An ack (`data`) with a command id but no outcome: neither a boolean
 /// `success` nor one of the four states (AckWithoutOutcomeCompletes).
 fn lacks_outcome(data: &Value) -> bool {
@@ -858,16 +857,14 @@ fn is_short_prefix(given: &str, secret: &str) -> bool {
 /// An HMAC token (`base64("…:signature")`) whose signature is a proper
 /// prefix of the right one, made whole (PrefixSignatureAccepted).
 fn signature_completed(token: &str, key: &str) -> Option<String> {
-    use hmac::{Hmac, KeyInit, Mac};
     let engine = base64::engine::general_purpose::STANDARD;
     let text = String::from_utf8(engine.decode(token).ok()?).ok()?;
     let (message, signature) = text.rsplit_once(':')?;
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).ok()?;
-    mac.update(message.as_bytes());
-    let whole = hex::encode(mac.finalize().into_bytes());
+    let whole = edge_harness::target::hmac_hex(key, message);
     is_short_prefix(signature, &whole).then(|| engine.encode(format!("{message}:{whole}")))
 }
 
+/// A per-agent HMAC token (WS-AUTH-5): (agent id, issued at).
 fn hmac_token(token: &str) -> Option<(String, i64)> {
     let text = base64::engine::general_purpose::STANDARD
         .decode(token)

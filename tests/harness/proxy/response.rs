@@ -24,6 +24,11 @@ impl Proxy {
                 self.memory().queued.insert(id);
             }
         }
+        // The error code of a refusal (`{"error": …}`), read once.
+        let error = answer
+            .json()
+            .and_then(|b| b["error"].as_str().map(str::to_string))
+            .unwrap_or_default();
         // The command id of `/api/commands/{id}` (and `/retry`).
         let command = route
             .strip_prefix("/api/commands/")
@@ -115,12 +120,7 @@ impl Proxy {
                     "<html><body><h1>401 Unauthorized</h1></body></html>",
                 );
             }
-            Fault::InvalidIdIsUnknownAgent
-                if socket
-                    && answer
-                        .json()
-                        .is_some_and(|b| b["error"] == "invalid_agent_id") =>
-            {
+            Fault::InvalidIdIsUnknownAgent if socket && error == "invalid_agent_id" => {
                 answer.set_status(403);
                 answer.set_json(json!({"error": "unknown_agent", "message": "not registered"}));
             }
@@ -128,9 +128,7 @@ impl Proxy {
                 if socket
                     && path.contains("edge_agent_id=")
                     && agent.is_empty()
-                    && answer
-                        .json()
-                        .is_some_and(|b| b["error"] == "missing_agent_id") =>
+                    && error == "missing_agent_id" =>
             {
                 answer.set_status(403);
                 answer.set_json(json!({"error": "unknown_agent", "message": "not registered"}));
@@ -165,10 +163,7 @@ impl Proxy {
                 }
             }
             Fault::RegistrationOpenWhenUnconfigured
-                if route == "/edge/register"
-                    && answer
-                        .json()
-                        .is_some_and(|b| b["error"] == "registration_disabled") =>
+                if route == "/edge/register" && error == "registration_disabled" =>
             {
                 let phone = request
                     .json()
@@ -195,10 +190,7 @@ impl Proxy {
                 answer.set_json(agent);
             }
             Fault::RegistrationDisabledIs401
-                if route == "/edge/register"
-                    && answer
-                        .json()
-                        .is_some_and(|b| b["error"] == "registration_disabled") =>
+                if route == "/edge/register" && error == "registration_disabled" =>
             {
                 answer.set_status(401);
                 answer.set_json(
@@ -206,10 +198,7 @@ impl Proxy {
                 );
             }
             Fault::HttpAckWithoutAgentIdAccepted
-                if route == "/edge/command/ack"
-                    && answer
-                        .json()
-                        .is_some_and(|b| b["error"] == "missing_agent_id") =>
+                if route == "/edge/command/ack" && error == "missing_agent_id" =>
             {
                 answer.set_status(200);
                 answer.set_json(json!({"acknowledged": true}));
