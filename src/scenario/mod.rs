@@ -188,7 +188,7 @@ impl Body {
     }
 }
 
-/// What a `metrics` step requires of the counters since a snapshot.
+/// What a `metrics` step requires of the counters or gauges since a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
     /// `since = "NAME"`: every family's counters grew (something was counted).
@@ -196,6 +196,26 @@ pub enum Since {
     /// `unchanged_since = "NAME"`: no family's counters moved (what must
     /// not count, such as a repeated ack, was not counted).
     Unchanged(String),
+    /// `gauges_fell_since = "NAME"`: every family's gauges are below the
+    /// snapshot's (a closed socket left the active-connections gauge).
+    GaugesFell(String),
+    /// `gauges_back_to = "NAME"`: no family's gauges are above the
+    /// snapshot's (every socket opened since, replaced ones too, was
+    /// counted out). "Not above", not "equal": a socket of an earlier check
+    /// that the backend counts out late may only lower the level.
+    GaugesBackTo(String),
+}
+
+impl Since {
+    /// The snapshot compared with.
+    pub fn snapshot(&self) -> &str {
+        match self {
+            Since::Grown(name)
+            | Since::Unchanged(name)
+            | Since::GaugesFell(name)
+            | Since::GaugesBackTo(name) => name,
+        }
+    }
 }
 
 /// How `expect_attempts` gets the next delivery of a command.
@@ -315,7 +335,8 @@ pub enum StepKind {
     },
     /// `GET path` parses as Prometheus text and has these families (WS-OBS-1):
     /// (what, name patterns); with `since`, each one's counters have
-    /// grown (or not moved at all) since the page saved as a `snapshot`.
+    /// grown (or not moved at all), or its gauges fallen (or come back),
+    /// since the page saved as a `snapshot`.
     Metrics {
         path: String,
         token: String,
@@ -581,6 +602,19 @@ mod tests {
                 since: Some(Since::Unchanged("s".into())),
             }
         );
+        for (option, since) in [
+            ("gauges_fell_since", Since::GaugesFell("s".into())),
+            ("gauges_back_to", Since::GaugesBackTo("s".into())),
+        ] {
+            let checks = step(&format!(
+                "{{ metrics = \"/m\", {option} = \"s\", families = {{ x = \"*x*\" }} }}"
+            ))
+            .unwrap();
+            let StepKind::Metrics { since: read, .. } = &checks[0].steps[0].kind else {
+                panic!("{option}: not a metrics step");
+            };
+            assert_eq!(read.as_ref(), Some(&since), "{option}");
+        }
         let checks = step("{ ws_ping = \"a\" }").unwrap();
         assert_eq!(
             checks[0].steps[0].kind,
@@ -636,8 +670,16 @@ mod tests {
                 "exclude each other",
             ),
             (
+                "{ metrics = \"/m\", gauges_fell_since = \"s\", gauges_back_to = \"s\", families = { x = \"*\" } }",
+                "exclude each other",
+            ),
+            (
                 "{ metrics = \"/m\", unchanged_since = \"s\" }",
-                "need `families`",
+                "needs `families`",
+            ),
+            (
+                "{ metrics = \"/m\", gauges_back_to = \"s\" }",
+                "needs `families`",
             ),
             (
                 "{ metrics = \"/m\", families = { x = \"*a*{replaced\" } }",

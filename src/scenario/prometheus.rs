@@ -3,7 +3,8 @@
 //! `# HELP`/`# TYPE` lines and samples `name{label="value",…} value [ts]`.
 //! It also sums the samples that can only go up (counters, histogram
 //! buckets and counts) per name and label values, so a check can see them
-//! move, and see under which label (`reason="replaced"`) they moved.
+//! move, and see under which label (`reason="replaced"`) they moved; and,
+//! apart, the gauges' samples, so a check can see a level come back down.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,7 +42,7 @@ fn is_value(text: &str) -> bool {
 /// labels' names, so a check matches values only.
 pub type Series = (String, Vec<String>);
 
-/// What a page says: its names, and the totals of its counters.
+/// What a page says: its names, the totals of its counters, and its gauges.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Page {
     /// Every metric family named on the page (by `# TYPE`/`# HELP` or by a
@@ -52,6 +53,11 @@ pub struct Page {
     /// histogram's or summary's `_bucket` and `_count`, and, with no
     /// `# TYPE`, names ending in `_total`, `_count` or `_bucket`.
     pub counters: BTreeMap<Series, f64>,
+    /// Per series, the sum of its samples, for the levels: a `gauge`
+    /// family's, and with no `# TYPE` a name without a counter's or a
+    /// histogram's suffix (`_total`, `_count`, `_bucket`, `_sum`,
+    /// `_created`).
+    pub gauges: BTreeMap<Series, f64>,
 }
 
 /// Every metric family named on the page, or the first line that is not
@@ -123,14 +129,39 @@ pub fn read(text: &str) -> Result<Page, String> {
     if names.is_empty() {
         return Err("no metrics at all".into());
     }
-    let mut counters = BTreeMap::new();
+    let (mut counters, mut gauges) = (BTreeMap::new(), BTreeMap::new());
     for (series, value) in samples {
-        if only_goes_up(&series.0, &types) && value.is_finite() {
-            *counters.entry(series).or_insert(0.0) += value;
+        let sums = match (only_goes_up(&series.0, &types), is_level(&series.0, &types)) {
+            (true, _) => &mut counters,
+            (false, true) => &mut gauges,
+            (false, false) => continue,
+        };
+        if value.is_finite() {
+            *sums.entry(series).or_insert(0.0) += value;
         }
     }
-    Ok(Page { names, counters })
+    Ok(Page {
+        names,
+        counters,
+        gauges,
+    })
 }
+
+/// Whether a sample named `name` is a level that may go down: a `gauge`
+/// family's, or with no `# TYPE` one whose name is not a counter's or a
+/// histogram's part.
+fn is_level(name: &str, types: &BTreeMap<String, String>) -> bool {
+    match types.get(name).map(String::as_str) {
+        Some(t) => t == "gauge",
+        None => !COUNTER_AND_HISTOGRAM_SUFFIXES
+            .iter()
+            .any(|suffix| name.ends_with(suffix)),
+    }
+}
+
+/// The suffixes of a counter's and a histogram's or summary's samples.
+const COUNTER_AND_HISTOGRAM_SUFFIXES: [&str; 5] =
+    ["_total", "_count", "_bucket", "_sum", "_created"];
 
 /// Whether a sample named `name` is a counter, a histogram's or summary's
 /// bucket or count, judged by its family's `# TYPE` (OpenMetrics names a
@@ -222,14 +253,16 @@ mod tests {
     }
 
     #[test]
-    fn sums_what_only_goes_up() {
+    fn sums_counters_and_gauges_apart() {
         let page = "# TYPE open gauge\nopen 3\n\
             # TYPE acks_total counter\nacks_total{result=\"completed\"} 2\nacks_total{result=\"failed\"} 1\n\
             # TYPE pushes counter\npushes_total 4\npushes_created 1.7e9\n\
             # TYPE latency histogram\nlatency_bucket{le=\"1\"} 1\nlatency_bucket{le=\"+Inf\"} 2\nlatency_sum 0.5\nlatency_count 2\n\
             # TYPE temperature_count gauge\ntemperature_count 9\n\
             untyped_total 5\nuntyped_level 6\nnan_total NaN\n";
-        let counters = read(page).unwrap().counters;
+        let Page {
+            counters, gauges, ..
+        } = read(page).unwrap();
         let expected: BTreeMap<Series, f64> = [
             ("acks_total", &["completed"][..], 2.0),
             ("acks_total", &["failed"], 1.0),
@@ -246,6 +279,16 @@ mod tests {
         })
         .collect();
         assert_eq!(counters, expected);
+        let levels: Vec<(&str, f64)> = gauges.iter().map(|((n, _), v)| (n.as_str(), *v)).collect();
+        assert_eq!(
+            levels,
+            [
+                ("open", 3.0),
+                ("temperature_count", 9.0),
+                ("untyped_level", 6.0)
+            ],
+            "gauges, typed or not, and no counter, histogram part or `_created`"
+        );
     }
 
     #[test]

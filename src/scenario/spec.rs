@@ -81,6 +81,8 @@ pub struct StepSpec {
     pub snapshot: Option<String>,
     pub since: Option<String>,
     pub unchanged_since: Option<String>,
+    pub gauges_fell_since: Option<String>,
+    pub gauges_back_to: Option<String>,
     pub no_trace: Option<bool>,
 }
 
@@ -399,16 +401,22 @@ impl StepSpec {
                     .unwrap_or_default()
                     .into_iter()
                     .collect();
-                let since = match (self.since.take(), self.unchanged_since.take()) {
-                    (Some(_), Some(_)) => {
-                        return Err("`since` and `unchanged_since` exclude each other: \
-                                    use two `metrics` steps"
-                            .into())
-                    }
-                    (Some(name), None) => Some(Since::Grown(name)),
-                    (None, Some(name)) => Some(Since::Unchanged(name)),
-                    (None, None) => None,
-                };
+                let mut comparisons: Vec<Since> = [
+                    self.since.take().map(Since::Grown),
+                    self.unchanged_since.take().map(Since::Unchanged),
+                    self.gauges_fell_since.take().map(Since::GaugesFell),
+                    self.gauges_back_to.take().map(Since::GaugesBackTo),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if comparisons.len() > 1 {
+                    return Err("`since`, `unchanged_since`, `gauges_fell_since` and \
+                                `gauges_back_to` exclude each other: use one `metrics` step \
+                                for each comparison"
+                        .into());
+                }
+                let since = comparisons.pop();
                 if let Some((what, pattern)) = families.iter().find_map(|(what, patterns)| {
                     let bad = |p: &&str| {
                         let (name, label) = p.split_once('{').unwrap_or((p, "}"));
@@ -422,8 +430,8 @@ impl StepSpec {
                     ));
                 }
                 if since.is_some() && families.is_empty() {
-                    return Err("`since` and `unchanged_since` need `families`: \
-                                the counters to compare with the snapshot"
+                    return Err("a comparison with a snapshot needs `families`: \
+                                the counters or gauges to compare"
                         .into());
                 }
                 StepKind::Metrics {
@@ -486,6 +494,8 @@ impl StepSpec {
             ("snapshot", self.snapshot.is_some()),
             ("since", self.since.is_some()),
             ("unchanged_since", self.unchanged_since.is_some()),
+            ("gauges_fell_since", self.gauges_fell_since.is_some()),
+            ("gauges_back_to", self.gauges_back_to.is_some()),
             ("no_trace", self.no_trace.is_some()),
         ];
         options

@@ -241,6 +241,11 @@ faults! {
     pings_never_counted: PingsNeverCounted => "WS-OBS-1", ["metrics-count-what-happens"];
     connection_failures_never_counted: ConnectionFailuresNeverCounted => "WS-OBS-1", ["metrics-count-what-happens"];
     normal_disconnects_uncounted: NormalDisconnectsUncounted => "WS-OBS-1", ["metrics-count-what-happens"];
+    gauge_keeps_replaced_sockets: GaugeKeepsReplacedSockets => "WS-OBS-1", ["active-connections-gauge-follows-the-sockets"];
+    gauge_keeps_timed_out_sockets: GaugeKeepsTimedOutSockets => "WS-OBS-1", ["timed-out-socket-leaves-the-active-gauge"];
+    gauge_never_falls: GaugeNeverFalls => "WS-OBS-1", ["active-connections-gauge-follows-the-sockets"; "timed-out-socket-leaves-the-active-gauge"];
+    gauge_counts_refused_upgrades: GaugeCountsRefusedUpgrades => "WS-OBS-1", ["active-connections-gauge-follows-the-sockets"];
+    gauge_never_moves: GaugeNeverMoves => "WS-OBS-1", ["active-connections-gauge-follows-the-sockets"];
     close_reasons_left_out: CloseReasonsLeftOut => "WS-CONN-2", ["duplicate-closes-old-with-4000"; "ping-timeout-closes-4008"];
     repeat_answer_made_up: RepeatAnswerMadeUp => "WS-API-2", ["command-id-is-idempotent"; "repeated-command-id-never-runs-twice"];
     retry_unknown_is_409: RetryUnknownIs409 => "WS-HTTP-4", ["unknown-agent-or-command-is-404-on-every-route"];
@@ -538,4 +543,104 @@ async fn fuzz_group_catches_a_crash_on_bad_json() {
         );
         server.stop().await;
     }
+}
+
+/// The `Fault` enum, the table above and scenarios/MUTATIONS.md agree:
+/// every fault has a row here (a fault no row runs proves nothing), names
+/// the mutation it plays there, and MUTATIONS.md's summary counts its own
+/// rows (it is kept by hand as rows are added).
+#[test]
+fn every_fault_is_tested_and_listed_and_the_summary_counts_the_rows() {
+    let variants: BTreeSet<&str> = include_str!("proxy/fault.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("    ")?.strip_suffix(','))
+        .filter(|name| name.starts_with(|c: char| c.is_ascii_uppercase()))
+        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric()) && *name != "None")
+        .collect();
+    assert!(
+        variants.len() > 200,
+        "read the enum: {} variants",
+        variants.len()
+    );
+    let tested: BTreeSet<String> = CASES
+        .iter()
+        .map(|case| format!("{:?}", case.fault))
+        .collect();
+    let untested: Vec<&&str> = variants.iter().filter(|v| !tested.contains(**v)).collect();
+    assert!(
+        untested.is_empty(),
+        "faults no row of `faults!` runs: {untested:?}"
+    );
+
+    let mutations = include_str!("../../scenarios/MUTATIONS.md");
+    let (rows, summary) = mutations
+        .split_once("\n## Summary")
+        .expect("MUTATIONS.md has a `## Summary`");
+    let rows: Vec<Vec<String>> = rows
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| mutation |"))
+        .map(cells)
+        .collect();
+    let faults_named: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|row| row.get(2)?.strip_prefix('`')?.split('`').next())
+        .collect();
+    let unlisted: Vec<&&str> = variants
+        .iter()
+        .filter(|v| !faults_named.contains(**v))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "faults with no row in MUTATIONS.md: {unlisted:?}"
+    );
+    let not_caught = rows
+        .iter()
+        .filter(|row| row[1].contains("**not caught**"))
+        .count();
+    let simulated = rows.iter().filter(|row| row[2].starts_with('`')).count();
+    let count = |label: &str| -> String {
+        let line = summary
+            .lines()
+            .find(|line| line.starts_with(&format!("| {label}")))
+            .unwrap_or_else(|| panic!("no summary row `{label}`"));
+        cells(line)[1].clone()
+    };
+    assert_eq!(
+        count("mutations listed").parse::<usize>().unwrap(),
+        rows.len(),
+        "rows"
+    );
+    assert_eq!(
+        count("**not caught**").parse::<usize>().unwrap(),
+        not_caught,
+        "not caught"
+    );
+    assert_eq!(
+        count("simulated by a proxy fault"),
+        format!("{simulated} rows, {} distinct faults", faults_named.len()),
+        "simulated rows and distinct faults"
+    );
+}
+
+/// The cells of a markdown table row, trimmed; a `|` inside backticks
+/// (`*a*|*b*`) is text, not a border.
+fn cells(line: &str) -> Vec<String> {
+    let (mut cells, mut cell, mut code) = (Vec::new(), String::new(), false);
+    for c in line
+        .trim()
+        .trim_start_matches('|')
+        .trim_end_matches('|')
+        .chars()
+    {
+        match c {
+            '`' => {
+                code = !code;
+                cell.push(c);
+            }
+            '|' if !code => cells.push(std::mem::take(&mut cell).trim().to_string()),
+            _ => cell.push(c),
+        }
+    }
+    cells.push(cell.trim().to_string());
+    cells
 }

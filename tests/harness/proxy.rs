@@ -223,6 +223,9 @@ struct Memory {
     final_acked: HashSet<String>,
     /// Final acks for commands already final (RepeatedAckCountedTwice).
     repeated_final_acks: u64,
+    /// Sockets a broken active-connections gauge never counted out
+    /// (GaugeKeepsReplacedSockets and its kin).
+    gauge_kept: u64,
     /// Agents provisioned once, and those provisioned again
     /// (ReprovisionDropsQueue).
     provisioned: HashSet<String>,
@@ -522,6 +525,9 @@ impl Proxy {
         self.pump(agent.clone(), agent_ws, server_ws).await;
         let mut memory = self.memory();
         *memory.live.entry(agent.clone()).or_default() -= 1;
+        if self.fault == Fault::GaugeNeverFalls {
+            memory.gauge_kept += 1;
+        }
         if self.fault == Fault::LastAttemptStrandedOnClose {
             let last = memory.max_attempts;
             let on_last: Vec<String> = (memory.pushed.get(&agent).into_iter().flatten())

@@ -5,10 +5,14 @@
 //! reason by a label value in braces (`*disconnect*{replaced}`: only the
 //! samples with a label of that value, whatever the label's name). A step
 //! may save
-//! the page's counters (`snapshot`) and a later one require each family's
-//! counters to have grown since (`since`): a page whose counters never move
-//! has the families and measures nothing. Or require them not to have
-//! moved (`unchanged_since`): a repeated ack is not a second outcome.
+//! the page (`snapshot`) and a later one require each family's counters to
+//! have grown since (`since`): a page whose counters never move has the
+//! families and measures nothing. Or require them not to have moved
+//! (`unchanged_since`): a repeated ack is not a second outcome. Or require
+//! its gauges to have fallen (`gauges_fell_since`: a closed socket left the
+//! active-connections gauge), or to be no higher than they were
+//! (`gauges_back_to`: every socket opened since, a replaced one too, was
+//! counted out).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use tokio::time::Instant;
 
 use super::{fail, Ctx, StepResult};
 use crate::conform::glob;
-use crate::scenario::prometheus::{self, Series};
+use crate::scenario::prometheus::{self, Page, Series};
 use crate::scenario::Since;
 
 impl Ctx<'_> {
@@ -50,56 +54,89 @@ impl Ctx<'_> {
             }
             let settled = match since {
                 None => true,
-                Some(since) => self.compare(since, families, &page.counters, deadline)?,
+                Some(since) => self.compare(since, families, &page, deadline)?,
             };
             if !settled {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             if let Some(name) = snapshot {
-                self.snapshots.insert(name.to_string(), page.counters);
+                self.snapshots.insert(name.to_string(), page);
             }
             return Ok(());
         }
     }
 
-    /// Whether the page's counters meet `since` (fails once they cannot),
-    /// or the page must be read again.
+    /// Whether the page meets `since` (fails once it cannot), or must be
+    /// read again. `since` waits for counters to grow and the gauge
+    /// comparisons for gauges to fall; `unchanged_since` watches counters
+    /// stay for as long.
     fn compare(
         &self,
         since: &Since,
         families: &[(String, String)],
-        counters: &BTreeMap<Series, f64>,
+        page: &Page,
         deadline: Instant,
     ) -> Result<bool, (String, String)> {
-        let (Since::Grown(name) | Since::Unchanged(name)) = since;
+        let name = since.snapshot();
         let Some(before) = self.snapshots.get(name) else {
             return fail(
                 format!("a metrics snapshot `{name}`"),
                 "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
             );
         };
-        let grown = matches!(since, Since::Grown(_));
+        // What is compared, when it is right, what is wanted, what it was.
+        type Right = fn(f64, f64) -> bool;
+        let (then, now, right, wanted, found): (_, _, Right, _, _) = match since {
+            Since::Grown(_) => (
+                &before.counters,
+                &page.counters,
+                |t, n| n > t,
+                "these counters to have grown",
+                "unchanged",
+            ),
+            Since::Unchanged(_) => (
+                &before.counters,
+                &page.counters,
+                |t, n| n == t,
+                "these counters unchanged",
+                "moved",
+            ),
+            Since::GaugesFell(_) => (
+                &before.gauges,
+                &page.gauges,
+                |t, n| n < t,
+                "these gauges to have fallen",
+                "not lower",
+            ),
+            Since::GaugesBackTo(_) => (
+                &before.gauges,
+                &page.gauges,
+                |t, n| n <= t,
+                "these gauges no higher",
+                "higher",
+            ),
+        };
         let wrong: Vec<String> = families
             .iter()
             .filter_map(|(what, patterns)| {
-                let (then, now) = (total(before, patterns), total(counters, patterns));
-                let right = if grown { now > then } else { now == then };
-                (!right).then(|| format!("{what} ({patterns}): {then} → {now}"))
+                let (then, now) = (total(then, patterns), total(now, patterns));
+                (!right(then, now)).then(|| format!("{what} ({patterns}): {then} → {now}"))
             })
             .collect();
         let time_left = Instant::now() < deadline;
-        match (grown, wrong.is_empty()) {
-            (true, true) => Ok(true),
-            (true, false) if time_left => Ok(false),
-            (true, false) => fail(
-                format!("these counters to have grown since `{name}` (within {SETTLE:?})"),
-                format!("unchanged: {}", wrong.join("; ")),
-            ),
-            (false, true) => Ok(!time_left),
+        let watched = matches!(since, Since::Unchanged(_));
+        match (watched, wrong.is_empty()) {
+            (false, true) => Ok(true),
+            (false, false) if time_left => Ok(false),
+            (true, true) => Ok(!time_left),
             (false, false) => fail(
-                format!("these counters unchanged since `{name}` (watched for {SETTLE:?})"),
-                format!("moved: {}", wrong.join("; ")),
+                format!("{wanted} since `{name}` (within {SETTLE:?})"),
+                format!("{found}: {}", wrong.join("; ")),
+            ),
+            (true, false) => fail(
+                format!("{wanted} since `{name}` (watched for {SETTLE:?})"),
+                format!("{found}: {}", wrong.join("; ")),
             ),
         }
     }
@@ -147,8 +184,8 @@ impl Ctx<'_> {
     }
 }
 
-/// How long `since` waits for counters to move, and `unchanged_since`
-/// watches them stay.
+/// How long `since` and the gauge comparisons wait to be met, and
+/// `unchanged_since` watches counters stay.
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// `NAME` or `NAME{VALUE}` (globs): the name, and the label value if any.

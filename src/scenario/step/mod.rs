@@ -9,7 +9,7 @@ mod http;
 mod log;
 mod metrics;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ pub struct Ctx<'a> {
     /// Lists of command ids saved by `fill`.
     lists: HashMap<String, Vec<String>>,
     /// Counter totals saved by `metrics` steps (`snapshot = "NAME"`).
-    snapshots: HashMap<String, BTreeMap<crate::scenario::prometheus::Series, f64>>,
+    snapshots: HashMap<String, crate::scenario::prometheus::Page>,
     /// Every bearer token this check's requests carried (not the deliberately
     /// wrong ones), for `log_has_no_secrets`.
     sent_tokens: BTreeSet<String>,

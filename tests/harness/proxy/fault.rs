@@ -319,6 +319,18 @@ pub enum Fault {
     NormalDisconnectsUncounted,
     /// The 4000 and 4008 closes carry no reason (`ws.close(4000)`).
     CloseReasonsLeftOut,
+    /// The active-connections gauge is decremented in the close handler
+    /// only, which a socket the server closes itself never reaches: a
+    /// replaced socket (4000), or a timed-out one (4008), stays counted.
+    GaugeKeepsReplacedSockets,
+    GaugeKeepsTimedOutSockets,
+    /// The gauge is incremented on connect and never decremented.
+    GaugeNeverFalls,
+    /// The gauge is incremented before the upgrade is checked, and a
+    /// refused upgrade is never counted out.
+    GaugeCountsRefusedUpgrades,
+    /// The gauge is registered and never set: always 0.
+    GaugeNeverMoves,
     /// With the shared secret, an HTTP ack skips the owner check: any
     /// `X-Edge-Agent-Id` acks any agent's command.
     SharedSecretAckSkipsOwner,

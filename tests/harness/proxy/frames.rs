@@ -280,6 +280,11 @@ impl Proxy {
                 ],
                 (Fault::ReplacedClosesWith1000, 4000) => replace(1000, ""),
                 (Fault::CloseReasonsLeftOut, 4000 | 4008) => replace(code, ""),
+                (Fault::GaugeKeepsReplacedSockets, 4000)
+                | (Fault::GaugeKeepsTimedOutSockets, 4008) => {
+                    self.memory().gauge_kept += 1;
+                    vec![Act::Agent(message)]
+                }
                 (Fault::TimedOutAgentStaysRegistered, 4008) => {
                     self.memory().timed_out.insert(s.agent.clone());
                     vec![Act::Agent(message)]

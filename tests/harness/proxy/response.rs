@@ -86,6 +86,9 @@ impl Proxy {
             {
                 self.crash.send_modify(|n| *n += 1);
             }
+            Fault::GaugeCountsRefusedUpgrades if socket && status != 101 => {
+                self.memory().gauge_kept += 1;
+            }
             Fault::RefusesWithBare403 if socket && status == 401 => {
                 answer.set_status(403);
                 answer.set_body("text/plain", "");
@@ -559,6 +562,25 @@ impl Proxy {
             }
             Fault::TimestampsWithoutZone | Fault::LocalTimeMarkedZ => {
                 answer.edit_json(|body| body.edit_strings(&|text| misdate(self.fault, text)));
+            }
+            Fault::GaugeKeepsReplacedSockets
+            | Fault::GaugeKeepsTimedOutSockets
+            | Fault::GaugeNeverFalls
+            | Fault::GaugeCountsRefusedUpgrades
+                if route == "/metrics" =>
+            {
+                let kept = self.memory().gauge_kept as f64;
+                edit_lines(answer, |line| {
+                    Some(match line.rsplit_once(' ') {
+                        Some((sample @ "edge_connections_active", n)) => {
+                            format!("{sample} {}", n.parse::<f64>().unwrap_or(0.0) + kept)
+                        }
+                        _ => line.to_string(),
+                    })
+                })
+            }
+            Fault::GaugeNeverMoves if route == "/metrics" => {
+                zero_samples(answer, |sample| sample == "edge_connections_active")
             }
             Fault::RepeatedAckCountedTwice if route == "/metrics" => {
                 let extra = self.memory().repeated_final_acks as f64;
