@@ -1,16 +1,21 @@
 //! `edge-harness load` end to end: a run against the embedded edge-server,
 //! storms (a restart, a fleet-wide drop), thresholds, shards merged, coordinated-omission correction against a
-//! backend that stalls, the fd-limit advice, and the summary table.
+//! backend that stalls, what a backend that loses or repeats commands is
+//! charged with, the fd-limit advice, and the summary table.
 
 use crate::{assert_exit, harness, text};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_harness::embedded::{Embedded, ADMIN_TOKEN, EDGE_SECRET};
+use edge_harness::embedded::{Embedded, ADMIN_TOKEN, EDGE_SECRET, REGISTRATION_TOKEN};
 use edge_harness::load::plan::Plan;
 use edge_harness::load::report::LoadReport;
+use edge_harness::load::thresholds::Threshold;
+use edge_harness::load::verdict::Verdict;
 use edge_harness::load::{self, LoadConfig};
 use edge_harness::target::Target;
+
+use crate::proxy::{self, Fault, Secrets};
 
 fn report_in(dir: &std::path::Path) -> (LoadReport, std::path::PathBuf) {
     let json = std::fs::read_dir(dir)
@@ -399,6 +404,81 @@ async fn coordinated_omission_correction_shows_a_stall() {
     assert!(
         uncorrected.p99_ms < corrected.p99_ms / 2.0,
         "uncorrected hides it: {uncorrected:?} vs {corrected:?}"
+    );
+}
+
+/// A load run through the fault proxy in front of edge-server: the report
+/// and how many commands the fault picked (every tenth pushed).
+async fn load_through(fault: Fault) -> (LoadReport, usize) {
+    let server = Embedded::start(|_| {}).await.unwrap();
+    let secrets = Secrets {
+        edge: EDGE_SECRET.into(),
+        admin: ADMIN_TOKEN.into(),
+        registration: REGISTRATION_TOKEN.into(),
+    };
+    let proxy = proxy::start(server.addr, fault, secrets, server.lifecycle().log).await;
+    let mut target = Target::new(&format!("http://{}", proxy.addr)).unwrap();
+    target.edge_secret = Some(EDGE_SECRET.into());
+    target.admin_token = Some(ADMIN_TOKEN.into());
+    let config = LoadConfig {
+        targets: vec![target],
+        plan: Plan {
+            agents: 20,
+            rate: 100.0,
+            duration: Duration::from_secs(2),
+            drain: Duration::from_secs(2),
+            seed: 7,
+            ..Plan::default()
+        },
+        shard: (0, 1),
+        source_ips: vec![],
+        provision: true,
+        command_line: "test".into(),
+        progress: false,
+        max_in_flight: 8,
+        tls: None,
+        live: None,
+    };
+    let report = load::run(config).await.unwrap();
+    (report, proxy.tenths())
+}
+
+/// A backend that accepts every command and never pushes one in ten is
+/// charged with exactly those as lost, and the `lost==0` threshold fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_a_backend_never_pushes_are_counted_lost() {
+    let (report, never_pushed) = load_through(Fault::EveryTenthCommandNeverPushed).await;
+    let c = &report.counts;
+    assert_eq!((c.scheduled, c.accepted), (200, 200), "{c:?}");
+    assert_eq!(never_pushed, 20, "every tenth of 200");
+    assert_eq!(c.lost, 20, "{c:?}");
+    assert_eq!(c.received, 180, "{c:?}");
+    assert_eq!(c.duplicates, 0, "{c:?}");
+    let lost_none: Threshold = "lost==0".parse().unwrap();
+    assert_eq!(
+        Verdict::check(&report, &[lost_none], None).failures(),
+        ["lost==0 breached: measured 20.000"]
+    );
+}
+
+/// A backend that pushes one command in ten twice is charged with exactly
+/// those as duplicates, and nothing as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_a_backend_pushes_twice_are_counted_as_duplicates() {
+    let (report, doubled) = load_through(Fault::EveryTenthCommandPushedTwice).await;
+    let c = &report.counts;
+    assert_eq!(
+        (c.scheduled, c.accepted, c.received),
+        (200, 200, 200),
+        "{c:?}"
+    );
+    assert_eq!(doubled, 20, "every tenth of 200");
+    assert_eq!(c.duplicates, 20, "{c:?}");
+    assert_eq!(c.lost, 0, "{c:?}");
+    let no_duplicates: Threshold = "duplicates==0".parse().unwrap();
+    assert_eq!(
+        Verdict::check(&report, &[no_duplicates], None).failures(),
+        ["duplicates==0 breached: measured 20.000"]
     );
 }
 

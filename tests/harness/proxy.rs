@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-pub use fault::Fault;
+pub use fault::{Fault, LOAD_FAULTS};
 use http::Http;
 use ordered::Json;
 
@@ -68,6 +68,11 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// The commands an `EveryTenthCommand…` fault picked so far.
+    pub fn tenths(&self) -> usize {
+        self.proxy.memory().tenths.len()
+    }
+
     /// The backend is being restarted (the test's restarter says so; the
     /// proxy cannot see a restart while no socket is open).
     pub fn restarting(&self) {
@@ -226,6 +231,9 @@ struct Memory {
     /// Sockets a broken active-connections gauge never counted out
     /// (GaugeKeepsReplacedSockets and its kin).
     gauge_kept: u64,
+    /// EveryTenthCommand…: the commands pushed so far, and every tenth.
+    pushed_once: HashSet<String>,
+    tenths: HashSet<String>,
     /// Agents provisioned once, and those provisioned again
     /// (ReprovisionDropsQueue).
     provisioned: HashSet<String>,

@@ -635,4 +635,18 @@ pub enum Fault {
     /// An upgrade without `Authorization` gets FastAPI `HTTPBearer`'s
     /// `403 {"detail": "Not authenticated"}`.
     MissingTokenIsBearerDetail,
+
+    // ---- for the load tests (load.rs), not the conformance suite ----
+    /// Every tenth command pushed is never pushed (none of its attempts):
+    /// accepted, then lost.
+    EveryTenthCommandNeverPushed,
+    /// Every tenth command's first push reaches the agent twice.
+    EveryTenthCommandPushedTwice,
 }
+
+/// The faults the load tests use (a load run must count what they do),
+/// which no conformance check is meant to catch one by one.
+pub const LOAD_FAULTS: [Fault; 2] = [
+    Fault::EveryTenthCommandNeverPushed,
+    Fault::EveryTenthCommandPushedTwice,
+];

@@ -388,6 +388,20 @@ impl Proxy {
             vec![Act::Agent(Message::text(frame.to_text()))]
         };
         let command = kind == "command";
+        if command && LOAD_FAULTS.contains(&self.fault) {
+            let mut memory = self.memory();
+            let first = memory.pushed_once.insert(id.clone());
+            if first && memory.pushed_once.len().is_multiple_of(10) {
+                memory.tenths.insert(id.clone());
+            }
+            return match (self.fault, memory.tenths.contains(&id)) {
+                (Fault::EveryTenthCommandNeverPushed, true) => vec![],
+                (Fault::EveryTenthCommandPushedTwice, true) if first => {
+                    vec![Act::Agent(message.clone()), Act::Agent(message)]
+                }
+                _ => vec![Act::Agent(message)],
+            };
+        }
         match self.fault {
             Fault::NoWelcome if kind == "connected" => vec![],
             Fault::WelcomeOnlyOnFirstSocket
