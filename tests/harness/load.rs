@@ -482,6 +482,28 @@ async fn commands_a_backend_pushes_twice_are_counted_as_duplicates() {
     );
 }
 
+/// A backend whose every push reaches the agent 200 ms late shows it in
+/// every latency from the scheduled send: no percentile below 200 ms, and
+/// the median not far above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_pushes_late_shows_it_in_the_latencies() {
+    let (report, _) = load_through(Fault::EveryPushDelayed200ms).await;
+    assert_eq!(report.counts.lost, 0, "{:?}", report.counts);
+    for histogram in ["push_receive", "push_ack"] {
+        let p = &report.percentiles[histogram];
+        assert_eq!(p.count, 200, "{histogram}: {p:?}");
+        let min_ms = report.histogram(histogram).unwrap().min() as f64 / 1000.0;
+        assert!(
+            min_ms >= 200.0,
+            "{histogram}: {min_ms} ms, sooner than the delay"
+        );
+        assert!(
+            p.p50_ms < 400.0,
+            "{histogram}: the median is the delay and a little: {p:?}"
+        );
+    }
+}
+
 #[test]
 fn summary_table_snapshot() {
     let report = LoadReport::from_json(include_str!("fixtures/load-report.json")).unwrap();

@@ -642,11 +642,14 @@ pub enum Fault {
     EveryTenthCommandNeverPushed,
     /// Every tenth command's first push reaches the agent twice.
     EveryTenthCommandPushedTwice,
+    /// Every push reaches the agent 200 ms late (a slow queue).
+    EveryPushDelayed200ms,
 }
 
 /// The faults the load tests use (a load run must count what they do),
 /// which no conformance check is meant to catch one by one.
-pub const LOAD_FAULTS: [Fault; 2] = [
+pub const LOAD_FAULTS: [Fault; 3] = [
     Fault::EveryTenthCommandNeverPushed,
     Fault::EveryTenthCommandPushedTwice,
+    Fault::EveryPushDelayed200ms,
 ];

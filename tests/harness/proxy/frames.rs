@@ -399,6 +399,12 @@ impl Proxy {
                 (Fault::EveryTenthCommandPushedTwice, true) if first => {
                     vec![Act::Agent(message.clone()), Act::Agent(message)]
                 }
+                (Fault::EveryPushDelayed200ms, _) => {
+                    vec![Act::AgentAt(
+                        Instant::now() + Duration::from_millis(200),
+                        message,
+                    )]
+                }
                 _ => vec![Act::Agent(message)],
             };
         }
