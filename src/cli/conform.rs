@@ -75,6 +75,8 @@ pub struct CheckArgs {
     #[arg(long)]
     pub html: Option<PathBuf>,
     /// Only checks whose rule id or name matches (`WS-CONN-*`); repeatable.
+    /// A pattern that matches no check is a usage error (exit 2), not an
+    /// empty run.
     #[arg(long)]
     pub only: Vec<String>,
     /// SHOULD ([decided]) failures fail the run too.
@@ -237,6 +239,24 @@ fn build_target(args: &CheckArgs, embedded: Option<&Embedded>) -> Result<Target,
     Ok(target)
 }
 
+/// A `--only` pattern that selects nothing is a mistake (a typo, a renamed
+/// check), not an empty run: a CI gate would pass with 0 checks run.
+fn unmatched_only(only: &[String], checks: &[Check], fuzz: bool) -> Result<(), Error> {
+    let fuzz_names = ["WS-ERR-2", "fuzz-bad-input"];
+    let matches = |pattern: &str| {
+        checks
+            .iter()
+            .any(|c| conform::selected(c, &[pattern.to_string()]))
+            || (fuzz && fuzz_names.iter().any(|name| conform::glob(pattern, name)))
+    };
+    match only.iter().find(|pattern| !matches(pattern)) {
+        None => Ok(()),
+        Some(pattern) => Err(Error::Usage(format!(
+            "--only `{pattern}` matches no check: give a rule id (`WS-CONN-2`, `WS-CONN-*`) or a check name (`edge-harness conform --list` lists the suite's)"
+        ))),
+    }
+}
+
 /// Starts the embedded server if needed, runs the checks, writes the reports.
 async fn execute(
     args: &CheckArgs,
@@ -244,6 +264,7 @@ async fn execute(
     seed: u64,
     fuzz_cases: u32,
 ) -> Result<Outcome, Error> {
+    unmatched_only(&args.only, checks, fuzz_cases > 0)?;
     let embedded =
         match &args.target.url[..] {
             [] => Some(Embedded::start(|_| {}).await.map_err(|e| {

@@ -124,6 +124,32 @@ fn protocol_rule_ids() -> Vec<String> {
     ids
 }
 
+/// A `--only` that selects nothing (a typo, a renamed check) is a usage
+/// error before any backend is reached, never a vacuous pass; the fuzz
+/// group counts as a check while it runs.
+#[test]
+fn an_only_that_matches_no_check_is_a_usage_error() {
+    let out = harness(&[
+        "conform",
+        "--url",
+        "http://127.0.0.1:1",
+        "--only",
+        "WS-PING-1",
+        "--only",
+        "duplicate-closes-old-with-400",
+    ]);
+    assert_exit(&out, 2);
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "edge-harness: --only `duplicate-closes-old-with-400` matches no check: give a rule id \
+         (`WS-CONN-2`, `WS-CONN-*`) or a check name (`edge-harness conform --list` lists the suite's)"
+    );
+    let fuzz_only = ["conform", "--only", "fuzz-bad-input", "--fuzz-cases", "2"];
+    assert_exit(&harness(&fuzz_only), 0);
+    let no_fuzz = ["conform", "--only", "fuzz-bad-input", "--fuzz-cases", "0"];
+    assert_exit(&harness(&no_fuzz), 2);
+}
+
 /// `--html FILE`: one page with the verdict and every rule id of the run;
 /// a path that cannot be written is a usage error (exit 2), as for `--json`.
 #[test]
