@@ -471,6 +471,13 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Check>, ScenarioError> {
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
                 .collect();
             found.sort();
+            if found.is_empty() {
+                return Err(ScenarioError {
+                    file: path.display().to_string(),
+                    line: 0,
+                    message: "no scenario files (`*.toml`) in this directory".into(),
+                });
+            }
             files.extend(found);
         } else {
             files.push(path.clone());
@@ -479,7 +486,16 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Check>, ScenarioError> {
     let mut checks = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| io_error(&file, e))?;
-        checks.extend(parse(&file, &text)?);
+        let found = parse(&file, &text)?;
+        // Run, a file without checks would pass with nothing checked.
+        if found.is_empty() {
+            return Err(ScenarioError {
+                file: file.display().to_string(),
+                line: 1,
+                message: "no `[[check]]` in this file (scenarios/README.md shows one)".into(),
+            });
+        }
+        checks.extend(found);
     }
     Ok(checks)
 }
@@ -498,6 +514,30 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Vec<Check>, ScenarioError> {
         parse(Path::new("x.toml"), text)
+    }
+
+    /// Nothing to run is an error, never a pass with nothing checked.
+    #[test]
+    fn a_file_or_directory_without_checks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = load(&[dir.path().to_path_buf()]).unwrap_err();
+        assert_eq!(
+            error.message,
+            "no scenario files (`*.toml`) in this directory"
+        );
+        let file = dir.path().join("empty.toml");
+        std::fs::write(&file, "group = \"G\"\n").unwrap();
+        for path in [file.clone(), dir.path().to_path_buf()] {
+            let error = load(&[path]).unwrap_err();
+            assert_eq!(
+                (error.file.as_str(), error.line, error.message.as_str()),
+                (
+                    file.to_str().unwrap(),
+                    1,
+                    "no `[[check]]` in this file (scenarios/README.md shows one)"
+                )
+            );
+        }
     }
 
     const HEAD: &str = "group = \"G\"\n[[check]]\nname = \"n\"\nrule = \"WS-PING-1\"\nlevel = \"MUST\"\nrequirement = \"r\"\n";
