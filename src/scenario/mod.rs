@@ -196,6 +196,9 @@ pub enum Since {
     /// `unchanged_since = "NAME"`: no family's counters moved (what must
     /// not count, such as a repeated ack, was not counted).
     Unchanged(String),
+    /// `gauges_rose_since = "NAME"`: every family's gauges are above the
+    /// snapshot's (an opened socket is counted).
+    GaugesRose(String),
     /// `gauges_fell_since = "NAME"`: every family's gauges are below the
     /// snapshot's (a closed socket left the active-connections gauge).
     GaugesFell(String),
@@ -212,6 +215,7 @@ impl Since {
         match self {
             Since::Grown(name)
             | Since::Unchanged(name)
+            | Since::GaugesRose(name)
             | Since::GaugesFell(name)
             | Since::GaugesBackTo(name) => name,
         }
@@ -643,6 +647,7 @@ mod tests {
             }
         );
         for (option, since) in [
+            ("gauges_rose_since", Since::GaugesRose("s".into())),
             ("gauges_fell_since", Since::GaugesFell("s".into())),
             ("gauges_back_to", Since::GaugesBackTo("s".into())),
         ] {

@@ -87,6 +87,9 @@ pub fn read(text: &str) -> Result<Page, String> {
                     }
                     if kind == "TYPE" {
                         match words.next() {
+                            // `untyped`/`unknown` say no more than no
+                            // `# TYPE` does: the name's suffix decides.
+                            Some("untyped" | "unknown") => {}
                             Some(t) if TYPES.contains(&t) => {
                                 types.insert(name.to_string(), t.to_string());
                             }
@@ -289,6 +292,15 @@ mod tests {
             ],
             "gauges, typed or not, and no counter, histogram part or `_created`"
         );
+        // `untyped` and `unknown` say what no `# TYPE` says: the suffix decides.
+        let page = "# TYPE odd_total untyped\nodd_total 2\n# TYPE level unknown\nlevel 4\n";
+        let Page {
+            counters, gauges, ..
+        } = read(page).unwrap();
+        let names =
+            |m: &BTreeMap<Series, f64>| m.keys().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&counters), ["odd_total"]);
+        assert_eq!(names(&gauges), ["level"]);
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub struct StepSpec {
     pub snapshot: Option<String>,
     pub since: Option<String>,
     pub unchanged_since: Option<String>,
+    pub gauges_rose_since: Option<String>,
     pub gauges_fell_since: Option<String>,
     pub gauges_back_to: Option<String>,
     pub no_trace: Option<bool>,
@@ -404,6 +405,7 @@ impl StepSpec {
                 let mut comparisons: Vec<Since> = [
                     self.since.take().map(Since::Grown),
                     self.unchanged_since.take().map(Since::Unchanged),
+                    self.gauges_rose_since.take().map(Since::GaugesRose),
                     self.gauges_fell_since.take().map(Since::GaugesFell),
                     self.gauges_back_to.take().map(Since::GaugesBackTo),
                 ]
@@ -411,9 +413,9 @@ impl StepSpec {
                 .flatten()
                 .collect();
                 if comparisons.len() > 1 {
-                    return Err("`since`, `unchanged_since`, `gauges_fell_since` and \
-                                `gauges_back_to` exclude each other: use one `metrics` step \
-                                for each comparison"
+                    return Err("`since`, `unchanged_since`, `gauges_rose_since`, \
+                                `gauges_fell_since` and `gauges_back_to` exclude each other: \
+                                use one `metrics` step for each comparison"
                         .into());
                 }
                 let since = comparisons.pop();
@@ -494,6 +496,7 @@ impl StepSpec {
             ("snapshot", self.snapshot.is_some()),
             ("since", self.since.is_some()),
             ("unchanged_since", self.unchanged_since.is_some()),
+            ("gauges_rose_since", self.gauges_rose_since.is_some()),
             ("gauges_fell_since", self.gauges_fell_since.is_some()),
             ("gauges_back_to", self.gauges_back_to.is_some()),
             ("no_trace", self.no_trace.is_some()),

@@ -64,3 +64,19 @@ async fn a_wait_is_silent_on_every_socket() {
     .await;
     assert_eq!(result.status, Status::Pass, "{result:#?}");
 }
+
+/// A gauge comparison whose patterns match only counters fails and says so,
+/// instead of comparing 0 with 0 (`gauges_back_to` would pass on that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gauge_comparison_without_a_gauge_fails_and_says_so() {
+    let result = run_steps(
+        r#"  { metrics = "/metrics", snapshot = "s", families = { total = "*connections_total*" } },
+  { metrics = "/metrics", gauges_back_to = "s", families = { total = "*connections_total*" } },"#,
+    )
+    .await;
+    assert_eq!(result.status, Status::Fail, "{result:#?}");
+    assert_eq!(
+        result.expected.as_deref(),
+        Some("a gauge sample for: total (*connections_total*)")
+    );
+}

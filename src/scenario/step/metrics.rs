@@ -9,7 +9,8 @@
 //! have grown since (`since`): a page whose counters never move has the
 //! families and measures nothing. Or require them not to have moved
 //! (`unchanged_since`): a repeated ack is not a second outcome. Or require
-//! its gauges to have fallen (`gauges_fell_since`: a closed socket left the
+//! its gauges to have risen (`gauges_rose_since`: an open socket is
+//! counted), fallen (`gauges_fell_since`: a closed socket left the
 //! active-connections gauge), or to be no higher than they were
 //! (`gauges_back_to`: every socket opened since, a replaced one too, was
 //! counted out).
@@ -35,9 +36,13 @@ impl Ctx<'_> {
     ) -> StepResult {
         // A backend may count an event a moment after it (a metrics task,
         // a periodic collect), so a comparison with a snapshot reads the
-        // page again for a while: `since` until the counters grow,
-        // `unchanged_since` for as long, to see a late count.
+        // page again for a while: `since` and the gauge comparisons until
+        // they are met, `unchanged_since` for as long, to see a late count.
+        // A snapshot's gauges must hold still first: a socket the backend
+        // is still counting out would otherwise be in it, and its leaving
+        // later could hide a socket a broken backend never counts out.
         let deadline = Instant::now() + SETTLE;
+        let mut previous_gauges: Option<Vec<f64>> = None;
         loop {
             let page = self.metrics_page(path, token).await?;
             let missing: Vec<String> = families
@@ -61,6 +66,17 @@ impl Ctx<'_> {
                 continue;
             }
             if let Some(name) = snapshot {
+                let gauges: Vec<f64> = families
+                    .iter()
+                    .filter(|(_, patterns)| any(&page.gauges, patterns))
+                    .map(|(_, patterns)| total(&page.gauges, patterns))
+                    .collect();
+                let steady = gauges.is_empty() || previous_gauges.as_ref() == Some(&gauges);
+                if !steady && Instant::now() < deadline {
+                    previous_gauges = Some(gauges);
+                    tokio::time::sleep(STEADY).await;
+                    continue;
+                }
                 self.snapshots.insert(name.to_string(), page);
             }
             return Ok(());
@@ -102,6 +118,13 @@ impl Ctx<'_> {
                 "these counters unchanged",
                 "moved",
             ),
+            Since::GaugesRose(_) => (
+                &before.gauges,
+                &page.gauges,
+                |t, n| n > t,
+                "these gauges to have risen",
+                "not higher",
+            ),
             Since::GaugesFell(_) => (
                 &before.gauges,
                 &page.gauges,
@@ -117,11 +140,29 @@ impl Ctx<'_> {
                 "higher",
             ),
         };
+        // A family none of whose samples is a gauge (a counter whose name
+        // the patterns also match) would compare 0 with 0.
+        let gauges = matches!(
+            since,
+            Since::GaugesRose(_) | Since::GaugesFell(_) | Since::GaugesBackTo(_)
+        );
+        let no_gauge: Vec<String> = families
+            .iter()
+            .filter(|(_, patterns)| gauges && !any(then, patterns) && !any(now, patterns))
+            .map(|(what, patterns)| format!("{what} ({patterns})"))
+            .collect();
+        if !no_gauge.is_empty() {
+            return fail(
+                format!("a gauge sample for: {}", no_gauge.join("; ")),
+                "none: the samples these patterns match are not gauges (`# TYPE … gauge`)",
+            );
+        }
         let wrong: Vec<String> = families
             .iter()
             .filter_map(|(what, patterns)| {
-                let (then, now) = (total(then, patterns), total(now, patterns));
-                (!right(then, now)).then(|| format!("{what} ({patterns}): {then} → {now}"))
+                let (then_sum, now_sum) = (total(then, patterns), total(now, patterns));
+                (!right(then_sum, now_sum))
+                    .then(|| format!("{what} ({patterns}): {then_sum} → {now_sum}"))
             })
             .collect();
         let time_left = Instant::now() < deadline;
@@ -184,8 +225,12 @@ impl Ctx<'_> {
     }
 }
 
-/// How long `since` and the gauge comparisons wait to be met, and
-/// `unchanged_since` watches counters stay.
+/// How long a snapshot's gauges must read the same to be taken.
+const STEADY: Duration = Duration::from_millis(250);
+
+/// How long `since` and the gauge comparisons wait to be met,
+/// `unchanged_since` watches counters stay, and a snapshot waits for its
+/// gauges to hold still.
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// `NAME` or `NAME{VALUE}` (globs): the name, and the label value if any.
@@ -204,18 +249,25 @@ fn names(patterns: &str, name: &str) -> bool {
     patterns.split('|').any(|p| glob(parts(p).0, name))
 }
 
-/// The sum of the counters one of `patterns` matches.
-fn total(counters: &BTreeMap<Series, f64>, patterns: &str) -> f64 {
-    let matches = |(name, values): &Series| {
-        patterns.split('|').map(parts).any(|(family, value)| {
-            glob(family, name) && value.is_none_or(|v| values.iter().any(|x| glob(v, x)))
-        })
-    };
-    counters
+/// Whether one of `patterns` matches `series`.
+fn matches(patterns: &str, (name, values): &Series) -> bool {
+    patterns.split('|').map(parts).any(|(family, value)| {
+        glob(family, name) && value.is_none_or(|v| values.iter().any(|x| glob(v, x)))
+    })
+}
+
+/// The sum of the samples (counters or gauges) one of `patterns` matches.
+fn total(samples: &BTreeMap<Series, f64>, patterns: &str) -> f64 {
+    samples
         .iter()
-        .filter(|(series, _)| matches(series))
+        .filter(|(series, _)| matches(patterns, series))
         .map(|(_, value)| value)
         .sum()
+}
+
+/// Whether one of `patterns` matches any of `samples`.
+fn any(samples: &BTreeMap<Series, f64>, patterns: &str) -> bool {
+    samples.keys().any(|series| matches(patterns, series))
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub struct Ctx<'a> {
     vars: HashMap<String, String>,
     /// Lists of command ids saved by `fill`.
     lists: HashMap<String, Vec<String>>,
-    /// Counter totals saved by `metrics` steps (`snapshot = "NAME"`).
+    /// Pages saved by `metrics` steps (`snapshot = "NAME"`).
     snapshots: HashMap<String, crate::scenario::prometheus::Page>,
     /// Every bearer token this check's requests carried (not the deliberately
     /// wrong ones), for `log_has_no_secrets`.

@@ -391,7 +391,8 @@ impl Proxy {
         if command && LOAD_FAULTS.contains(&self.fault) {
             let mut memory = self.memory();
             let first = memory.pushed_once.insert(id.clone());
-            if first && memory.pushed_once.len().is_multiple_of(10) {
+            // The 10th, 20th, … command seen.
+            if first && memory.pushed_once.len() / 10 > memory.tenths.len() {
                 memory.tenths.insert(id.clone());
             }
             return match (self.fault, memory.tenths.contains(&id)) {
