@@ -476,11 +476,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Check>, ScenarioError> {
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(ScenarioError {
-                    file: path.display().to_string(),
-                    line: 0,
-                    message: "no scenario files (`*.toml`) in this directory".into(),
-                });
+                return Err(error_at(
+                    path,
+                    0,
+                    "no scenario files (`*.toml`) in this directory",
+                ));
             }
             files.extend(found);
         } else {
@@ -493,11 +493,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Check>, ScenarioError> {
         let found = parse(&file, &text)?;
         // Run, a file without checks would pass with nothing checked.
         if found.is_empty() {
-            return Err(ScenarioError {
-                file: file.display().to_string(),
-                line: 1,
-                message: "no `[[check]]` in this file (scenarios/README.md shows one)".into(),
-            });
+            return Err(error_at(
+                &file,
+                1,
+                "no `[[check]]` in this file (scenarios/README.md shows one)",
+            ));
         }
         checks.extend(found);
     }
@@ -505,10 +505,15 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Check>, ScenarioError> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> ScenarioError {
+    error_at(path, 0, format!("cannot read: {e}"))
+}
+
+/// An error about a whole file or directory (line 0) or a line of it.
+fn error_at(path: &Path, line: usize, message: impl Into<String>) -> ScenarioError {
     ScenarioError {
         file: path.display().to_string(),
-        line: 0,
-        message: format!("cannot read: {e}"),
+        line,
+        message: message.into(),
     }
 }
 

@@ -902,6 +902,18 @@ fn zero_samples(answer: &mut Http, which: impl Fn(&str) -> bool) {
     });
 }
 
+/// Adds `by` to the value of one `/metrics` sample (`name{labels}` as written).
+fn raise_sample(answer: &mut Http, sample: &str, by: f64) {
+    edit_lines(answer, |line| {
+        Some(match line.rsplit_once(' ') {
+            Some((name, n)) if name == sample => {
+                format!("{name} {}", n.parse::<f64>().unwrap_or(0.0) + by)
+            }
+            _ => line.to_string(),
+        })
+    });
+}
+
 /// A UTC timestamp (`…Z`) as the timestamp faults write it: without its
 /// zone, or an hour later (UTC+1's local time) still marked `Z`.
 fn misdate(fault: Fault, text: &str) -> Option<String> {

@@ -570,28 +570,14 @@ impl Proxy {
                 if route == "/metrics" =>
             {
                 let kept = self.memory().gauge_kept as f64;
-                edit_lines(answer, |line| {
-                    Some(match line.rsplit_once(' ') {
-                        Some((sample @ "edge_connections_active", n)) => {
-                            format!("{sample} {}", n.parse::<f64>().unwrap_or(0.0) + kept)
-                        }
-                        _ => line.to_string(),
-                    })
-                })
+                raise_sample(answer, "edge_connections_active", kept)
             }
             Fault::GaugeNeverMoves if route == "/metrics" => {
                 zero_samples(answer, |sample| sample == "edge_connections_active")
             }
             Fault::RepeatedAckCountedTwice if route == "/metrics" => {
                 let extra = self.memory().repeated_final_acks as f64;
-                edit_lines(answer, |line| {
-                    Some(match line.rsplit_once(' ') {
-                        Some((sample @ "edge_commands_total{outcome=\"completed\"}", n)) => {
-                            format!("{sample} {}", n.parse::<f64>().unwrap_or(0.0) + extra)
-                        }
-                        _ => line.to_string(),
-                    })
-                })
+                raise_sample(answer, "edge_commands_total{outcome=\"completed\"}", extra)
             }
             Fault::SkipsSentState
             | Fault::ProgressStateNotShown
