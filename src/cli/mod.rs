@@ -25,7 +25,8 @@ pub use self::target::TargetArgs;
 /// edge agents over WebSocket (PROTOCOL.md).
 ///
 /// Exit codes: 0 every required check passed (and every --fail-if held);
-/// 1 some check or threshold failed, or the run failed partway; 2 usage
+/// 1 some check or threshold failed, the run failed partway, or every
+/// check was skipped (nothing was checked); 2 usage
 /// error, bad scenario/profile/report file, or unreachable backend;
 /// 130 interrupted (Ctrl-C or SIGTERM; `load` still writes its report,
 /// marked partial).

@@ -105,8 +105,15 @@ impl RunReport {
         c
     }
 
-    /// Every required check passed (exit code 0).
+    /// Every required check passed (exit code 0), and at least one ran: a
+    /// run whose checks were all skipped (a CI job whose `--admin-token`
+    /// went missing) checked nothing and must not pass.
     pub fn passed(&self) -> bool {
-        self.results.iter().all(|r| r.status != Status::Fail)
+        self.results.iter().all(|r| r.status != Status::Fail) && !self.nothing_checked()
+    }
+
+    /// Every check of the run was skipped (or there were none).
+    pub fn nothing_checked(&self) -> bool {
+        self.results.iter().all(|r| r.status == Status::Skipped)
     }
 }

@@ -98,5 +98,11 @@ pub fn render(report: &RunReport, style: &Style) -> String {
         c.flaky,
         report.duration.as_secs_f64()
     );
+    if report.nothing_checked() {
+        let _ = writeln!(
+            out,
+            "nothing was checked: every check was skipped (each says why above); pass what they need, or choose others with --only"
+        );
+    }
     out
 }

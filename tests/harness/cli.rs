@@ -150,6 +150,37 @@ fn an_only_that_matches_no_check_is_a_usage_error() {
     assert_exit(&harness(&no_fuzz), 2);
 }
 
+/// A run whose every check was skipped (here: no `--admin-token`, so no way
+/// to provision agents) checked nothing: FAILED and exit 1, saying why,
+/// never a PASSED for a CI job whose secrets went missing.
+#[test]
+fn a_run_that_skips_every_check_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = crate::serve_child(dir.path());
+    let out = harness(&[
+        "conform",
+        "--url",
+        &url,
+        "--edge-secret",
+        edge_harness::embedded::EDGE_SECRET,
+        "--only",
+        "WS-API-1",
+        "--fuzz-cases",
+        "0",
+        "--color",
+        "never",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_exit(&out, 1);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\nFAILED: 0 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("nothing was checked: every check was skipped"),
+        "{stdout}"
+    );
+}
+
 /// `--html FILE`: one page with the verdict and every rule id of the run;
 /// a path that cannot be written is a usage error (exit 2), as for `--json`.
 #[test]
