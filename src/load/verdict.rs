@@ -105,6 +105,10 @@ pub struct Verdict {
     /// The run was cut short (Ctrl-C, `LoadReport::partial`): its numbers
     /// cover part of the plan.
     pub partial: bool,
+    /// Commands were scheduled and the backend accepted none (a wrong
+    /// `--admin-token`, a full queue): nothing was measured, so no
+    /// threshold may pass on it.
+    pub nothing_accepted: Option<String>,
 }
 
 /// The banner's word.
@@ -135,6 +139,25 @@ impl Verdict {
             baseline: baseline
                 .map(|(name, base, max)| (name.to_string(), baseline_rows(report, base, max))),
             partial: report.partial,
+            nothing_accepted: (report.counts.scheduled > 0 && report.counts.accepted == 0).then(
+                || {
+                    let refused: Vec<String> = report
+                        .counts
+                        .rejected
+                        .iter()
+                        .map(|(why, n)| format!("{n} × {why}"))
+                        .collect();
+                    format!(
+                        "no command was accepted ({} scheduled; refused: {}): nothing was measured",
+                        report.counts.scheduled,
+                        if refused.is_empty() {
+                            "none answered".to_string()
+                        } else {
+                            refused.join(", ")
+                        }
+                    )
+                },
+            ),
         }
     }
 
@@ -152,7 +175,8 @@ impl Verdict {
                 .filter(|r| r.regressed)
                 .map(move |r| format!("regression against {name}: {}", r.describe()))
         });
-        breaches.chain(regressions).collect()
+        let nothing = self.nothing_accepted.iter().cloned();
+        nothing.chain(breaches).chain(regressions).collect()
     }
 
     /// An interrupted run is partial whatever it breached so far (as its
@@ -197,6 +221,20 @@ mod tests {
         let v = Verdict::check(&r, &[holds.clone(), breaks.clone()], None);
         assert_eq!(v.outcome(), Outcome::Failed);
         assert_eq!(v.failures(), ["lost>0 breached: measured 0.000"]);
+        // Nothing accepted: nothing measured, so `lost==0` holding proves
+        // nothing, and no threshold at all does not make it a pass either.
+        let mut refused = r.clone();
+        refused.counts.scheduled = 300;
+        refused.counts.rejected.insert("HTTP 401".into(), 300);
+        let lost_none: Threshold = "lost==0".parse().unwrap();
+        for thresholds in [vec![], vec![lost_none]] {
+            let v = Verdict::check(&refused, &thresholds, None);
+            assert_eq!(v.outcome(), Outcome::Failed, "{thresholds:?}");
+            assert_eq!(
+                v.failures()[0],
+                "no command was accepted (300 scheduled; refused: 300 × HTTP 401): nothing was measured"
+            );
+        }
         // An interrupted run is partial, breached or not (its report says so).
         let mut cut = r.clone();
         cut.partial = true;
