@@ -127,6 +127,7 @@ faults! {
     unknown_agent_is_404: UnknownAgentIs404 => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
     unknown_agent_error_forbidden: UnknownAgentErrorForbidden => "WS-AUTH-4", ["unknown-agent-is-403-unknown_agent"; "unknown-agent-refused"];
     refusal_is_html: RefusalIsHtml => "WS-AUTH-2", ["refusal-is-401-with-json-body"; "wrong-token-refused"];
+    hmac_token_skips_agent_lookup: HmacTokenSkipsAgentLookup => "WS-AUTH-4", ["unknown-agent-refused-with-its-own-token"; "unknown-agent-refused"];
     accepts_unknown_agents: AcceptsUnknownAgents => "WS-AUTH-4", ["unknown-agent-refused", "unknown-agent-is-403-unknown_agent"];
     empty_id_is_unknown_agent: EmptyIdIsUnknownAgent => "WS-AUTH-3", ["empty-agent-id-is-400"; "missing-agent-id-is-400"];
     invalid_id_is_unknown_agent: InvalidIdIsUnknownAgent => "WS-AUTH-3", ["invalid-agent-id-is-400"];
@@ -314,6 +315,9 @@ faults! {
     silent_on_unknown_ack: SilentOnUnknownAck => "WS-ACK-3", ["unknown-command-ack-is-unknown_command"];
     unknown_ack_is_not_found: UnknownAckIsNotFound => "WS-ACK-3", ["unknown-command-ack-is-unknown_command", "foreign-command-ack-is-unknown_command"];
     foreign_ack_is_forbidden: ForeignAckIsForbidden => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"; "unknown-command-ack-is-unknown_command"];
+    non_object_json_closes_1011: NonObjectJsonCloses1011 => "WS-ERR-1", ["json-that-is-no-object-is-invalid_message"];
+    non_object_json_is_invalid_json: NonObjectJsonIsInvalidJson => "WS-ERR-1", ["json-that-is-no-object-is-invalid_message"];
+    status_data_not_checked: StatusDataNotChecked => "WS-ERR-1", ["json-that-is-no-object-is-invalid_message"];
     no_string_type_is_unknown_type: NoStringTypeIsUnknownType => "WS-ERR-1", ["no-string-type-is-invalid_message"; "unknown-type-is-unknown_type"];
     bad_data_ignored: BadDataIgnored => "WS-ERR-1", ["bad-data-is-invalid_message"];
     extra_pings_dropped: ExtraPingsDropped => "WS-RATE-3", ["extra-pings-get-rate_limited"];

@@ -171,6 +171,10 @@ pub enum Fault {
     SharedSecretOnly,
     /// An unknown agent is created on its first connect.
     AcceptsUnknownAgents,
+    /// A per-agent HMAC token is trusted on its signature alone: only the
+    /// shared-secret path looks the agent up, so a token minted for an id
+    /// the backend never provisioned opens a socket.
+    HmacTokenSkipsAgentLookup,
     /// Ids are not validated: an invalid id is just an unknown agent (403).
     InvalidIdIsUnknownAgent,
     /// The id length is checked the strict way (`< 128`): a 128-character id is 400.
@@ -472,6 +476,15 @@ pub enum Fault {
     ForeignAckIsForbidden,
     /// JSON with a non-string `type` gets `unknown_type`.
     NoStringTypeIsUnknownType,
+    /// The handler reads `msg["type"]` on whatever parsed: JSON that is not
+    /// an object (`null`, `[1,2]`, `"ping"`) throws, and the socket closes
+    /// with 1011.
+    NonObjectJsonCloses1011,
+    /// JSON that is not an object is answered `invalid_json` (it did not
+    /// unmarshal into the message struct).
+    NonObjectJsonIsInvalidJson,
+    /// A `status` whose `data` is not an object is stored as it is: no error.
+    StatusDataNotChecked,
     /// An ack without `command_id` is ignored silently.
     BadDataIgnored,
     /// Extra pings are dropped silently (no `rate_limited`).

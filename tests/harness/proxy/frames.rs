@@ -40,6 +40,9 @@ impl Proxy {
             s.last_type = kind.clone();
         }
         s.untyped = value.is_some() && kind.is_empty();
+        s.not_object = value.as_ref().is_some_and(|v| !v.is_object());
+        s.status_not_object =
+            kind == "status" && value.as_ref().is_some_and(|v| !v["data"].is_object());
         let counted = match message {
             Message::Text(_) | Message::Binary(_) => true,
             Message::Ping(_) => self.fault == Fault::ControlFramesCounted,
@@ -106,6 +109,9 @@ impl Proxy {
             .is_some_and(|a| a["status"] == "received" || a["status"] == "executing");
         match self.fault {
             Fault::CrashesOnBadJson if not_json => return vec![Act::Close(1011, "internal error")],
+            Fault::NonObjectJsonCloses1011 if s.not_object => {
+                return vec![Act::Close(1011, "internal error")]
+            }
             Fault::BadInputKillsAllSockets if not_json => {
                 self.crash.send_modify(|n| *n += 1);
                 return vec![];
@@ -522,6 +528,16 @@ impl Proxy {
                         .unwrap()
                         .insert("code", Json::String("forbidden".into()))
                 })
+            }
+            Fault::NonObjectJsonIsInvalidJson if code == "invalid_message" && s.not_object => {
+                edit(&|f| {
+                    f.get_mut("data")
+                        .unwrap()
+                        .insert("code", Json::String("invalid_json".into()))
+                })
+            }
+            Fault::StatusDataNotChecked if code == "invalid_message" && s.status_not_object => {
+                vec![]
             }
             Fault::NoStringTypeIsUnknownType if code == "invalid_message" && s.untyped => {
                 edit(&|f| {
