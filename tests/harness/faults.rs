@@ -235,6 +235,7 @@ faults! {
     id_syntax_unicode: IdSyntaxUnicode => "WS-AUTH-3", ["ids-take-dots-and-underscores-and-only-ascii"; "invalid-agent-id-is-400"];
     only_first_socket_gets_1012: OnlyFirstSocketGets1012 => "WS-CONN-5", ["restart-closes-1012"];
     received_ack_leaves_timer: ReceivedAckLeavesTimer => "WS-ACK-2", ["progress-ack-stops-redelivery"];
+    rate_limited_upgrade_is_text: RateLimitedUpgradeIsText => "WS-HTTP-4", ["rate-limited-upgrade-is-json"; "connection-attempts-per-agent-limited"];
     upgrade_errors_not_json: UpgradeErrorsNotJson => "WS-AUTH-2", ["every-refused-upgrade-is-json"];
     missing_token_is_bearer_detail: MissingTokenIsBearerDetail => "WS-AUTH-2", ["every-refused-upgrade-is-json"; "missing-token-refused"];
     shared_secret_ack_skips_owner: SharedSecretAckSkipsOwner => "WS-HTTP-2", ["http-ack-with-the-shared-secret-checks-the-owner"; "http-ack-with-shared-secret-needs-agent-id"];
@@ -256,6 +257,8 @@ faults! {
     immediate_relayed_as_is: ImmediateRelayedAsIs => "WS-CMD-1", ["priority-defaults-and-compat"];
     sync_command_data_partial: SyncCommandDataPartial => "WS-HTTP-1", ["sync-returns-pending-commands"; "sync-relays-parameters-as-posted"];
     sync_refuses_shared_secret: SyncRefusesSharedSecret => "WS-HTTP-1", ["sync-takes-the-shared-secret"; "sync-returns-pending-commands"];
+    sync_queued_before_due: SyncQueuedBeforeDue => "WS-DLV-5", ["sync-orders-queued-and-due-together"];
+    sync_newest_first_within_priority: SyncNewestFirstWithinPriority => "WS-DLV-5", ["sync-orders-queued-and-due-together"];
     sync_skips_socket_pushed: SyncSkipsSocketPushed => "WS-DLV-5", ["sync-returns-what-the-socket-left-due"; "sync-redelivers-after-ack-timeout"];
     unknown_agent_command_accepted: UnknownAgentCommandAccepted => "WS-API-2", ["command-for-an-unknown-agent-is-404"];
     router_404_is_text: Router404IsText => "WS-HTTP-4", ["http-errors-are-json"];

@@ -110,6 +110,11 @@ pub enum Fault {
     /// Sync returns only commands it delivered itself: one pushed over a
     /// socket that dropped is never returned.
     SyncSkipsSocketPushed,
+    /// `/edge/sync` joins two queries: the queued commands, then the `sent`
+    /// ones due again, whatever their priority.
+    SyncQueuedBeforeDue,
+    /// `/edge/sync` reuses a listing query: newest first within a priority.
+    SyncNewestFirstWithinPriority,
     /// `GET /api/agents?connected=true` ignores the filter: every agent.
     ConnectedFilterIgnored,
     /// `?connected=true` lists the agents ever seen (`last_seen` set), not
@@ -645,6 +650,9 @@ pub enum Fault {
     ReceivedAckLeavesTimer,
     /// A 400 to an upgrade is the framework's text (`Bad Request`).
     UpgradeErrorsNotJson,
+    /// The upgrade's 429 is the rate limiter's default text
+    /// (express-rate-limit's "Too many requests"), `Retry-After` kept.
+    RateLimitedUpgradeIsText,
     /// An upgrade without `Authorization` gets FastAPI `HTTPBearer`'s
     /// `403 {"detail": "Not authenticated"}`.
     MissingTokenIsBearerDetail,

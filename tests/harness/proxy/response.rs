@@ -97,6 +97,9 @@ impl Proxy {
                 answer.set_status(401);
                 answer.set_json(json!({"error": "unauthorized", "message": "unknown agent"}));
             }
+            Fault::RateLimitedUpgradeIsText if socket && status == 429 => {
+                answer.set_body("text/plain", "Too many requests, please try again later.")
+            }
             Fault::UpgradeErrorsNotJson if socket && status == 400 => {
                 answer.set_body("text/plain", "Bad Request");
             }
@@ -309,6 +312,30 @@ impl Proxy {
                         commands.retain(|c| {
                             !matches!(c.get("command_id"), Some(Json::String(id)) if pushed.contains(id))
                         });
+                    }
+                });
+            }
+            Fault::SyncQueuedBeforeDue | Fault::SyncNewestFirstWithinPriority
+                if route == "/edge/sync" =>
+            {
+                let fault = self.fault;
+                answer.edit_json(|body| {
+                    if let Some(Json::Array(commands)) = body.get_mut("commands") {
+                        let text = |c: &Json, key: &str| match c.get(key) {
+                            Some(Json::String(s)) => s.clone(),
+                            Some(Json::Number(n)) => n.to_string(),
+                            _ => String::new(),
+                        };
+                        match fault {
+                            // Two queries joined: the queued ones, then the due ones.
+                            Fault::SyncQueuedBeforeDue => {
+                                commands.sort_by_key(|c| text(c, "attempt") != "1")
+                            }
+                            // A listing query reused: newest first within a priority.
+                            _ => commands
+                                .chunk_by_mut(|a, b| text(a, "priority") == text(b, "priority"))
+                                .for_each(|run| run.reverse()),
+                        }
                     }
                 });
             }
