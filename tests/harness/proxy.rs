@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use edge_harness::early_answer::dechunk;
+use edge_harness::timing::Timings;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -231,6 +232,9 @@ struct Memory {
     /// Sockets a broken active-connections gauge never counted out
     /// (GaugeKeepsReplacedSockets and its kin).
     gauge_kept: u64,
+    /// StaleTimerAfterReconnect: when each command was last pushed, and as
+    /// which attempt.
+    last_push: HashMap<String, (Instant, u64)>,
     /// EveryTenthCommand…: the commands pushed so far, and every tenth.
     pushed_once: HashSet<String>,
     tenths: HashSet<String>,

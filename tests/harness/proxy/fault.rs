@@ -520,6 +520,10 @@ pub enum Fault {
     LifoWithinPriority,
     /// Sent but unacked commands are not pushed again on reconnect.
     UnackedNotRepushed,
+    /// The timer of the push before a disconnect still fires after the
+    /// reconnect push (a `Map` of timers overwritten without
+    /// `clearTimeout`): the next attempt comes early.
+    StaleTimerAfterReconnect,
     /// `received`/`executing` commands are not pushed again on reconnect.
     ProgressNotRepushed,
     /// The last attempt is never sent (`<` for `<=`).

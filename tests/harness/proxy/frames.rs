@@ -593,6 +593,21 @@ impl Proxy {
                 vec![Act::Hold(Json::parse(&message).unwrap())]
             }
             Fault::UnackedNotRepushed if repush => vec![],
+            Fault::StaleTimerAfterReconnect if command => {
+                let now = Instant::now();
+                let before = self.memory().last_push.insert(id.clone(), (now, attempt));
+                let mut acts = vec![Act::Agent(message)];
+                // The old timer: due ack_timeout + backoff(n) after push n.
+                if let Some((at, n)) = before.filter(|_| repush) {
+                    let due = at + s.ack_timeout + Timings::backoff(n as u32);
+                    if due > now {
+                        let mut early = value.clone();
+                        early["data"]["attempt"] = json!(attempt + 1);
+                        acts.push(Act::AgentAt(due, Message::text(early.to_string())));
+                    }
+                }
+                acts
+            }
             Fault::ProgressNotRepushed if repush && self.memory().progress.contains_key(&id) => {
                 vec![]
             }
