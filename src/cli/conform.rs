@@ -243,10 +243,9 @@ fn build_target(args: &CheckArgs, embedded: Option<&Embedded>) -> Result<Target,
 /// check), not an empty run: a CI gate would pass with 0 checks run.
 fn unmatched_only(only: &[String], checks: &[Check], fuzz: bool) -> Result<(), Error> {
     let fuzz_names = ["WS-ERR-2", "fuzz-bad-input"];
-    let matches = |pattern: &str| {
-        checks
-            .iter()
-            .any(|c| conform::selected(c, &[pattern.to_string()]))
+    let matches = |pattern: &String| {
+        let one = std::slice::from_ref(pattern);
+        checks.iter().any(|c| conform::selected(c, one))
             || (fuzz && fuzz_names.iter().any(|name| conform::glob(pattern, name)))
     };
     match only.iter().find(|pattern| !matches(pattern)) {

@@ -156,7 +156,8 @@ fn an_only_that_matches_no_check_is_a_usage_error() {
 #[test]
 fn a_run_that_skips_every_check_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = crate::serve_child(dir.path());
+    let server = crate::serve_child(dir.path());
+    let url = server.url.clone();
     let out = harness(&[
         "conform",
         "--url",
@@ -170,8 +171,6 @@ fn a_run_that_skips_every_check_fails() {
         "--color",
         "never",
     ]);
-    let _ = server.kill();
-    let _ = server.wait();
     assert_exit(&out, 1);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("\nFAILED: 0 passed, 0 failed"), "{stdout}");
@@ -330,7 +329,8 @@ fn expect_fail_reports_a_listed_check_that_passes() {
 #[test]
 fn commands_can_enter_through_an_inject_template() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = crate::serve_child(dir.path());
+    let server = crate::serve_child(dir.path());
+    let url = server.url.clone();
     let inject = format!("POST {url}/api/agents/{{agent}}/commands");
     let header = format!(
         "Authorization: Bearer {}",
@@ -359,8 +359,6 @@ fn commands_can_enter_through_an_inject_template() {
         "--color",
         "never",
     ]);
-    let _ = server.kill();
-    let _ = server.wait();
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),

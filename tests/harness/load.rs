@@ -359,7 +359,8 @@ fn a_shard_without_agents_is_a_usage_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinated_omission_correction_shows_a_stall() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = crate::serve_child(dir.path());
+    let server = crate::serve_child(dir.path());
+    let url = server.url.clone();
     let mut target = Target::new(&url).unwrap();
     target.edge_secret = Some(edge_harness::embedded::EDGE_SECRET.into());
     target.admin_token = Some(edge_harness::embedded::ADMIN_TOKEN.into());
@@ -370,7 +371,7 @@ async fn coordinated_omission_correction_shows_a_stall() {
         seed: 1,
         ..Plan::default()
     };
-    let pid = server.id().to_string();
+    let pid = server.pid().to_string();
     let stall = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         Command::new("kill").args(["-STOP", &pid]).status().unwrap();
@@ -391,8 +392,6 @@ async fn coordinated_omission_correction_shows_a_stall() {
     };
     let report = load::run(config).await.unwrap();
     stall.await.unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
     let corrected = &report.percentiles["push_ack"];
     let uncorrected = &report.percentiles["push_ack_uncorrected"];
     assert_eq!(report.counts.lost, 0);

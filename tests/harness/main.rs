@@ -41,8 +41,28 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// `edge-harness serve` (the embedded edge-server with spec timers) as a
-/// child process on an ephemeral port: (the child, its base URL).
-pub fn serve_child(dir: &std::path::Path) -> (std::process::Child, String) {
+/// child process on an ephemeral port, ended when dropped (a failed
+/// assertion too).
+pub struct ChildServer {
+    child: std::process::Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl ChildServer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve_child(dir: &std::path::Path) -> ChildServer {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-harness"))
         .args(["serve", "--listen", "127.0.0.1:0", "--database"])
         .arg(dir.join("edge.db"))
@@ -60,5 +80,8 @@ pub fn serve_child(dir: &std::path::Path) -> (std::process::Child, String) {
         .strip_prefix("listening on ")
         .expect("it says where")
         .to_string();
-    (child, format!("http://{addr}"))
+    ChildServer {
+        child,
+        url: format!("http://{addr}"),
+    }
 }

@@ -496,23 +496,18 @@ impl Proxy {
             answer.body = rest;
             let refused_as = |code: u16| (answer.status() == code).then_some(code);
             match self.fault {
-                Fault::HmacTokenSkipsAgentLookup
+                // Auto-provisioning: the agent is created, then let in; or
+                // a per-agent HMAC token is trusted on its signature alone.
+                Fault::AcceptsUnknownAgents | Fault::HmacTokenSkipsAgentLookup
                     if tries == 1
                         && refused_as(403).is_some()
-                        && request
-                            .header("authorization")
-                            .and_then(|v| v.strip_prefix("Bearer "))
-                            .and_then(hmac_token)
-                            .is_some() =>
+                        && (self.fault == Fault::AcceptsUnknownAgents
+                            || request
+                                .header("authorization")
+                                .and_then(|v| v.strip_prefix("Bearer "))
+                                .and_then(hmac_token)
+                                .is_some()) =>
                 {
-                    // The token's signature is the only check: the agent
-                    // is taken to exist (here: made to, then let in).
-                    self.admin("PUT", &format!("/api/agents/{agent}"), "{}")
-                        .await;
-                    continue;
-                }
-                Fault::AcceptsUnknownAgents if tries == 1 && refused_as(403).is_some() => {
-                    // Auto-provisioning: the agent is created, then let in.
                     self.admin("PUT", &format!("/api/agents/{agent}"), "{}")
                         .await;
                     continue;

@@ -101,51 +101,25 @@ impl Ctx<'_> {
                 "no such snapshot in this check (save one with `snapshot = \"NAME\"`)",
             );
         };
-        // What is compared, when it is right, what is wanted, what it was.
-        type Right = fn(f64, f64) -> bool;
-        let (then, now, right, wanted, found): (_, _, Right, _, _) = match since {
-            Since::Grown(_) => (
-                &before.counters,
-                &page.counters,
-                |t, n| n > t,
-                "these counters to have grown",
-                "unchanged",
-            ),
-            Since::Unchanged(_) => (
-                &before.counters,
-                &page.counters,
-                |t, n| n == t,
-                "these counters unchanged",
-                "moved",
-            ),
-            Since::GaugesRose(_) => (
-                &before.gauges,
-                &page.gauges,
-                |t, n| n > t,
-                "these gauges to have risen",
-                "not higher",
-            ),
-            Since::GaugesFell(_) => (
-                &before.gauges,
-                &page.gauges,
-                |t, n| n < t,
-                "these gauges to have fallen",
-                "not lower",
-            ),
-            Since::GaugesBackTo(_) => (
-                &before.gauges,
-                &page.gauges,
-                |t, n| n <= t,
-                "these gauges no higher",
-                "higher",
-            ),
-        };
-        // A family none of whose samples is a gauge (a counter whose name
-        // the patterns also match) would compare 0 with 0.
+        // Gauges or counters; when they are right; what is wanted, what it was.
         let gauges = matches!(
             since,
             Since::GaugesRose(_) | Since::GaugesFell(_) | Since::GaugesBackTo(_)
         );
+        let (then, now) = match gauges {
+            true => (&before.gauges, &page.gauges),
+            false => (&before.counters, &page.counters),
+        };
+        type Right = fn(f64, f64) -> bool;
+        let (right, wanted, found): (Right, _, _) = match since {
+            Since::Grown(_) => (|t, n| n > t, "these counters to have grown", "unchanged"),
+            Since::Unchanged(_) => (|t, n| n == t, "these counters unchanged", "moved"),
+            Since::GaugesRose(_) => (|t, n| n > t, "these gauges to have risen", "not higher"),
+            Since::GaugesFell(_) => (|t, n| n < t, "these gauges to have fallen", "not lower"),
+            Since::GaugesBackTo(_) => (|t, n| n <= t, "these gauges no higher", "higher"),
+        };
+        // A family none of whose samples is a gauge (a counter whose name
+        // the patterns also match) would compare 0 with 0.
         let no_gauge: Vec<String> = families
             .iter()
             .filter(|(_, patterns)| gauges && !any(then, patterns) && !any(now, patterns))
