@@ -60,8 +60,15 @@ pub enum Inbound {
     /// `[agent, command]` pairs, to claim and push.
     Deliver { commands: Vec<(String, String)> },
     /// WS-DLV-1: commands were stored as pushed to sockets of this instance
-    /// (attempt 1 on that connection): read and push them, no claim.
-    Push { ids: Vec<String> },
+    /// (attempt 1 on that connection): push them, no claim. `rows` carries
+    /// the commands as committed (those whose row fits in a notification),
+    /// pushed without reading them; the others are read by id. Every
+    /// command is in `ids`, which is all an earlier version reads.
+    Push {
+        ids: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rows: Vec<CommandRow>,
+    },
     /// WS-CFG-1: push this `config_update`, as posted (WS-CMD-2).
     Config { agent: String, config: RawJson },
     /// WS-CONN-2: the agent connected elsewhere; close `conn` with 4000.
@@ -93,6 +100,7 @@ struct Envelope {
     agent: Option<String>,
     commands: Option<Vec<(String, String)>>,
     ids: Option<Vec<String>>,
+    rows: Option<Vec<CommandRow>>,
     config: Option<RawJson>,
     conn: Option<ConnId>,
     id: Option<i64>,
@@ -111,9 +119,17 @@ impl TryFrom<Envelope> for Inbound {
             "deliver" => Ok(Inbound::Deliver {
                 commands: needs(kind, "commands", e.commands)?,
             }),
-            "push" => Ok(Inbound::Push {
-                ids: needs(kind, "ids", e.ids)?,
-            }),
+            "push" => {
+                let ids = needs(kind, "ids", e.ids)?;
+                let rows = e.rows.unwrap_or_default();
+                if let Some(row) = rows.iter().find(|row| !ids.contains(&row.id)) {
+                    return Err(format!(
+                        "a `push` carries command `{}` not in its `ids`",
+                        row.id
+                    ));
+                }
+                Ok(Inbound::Push { ids, rows })
+            }
             "config" => Ok(Inbound::Config {
                 agent: needs(kind, "agent", e.agent)?,
                 config: needs(kind, "config", e.config)?,
@@ -254,8 +270,20 @@ pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<
         }
         let mut to_push = Vec::new();
         for message in waiting.drain(..) {
-            if let Inbound::Push { ids } = message {
-                to_push.extend(ids);
+            if let Inbound::Push { ids, rows } = message {
+                if !rows.is_empty() {
+                    // In order: what earlier messages named goes first.
+                    if !to_push.is_empty() {
+                        push_stored(&state, &std::mem::take(&mut to_push)).await;
+                    }
+                    to_push.extend(
+                        ids.into_iter()
+                            .filter(|id| !rows.iter().any(|r| &r.id == id)),
+                    );
+                    push_rows(&state, rows);
+                } else {
+                    to_push.extend(ids);
+                }
                 continue;
             }
             if !to_push.is_empty() {
@@ -320,20 +348,24 @@ pub fn apply(state: &AppState, message: Inbound) {
     }
 }
 
-/// [`Inbound::Push`]: reads the commands and hands each to its session if
-/// it is still stored as pushed to that session's connection. Otherwise it
-/// was acked, or claimed by a newer connection (which pushed it), or its
-/// socket is gone (the agent's next connection claims it, WS-DLV-4). The
-/// session skips an attempt it pushed already (a message sent twice).
+/// [`Inbound::Push`] of commands not carried: reads them, then
+/// [`push_rows`].
 async fn push_stored(state: &AppState, ids: &[String]) {
-    let rows = match state.store.commands_by_id(ids).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            // The heartbeat's scan finds them (`postgres::PgCluster::stranded`).
-            warn!(commands = ids.len(), "cannot read commands to push: {e}");
-            return;
-        }
-    };
+    match state.store.commands_by_id(ids).await {
+        Ok(rows) => push_rows(state, rows),
+        // The heartbeat's scan finds them (`postgres::PgCluster::stranded`).
+        Err(e) => warn!(commands = ids.len(), "cannot read commands to push: {e}"),
+    }
+}
+
+/// Hands each command to its session if it is stored as pushed to that
+/// session's connection. Otherwise it was acked, or claimed by a newer
+/// connection (which pushed it), or its socket is gone (the agent's next
+/// connection claims it, WS-DLV-4). The session skips an attempt it pushed
+/// already (a message sent twice). A carried row is as committed a moment
+/// ago: if it was acked since, the edge gets it again and dedups it by
+/// `command_id`, as after any redelivery (WS-DLV-3).
+fn push_rows(state: &AppState, rows: Vec<CommandRow>) {
     for row in rows {
         if row.status != Status::Sent {
             continue;
@@ -385,6 +417,30 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A command stored as pushed (attempt 1) to connection 7.
+    pub(super) fn pushed_row(id: String, parameters: &str) -> CommandRow {
+        CommandRow {
+            seq: 1,
+            id,
+            agent_id: "a".into(),
+            command_type: "send_message".into(),
+            parameters: RawJson::parse(parameters).unwrap(),
+            priority: crate::store::Priority::Normal,
+            status: Status::Sent,
+            attempts: 1,
+            created_at: 1_796_400_000_000,
+            expires_at: None,
+            sent_at: Some(1_796_400_000_000),
+            ack_deadline: Some(1_796_400_030_000),
+            next_attempt_at: Some(1_796_400_031_000),
+            acked_at: None,
+            completed_at: None,
+            error: None,
+            delivered_via: Some(crate::store::Channel::Ws),
+            conn_id: Some(7),
+        }
+    }
+
     fn read(text: &str) -> Result<Inbound, serde_json::Error> {
         serde_json::from_str(text)
     }
@@ -406,6 +462,14 @@ mod tests {
             },
             Inbound::Push {
                 ids: vec!["c1".into(), "c2".into()],
+                rows: Vec::new(),
+            },
+            Inbound::Push {
+                ids: vec!["c1".into(), "c2".into()],
+                rows: vec![
+                    pushed_row("c1".into(), r#"{"z":1,"10":2.50}"#),
+                    pushed_row("c2".into(), "[]"),
+                ],
             },
             Inbound::Stored { id: 9 },
             Inbound::Limits {
@@ -452,6 +516,7 @@ mod tests {
             r#"{"kind":"deliver","commands":[["x"]]}"#,
             r#"{"kind":"push","commands":[["x","c1"]]}"#,
             r#"{"kind":"push","ids":"c1"}"#,
+            r#"{"kind":"push","ids":["c1"],"rows":{}}"#,
             r#"{"kind":"kick","agent":"x","conn":"7"}"#,
             r#"{"kind":"limits","agent":"x"}"#,
             r#"{"kind":"limits","agent":"x","limits":{"messages":[1,-5],"pings":null}}"#,
@@ -463,6 +528,10 @@ mod tests {
         ] {
             assert!(read(text).is_err(), "{text}");
         }
+        // A carried row is among the ids (all an earlier version reads).
+        let stray = serde_json::to_string(&pushed_row("c2".into(), "{}")).unwrap();
+        let text = format!(r#"{{"kind":"push","ids":["c1"],"rows":[{stray}]}}"#);
+        assert!(read(&text).is_err(), "{text}");
         // What `forward` notifies for a stored message.
         assert_eq!(
             read(r#"{"kind" : "stored", "id" : 42}"#).unwrap(),

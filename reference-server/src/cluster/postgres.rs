@@ -98,7 +98,7 @@ pub struct PgCluster {
 /// A new command, as the notifier needs it.
 enum Announcement {
     /// Stored as pushed to a socket of instance `tag`: it pushes it.
-    Push { tag: i64, command: String },
+    Push { tag: i64, command: Box<CommandRow> },
     /// Waiting: whichever other instance holds `agent` now claims it.
     Lookup { agent: String, command: String },
 }
@@ -337,21 +337,21 @@ impl PgCluster {
     /// commands whose agent it holds (looked up here).
     async fn notify_holders(&self, announced: &[Announcement]) -> StoreResult<()> {
         let prefix = channel_prefix(&self.schema);
-        let mut pushes: HashMap<i64, Vec<&str>> = HashMap::new();
+        let mut pushes: HashMap<i64, Vec<&CommandRow>> = HashMap::new();
         let mut lookups = Lookups::default();
         for announcement in announced {
             match announcement {
                 Announcement::Push { tag, command } => {
-                    pushes.entry(*tag).or_default().push(command)
+                    pushes.entry(*tag).or_default().push(&**command)
                 }
                 Announcement::Lookup { agent, command } => lookups.add(agent, command),
             }
         }
         let (mut channels, mut payloads) = (Vec::new(), Vec::new());
-        for (tag, ids) in &pushes {
-            for chunk in in_chunks(ids) {
+        for (tag, rows) in &pushes {
+            for payload in push_payloads(rows) {
                 channels.push(format!("{prefix}{tag}"));
-                payloads.push(serde_json::json!({"kind": "push", "ids": chunk}).to_string());
+                payloads.push(payload);
             }
         }
         let alive = now_millis() - STALE.as_millis() as i64;
@@ -446,22 +446,55 @@ impl<'a> Lookups<'a> {
     }
 }
 
-/// `ids` split so each chunk's JSON (`"id",` each) stays under
-/// [`ANNOUNCE_CHUNK`] bytes.
-fn in_chunks<'a, 'b>(ids: &'b [&'a str]) -> Vec<&'b [&'a str]> {
-    let (mut chunks, mut start, mut bytes) = (Vec::new(), 0, 0);
-    for (i, id) in ids.iter().enumerate() {
-        let size = id.len() + 3;
-        if bytes + size > ANNOUNCE_CHUNK && i > start {
-            chunks.push(&ids[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
+/// The `push` notifications for one instance's commands, in their order.
+/// Each carries the rows as committed, so the holder pushes them without a
+/// round trip to the database (one fewer between the `202` and the push);
+/// a row too long for a notification goes by id alone, and its holder
+/// reads it. A notification carries rows or only ids, never both, so the
+/// holder (which reads a run of id-only ones at once) keeps the order.
+fn push_payloads(rows: &[&CommandRow]) -> Vec<String> {
+    /// A run of commands that share a notification.
+    struct Chunk {
+        ids: Vec<String>,
+        rows: Vec<String>,
+        bytes: usize,
     }
-    if start < ids.len() {
-        chunks.push(&ids[start..]);
+    let mut chunks: Vec<Chunk> = Vec::new();
+    for row in rows {
+        let json = serde_json::to_string(row).expect("a command row is JSON");
+        // `"id",` in `ids`, and the row and its comma in `rows`: the API
+        // admits only ids that JSON needs no escape for ([A-Za-z0-9_.:-]).
+        let id_bytes = row.id.len() + 3;
+        let carried = id_bytes + json.len() < ANNOUNCE_CHUNK;
+        let bytes = id_bytes + if carried { json.len() + 1 } else { 0 };
+        match chunks.last_mut() {
+            Some(chunk)
+                if chunk.rows.is_empty() != carried && chunk.bytes + bytes <= ANNOUNCE_CHUNK =>
+            {
+                chunk.bytes += bytes;
+                chunk.ids.push(row.id.clone());
+                chunk.rows.extend(carried.then_some(json));
+            }
+            _ => chunks.push(Chunk {
+                ids: vec![row.id.clone()],
+                rows: Vec::from_iter(carried.then_some(json)),
+                bytes,
+            }),
+        }
     }
     chunks
+        .into_iter()
+        .map(|chunk| {
+            let ids = serde_json::to_string(&chunk.ids).expect("ids are JSON");
+            match chunk.rows.is_empty() {
+                true => format!(r#"{{"kind":"push","ids":{ids}}}"#),
+                false => format!(
+                    r#"{{"kind":"push","ids":{ids},"rows":[{}]}}"#,
+                    chunk.rows.join(",")
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Removes the instances `select` names (one column: tag), and their sockets.
@@ -557,7 +590,7 @@ impl Cluster for PgCluster {
         let announcement = match command.conn_id.map(|conn| conn >> CONN_BITS) {
             Some(tag) if tag != self.tag && command.status == Status::Sent => Announcement::Push {
                 tag,
-                command: command.id.clone(),
+                command: Box::new(command.clone()),
             },
             _ => Announcement::Lookup {
                 agent: command.agent_id.clone(),
@@ -734,9 +767,54 @@ fn remote_socket(r: &tokio_postgres::Row) -> (String, RemoteSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::tests::pushed_row as row;
     use crate::store::postgres::testing::schema_for;
     use crate::store::postgres::PgStore;
     use crate::store::DeliveryPolicy;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// WS-DLV-1, WS-CMD-2: whatever the commands announced to one
+        /// instance, each `push` notification stays under PostgreSQL's
+        /// payload limit and reads back as a `push`; together they name
+        /// every command once, in order; a notification carries its rows or
+        /// none; every row short enough is carried, exactly as committed
+        /// (parameters as posted).
+        #[test]
+        fn push_notifications_carry_every_row_that_fits_in_order(
+            commands in proptest::collection::vec(
+                ("[A-Za-z0-9_.:-]{1,64}", 0usize..9_000, "[a-zé\\\\\"\n]{0,3}"),
+                1..40,
+            ),
+        ) {
+            let rows: Vec<CommandRow> = commands
+                .iter()
+                .enumerate()
+                .map(|(n, (id, size, text))| {
+                    let text = serde_json::to_string(&text.repeat(size / 3 + 1)).unwrap();
+                    row(format!("{n}-{id}"), &format!(r#"{{"t":{text},"n":1.50}}"#))
+                })
+                .collect();
+            let refs: Vec<&CommandRow> = rows.iter().collect();
+            let (mut named, mut carried) = (Vec::new(), Vec::new());
+            for payload in push_payloads(&refs) {
+                prop_assert!(payload.len() <= NOTIFY_MAX, "{} bytes", payload.len());
+                let Ok(Inbound::Push { ids, rows }) = serde_json::from_str(&payload) else {
+                    panic!("not a push: {payload}");
+                };
+                prop_assert!(rows.is_empty() || rows.len() == ids.len());
+                named.extend(ids);
+                carried.extend(rows);
+            }
+            let all: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            prop_assert_eq!(named, all);
+            let fits = |r: &&CommandRow| {
+                serde_json::to_string(r).unwrap().len() + r.id.len() + 4 <= ANNOUNCE_CHUNK
+            };
+            let expected: Vec<CommandRow> = rows.iter().filter(fits).cloned().collect();
+            prop_assert_eq!(carried, expected);
+        }
+    }
 
     /// WS-DLV-1: however many commands one notifier run announces to an
     /// instance, and however short their ids, its `push` and `deliver`
@@ -775,7 +853,7 @@ mod tests {
                     },
                     Announcement::Push {
                         tag: b.tag(),
-                        command: id(n),
+                        command: Box::new(row(id(n), "{}")),
                     },
                 ]
             })
@@ -789,7 +867,10 @@ mod tests {
                 .expect("B's inbox is open");
             match message {
                 Inbound::Deliver { commands } => delivered += commands.len(),
-                Inbound::Push { ids } => pushed += ids.len(),
+                Inbound::Push { ids, rows } => {
+                    assert_eq!(rows.len(), ids.len(), "every row fits: all carried");
+                    pushed += ids.len()
+                }
                 other => panic!("B got {other:?}"),
             }
         }

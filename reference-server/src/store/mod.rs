@@ -17,6 +17,7 @@ pub mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::raw_json::RawJson;
@@ -53,8 +54,9 @@ pub struct CommitStats {
     pub ops: u64,
 }
 
-/// WS-DLV-2: the life of a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// WS-DLV-2: the life of a command. (Serialized as [`Status::as_str`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Queued,
     Sent,
@@ -104,8 +106,10 @@ impl Status {
     }
 }
 
-/// `high` before `normal` before `low` (WS-DLV-4). Stored as its rank.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// `high` before `normal` before `low` (WS-DLV-4). Stored as its rank;
+/// serialized as [`Priority::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     High = 0,
     Normal = 1,
@@ -144,8 +148,9 @@ impl Priority {
     }
 }
 
-/// How a command reached the agent last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a command reached the agent last. (Serialized as [`Channel::as_str`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Channel {
     Ws,
     Http,
@@ -173,7 +178,9 @@ pub struct AgentRow {
     pub pending_commands: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A command as stored. Serialized only to cross instances as committed
+/// (`cluster::Inbound::Push`), so its holder pushes it without reading it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRow {
     /// Insertion order; FIFO within a priority (WS-DLV-4).
     pub seq: i64,
@@ -422,4 +429,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Count of commands in each state.
     async fn status_counts(&self) -> StoreResult<Vec<(Status, u64)>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row crossing instances names its states as the database and the
+    /// API do.
+    #[test]
+    fn serialized_names_are_the_stored_names() {
+        let json = |v: String| format!("\"{v}\"");
+        for status in Status::ALL {
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                json(status.as_str().into())
+            );
+        }
+        for priority in [Priority::High, Priority::Normal, Priority::Low] {
+            assert_eq!(
+                serde_json::to_string(&priority).unwrap(),
+                json(priority.as_str().into())
+            );
+        }
+        for channel in [Channel::Ws, Channel::Http] {
+            assert_eq!(
+                serde_json::to_string(&channel).unwrap(),
+                json(channel.as_str().into())
+            );
+        }
+    }
 }

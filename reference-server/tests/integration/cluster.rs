@@ -528,6 +528,57 @@ async fn ws_dlv_1_a_push_message_for_a_command_not_pushed_to_this_socket_sends_n
     assert_eq!(agent.expect("command").await["data"]["command_id"], next);
 }
 
+/// WS-DLV-1 across instances without a read: a `push` that carries its
+/// row (as A's notifier sends every row that fits) is pushed as carried,
+/// even for a command B could not have read (here: one never stored). A
+/// carried row stored as pushed to another connection, or no longer
+/// `sent`, sends nothing, as when read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_dlv_1_a_push_that_carries_its_row_is_pushed_without_a_read() {
+    let test = "ws_dlv_1_a_push_that_carries_its_row_is_pushed_without_a_read";
+    let Some(url) = schema_for(test).await else {
+        return;
+    };
+    let (a, b, mut agent) = agent_on_b(&url).await;
+    let conn: i64 = sql(&url)
+        .await
+        .query_one(
+            "SELECT conn_id FROM agent_sockets WHERE agent_id = 'x'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let now = edge_server::wire::now_millis();
+    let row = |id: &str, status: &str, conn: i64| {
+        json!({
+            "seq": 1, "id": id, "agent_id": "x", "command_type": "send_message",
+            "parameters": {"carried": true}, "priority": "normal", "status": status,
+            "attempts": 1, "created_at": now, "expires_at": null, "sent_at": now,
+            "ack_deadline": now + 30_000, "next_attempt_at": now + 31_000,
+            "acked_at": null, "completed_at": null, "error": null,
+            "delivered_via": "ws", "conn_id": conn,
+        })
+    };
+    let push = json!({
+        "kind": "push",
+        "ids": ["elsewhere", "done", "carried"],
+        "rows": [row("elsewhere", "sent", 1), row("done", "completed", conn), row("carried", "sent", conn)],
+    });
+    notify_instance(&url, &b.instance(), &push.to_string())
+        .await
+        .unwrap();
+    let pushed = agent.expect("command").await;
+    assert_eq!(pushed["data"]["command_id"], "carried", "{pushed}");
+    assert_eq!(pushed["data"]["parameters"], json!({"carried": true}));
+    // B's inbox takes notifications in order: nothing else came before the
+    // next command's push.
+    let next = a
+        .send_command("x", json!({"command_type": "send_message"}))
+        .await;
+    assert_eq!(agent.expect("command").await["data"]["command_id"], next);
+}
+
 /// An instance that could not hear the cluster for a while (its LISTEN
 /// connection cut) makes up for what it missed once it listens again: a
 /// command posted meanwhile reaches its agent (WS-DLV-1), and a socket taken
