@@ -73,18 +73,24 @@ impl AppState {
         self.cluster.announce(row);
     }
 
-    /// WS-ACK-2, WS-ACK-3: applies an ack from `agent_id`, over a socket or HTTP.
+    /// WS-ACK-2, WS-ACK-3: applies an ack from `agent_id`, over a socket or
+    /// HTTP; `pushed`: over the socket that got the command, which has not
+    /// acked it before ([`crate::store::Store::ack_pushed`]).
     pub async fn acknowledge(
         &self,
         agent_id: &str,
         command_id: &str,
         ack: AckKind,
+        pushed: bool,
     ) -> StoreResult<AckOutcome> {
         let now = now_millis();
-        let outcome = self
-            .store
-            .ack(agent_id, command_id, ack.clone(), now)
-            .await?;
+        let outcome = match pushed {
+            true => self
+                .store
+                .ack_pushed(agent_id, command_id, ack.clone(), now),
+            false => self.store.ack(agent_id, command_id, ack.clone(), now),
+        }
+        .await?;
         let result = match &outcome {
             AckOutcome::Unknown => "unknown",
             AckOutcome::Unchanged(_) => "duplicate",

@@ -388,9 +388,10 @@ impl Session {
                 self.write(socket, wire::pong_frame()).await
             }
             Ok(Inbound::Ack(ack)) => {
+                let pushed = self.inflight.contains_key(&ack.command_id);
                 let outcome = self
                     .state
-                    .acknowledge(&self.agent_id, &ack.command_id, ack.kind)
+                    .acknowledge(&self.agent_id, &ack.command_id, ack.kind, pushed)
                     .await;
                 match outcome {
                     Ok(crate::store::AckOutcome::Unknown) => {

@@ -279,7 +279,7 @@ pub async fn http_ack(
     let ack = wire::parse_ack(&data)
         .map_err(|e| ApiError::bad_request("invalid_message", e.to_string()))?;
     match state
-        .acknowledge(&agent_id, &ack.command_id, ack.kind)
+        .acknowledge(&agent_id, &ack.command_id, ack.kind, false)
         .await?
     {
         AckOutcome::Unknown => Err(ApiError::new(

@@ -52,6 +52,9 @@ pub struct CommitStats {
     pub batches: u64,
     /// Operations run in them.
     pub ops: u64,
+    /// Acks written in one compare-and-set, outside any batch
+    /// ([`Store::ack_pushed`] on PostgreSQL).
+    pub acks_set_as_pushed: u64,
 }
 
 /// WS-DLV-2: the life of a command. (Serialized as [`Status::as_str`].)
@@ -411,6 +414,20 @@ pub trait Store: Send + Sync + 'static {
         ack: AckKind,
         now: Millis,
     ) -> StoreResult<AckOutcome>;
+    /// [`Store::ack`] of a command pushed over the acking socket, which has
+    /// not acked it before: the row is most likely as pushed (`sent`, never
+    /// acked). PostgreSQL decides the ack on that row and writes it only if
+    /// the row is still so, in one round trip instead of a batch's two,
+    /// falling back to `ack` if the row changed. The outcome is `ack`'s.
+    async fn ack_pushed(
+        &self,
+        agent_id: &str,
+        command_id: &str,
+        ack: AckKind,
+        now: Millis,
+    ) -> StoreResult<AckOutcome> {
+        self.ack(agent_id, command_id, ack, now).await
+    }
     /// WS-API-4: `dead`/`expired` → `queued`, attempts 0, TTL cleared.
     async fn retry(&self, command_id: &str, now: Millis) -> StoreResult<RetryOutcome>;
     /// WS-DLV-7 and WS-DLV-3: TTL passed → `expired`; `sent` with no attempts

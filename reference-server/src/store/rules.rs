@@ -163,31 +163,88 @@ pub fn ack(row: Option<CommandRow>, agent_id: &str, ack: &AckKind, now: Millis) 
         return AckOutcome::Unknown;
     };
     let before = row.status;
+    match acked(&AckColumns::of(&row), ack, now) {
+        None => AckOutcome::Unchanged(row),
+        Some(after) => {
+            after.write_to(&mut row);
+            AckOutcome::Updated {
+                before,
+                command: row,
+            }
+        }
+    }
+}
+
+/// The columns an ack reads and writes: a store may decide an ack on these
+/// alone (PostgreSQL's compare-and-set of an ack over the socket that got
+/// the push, `store/postgres/batch.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckColumns {
+    pub status: Status,
+    /// The first ack of any kind.
+    pub acked_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub error: Option<String>,
+}
+
+impl AckColumns {
+    /// A command pushed and never acked since it was last queued.
+    pub const PUSHED: AckColumns = AckColumns {
+        status: Status::Sent,
+        acked_at: None,
+        completed_at: None,
+        error: None,
+    };
+
+    fn of(row: &CommandRow) -> AckColumns {
+        AckColumns {
+            status: row.status,
+            acked_at: row.acked_at,
+            completed_at: row.completed_at,
+            error: row.error.clone(),
+        }
+    }
+
+    fn write_to(self, row: &mut CommandRow) {
+        row.status = self.status;
+        row.acked_at = self.acked_at;
+        row.completed_at = self.completed_at;
+        row.error = self.error;
+    }
+}
+
+/// What an ack makes of a command whose columns are `before`, or `None` if
+/// it changes nothing: a final state never changes, progress only moves
+/// forward (WS-ACK-2, WS-ACK-3).
+pub fn acked(before: &AckColumns, ack: &AckKind, now: Millis) -> Option<AckColumns> {
     let to = match ack {
-        _ if before.is_final() => return AckOutcome::Unchanged(row),
+        _ if before.status.is_final() => return None,
         AckKind::Completed => Status::Completed,
         AckKind::Failed { .. } => Status::Failed,
-        AckKind::Received if matches!(before, Status::Queued | Status::Sent) => Status::Received,
+        AckKind::Received if matches!(before.status, Status::Queued | Status::Sent) => {
+            Status::Received
+        }
         AckKind::Executing
-            if matches!(before, Status::Queued | Status::Sent | Status::Received) =>
+            if matches!(
+                before.status,
+                Status::Queued | Status::Sent | Status::Received
+            ) =>
         {
             Status::Executing
         }
-        AckKind::Received | AckKind::Executing => return AckOutcome::Unchanged(row),
+        AckKind::Received | AckKind::Executing => return None,
     };
-    row.status = to;
-    row.acked_at = row.acked_at.or(Some(now));
+    let mut after = before.clone();
+    after.status = to;
+    after.acked_at = before.acked_at.or(Some(now));
     if to.is_final() {
-        row.completed_at = Some(now);
-        row.error = match ack {
+        after.completed_at = Some(now);
+        after.error = match ack {
             AckKind::Failed { error } => error.clone(),
             _ => None,
         };
     }
-    AckOutcome::Updated {
-        before,
-        command: row,
-    }
+    Some(after)
 }
 
 /// WS-API-4: `dead`/`expired` → `queued`, attempts 0, TTL cleared; `None`

@@ -2,7 +2,8 @@
 //! acks after a final state change nothing; unknown and foreign commands are
 //! unknown).
 
-use super::{insert, insert_pushed, new_cmd, stored, two_agents, T0};
+use super::{ids, insert, insert_pushed, new_cmd, stored, two_agents, T0};
+use crate::raw_json::RawJson;
 use crate::store::{AckKind, AckOutcome, CommandRow, Priority, Status, Store};
 
 /// The command after an ack that must change it from `before`.
@@ -220,4 +221,108 @@ pub(super) async fn ws_ack_3_final_state_is_never_changed_by_a_later_ack(store: 
         assert_eq!(&stored(store, &row.id).await, row);
     }
     // (`expired` and `dead` are final too: `sweep.rs`.)
+}
+
+/// An ack over the socket that got the push ([`Store::ack_pushed`]) is
+/// decided as any ack, whatever the command went through first: of twin
+/// commands, one acked that way and one not, each pair of acks leaves both
+/// alike. Also when the row is `sent` but not as first pushed: acked
+/// before it expired and was queued again (WS-API-4), it keeps its first
+/// ack's time. Another agent's command and a made-up id are unknown.
+pub(super) async fn ws_ack_2_an_ack_over_the_socket_that_got_the_push_is_decided_as_any_ack(
+    store: &dyn Store,
+) {
+    two_agents(store).await;
+    let kinds = [
+        AckKind::Received,
+        AckKind::Executing,
+        AckKind::Completed,
+        AckKind::Failed {
+            error: Some("boom".into()),
+        },
+    ];
+    // The same for both twins: their ids, `seq` and parameters (which name
+    // the id) differ.
+    let alike = |mut row: CommandRow| {
+        (row.id, row.seq) = (String::new(), 0);
+        row.parameters = RawJson::empty_object();
+        row
+    };
+    let alike_outcome = |outcome: AckOutcome| match outcome {
+        AckOutcome::Updated { before, command } => AckOutcome::Updated {
+            before,
+            command: alike(command),
+        },
+        AckOutcome::Unchanged(row) => AckOutcome::Unchanged(alike(row)),
+        AckOutcome::Unknown => AckOutcome::Unknown,
+    };
+    for (n, (first, second)) in kinds
+        .iter()
+        .flat_map(|first| kinds.iter().map(move |second| (first, second)))
+        .enumerate()
+    {
+        let (pushed, plain) = (format!("p{n}"), format!("q{n}"));
+        for id in [&pushed, &plain] {
+            insert_pushed(store, new_cmd(id, "a1", Priority::Normal, T0), 1).await;
+        }
+        for (step, kind) in [first, second].into_iter().enumerate() {
+            let now = T0 + 1 + step as i64;
+            let as_pushed = store.ack_pushed("a1", &pushed, kind.clone(), now);
+            let as_any = store.ack("a1", &plain, kind.clone(), now);
+            assert_eq!(
+                alike_outcome(as_pushed.await.unwrap()),
+                alike_outcome(as_any.await.unwrap()),
+                "{first:?} then {second:?}"
+            );
+        }
+        assert_eq!(
+            alike(stored(store, &pushed).await),
+            alike(stored(store, &plain).await)
+        );
+    }
+
+    // Received, expired, queued again and pushed: `sent`, acked before.
+    let ttl = super::ttl_cmd("again", "a1", T0, T0 + 100);
+    insert_pushed(store, ttl, 1).await;
+    updated(
+        store
+            .ack_pushed("a1", "again", AckKind::Received, T0 + 1)
+            .await
+            .unwrap(),
+        Status::Sent,
+    );
+    assert_eq!(store.sweep(T0 + 100).await.unwrap().len(), 1);
+    assert!(matches!(
+        store.retry("again", T0 + 200).await.unwrap(),
+        crate::store::RetryOutcome::Requeued(_)
+    ));
+    let pushed = super::claim(store, super::one("again", 2), T0 + 300).await;
+    assert_eq!(ids(&pushed), ["again"]);
+    let row = updated(
+        store
+            .ack_pushed("a1", "again", AckKind::Completed, T0 + 400)
+            .await
+            .unwrap(),
+        Status::Sent,
+    );
+    assert_eq!(
+        (row.status, row.acked_at, row.completed_at),
+        (Status::Completed, Some(T0 + 1), Some(T0 + 400))
+    );
+    assert_eq!(stored(store, "again").await, row);
+
+    assert_eq!(
+        store
+            .ack_pushed("a2", "p0", AckKind::Completed, T0 + 5)
+            .await
+            .unwrap(),
+        AckOutcome::Unknown
+    );
+    assert_eq!(
+        store
+            .ack_pushed("a1", "nope", AckKind::Completed, T0 + 5)
+            .await
+            .unwrap(),
+        AckOutcome::Unknown
+    );
 }

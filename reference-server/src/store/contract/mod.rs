@@ -83,6 +83,7 @@ macro_rules! contract_tests {
             acks::ws_ack_2_a_failed_ack_ends_the_command_with_its_error(POLICY);
             acks::ws_ack_2_a_queued_command_completes_on_its_first_ack(POLICY);
             acks::ws_ack_3_final_state_is_never_changed_by_a_later_ack(POLICY);
+            acks::ws_ack_2_an_ack_over_the_socket_that_got_the_push_is_decided_as_any_ack(POLICY);
 
             delivery::ws_dlv_4_a_reconnect_claims_every_pending_command_by_priority_then_fifo(POLICY);
             delivery::ws_dlv_4_a_reconnect_leaves_out_what_this_connection_already_has(POLICY);

@@ -56,6 +56,9 @@ pub(super) enum Request {
         command_id: String,
         ack: AckKind,
         now: Millis,
+        /// Over the socket that got the push, its first ack there
+        /// ([`crate::store::Store::ack_pushed`]; `pushed_acks.rs`).
+        pushed: bool,
     },
     Claim {
         claim: Claim,
@@ -243,6 +246,7 @@ impl Working<'_> {
                 command_id,
                 ack,
                 now,
+                ..
             } => {
                 // A command this batch creates was never pushed: the ack
                 // is for an unknown id, as it would be a moment earlier.

@@ -25,6 +25,7 @@ mod agents;
 mod batch;
 mod commands;
 mod delivery;
+mod pushed_acks;
 mod rows;
 mod schema;
 pub mod sslmode;
@@ -407,6 +408,28 @@ impl PgStore {
     pub fn db(&self) -> &Db {
         &self.db
     }
+
+    /// [`Store::ack`], or with `pushed` [`Store::ack_pushed`].
+    async fn write_ack(
+        &self,
+        agent_id: &str,
+        command_id: &str,
+        ack: AckKind,
+        now: Millis,
+        pushed: bool,
+    ) -> StoreResult<AckOutcome> {
+        let request = Request::Ack {
+            agent_id: agent_id.to_string(),
+            command_id: command_id.to_string(),
+            ack,
+            now,
+            pushed,
+        };
+        match self.writer.call(request).await? {
+            Answer::Ack(outcome) => Ok(outcome),
+            _ => Err(mismatch()),
+        }
+    }
 }
 
 #[async_trait]
@@ -504,16 +527,17 @@ impl Store for PgStore {
         ack: AckKind,
         now: Millis,
     ) -> StoreResult<AckOutcome> {
-        let request = Request::Ack {
-            agent_id: agent_id.to_string(),
-            command_id: command_id.to_string(),
-            ack,
-            now,
-        };
-        match self.writer.call(request).await? {
-            Answer::Ack(outcome) => Ok(outcome),
-            _ => Err(mismatch()),
-        }
+        self.write_ack(agent_id, command_id, ack, now, false).await
+    }
+
+    async fn ack_pushed(
+        &self,
+        agent_id: &str,
+        command_id: &str,
+        ack: AckKind,
+        now: Millis,
+    ) -> StoreResult<AckOutcome> {
+        self.write_ack(agent_id, command_id, ack, now, true).await
     }
 
     async fn retry(&self, command_id: &str, _now: Millis) -> StoreResult<RetryOutcome> {

@@ -776,3 +776,56 @@ async fn a_pipelined_transaction_stores_all_or_nothing() {
     let ids: Vec<String> = stored[1].iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, ["next"]);
 }
+
+/// `ack_pushed` writes the ack of a row as pushed in one compare-and-set,
+/// and leaves to a batch what that cannot decide: a row another instance
+/// acked meanwhile, and the second of two acks of one command sent
+/// together, which is decided on what the first left.
+#[tokio::test]
+async fn an_ack_of_a_row_as_pushed_is_one_compare_and_set_and_the_others_a_batch() {
+    let test = "an_ack_of_a_row_as_pushed_is_one_compare_and_set_and_the_others_a_batch";
+    let Some((url, store)) = setup(test, POLICY).await else {
+        return;
+    };
+    for id in ["c1", "c2", "c3", "c4"] {
+        insert(&store, new_cmd(id, "a1", Priority::Normal, T0), Some(1)).await;
+    }
+    let other = PgStore::open(&url, POLICY).await.unwrap();
+    other
+        .ack("a1", "c2", AckKind::Received, T0 + 1)
+        .await
+        .unwrap();
+    let set = |store: &PgStore| store.stats().acks_set_as_pushed;
+    let before = |outcome: AckOutcome| match outcome {
+        AckOutcome::Updated { before, command } => (before, command.status),
+        other => panic!("expected Updated, got {other:?}"),
+    };
+
+    let c1 = store.ack_pushed("a1", "c1", AckKind::Completed, T0 + 2);
+    assert_eq!(before(c1.await.unwrap()), (Status::Sent, Status::Completed));
+    assert_eq!(set(&store), 1);
+    let c2 = store.ack_pushed("a1", "c2", AckKind::Completed, T0 + 2);
+    assert_eq!(
+        before(c2.await.unwrap()),
+        (Status::Received, Status::Completed)
+    );
+    assert_eq!(set(&store), 1, "c2 was acked on the other instance");
+    assert_eq!(
+        store.command("c2").await.unwrap().unwrap().acked_at,
+        Some(T0 + 1)
+    );
+
+    let (received, completed, c4) = tokio::join!(
+        store.ack_pushed("a1", "c3", AckKind::Received, T0 + 3),
+        store.ack_pushed("a1", "c3", AckKind::Completed, T0 + 4),
+        store.ack_pushed("a1", "c4", AckKind::Completed, T0 + 3),
+    );
+    assert_eq!(before(received.unwrap()), (Status::Sent, Status::Received));
+    assert_eq!(
+        before(completed.unwrap()),
+        (Status::Received, Status::Completed)
+    );
+    assert_eq!(before(c4.unwrap()), (Status::Sent, Status::Completed));
+    assert_eq!(set(&store), 3);
+    assert_eq!(set(&other), 0);
+}

@@ -12,8 +12,11 @@
 //! waiting (up to [`MAX_BATCH`]) and runs them in one transaction
 //! (`batch.rs`): the batching window is however long the previous
 //! transaction took, so a quiet instance answers at once and a busy one puts
-//! more in each commit. Every caller is answered only after the `COMMIT`
-//! (WS-DLV-6, WS-API-2). If the batch fails as a whole (a value PostgreSQL
+//! more in each commit. If all it took are acks over the sockets that got
+//! the pushes (the usual case on an instance holding agents), they go first
+//! as one compare-and-set (`pushed_acks.rs`), one round trip, and only what
+//! that could not write goes in a batch. Every caller is answered only
+//! after the `COMMIT` (WS-DLV-6, WS-API-2). If the batch fails as a whole (a value PostgreSQL
 //! refuses), each request is run again alone, so only the one at fault gets
 //! the error; if it failed because the database cannot be reached, every
 //! request gets that answer at once (`503`, and the client retries).
@@ -25,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::batch::{self, Answer, Request};
-use super::Db;
+use super::{pushed_acks, Db};
 use crate::cluster::postgres::STALE;
 use crate::store::{CommitStats, DeliveryPolicy, StoreError, StoreResult};
 use crate::wire::now_millis;
@@ -49,6 +52,7 @@ pub(super) struct Writer {
 struct Counts {
     batches: AtomicU64,
     requests: AtomicU64,
+    acks_set_as_pushed: AtomicU64,
 }
 
 impl Writer {
@@ -72,6 +76,7 @@ impl Writer {
         CommitStats {
             batches: self.counts.batches.load(Ordering::Relaxed),
             ops: self.counts.requests.load(Ordering::Relaxed),
+            acks_set_as_pushed: self.counts.acks_set_as_pushed.load(Ordering::Relaxed),
         }
     }
 
@@ -101,38 +106,90 @@ async fn write(
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             return;
         }
-        let (requests, replies): (Vec<Request>, Vec<_>) = jobs.into_iter().unzip();
-        match run(&db, &policy, &requests, &counts).await {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
+        // Mixed with other requests, acks go in the batch: two round trips
+        // either way.
+        let pushed_acks_only = jobs
+            .iter()
+            .all(|(request, _)| matches!(request, Request::Ack { pushed: true, .. }));
+        if pushed_acks_only {
+            jobs = set_as_pushed(&db, jobs, &counts).await;
+            if jobs.is_empty() {
+                continue;
             }
-            Err(e) if requests.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
+        }
+        answer(&db, &policy, jobs, &counts).await;
+    }
+}
+
+/// Answers the acks one compare-and-set wrote (`pushed_acks.rs`) and
+/// returns the jobs left for a batch, in their order: all of them if it
+/// failed, unless the database cannot be reached (each gets that answer).
+async fn set_as_pushed(db: &Db, jobs: Vec<Job>, counts: &Counts) -> Vec<Job> {
+    let requests: Vec<&Request> = jobs.iter().map(|(request, _)| request).collect();
+    let outcomes = match pushed_acks::set_as_pushed(db, &requests).await {
+        Ok(outcomes) => outcomes,
+        Err(StoreError::Unavailable(why)) => {
+            warn!(acks = jobs.len(), "acks failed: {why}");
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
             }
-            // No request is at fault when the database cannot be reached,
-            // and one by one, each would wait for its own failed connection
-            // attempt (up to the connect timeout each) before the next.
-            Err(StoreError::Unavailable(why)) => {
-                warn!(batch = requests.len(), "a batch failed: {why}");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
-                }
+            return Vec::new();
+        }
+        Err(e) => {
+            warn!(
+                acks = jobs.len(),
+                "acks as pushed failed ({e}); running them in a batch"
+            );
+            return jobs;
+        }
+    };
+    let mut left = Vec::new();
+    for ((request, reply), outcome) in jobs.into_iter().zip(outcomes) {
+        match outcome {
+            Some(outcome) => {
+                counts.acks_set_as_pushed.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Ok(Answer::Ack(outcome)));
             }
-            Err(e) => {
-                warn!(
-                    batch = requests.len(),
-                    "a batch failed ({e}); running its requests one by one"
-                );
-                for (request, reply) in requests.into_iter().zip(replies) {
-                    let answer = run(&db, &policy, std::slice::from_ref(&request), &counts)
-                        .await
-                        .and_then(|mut a| a.pop().ok_or_else(batch::mismatch));
-                    let _ = reply.send(answer);
-                }
+            None => left.push((request, reply)),
+        }
+    }
+    left
+}
+
+/// Runs `jobs` in one batch and answers each (see the module doc for how a
+/// failed batch is answered).
+async fn answer(db: &Db, policy: &DeliveryPolicy, jobs: Vec<Job>, counts: &Counts) {
+    let (requests, replies): (Vec<Request>, Vec<_>) = jobs.into_iter().unzip();
+    match run(db, policy, &requests, counts).await {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Err(e) if requests.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+        // No request is at fault when the database cannot be reached,
+        // and one by one, each would wait for its own failed connection
+        // attempt (up to the connect timeout each) before the next.
+        Err(StoreError::Unavailable(why)) => {
+            warn!(batch = requests.len(), "a batch failed: {why}");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+            }
+        }
+        Err(e) => {
+            warn!(
+                batch = requests.len(),
+                "a batch failed ({e}); running its requests one by one"
+            );
+            for (request, reply) in requests.into_iter().zip(replies) {
+                let answer = run(db, policy, std::slice::from_ref(&request), counts)
+                    .await
+                    .and_then(|mut a| a.pop().ok_or_else(batch::mismatch));
+                let _ = reply.send(answer);
             }
         }
     }

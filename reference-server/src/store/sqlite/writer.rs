@@ -104,6 +104,7 @@ impl Counters {
         CommitStats {
             batches: self.batches.load(Ordering::Relaxed),
             ops: self.ops.load(Ordering::Relaxed),
+            acks_set_as_pushed: 0,
         }
     }
 }
