@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::Verdict;
 use crate::registry::{Kick, KickReason, SessionHandle, SessionMsg};
 use crate::state::AppState;
-use crate::store::{Channel, Claim, CommandRow, ConnId, Status};
+use crate::store::{rules, Channel, Claim, CommandRow, ConnId, Status};
 use crate::wire::{self, now_millis, Advertised, Inbound};
 
 /// How long a closing socket waits for the agent's own close frame, so the
@@ -119,14 +119,23 @@ pub async fn run(
     );
 }
 
+/// A command pushed on a socket and not acked there.
+struct InFlight {
+    attempt: u32,
+    /// Pushed as `sent` and never acked: its ack is most likely decided on
+    /// that row ([`crate::store::Store::ack_pushed`]). A command pushed
+    /// again to a new socket while `received` is not.
+    as_pushed: bool,
+}
+
 struct Session {
     state: Arc<AppState>,
     agent_id: String,
     conn: ConnId,
     remote: SocketAddr,
-    /// Commands pushed on this socket and not acked: id → attempt (those
-    /// with no redelivery left too, so they are not pushed twice).
-    inflight: HashMap<String, u32>,
+    /// Commands pushed on this socket and not acked here (those with no
+    /// redelivery left too, so they are not pushed twice).
+    inflight: HashMap<String, InFlight>,
     /// WS-DLV-3 redelivery times; entries whose attempt no longer matches
     /// `inflight` are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, String, u32)>>,
@@ -285,7 +294,7 @@ impl Session {
             // pushed to this connection by another instance can be announced
             // twice (`cluster::Inbound::Push`).
             SessionMsg::Push(row) => match self.inflight.get(&row.id) {
-                Some(pushed) if *pushed >= row.attempts => Ok(()),
+                Some(pushed) if pushed.attempt >= row.attempts => Ok(()),
                 _ => self.push(socket, vec![*row]).await,
             },
             SessionMsg::Recheck {
@@ -388,7 +397,10 @@ impl Session {
                 self.write(socket, wire::pong_frame()).await
             }
             Ok(Inbound::Ack(ack)) => {
-                let pushed = self.inflight.contains_key(&ack.command_id);
+                let pushed = self
+                    .inflight
+                    .get(&ack.command_id)
+                    .is_some_and(|command| command.as_pushed);
                 let outcome = self
                     .state
                     .acknowledge(&self.agent_id, &ack.command_id, ack.kind, pushed)
@@ -489,7 +501,10 @@ impl Session {
                         .push(Reverse((due, row.id.clone(), row.attempts)));
                 }
             }
-            self.inflight.insert(row.id, row.attempts);
+            let as_pushed = rules::AckColumns::of(&row) == rules::AckColumns::PUSHED;
+            let attempt = row.attempts;
+            self.inflight
+                .insert(row.id, InFlight { attempt, as_pushed });
         }
         Ok(())
     }
@@ -503,7 +518,7 @@ impl Session {
                 break;
             }
             let Reverse((_, id, attempt)) = self.timers.pop().expect("peeked");
-            if self.inflight.get(&id) == Some(&attempt) {
+            if self.inflight.get(&id).map(|command| command.attempt) == Some(attempt) {
                 self.inflight.remove(&id);
                 due.push((id, attempt));
             }

@@ -60,10 +60,12 @@ pub enum Inbound {
     /// `[agent, command]` pairs, to claim and push.
     Deliver { commands: Vec<(String, String)> },
     /// WS-DLV-1: commands were stored as pushed to sockets of this instance
-    /// (attempt 1 on that connection): push them, no claim. `rows` carries
-    /// the commands as committed (those whose row fits in a notification),
-    /// pushed without reading them; the others are read by id. Every
-    /// command is in `ids`, which is all an earlier version reads.
+    /// (attempt 1 on that connection): push them, no claim. `rows`, if not
+    /// empty, carries each command of `ids` as committed, in that order,
+    /// pushed without reading it; otherwise the commands are read by id.
+    /// Every message has `ids`, which is all an earlier version reads; rows
+    /// this version cannot read (a later version's) are left out, and the
+    /// commands read by id instead.
     Push {
         ids: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -100,7 +102,8 @@ struct Envelope {
     agent: Option<String>,
     commands: Option<Vec<(String, String)>>,
     ids: Option<Vec<String>>,
-    rows: Option<Vec<CommandRow>>,
+    /// Read apart (see [`Inbound::Push`]).
+    rows: Option<Box<serde_json::value::RawValue>>,
     config: Option<RawJson>,
     conn: Option<ConnId>,
     id: Option<i64>,
@@ -121,13 +124,11 @@ impl TryFrom<Envelope> for Inbound {
             }),
             "push" => {
                 let ids = needs(kind, "ids", e.ids)?;
-                let rows = e.rows.unwrap_or_default();
-                if let Some(row) = rows.iter().find(|row| !ids.contains(&row.id)) {
-                    return Err(format!(
-                        "a `push` carries command `{}` not in its `ids`",
-                        row.id
-                    ));
-                }
+                let rows = e
+                    .rows
+                    .and_then(|rows| serde_json::from_str::<Vec<CommandRow>>(rows.get()).ok())
+                    .filter(|rows| rows.iter().map(|r| &r.id).eq(ids.iter()))
+                    .unwrap_or_default();
                 Ok(Inbound::Push { ids, rows })
             }
             "config" => Ok(Inbound::Config {
@@ -257,7 +258,9 @@ const INBOX_BATCH: usize = 256;
 
 /// Runs until shutdown: hands what other instances send to the local
 /// sessions, in the order they arrived. Every message waiting is taken at
-/// once, and a run of `Push` messages is read in one statement: each
+/// once, and a run of `Push` messages without rows is read in one
+/// statement (`PgCluster`'s notifier sends rows too long for a
+/// notification that way): each
 /// instance that accepts commands notifies each holder once per batch, so
 /// with several of them one read per message fell behind (measured: three
 /// instances, pushes hundreds of ms late at 1,000 commands/s).
@@ -271,19 +274,15 @@ pub async fn run_inbox(state: Arc<AppState>, mut inbox: mpsc::UnboundedReceiver<
         let mut to_push = Vec::new();
         for message in waiting.drain(..) {
             if let Inbound::Push { ids, rows } = message {
-                if !rows.is_empty() {
-                    // In order: what earlier messages named goes first.
-                    if !to_push.is_empty() {
-                        push_stored(&state, &std::mem::take(&mut to_push)).await;
-                    }
-                    to_push.extend(
-                        ids.into_iter()
-                            .filter(|id| !rows.iter().any(|r| &r.id == id)),
-                    );
-                    push_rows(&state, rows);
-                } else {
+                if rows.is_empty() {
                     to_push.extend(ids);
+                    continue;
                 }
+                // In order: what earlier messages named goes first.
+                if !to_push.is_empty() {
+                    push_stored(&state, &std::mem::take(&mut to_push)).await;
+                }
+                push_rows(&state, rows);
                 continue;
             }
             if !to_push.is_empty() {
@@ -359,15 +358,18 @@ async fn push_stored(state: &AppState, ids: &[String]) {
 }
 
 /// Hands each command to its session if it is stored as pushed to that
-/// session's connection. Otherwise it was acked, or claimed by a newer
-/// connection (which pushed it), or its socket is gone (the agent's next
-/// connection claims it, WS-DLV-4). The session skips an attempt it pushed
-/// already (a message sent twice). A carried row is as committed a moment
-/// ago: if it was acked since, the edge gets it again and dedups it by
-/// `command_id`, as after any redelivery (WS-DLV-3).
+/// session's connection and its TTL has not passed (WS-DLV-7; the sweeper
+/// may not have marked it yet). Otherwise it was acked, or claimed by a
+/// newer connection (which pushed it), or its socket is gone (the agent's
+/// next connection claims it, WS-DLV-4). The session skips an attempt it
+/// pushed already (a message sent twice). A carried row is as committed a
+/// moment ago: if a newer connection on another instance claimed it since,
+/// this socket, about to be closed with 4000, gets it too, and the edge
+/// dedups it by `command_id` as after any redelivery (WS-DLV-3).
 fn push_rows(state: &AppState, rows: Vec<CommandRow>) {
+    let now = crate::wire::now_millis();
     for row in rows {
-        if row.status != Status::Sent {
+        if row.status != Status::Sent || row.expires_at.is_some_and(|at| at <= now) {
             continue;
         }
         if let Some(session) = state.registry.get(&row.agent_id) {
@@ -516,7 +518,6 @@ mod tests {
             r#"{"kind":"deliver","commands":[["x"]]}"#,
             r#"{"kind":"push","commands":[["x","c1"]]}"#,
             r#"{"kind":"push","ids":"c1"}"#,
-            r#"{"kind":"push","ids":["c1"],"rows":{}}"#,
             r#"{"kind":"kick","agent":"x","conn":"7"}"#,
             r#"{"kind":"limits","agent":"x"}"#,
             r#"{"kind":"limits","agent":"x","limits":{"messages":[1,-5],"pings":null}}"#,
@@ -528,10 +529,24 @@ mod tests {
         ] {
             assert!(read(text).is_err(), "{text}");
         }
-        // A carried row is among the ids (all an earlier version reads).
-        let stray = serde_json::to_string(&pushed_row("c2".into(), "{}")).unwrap();
-        let text = format!(r#"{{"kind":"push","ids":["c1"],"rows":[{stray}]}}"#);
-        assert!(read(&text).is_err(), "{text}");
+        // Rows that are not the ids' (in their order), or that this
+        // version cannot read (a later version's), are left out: the
+        // commands are read by id.
+        let row = |id: &str| serde_json::to_string(&pushed_row(id.into(), "{}")).unwrap();
+        let unknown_state = row("c1").replace(r#""sent""#, r#""parked""#);
+        for (ids, rows) in [
+            (r#"["c1"]"#, row("c2")),
+            (r#"["c1","c2"]"#, row("c1")),
+            (r#"["c1","c2"]"#, format!("{},{}", row("c2"), row("c1"))),
+            (r#"["c1"]"#, unknown_state),
+            (r#"["c1"]"#, "7".into()),
+        ] {
+            let text = format!(r#"{{"kind":"push","ids":{ids},"rows":[{rows}]}}"#);
+            match read(&text) {
+                Ok(Inbound::Push { rows, .. }) => assert_eq!(rows, [], "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
         // What `forward` notifies for a stored message.
         assert_eq!(
             read(r#"{"kind" : "stored", "id" : 42}"#).unwrap(),

@@ -10,8 +10,10 @@
 //!   hot path: a command for an agent held elsewhere is one NOTIFY away.
 //! - A new command for an agent held by another instance is stored as
 //!   pushed to that instance's socket (`store/postgres/batch.rs` reads the
-//!   holder under the agent's lock), and that instance only has to read it
-//!   and push it: no claim, no transaction of its own.
+//!   holder under the agent's lock), and that instance only has to push
+//!   it: no claim, no transaction of its own, and no read either, as the
+//!   notification carries the row as committed (unless it is too long for
+//!   one; then the holder reads it by id).
 //! - New commands are announced by a notifier task ([`Cluster::announce`]),
 //!   off the commit path: it takes every announcement waiting and, in (at
 //!   most) two autocommit statements sent together, tells each instance
@@ -105,8 +107,9 @@ enum Announcement {
 
 /// Most announcements one notifier statement carries.
 const ANNOUNCE_BATCH: usize = 4_096;
-/// The `commands` of one notification stay under this many bytes of JSON
-/// (a payload must be shorter than 8,000).
+/// What one notification carries (the `commands` of a `deliver`, the `ids`
+/// and `rows` of a `push`) stays under this many bytes of JSON (a payload
+/// must be shorter than 8,000).
 const ANNOUNCE_CHUNK: usize = 7_000;
 
 impl PgCluster {
@@ -461,23 +464,27 @@ fn push_payloads(rows: &[&CommandRow]) -> Vec<String> {
     }
     let mut chunks: Vec<Chunk> = Vec::new();
     for row in rows {
-        let json = serde_json::to_string(row).expect("a command row is JSON");
         // `"id",` in `ids`, and the row and its comma in `rows`: the API
         // admits only ids that JSON needs no escape for ([A-Za-z0-9_.:-]).
         let id_bytes = row.id.len() + 3;
-        let carried = id_bytes + json.len() < ANNOUNCE_CHUNK;
-        let bytes = id_bytes + if carried { json.len() + 1 } else { 0 };
+        // (Parameters too long alone are not serialized to find that out.)
+        let json = (id_bytes + row.parameters.as_str().len() < ANNOUNCE_CHUNK)
+            .then(|| serde_json::to_string(row).expect("a command row is JSON"))
+            .filter(|json| id_bytes + json.len() < ANNOUNCE_CHUNK);
+        let carried = json.is_some();
+        let json_bytes = json.as_ref().map_or(0, |json| json.len() + 1);
+        let bytes = id_bytes + json_bytes;
         match chunks.last_mut() {
             Some(chunk)
                 if chunk.rows.is_empty() != carried && chunk.bytes + bytes <= ANNOUNCE_CHUNK =>
             {
                 chunk.bytes += bytes;
                 chunk.ids.push(row.id.clone());
-                chunk.rows.extend(carried.then_some(json));
+                chunk.rows.extend(json);
             }
             _ => chunks.push(Chunk {
                 ids: vec![row.id.clone()],
-                rows: Vec::from_iter(carried.then_some(json)),
+                rows: Vec::from_iter(json),
                 bytes,
             }),
         }

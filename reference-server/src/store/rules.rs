@@ -177,7 +177,7 @@ pub fn ack(row: Option<CommandRow>, agent_id: &str, ack: &AckKind, now: Millis) 
 
 /// The columns an ack reads and writes: a store may decide an ack on these
 /// alone (PostgreSQL's compare-and-set of an ack over the socket that got
-/// the push, `store/postgres/batch.rs`).
+/// the push, `store/postgres/pushed_acks.rs`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AckColumns {
     pub status: Status,
@@ -196,7 +196,7 @@ impl AckColumns {
         error: None,
     };
 
-    fn of(row: &CommandRow) -> AckColumns {
+    pub fn of(row: &CommandRow) -> AckColumns {
         AckColumns {
             status: row.status,
             acked_at: row.acked_at,

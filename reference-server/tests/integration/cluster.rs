@@ -531,8 +531,9 @@ async fn ws_dlv_1_a_push_message_for_a_command_not_pushed_to_this_socket_sends_n
 /// WS-DLV-1 across instances without a read: a `push` that carries its
 /// row (as A's notifier sends every row that fits) is pushed as carried,
 /// even for a command B could not have read (here: one never stored). A
-/// carried row stored as pushed to another connection, or no longer
-/// `sent`, sends nothing, as when read.
+/// carried row stored as pushed to another connection, no longer `sent`,
+/// or past its TTL (WS-DLV-7; the sweeper may not have marked it yet),
+/// sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_dlv_1_a_push_that_carries_its_row_is_pushed_without_a_read() {
     let test = "ws_dlv_1_a_push_that_carries_its_row_is_pushed_without_a_read";
@@ -560,10 +561,12 @@ async fn ws_dlv_1_a_push_that_carries_its_row_is_pushed_without_a_read() {
             "delivered_via": "ws", "conn_id": conn,
         })
     };
+    let mut expired = row("expired", "sent", conn);
+    expired["expires_at"] = json!(now - 1);
     let push = json!({
         "kind": "push",
-        "ids": ["elsewhere", "done", "carried"],
-        "rows": [row("elsewhere", "sent", 1), row("done", "completed", conn), row("carried", "sent", conn)],
+        "ids": ["elsewhere", "done", "expired", "carried"],
+        "rows": [row("elsewhere", "sent", 1), row("done", "completed", conn), expired, row("carried", "sent", conn)],
     });
     notify_instance(&url, &b.instance(), &push.to_string())
         .await

@@ -22,17 +22,23 @@ use crate::store::rules::{self, AckColumns};
 use crate::store::{AckOutcome, CommandRow, StoreResult};
 
 /// `$1..$6`: each ack's command, agent and the columns it writes; `$7..$10`:
-/// the columns as pushed. Unnest's columns are named apart from the
-/// table's, so `RETURNING` reads the table's.
+/// the columns as pushed. The rows are locked first, in `seq` order, as
+/// every batch locks them (`batch.rs`), so the two never deadlock; a row
+/// changed meanwhile is rechecked once locked, and left out if it is no
+/// longer as pushed. Unnest's columns are named apart from the table's, so
+/// `RETURNING` reads the table's.
 const SQL_SET_AS_PUSHED: &str = concat!(
-    "UPDATE commands SET status = u.to_status, acked_at = u.to_acked_at, \
-     completed_at = u.to_completed_at, error = u.to_error \
-     FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
+    "WITH locked AS MATERIALIZED (SELECT c.seq AS locked_seq, u.to_status, u.to_acked_at, \
+     u.to_completed_at, u.to_error FROM commands c JOIN \
+     unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
      AS u(of_id, of_agent, to_status, to_acked_at, to_completed_at, to_error) \
-     WHERE id = u.of_id AND agent_id = u.of_agent AND status = $7::TEXT \
-     AND acked_at IS NOT DISTINCT FROM $8::BIGINT \
-     AND completed_at IS NOT DISTINCT FROM $9::BIGINT \
-     AND error IS NOT DISTINCT FROM $10::TEXT RETURNING ",
+     ON c.id = u.of_id AND c.agent_id = u.of_agent \
+     WHERE c.status = $7::TEXT AND c.acked_at IS NOT DISTINCT FROM $8::BIGINT \
+     AND c.completed_at IS NOT DISTINCT FROM $9::BIGINT \
+     AND c.error IS NOT DISTINCT FROM $10::TEXT ORDER BY c.seq FOR UPDATE OF c) \
+     UPDATE commands SET status = l.to_status, acked_at = l.to_acked_at, \
+     completed_at = l.to_completed_at, error = l.to_error \
+     FROM locked l WHERE seq = l.locked_seq RETURNING ",
     cmd_cols!()
 );
 
@@ -40,7 +46,7 @@ const SQL_SET_AS_PUSHED: &str = concat!(
 /// push, where the row is still as pushed. Returns each request's outcome,
 /// in order, or `None` for those left to a batch (in their order). Only the
 /// first ack of a command is tried: a later one is decided on what the
-/// first left.
+/// first left (one `UPDATE` would write only one of them, either one).
 pub(super) async fn set_as_pushed(
     db: &Db,
     requests: &[&Request],
@@ -90,6 +96,8 @@ pub(super) async fn set_as_pushed(
         &before.error,
     ];
     let rows = client.query(&statement, &params).await.map_err(pg_error)?;
+    // Committed now. Rows that cannot be read here could not be read by the
+    // batch these acks then go to either: its error is their answer.
     let mut written: HashMap<String, CommandRow> = command_rows(&rows)?
         .into_iter()
         .map(|row| (row.id.clone(), row))

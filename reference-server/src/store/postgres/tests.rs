@@ -780,7 +780,9 @@ async fn a_pipelined_transaction_stores_all_or_nothing() {
 /// `ack_pushed` writes the ack of a row as pushed in one compare-and-set,
 /// and leaves to a batch what that cannot decide: a row another instance
 /// acked meanwhile, and the second of two acks of one command sent
-/// together, which is decided on what the first left.
+/// together, which is decided on what the first left. (Whether the writer
+/// gathers the three acks sent together in one go or not, the outcomes and
+/// the count are the same.)
 #[tokio::test]
 async fn an_ack_of_a_row_as_pushed_is_one_compare_and_set_and_the_others_a_batch() {
     let test = "an_ack_of_a_row_as_pushed_is_one_compare_and_set_and_the_others_a_batch";

@@ -36,7 +36,8 @@ use crate::wire::now_millis;
 /// Most requests committed together.
 const MAX_BATCH: usize = 512;
 
-type Job = (Request, oneshot::Sender<StoreResult<Answer>>);
+type Reply = oneshot::Sender<StoreResult<Answer>>;
+type Job = (Request, Reply);
 
 /// Where store calls send their requests. Cheap to clone; the writers end
 /// when the last clone is dropped.
@@ -129,10 +130,7 @@ async fn set_as_pushed(db: &Db, jobs: Vec<Job>, counts: &Counts) -> Vec<Job> {
     let outcomes = match pushed_acks::set_as_pushed(db, &requests).await {
         Ok(outcomes) => outcomes,
         Err(StoreError::Unavailable(why)) => {
-            warn!(acks = jobs.len(), "acks failed: {why}");
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
-            }
+            unavailable(jobs.into_iter().map(|(_, reply)| reply), &why);
             return Vec::new();
         }
         Err(e) => {
@@ -174,12 +172,7 @@ async fn answer(db: &Db, policy: &DeliveryPolicy, jobs: Vec<Job>, counts: &Count
         // No request is at fault when the database cannot be reached,
         // and one by one, each would wait for its own failed connection
         // attempt (up to the connect timeout each) before the next.
-        Err(StoreError::Unavailable(why)) => {
-            warn!(batch = requests.len(), "a batch failed: {why}");
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
-            }
-        }
+        Err(StoreError::Unavailable(why)) => unavailable(replies.into_iter(), &why),
         Err(e) => {
             warn!(
                 batch = requests.len(),
@@ -192,6 +185,17 @@ async fn answer(db: &Db, policy: &DeliveryPolicy, jobs: Vec<Job>, counts: &Count
                 let _ = reply.send(answer);
             }
         }
+    }
+}
+
+/// Answers each caller that the database cannot be reached.
+fn unavailable(replies: impl ExactSizeIterator<Item = Reply>, why: &str) {
+    warn!(
+        requests = replies.len(),
+        "the database cannot be reached: {why}"
+    );
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::Unavailable(why.to_string())));
     }
 }
 
