@@ -226,9 +226,9 @@ pub(super) async fn ws_ack_3_final_state_is_never_changed_by_a_later_ack(store: 
 /// An ack over the socket that got the push ([`Store::ack_pushed`]) is
 /// decided as any ack, whatever the command went through first: of twin
 /// commands, one acked that way and one not, each pair of acks leaves both
-/// alike. Also when the row is `sent` but not as first pushed: acked
-/// before it expired and was queued again (WS-API-4), it keeps its first
-/// ack's time. Another agent's command and a made-up id are unknown.
+/// alike. Also when the row is not as pushed: `sent` but acked before it
+/// expired and was queued again (WS-API-4), it keeps its first ack's time;
+/// `queued`, it is acked from `queued`. Another agent's command and a made-up id are unknown.
 pub(super) async fn ws_ack_2_an_ack_over_the_socket_that_got_the_push_is_decided_as_any_ack(
     store: &dyn Store,
 ) {
@@ -310,6 +310,17 @@ pub(super) async fn ws_ack_2_an_ack_over_the_socket_that_got_the_push_is_decided
         (Status::Completed, Some(T0 + 1), Some(T0 + 400))
     );
     assert_eq!(stored(store, "again").await, row);
+
+    // Never acked but not `sent`: queued (again, or never pushed).
+    insert(store, new_cmd("waiting", "a1", Priority::Normal, T0)).await;
+    let row = updated(
+        store
+            .ack_pushed("a1", "waiting", AckKind::Completed, T0 + 5)
+            .await
+            .unwrap(),
+        Status::Queued,
+    );
+    assert_eq!(stored(store, "waiting").await, row);
 
     assert_eq!(
         store

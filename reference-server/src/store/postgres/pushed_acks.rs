@@ -22,23 +22,29 @@ use crate::store::rules::{self, AckColumns};
 use crate::store::{AckOutcome, CommandRow, StoreResult};
 
 /// `$1..$6`: each ack's command, agent and the columns it writes; `$7..$10`:
-/// the columns as pushed. The rows are locked first, in `seq` order, as
-/// every batch locks them (`batch.rs`), so the two never deadlock; a row
-/// changed meanwhile is rechecked once locked, and left out if it is no
-/// longer as pushed. Unnest's columns are named apart from the table's, so
-/// `RETURNING` reads the table's.
+/// the columns as pushed.
+///
+/// The rows are locked first, in `seq` order, as every batch locks them
+/// (`batch.rs`), so the two never deadlock; a row changed meanwhile is read
+/// as it is once locked. Each lookup has one index it can use, whatever the
+/// statistics were when the statement was planned (a plan made while the
+/// table was empty once walked every `sent` row per ack): ids to `seq`, and
+/// the rows by `seq`; the comparison reads the locked rows, not the table,
+/// and each ack's values are picked by the position of its id.
 const SQL_SET_AS_PUSHED: &str = concat!(
-    "WITH locked AS MATERIALIZED (SELECT c.seq AS locked_seq, u.to_status, u.to_acked_at, \
-     u.to_completed_at, u.to_error FROM commands c JOIN \
-     unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
-     AS u(of_id, of_agent, to_status, to_acked_at, to_completed_at, to_error) \
-     ON c.id = u.of_id AND c.agent_id = u.of_agent \
-     WHERE c.status = $7::TEXT AND c.acked_at IS NOT DISTINCT FROM $8::BIGINT \
-     AND c.completed_at IS NOT DISTINCT FROM $9::BIGINT \
-     AND c.error IS NOT DISTINCT FROM $10::TEXT ORDER BY c.seq FOR UPDATE OF c) \
-     UPDATE commands SET status = l.to_status, acked_at = l.to_acked_at, \
-     completed_at = l.to_completed_at, error = l.to_error \
-     FROM locked l WHERE seq = l.locked_seq RETURNING ",
+    "WITH locked AS MATERIALIZED (SELECT seq, id, agent_id, status, acked_at, completed_at, \
+     error FROM commands \
+     WHERE seq = ANY(ARRAY(SELECT seq FROM commands WHERE id = ANY($1::TEXT[]))) \
+     ORDER BY seq FOR UPDATE) \
+     UPDATE commands SET status = ($3::TEXT[])[array_position($1::TEXT[], id)], \
+     acked_at = ($4::BIGINT[])[array_position($1::TEXT[], id)], \
+     completed_at = ($5::BIGINT[])[array_position($1::TEXT[], id)], \
+     error = ($6::TEXT[])[array_position($1::TEXT[], id)] \
+     WHERE seq = ANY(ARRAY(SELECT seq FROM locked \
+     WHERE agent_id = ($2::TEXT[])[array_position($1::TEXT[], id)] AND status = $7::TEXT \
+     AND acked_at IS NOT DISTINCT FROM $8::BIGINT \
+     AND completed_at IS NOT DISTINCT FROM $9::BIGINT \
+     AND error IS NOT DISTINCT FROM $10::TEXT)) RETURNING ",
     cmd_cols!()
 );
 
