@@ -266,6 +266,7 @@ faults! {
     ghost_connection_after_crash: GhostConnectionAfterCrash => "WS-CONN-1", ["a-crash-leaves-no-ghost-connection"];
     attempts_spent_offline: AttemptsSpentOffline => "WS-DLV-3", ["no-attempts-are-spent-while-offline"];
     ttl_lost_on_restart: TtlLostOnRestart => "WS-DLV-7", ["ttl-outlives-a-restart"; "ttl-expires-and-is-never-sent"];
+    final_commands_expire_at_ttl: FinalCommandsExpireAtTtl => "WS-DLV-7", ["a-final-command-outlives-its-ttl"];
     synced_not_pushed_on_connect: SyncedNotPushedOnConnect => "WS-DLV-4", ["synced-command-is-pushed-on-connect"];
     retry_not_pushed_live: RetryNotPushedLive => "WS-API-4", ["retry-pushes-to-a-connected-agent"; "expired-listable-and-retryable"];
     retry_final_commands: RetryFinalCommands => "WS-API-4", ["retry-is-only-for-dead-or-expired"; "expired-listable-and-retryable"];
@@ -328,6 +329,7 @@ faults! {
     control_frames_counted: ControlFramesCounted => "WS-RATE-2", ["control-frames-are-not-counted"; "messages-past-the-limit-get-rate_limited"];
     binary_not_counted: BinaryNotCounted => "WS-RATE-2", ["binary-messages-are-counted"; "messages-past-the-limit-get-rate_limited"];
     foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];
+    foreign_in_flight_ack_accepted: ForeignInFlightAckAccepted => "WS-ACK-3", ["an-in-flight-command-of-another-agent-is-unknown"];
     drops_queued_commands: DropsQueuedCommands => "WS-DLV-1", ["offline-command-waits-for-the-agent"];
     never_redelivers: NeverRedelivers => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
     backoff_too_long: BackoffTooLong => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];

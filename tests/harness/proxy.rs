@@ -246,6 +246,8 @@ struct Memory {
     /// (TtlLostOnRestart).
     with_ttl: HashSet<String>,
     ttl_forgotten: HashSet<String>,
+    /// When each command posted with `ttl_s` expires (FinalCommandsExpireAtTtl).
+    expires_at: HashMap<String, Instant>,
     /// Commands `/edge/sync` delivered (SyncedNotPushedOnConnect).
     via_sync: HashSet<String>,
     /// When each command was retried (RetryNotPushedLive).

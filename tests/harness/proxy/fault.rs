@@ -504,6 +504,9 @@ pub enum Fault {
     BinaryNotCounted,
     /// An ack for another agent's command is taken (no owner check).
     ForeignAckAccepted,
+    /// An ack for another agent's command is taken while that command is in
+    /// flight: the owner check is a state check.
+    ForeignInFlightAckAccepted,
     /// Commands queued while the agent was away are lost on connect.
     DropsQueuedCommands,
     /// Unacked commands are never sent again.
@@ -583,6 +586,8 @@ pub enum Fault {
     /// TTLs are in-memory timers (`setTimeout` per command): a restart
     /// forgets them, and the commands never expire.
     TtlLostOnRestart,
+    /// The sweeper expires every command past its TTL, final ones too.
+    FinalCommandsExpireAtTtl,
     /// Every request is logged with its headers, `Authorization` included
     /// (a request logger at debug level left on): the proxy appends the
     /// lines to the server's log.

@@ -511,6 +511,27 @@ impl Proxy {
                     }
                 });
             }
+            Fault::FinalCommandsExpireAtTtl if is_command_post(request) && status == 202 => {
+                let ttl = request.json().and_then(|b| b["ttl_s"].as_u64());
+                let id = answer.json().map(|b| b["command_id"].clone());
+                if let (Some(ttl), Some(Value::String(id))) = (ttl, id) {
+                    let at = Instant::now() + Duration::from_secs(ttl);
+                    self.memory().expires_at.insert(id, at);
+                }
+            }
+            Fault::FinalCommandsExpireAtTtl if method == "GET" && status == 200 => {
+                let Some(at) = command.and_then(|id| self.memory().expires_at.get(&id).copied())
+                else {
+                    return;
+                };
+                answer.edit_json(|body| {
+                    let finished = matches!(body.get("status"),
+                        Some(Json::String(s)) if s == "completed" || s == "failed");
+                    if Instant::now() >= at && finished {
+                        body.insert("status", Json::String("expired".into()));
+                    }
+                });
+            }
             Fault::SyncedNotPushedOnConnect if route == "/edge/sync" && status == 200 => {
                 let body = answer.json().unwrap_or_default();
                 let ids = body["commands"].as_array().cloned().unwrap_or_default();
@@ -699,6 +720,7 @@ impl Proxy {
             Fault::LastAckWins
             | Fault::FailedNotFinal
             | Fault::ForeignAckAccepted
+            | Fault::ForeignInFlightAckAccepted
             | Fault::HttpAckNoOwnerCheck
             | Fault::HttpLastAckWins
                 if method == "GET" && command.is_some() && status == 200 =>
