@@ -271,6 +271,7 @@ faults! {
     retry_not_pushed_live: RetryNotPushedLive => "WS-API-4", ["retry-pushes-to-a-connected-agent"; "expired-listable-and-retryable"];
     retry_final_commands: RetryFinalCommands => "WS-API-4", ["retry-is-only-for-dead-or-expired"; "expired-listable-and-retryable"];
     only_unauthorized_counted: OnlyUnauthorizedCounted => "WS-RATE-1", ["bad-requests-count-toward-the-address-limit"; "refused-upgrades-limited-per-address"];
+    unknown_agents_not_counted: UnknownAgentsNotCounted => "WS-RATE-1", ["unknown-agents-count-toward-the-address-limit"];
     frame_limit_16_kib: FrameLimit16KiB => "WS-ERR-1", ["a-frame-under-the-limit-is-taken"; "oversized-frame-closes-1009"];
     frame_limit_64000: FrameLimit64000 => "WS-ERR-1", ["the-frame-limit-is-exactly-64-kib"; "a-frame-under-the-limit-is-taken", "oversized-frame-closes-1009"];
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];

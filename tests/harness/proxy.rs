@@ -174,6 +174,8 @@ struct Memory {
     rejects: HashMap<String, u32>,
     /// Agents once answered 429 (LimitNeverResets).
     limited: HashSet<String>,
+    /// Agent ids an upgrade was refused 403 for (UnknownAgentsNotCounted).
+    forbidden: HashSet<String>,
     /// The latest ack per command, as a status.
     last_ack: HashMap<String, String>,
     /// When each agent last closed its socket.

@@ -22,6 +22,9 @@ pub enum Fault {
     /// Only 401s count toward the per-address limit (`onUnauthorized`
     /// hook): a flood of malformed ids is answered 400 for ever.
     OnlyUnauthorizedCounted,
+    /// Upgrades refused 403 (an unknown agent) are never counted per
+    /// address: a 429 for an id answered 403 before is a 403 again.
+    UnknownAgentsNotCounted,
     /// The old socket is replaced before the new one is authenticated: a
     /// refused upgrade knocks the live socket off.
     RefusedUpgradeKicksLive,

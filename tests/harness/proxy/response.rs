@@ -67,6 +67,17 @@ impl Proxy {
                 answer.set_body("text/plain; charset=utf-8", "length limit exceeded")
             }
             // Refused upgrades (`/edge/ws` answered without a 101).
+            Fault::UnknownAgentsNotCounted if socket && status == 403 => {
+                self.memory().forbidden.insert(agent.clone());
+            }
+            Fault::UnknownAgentsNotCounted
+                if socket && status == 429 && self.memory().forbidden.contains(&agent) =>
+            {
+                *answer = Http::answer(
+                    403,
+                    json!({"error": "unknown_agent", "message": "no such agent"}),
+                );
+            }
             Fault::OnlyUnauthorizedCounted
                 if socket
                     && status == 429
