@@ -174,6 +174,9 @@ struct Memory {
     rejects: HashMap<String, u32>,
     /// Agents once answered 429 (LimitNeverResets).
     limited: HashSet<String>,
+    /// Agents whose latest socket replaced a live one
+    /// (ReplacedCleanupCancelsTimer).
+    replacing: HashSet<String>,
     /// Agent ids an upgrade was refused 403 for (UnknownAgentsNotCounted).
     forbidden: HashSet<String>,
     /// The latest ack per command, as a status.
@@ -454,6 +457,14 @@ impl Proxy {
         // A replacement loses what was pushed on the old socket, decided
         // now: were it decided when the 4000 close crosses the old socket,
         // the new socket's redelivery could win that race and pass.
+        if self.fault == Fault::ReplacedCleanupCancelsTimer {
+            let mut memory = self.memory();
+            if memory.live.get(&agent).is_some_and(|&n| n > 0) {
+                memory.replacing.insert(agent.clone());
+            } else {
+                memory.replacing.remove(&agent);
+            }
+        }
         if self.fault == Fault::ReplacementLosesInFlight {
             let mut memory = self.memory();
             if memory.live.get(&agent).is_some_and(|&n| n > 0) {

@@ -589,6 +589,10 @@ pub enum Fault {
     /// TTLs are in-memory timers (`setTimeout` per command): a restart
     /// forgets them, and the commands never expire.
     TtlLostOnRestart,
+    /// The old socket's cleanup, run after a replacing socket's push,
+    /// cancels the command's redelivery timer: on the new socket a command
+    /// is never pushed again.
+    ReplacedCleanupCancelsTimer,
     /// The sweeper expires every command past its TTL, final ones too.
     FinalCommandsExpireAtTtl,
     /// Every request is logged with its headers, `Authorization` included

@@ -365,6 +365,7 @@ impl Proxy {
                 *highest = (*highest).max(attempt);
             }
         }
+        let pushed_here_before = kind == "command" && s.seen.contains(&id);
         if kind == "command" && s.seen.insert(id.clone()) {
             let mut memory = self.memory();
             let pushed = memory.pushed.entry(s.agent.clone()).or_default();
@@ -580,6 +581,11 @@ impl Proxy {
             // Lost for good: every later delivery of them too.
             Fault::DropsQueuedCommands if command && self.memory().queued.contains(&id) => vec![],
             Fault::NeverRedelivers if command && attempt > 1 => vec![],
+            Fault::ReplacedCleanupCancelsTimer
+                if pushed_here_before && self.memory().replacing.contains(&s.agent) =>
+            {
+                vec![]
+            }
             Fault::ExpiredSentRedelivered
                 if command && attempt == 1 && !data["expires_at"].is_null() =>
             {
