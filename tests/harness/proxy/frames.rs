@@ -556,23 +556,19 @@ impl Proxy {
                     .unwrap()
                     .insert("code", Json::String("not_found".into()))
             }),
-            Fault::ForeignInFlightAckAccepted if code == "unknown_command" => {
-                // Taken when the command is pushed to some other agent.
+            Fault::ForeignAckAccepted | Fault::ForeignInFlightAckAccepted
+                if code == "unknown_command" =>
+            {
+                // Taken as if the agent owned it: no error, and the state
+                // changes. In flight: only a command pushed to another agent.
                 let cid = data["ref"].as_str().unwrap_or("").to_string();
                 let mut memory = self.memory();
-                let elsewhere = (memory.pushed.iter())
-                    .any(|(agent, ids)| *agent != s.agent && ids.contains(&cid));
-                if !elsewhere {
-                    return vec![Act::Agent(message)];
-                }
-                memory.last_ack.insert(cid, "completed".into());
-                vec![]
-            }
-            Fault::ForeignAckAccepted if code == "unknown_command" => {
-                // Taken as if the agent owned it: no error, and the state changes.
-                let cid = data["ref"].as_str().unwrap_or("").to_string();
-                let mut memory = self.memory();
-                if !memory.created.contains(&cid) {
+                let taken = match self.fault {
+                    Fault::ForeignAckAccepted => memory.created.contains(&cid),
+                    _ => (memory.pushed.iter())
+                        .any(|(agent, ids)| *agent != s.agent && ids.contains(&cid)),
+                };
+                if !taken {
                     return vec![Act::Agent(message)];
                 }
                 memory.last_ack.insert(cid, "completed".into());
