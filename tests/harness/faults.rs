@@ -154,6 +154,7 @@ faults! {
     pending_ignores_progress: PendingIgnoresProgress => "WS-ACK-2", ["progress-ack-keeps-command-pending"];
     status_merged: StatusMerged => "WS-STATUS-1", ["a-new-status-replaces-the-last"; "status-is-stored"];
     config_delivered_when_offline: ConfigDeliveredWhenOffline => "WS-CFG-1", ["config-for-an-offline-agent-is-not-delivered"; "config-update-pushed"];
+    config_broadcast: ConfigBroadcast => "WS-CFG-1", ["config-reaches-only-its-agent"; "config-update-pushed"];
     timed_out_agent_stays_registered: TimedOutAgentStaysRegistered => "WS-CONN-3", ["timed-out-agent-leaves-the-registry"; "silent-agent-is-closed"];
     ping_timeout_recorded_as_normal: PingTimeoutRecordedAsNormal => "WS-CONN-3", ["ping-timeout-recorded-as-ping_timeout"; "timed-out-agent-leaves-the-registry"];
     http_errors_not_json: HttpErrorsNotJson => "WS-HTTP-4", ["http-errors-are-json"];
@@ -164,6 +165,7 @@ faults! {
     sync_returns_sent_again: SyncReturnsSentAgain => "WS-DLV-5", ["sync-redelivers-after-ack-timeout"];
     last_ack_wins: LastAckWins => "WS-ACK-3", ["acks-are-idempotent", "late-ack-does-not-revive-expired", "late-ack-does-not-revive-dead"];
     stale_command_state: StaleCommandState => "WS-API-3", ["state-visible-within-100ms"];
+    cache_cleared_on_acks_only: CacheClearedOnAcksOnly => "WS-API-3", ["every-state-change-visible-within-100ms"; "state-visible-within-100ms"];
     conflict_leaks_other_agents_command: ConflictLeaksOtherAgentsCommand => "WS-API-2", ["command-id-is-idempotent"];
     final_states_not_listed: FinalStatesNotListed => "WS-API-4", ["expired-listable-and-retryable", "dead-is-listable-and-retried-from-scratch"];
     retry_keeps_attempts: RetryKeepsAttempts => "WS-API-4", ["dead-is-listable-and-retried-from-scratch"];
@@ -277,6 +279,8 @@ faults! {
     close_not_removed_at_once: CloseNotRemovedAtOnce => "WS-CONN-4", ["normal-close-removes-at-once"];
     history_without_remote_addr: HistoryWithoutRemoteAddr => "WS-CONN-6", ["history-is-readable"];
     history_without_disconnects: HistoryWithoutDisconnects => "WS-CONN-6", ["history-is-readable"];
+    history_times_without_zone: HistoryTimesWithoutZone => "WS-CONN-6", ["history-is-readable"];
+    error_close_recorded_as_normal: ErrorCloseRecordedAsNormal => "WS-CONN-6", ["an-error-close-is-recorded-as-error"; "history-is-readable"];
     normal_close_recorded_as_error: NormalCloseRecordedAsError => "WS-CONN-4", ["normal-close-recorded-as-normal"; "normal-close-removes-at-once"];
 
     // ---- agent → server frames ----
@@ -293,8 +297,10 @@ faults! {
     last_attempt_stranded_on_close: LastAttemptStrandedOnClose => "WS-DLV-3", ["a-last-attempt-cut-off-still-goes-dead"; "dead-after-max-attempts"];
     compat_ack_ignored: CompatAckIgnored => "WS-ACK-1", ["compat-ack-dialect"];
     progress_ack_ignored: ProgressAckIgnored => "WS-ACK-2", ["progress-ack-stops-redelivery"];
+    progress_cannot_fail: ProgressCannotFail => "WS-DLV-2", ["progress-states-end-either-way"; "states-are-visible-in-order"];
     status_not_stored: StatusNotStored => "WS-STATUS-1", ["status-is-stored"];
     sync_status_ignored: SyncStatusIgnored => "WS-STATUS-1", ["sync-status-is-stored"; "status-is-stored"];
+    sync_clears_status: SyncClearsStatus => "WS-STATUS-1", ["a-sync-without-status-keeps-the-last"; "sync-status-is-stored"];
     bad_input_kills_all_sockets: BadInputKillsAllSockets => "WS-ERR-2", ["bad-input-never-affects-another-agent"];
     only_ping_messages_count: OnlyPingMessagesCount => "WS-CONN-3", ["any-frame-keeps-the-socket-alive"];
     times_out_at_ping_interval: TimesOutAtPingInterval => "WS-DLV-8", ["ping-timeout-close-is-not-early"];

@@ -222,6 +222,10 @@ struct Memory {
     timed_out: HashSet<String>,
     /// Agents that sent a status (StatusFirstOnly).
     status_seen: HashSet<String>,
+    /// Agents whose last status a sync without one cleared (SyncClearsStatus).
+    status_cleared: HashSet<String>,
+    /// CacheClearedOnAcksOnly: each command's cached answer, and since when.
+    cached: HashMap<String, (Value, Instant)>,
     /// Per agent: every status member it ever sent (StatusMerged).
     statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.

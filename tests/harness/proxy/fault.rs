@@ -252,6 +252,9 @@ pub enum Fault {
     StatusMerged,
     /// A config for an offline agent answers `delivered: true`.
     ConfigDeliveredWhenOffline,
+    /// A config is sent to every connected agent (`wss.clients.forEach`,
+    /// Socket.IO's `io.emit` instead of `io.to(agent)`).
+    ConfigBroadcast,
     /// `pending_commands` counts `queued`/`sent` only, not progress states.
     PendingIgnoresProgress,
     /// A ping-timed-out agent stays `connected` in the registry.
@@ -274,6 +277,9 @@ pub enum Fault {
     LastAckWins,
     /// The control API shows a command's state 300 ms late (a cache, a replica).
     StaleCommandState,
+    /// `GET /api/commands/{id}` answers from a cache (500 ms) that only an
+    /// ack clears: a push, a sync or a retry stays unseen meanwhile.
+    CacheClearedOnAcksOnly,
     /// A command id reused for another agent answers 200 with that agent's command.
     ConflictLeaksOtherAgentsCommand,
     /// Listing by status leaves out final states (dead, expired).
@@ -374,10 +380,16 @@ pub enum Fault {
     /// A ping-timeout close is recorded as `normal` (every close the agent's
     /// side ended looks the same to the server).
     PingTimeoutRecordedAsNormal,
+    /// A close the server makes for bad input (1009, 1002) is recorded as
+    /// `normal`: only the kick and the ping timeout set a reason.
+    ErrorCloseRecordedAsNormal,
     /// History records connects only: no `disconnected_at`.
     HistoryWithoutDisconnects,
     /// History without `remote_addr`.
     HistoryWithoutRemoteAddr,
+    /// History times have no zone (a naive `DateTime` column in the
+    /// history table; everything else says `Z`).
+    HistoryTimesWithoutZone,
     /// Commands returned by sync always say `attempt: 1`.
     SyncAttemptNotCounted,
 
@@ -418,10 +430,16 @@ pub enum Fault {
     NullErrorRefused,
     /// Progress acks (`received`/`executing`) are ignored.
     ProgressAckIgnored,
+    /// A failure after `received`/`executing` is ignored (a transition table
+    /// without those edges): the command stays in progress for good.
+    ProgressCannotFail,
     /// `status` messages are never stored.
     StatusNotStored,
     /// A `status` in a sync body is dropped (only `status` messages are stored).
     SyncStatusIgnored,
+    /// A sync without `status` clears the last one (`agent.last_status =
+    /// body.status`, None when absent).
+    SyncClearsStatus,
     /// Only an agent's first `status` is stored (`ON CONFLICT DO NOTHING`).
     StatusFirstOnly,
     /// Bad input from one agent takes every socket down (a crash).

@@ -58,6 +58,7 @@ impl Proxy {
             s.pings += 1;
         }
         let ack = (kind == "command_ack").then(|| value.clone().unwrap()["data"].clone());
+        let mut failure_after_progress = false;
         if let Some(ack) = &ack {
             let id = ack["command_id"].as_str().unwrap_or("").to_string();
             let status = match (&ack["success"], ack["status"].as_str()) {
@@ -66,6 +67,10 @@ impl Proxy {
                 (_, Some(status)) => status.to_string(),
                 _ => String::new(),
             };
+            failure_after_progress = status == "failed" && self.memory().progress.contains_key(&id);
+            if self.fault == Fault::CacheClearedOnAcksOnly {
+                self.memory().cached.remove(&id);
+            }
             // `progress` holds the commands in a progress state now.
             if status == "received" || status == "executing" {
                 self.memory().progress.insert(id.clone(), status.clone());
@@ -214,7 +219,11 @@ impl Proxy {
                 return vec![]
             }
             Fault::ProgressAckIgnored if progress => return vec![],
+            Fault::ProgressCannotFail if failure_after_progress => return vec![],
             Fault::StatusNotStored if kind == "status" => return vec![],
+            Fault::SyncClearsStatus if kind == "status" => {
+                self.memory().status_cleared.remove(&s.agent);
+            }
             Fault::StatusFirstOnly
                 if kind == "status" && !self.memory().status_seen.insert(s.agent.clone()) =>
             {

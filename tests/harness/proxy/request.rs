@@ -240,6 +240,25 @@ impl Proxy {
                     }
                 });
             }
+            Fault::SyncClearsStatus if path == "/edge/sync" => {
+                if let Some(body) = request.json() {
+                    let id = body["edge_agent_id"].as_str().unwrap_or("").to_string();
+                    let mut memory = self.memory();
+                    if body.get("status").is_none_or(Value::is_null) {
+                        memory.status_cleared.insert(id);
+                    } else {
+                        memory.status_cleared.remove(&id);
+                    }
+                }
+            }
+            Fault::CacheClearedOnAcksOnly if path == "/edge/command/ack" => {
+                if let Some(id) = request
+                    .json()
+                    .and_then(|b| b["command_id"].as_str().map(str::to_string))
+                {
+                    self.memory().cached.remove(&id);
+                }
+            }
             Fault::SyncStatusIgnored if path == "/edge/sync" => {
                 request.edit_json(|body| {
                     body.remove("status");

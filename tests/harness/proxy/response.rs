@@ -480,6 +480,23 @@ impl Proxy {
                 };
                 answer.edit_json(|body| body.insert("last_status", Json::Object(merged)));
             }
+            Fault::ConfigBroadcast if route.ends_with("/config") && status == 202 => {
+                let named = route
+                    .trim_start_matches("/api/agents/")
+                    .trim_end_matches("/config");
+                let others: Vec<String> = self
+                    .memory()
+                    .live
+                    .iter()
+                    .filter(|(id, sockets)| **sockets > 0 && id.as_str() != named)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let body = String::from_utf8_lossy(&request.body).to_string();
+                for other in others {
+                    self.admin("POST", &format!("/api/agents/{other}/config"), &body)
+                        .await;
+                }
+            }
             Fault::ConfigDeliveredWhenOffline if route.ends_with("/config") && status == 202 => {
                 answer.set_json(json!({"delivered": true}));
             }
@@ -771,6 +788,22 @@ impl Proxy {
                 }
                 answer.set_json(shown.clone());
             }
+            Fault::CacheClearedOnAcksOnly
+                if method == "GET" && command.is_some() && status == 200 =>
+            {
+                let Some(fresh) = answer.json() else {
+                    return;
+                };
+                let mut memory = self.memory();
+                let cached = memory
+                    .cached
+                    .entry(command.unwrap())
+                    .or_insert_with(|| (fresh, Instant::now()));
+                if cached.1.elapsed() >= Duration::from_millis(500) {
+                    *cached = (answer.json().unwrap(), Instant::now());
+                }
+                answer.set_json(cached.0.clone());
+            }
             Fault::ConflictLeaksOtherAgentsCommand if status == 409 && is_command_post(request) => {
                 let id = request
                     .json()
@@ -948,11 +981,14 @@ impl Proxy {
                     }
                 });
             }
-            Fault::NormalCloseRecordedAsError | Fault::PingTimeoutRecordedAsNormal
+            Fault::NormalCloseRecordedAsError
+            | Fault::PingTimeoutRecordedAsNormal
+            | Fault::ErrorCloseRecordedAsNormal
                 if method == "GET" && route.starts_with("/api/agents/") =>
             {
                 let (from, to) = match self.fault {
                     Fault::NormalCloseRecordedAsError => ("normal", "error"),
+                    Fault::ErrorCloseRecordedAsNormal => ("error", "normal"),
                     _ => ("ping_timeout", "normal"),
                 };
                 answer.edit_json(|body| {
@@ -964,6 +1000,21 @@ impl Proxy {
                         }
                     }
                 });
+            }
+            Fault::HistoryTimesWithoutZone
+                if method == "GET" && route.starts_with("/api/agents/") =>
+            {
+                answer.edit_json(|body| {
+                    if let Some(history) = body.get_mut("history") {
+                        history.edit_strings(&|text| misdate(Fault::TimestampsWithoutZone, text));
+                    }
+                });
+            }
+            Fault::SyncClearsStatus if method == "GET" && route.starts_with("/api/agents/") => {
+                let id = route.trim_start_matches("/api/agents/");
+                if self.memory().status_cleared.contains(id) {
+                    answer.edit_json(|body| body.insert("last_status", Json::Null));
+                }
             }
             Fault::HistoryWithoutDisconnects
                 if method == "GET" && route.starts_with("/api/agents/") =>
