@@ -81,7 +81,8 @@ fn implied_needs(check: &Check) -> Vec<Capability> {
 /// Checks longer than this at the backend's timers run only with `--slow`.
 const SLOW: Duration = Duration::from_secs(120);
 
-/// How long a check's timer-driven redeliveries take at the backend's
+/// How long a check's timer-driven redeliveries (over the socket or by
+/// sync) take at the backend's
 /// timers: every attempt's ack_timeout + backoff(n) (WS-DLV-3), then the
 /// last ack_timeout, plus WS-DLV-8's tolerance on each.
 fn redelivery_time(check: &Check, timings: &Timings) -> Duration {
@@ -92,7 +93,7 @@ fn redelivery_time(check: &Check, timings: &Timings) -> Duration {
             matches!(
                 s.kind,
                 StepKind::ExpectAttempts {
-                    by: AttemptsBy::Timer,
+                    by: AttemptsBy::Timer | AttemptsBy::Sync,
                     ..
                 }
             )

@@ -229,6 +229,9 @@ pub enum AttemptsBy {
     Timer,
     /// Closes and reconnects before each attempt (WS-DLV-4).
     Reconnect,
+    /// Polls `POST /edge/sync` as the agent (WS-DLV-5): attempt n+1 is
+    /// returned by the first sync after ack_timeout + backoff(n), not before.
+    Sync,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -329,8 +332,8 @@ pub enum StepKind {
         ids: String,
         within: String,
     },
-    /// Deliveries `from`..=max_attempts of one command, each on time (WS-DLV-3)
-    /// or on a reconnect (WS-DLV-4).
+    /// Deliveries `from`..=max_attempts of one command, each on time (WS-DLV-3),
+    /// on a reconnect (WS-DLV-4) or by sync (WS-DLV-5).
     ExpectAttempts {
         conn: String,
         command_id: String,
@@ -637,6 +640,17 @@ mod tests {
                 from: 2,
             }
         );
+        let checks =
+            step("{ expect_attempts = \"a\", command_id = \"{c1}\", by = \"sync\" }").unwrap();
+        assert_eq!(
+            checks[0].steps[0].kind,
+            StepKind::ExpectAttempts {
+                conn: "a".into(),
+                command_id: "{c1}".into(),
+                by: AttemptsBy::Sync,
+                from: 1,
+            }
+        );
         let checks = step(
             "{ metrics = \"/m\", unchanged_since = \"s\", snapshot = \"t\", families = { x = \"*x*\" } }",
         )
@@ -676,7 +690,7 @@ mod tests {
         for (body, error) in [
             (
                 "{ expect_attempts = \"a\", command_id = \"x\" }",
-                "by = \"timer\" or \"reconnect\"",
+                "by = \"timer\", \"reconnect\" or \"sync\"",
             ),
             (
                 "{ expect = \"a\", type = \"command\", fields = { \"data.expires_at\" = \"<timestamp data.created_at>\" } }",

@@ -391,7 +391,13 @@ impl StepSpec {
                 by: match self.by.take().as_deref() {
                     Some("timer") => AttemptsBy::Timer,
                     Some("reconnect") => AttemptsBy::Reconnect,
-                    _ => return Err("expect_attempts needs by = \"timer\" or \"reconnect\"".into()),
+                    Some("sync") => AttemptsBy::Sync,
+                    _ => {
+                        return Err(
+                            "expect_attempts needs by = \"timer\", \"reconnect\" or \"sync\""
+                                .into(),
+                        )
+                    }
                 },
                 from: self.from.take().unwrap_or(1).max(1),
             },

@@ -107,6 +107,7 @@ faults! {
     sync_interval_not_sent: SyncIntervalNotSent => "WS-HTTP-1", ["sync-pushes-its-interval"; "sync-returns-pending-commands"];
     http_ack_ignored: HttpAckIgnored => "WS-HTTP-2", ["http-ack-completes"];
     no_ack_alias: NoAckAlias => "WS-HTTP-2", ["http-ack-alias"; "http-ack-completes"];
+    ack_alias_is_stub: AckAliasIsStub => "WS-HTTP-2", ["http-ack-alias"; "http-ack-completes"];
     registration_accepts_any_token: RegistrationAcceptsAnyToken => "WS-HTTP-3", ["register-with-wrong-token-is-401"; "register-is-idempotent-per-phone"];
     registration_disabled_is_401: RegistrationDisabledIs401 => "WS-HTTP-3" @ NoRegistration, ["registration-disabled-is-403"];
     registration_open_when_unconfigured: RegistrationOpenWhenUnconfigured => "WS-HTTP-3" @ NoRegistration, ["registration-disabled-is-403"];
@@ -182,6 +183,7 @@ faults! {
     progress_command_goes_dead: ProgressCommandGoesDead => "WS-DLV-4", ["progress-command-with-attempts-used-is-not-dead"];
     progress_state_never_expires: ProgressStateNeverExpires => "WS-DLV-7", ["progress-state-expires-at-ttl"];
     dead_never_marked: DeadNeverMarked => "WS-DLV-3", ["dead-after-max-attempts"];
+    synced_never_dead: SyncedNeverDead => "WS-DLV-5", ["a-command-fetched-only-by-sync-goes-dead"; "sync-redelivers-after-ack-timeout"];
     stack_trace_in_errors: StackTraceInErrors => "WS-HTTP-4", ["http-errors-carry-no-trace-or-secret"; "http-errors-are-json"];
     error_echoes_headers: ErrorEchoesHeaders => "WS-HTTP-4", ["http-errors-carry-no-trace-or-secret"; "http-errors-are-json"];
     metrics_as_json: MetricsAsJson => "WS-OBS-1", ["metrics-are-prometheus-text"];

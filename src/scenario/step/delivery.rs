@@ -199,6 +199,11 @@ impl Ctx<'_> {
                 format!("the backend advertises max_attempts = {max}"),
             );
         }
+        if by == AttemptsBy::Sync {
+            return self
+                .expect_sync_attempts(conn, &command_id, from, max)
+                .await;
+        }
         for n in from..=max {
             let window = match by {
                 AttemptsBy::Timer if n > 1 => {
@@ -244,6 +249,112 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// `expect_attempts` by sync: agent `agent` polls `POST /edge/sync`
+    /// (every 100 ms, with its own token) and attempt n of `command_id`
+    /// must be in the first answer that holds the command; for n past the
+    /// first, one sync just before ack_timeout + backoff(n-1) (less WS-DLV-8's
+    /// tolerance) must not hold it yet, and it must come by that time plus
+    /// the tolerance.
+    async fn expect_sync_attempts(
+        &mut self,
+        agent: &str,
+        command_id: &str,
+        from: u32,
+        max: u32,
+    ) -> StepResult {
+        const POLL: Duration = Duration::from_millis(100);
+        let timings = self.timings();
+        // When the sync that returned the attempt before was sent and answered.
+        let mut previous: Option<(Instant, Instant)> = None;
+        for n in from..=max {
+            let due = timings.ack_timeout + crate::timing::Timings::backoff(n.saturating_sub(1));
+            let tolerance = crate::timing::Timings::tolerance(due);
+            let latest = match previous {
+                None => Instant::now() + timings.scaled(Duration::from_secs(5)),
+                Some((sent, answered)) => {
+                    let earliest = sent + due.saturating_sub(tolerance);
+                    tokio::time::sleep_until(earliest - POLL).await;
+                    let (commands, ..) = self.sync_commands(agent).await?;
+                    if let Some(early) = find_command(&commands, command_id) {
+                        return fail(
+                            format!(
+                                "attempt {n} not before ack_timeout + backoff({}) (less the tolerance) after attempt {}",
+                                n - 1,
+                                n - 1
+                            ),
+                            format!(
+                                "attempt {} returned {:?} after it",
+                                early["attempt"],
+                                Instant::now().saturating_duration_since(answered)
+                            ),
+                        );
+                    }
+                    answered + timings.scaled(due) + tolerance
+                }
+            };
+            loop {
+                let (commands, sent, answered) = self.sync_commands(agent).await?;
+                match find_command(&commands, command_id) {
+                    Some(command) if command["attempt"] == json!(n) => {
+                        self.note(format!("sync → {command_id} attempt {n}"));
+                        previous = Some((sent, answered));
+                        break;
+                    }
+                    Some(command) => {
+                        return fail(format!("attempt {n}"), format!("{command}"));
+                    }
+                    None if answered >= latest => {
+                        return fail(
+                            match n {
+                                1 => "attempt 1 from the first sync".to_string(),
+                                _ => format!(
+                                    "attempt {n} from a sync by ack_timeout + backoff({}) (plus the tolerance) after attempt {}",
+                                    n - 1,
+                                    n - 1
+                                ),
+                            },
+                            format!("no sync returned {command_id}"),
+                        );
+                    }
+                    None => tokio::time::sleep(POLL).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `POST /edge/sync` as `agent` with its own token: the `commands`
+    /// of the answer, and when the request was sent and answered.
+    async fn sync_commands(
+        &mut self,
+        agent: &str,
+    ) -> Result<(Vec<Value>, Instant, Instant), (String, String)> {
+        let agent_id = self.agent_id(agent);
+        let authorization = self.authorization("agent", agent)?.unwrap_or_default();
+        let url = format!("{}/edge/sync", self.target.http_base);
+        let sent = Instant::now();
+        let response = self
+            .target
+            .http
+            .post(&url)
+            .header("authorization", authorization)
+            .json(&json!({ "edge_agent_id": agent_id }))
+            .send()
+            .await
+            .or_else(|e| fail("POST /edge/sync answers", crate::tls::describe(&e)))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let answered = Instant::now();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        match body["commands"].as_array() {
+            Some(commands) if status == 200 => Ok((commands.clone(), sent, answered)),
+            _ => fail(
+                "POST /edge/sync: HTTP 200 with a `commands` array",
+                format!("HTTP {status} {body}"),
+            ),
+        }
+    }
+
     /// Closes a connection and opens it again as the same agent. Many
     /// reconnects in a row meet the backend's connect limit (WS-RATE-1: 10 a
     /// minute by spec, and `max_attempts` is 10): a 429 is waited out, as a
@@ -287,4 +398,9 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// The command with that id in a sync answer's `commands`.
+fn find_command<'a>(commands: &'a [Value], command_id: &str) -> Option<&'a Value> {
+    commands.iter().find(|c| c["command_id"] == command_id)
 }

@@ -133,6 +133,9 @@ pub enum Fault {
     RepeatedIdRequeues,
     /// The compat alias `POST /edge/ack_command` was forgotten (404).
     NoAckAlias,
+    /// The compat alias answers `acknowledged` and does nothing (a route
+    /// stubbed to keep old clients quiet, never wired to the ack handler).
+    AckAliasIsStub,
     /// `POST /edge/command/ack` answers `acknowledged` and does nothing.
     HttpAckIgnored,
     /// `registration_token` is never compared.
@@ -310,6 +313,9 @@ pub enum Fault {
     ProgressStateNeverExpires,
     /// A command is never marked `dead` (it stays `sent`).
     DeadNeverMarked,
+    /// Commands fetched by `/edge/sync` never go `dead`: only the socket's
+    /// ack-timeout job marks them; the sync handler just bumps `attempts`.
+    SyncedNeverDead,
     /// The ack timers live on the socket and die with it: a command whose
     /// last attempt went out just before the socket closed stays `sent`
     /// for good (never `dead`, so it cannot be retried).

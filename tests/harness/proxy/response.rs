@@ -662,6 +662,7 @@ impl Proxy {
             | Fault::ProgressStateNeverExpires
             | Fault::OneAttemptTooMany
             | Fault::DeadNeverMarked
+            | Fault::SyncedNeverDead
             | Fault::LastAttemptStrandedOnClose
                 if method == "GET" && command.is_some() && status == 200 =>
             {
@@ -701,6 +702,11 @@ impl Proxy {
                         "sent".to_string()
                     }
                     Fault::DeadNeverMarked if state == "dead" => "sent".to_string(),
+                    Fault::SyncedNeverDead
+                        if state == "dead" && body["delivered_via"] == "http" =>
+                    {
+                        "sent".to_string()
+                    }
                     Fault::LastAttemptStrandedOnClose
                         if state == "dead" && memory.stranded_on_close.contains(&id) =>
                     {
