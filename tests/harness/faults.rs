@@ -239,6 +239,7 @@ faults! {
     id_syntax_unicode: IdSyntaxUnicode => "WS-AUTH-3", ["ids-take-dots-and-underscores-and-only-ascii"; "invalid-agent-id-is-400"];
     only_first_socket_gets_1012: OnlyFirstSocketGets1012 => "WS-CONN-5", ["restart-closes-1012"];
     received_ack_leaves_timer: ReceivedAckLeavesTimer => "WS-ACK-2", ["progress-ack-stops-redelivery"];
+    http_progress_ack_leaves_timer: HttpProgressAckLeavesTimer => "WS-HTTP-2", ["an-http-progress-ack-stops-the-socket-redelivery"; "http-ack-completes", "progress-ack-stops-redelivery", "every-final-ack-stops-redelivery"];
     rate_limited_upgrade_is_text: RateLimitedUpgradeIsText => "WS-HTTP-4", ["rate-limited-upgrade-is-json"; "connection-attempts-per-agent-limited"];
     upgrade_errors_not_json: UpgradeErrorsNotJson => "WS-AUTH-2", ["every-refused-upgrade-is-json"];
     missing_token_is_bearer_detail: MissingTokenIsBearerDetail => "WS-AUTH-2", ["every-refused-upgrade-is-json"; "missing-token-refused"];
@@ -477,6 +478,10 @@ async fn assert_caught(fault: Fault) {
     let checks: Vec<&str> = case.checks().collect();
     let report = run_against(fault, case.setup, &checks).await;
     let all = summary(&report);
+    // EDGE_FAULT_REPORT=1 (with --no-capture) shows what each check saw.
+    if std::env::var_os("EDGE_FAULT_REPORT").is_some() {
+        eprintln!("{fault:?}: {all:#?}");
+    }
     for (n, name) in case.fails.iter().enumerate() {
         let result = report.results.iter().find(|r| &r.name == name);
         let rule_ok = |rule: &str| {

@@ -226,6 +226,9 @@ struct Memory {
     status_cleared: HashSet<String>,
     /// CacheClearedOnAcksOnly: each command's cached answer, and since when.
     cached: HashMap<String, (Value, Instant)>,
+    /// Commands acked `received`/`executing` over HTTP
+    /// (HttpProgressAckLeavesTimer).
+    http_progress: HashSet<String>,
     /// Per agent: every status member it ever sent (StatusMerged).
     statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.
@@ -664,7 +667,13 @@ impl Proxy {
                 _ = sleep_until(due.unwrap_or(far)), if due.is_some() => {
                     let (_, message, anyway) = later.remove(0);
                     let acked = !anyway && json(&message).is_some_and(|v| {
-                        v["data"]["command_id"].as_str().is_some_and(|id| s.acked.contains(id))
+                        v["data"]["command_id"].as_str().is_some_and(|id| {
+                            s.acked.contains(id)
+                                // The timer left behind fires only after a
+                                // progress ack over HTTP.
+                                || (self.fault == Fault::HttpProgressAckLeavesTimer
+                                    && !self.memory().http_progress.contains(id))
+                        })
                     });
                     match message {
                         // A delayed delivery of a command acked meanwhile is not sent.

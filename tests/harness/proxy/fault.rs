@@ -688,6 +688,10 @@ pub enum Fault {
     OnlyFirstSocketGets1012,
     /// `received` leaves the ack timer running (only `executing` stops it).
     ReceivedAckLeavesTimer,
+    /// Only a socket ack clears the socket's redelivery timer; its callback
+    /// asks only "final yet?", so a progress ack over HTTP (`received`,
+    /// `executing`) leaves the command to be pushed again.
+    HttpProgressAckLeavesTimer,
     /// A 400 to an upgrade is the framework's text (`Bad Request`).
     UpgradeErrorsNotJson,
     /// The upgrade's 429 is the rate limiter's default text

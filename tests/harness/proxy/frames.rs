@@ -466,6 +466,19 @@ impl Proxy {
                     Json::Number(serde_json::Number::from_f64(1.0).unwrap()),
                 );
             }),
+            // The socket's timer for this push (cancelled by a socket ack,
+            // or when no HTTP progress ack comes: see the pump).
+            Fault::HttpProgressAckLeavesTimer if command => {
+                let mut again = Json::parse(&message).unwrap();
+                let data = again.get_mut("data").unwrap();
+                let attempt = data.get("attempt").and_then(Json::as_u64).unwrap_or(1);
+                data.insert("attempt", Json::from(attempt + 1));
+                let at = Instant::now() + s.ack_timeout + Timings::backoff(attempt as u32);
+                vec![
+                    Act::Agent(message),
+                    Act::AgentAt(at, Message::text(again.to_text())),
+                ]
+            }
             Fault::ImmediateRelayedAsIs if command && self.memory().immediate.contains(&id) => {
                 edit(&|f| {
                     let data = f.get_mut("data").unwrap();

@@ -254,6 +254,13 @@ impl Proxy {
                     }
                 }
             }
+            Fault::HttpProgressAckLeavesTimer if path == "/edge/command/ack" => {
+                let body = request.json().unwrap_or_default();
+                if body["status"] == "received" || body["status"] == "executing" {
+                    let id = body["command_id"].as_str().unwrap_or("").to_string();
+                    self.memory().http_progress.insert(id);
+                }
+            }
             Fault::CacheClearedOnAcksOnly if path == "/edge/command/ack" => {
                 if let Some(id) = request
                     .json()
