@@ -221,6 +221,7 @@ faults! {
     connected_filter_ignored: ConnectedFilterIgnored => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     connected_list_from_last_seen: ConnectedListFromLastSeen => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     connected_list_has_never_connected: ConnectedListHasNeverConnected => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
+    connected_list_from_registry: ConnectedListFromRegistry => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
     prefix_secret_accepted: PrefixSecretAccepted => "WS-AUTH-5", ["a-truncated-secret-is-refused"];
     prefix_admin_accepted: PrefixAdminAccepted => "WS-API-1", ["no-or-wrong-token-does-not-open-the-api"];
     prefix_signature_accepted: PrefixSignatureAccepted => "WS-AUTH-5", ["a-truncated-signature-is-refused"; "http-endpoints-verify-agent-tokens"];

@@ -126,6 +126,9 @@ pub enum Fault {
     /// `?connected=true` is written as "not disconnected": agents that never
     /// connected (no `last_seen`) are listed too.
     ConnectedListHasNeverConnected,
+    /// `GET /api/agents?connected=true` is built from the in-memory socket
+    /// registry: every entry shows 0 pending commands and no last status.
+    ConnectedListFromRegistry,
     /// A command for an unknown agent is accepted (stored for nobody).
     UnknownAgentCommandAccepted,
     /// A repeated `command_id` is an upsert: the completed command is

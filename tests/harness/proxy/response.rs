@@ -931,6 +931,18 @@ impl Proxy {
                 let id = body["command_id"].as_str().unwrap_or("").to_string();
                 self.memory().immediate.insert(id);
             }
+            Fault::ConnectedListFromRegistry
+                if method == "GET" && route == "/api/agents" && status == 200 =>
+            {
+                if let Some(Value::Array(agents)) = answer.json() {
+                    let bare = agents.into_iter().map(|mut agent| {
+                        agent["pending_commands"] = json!(0);
+                        agent["last_status"] = Value::Null;
+                        agent
+                    });
+                    answer.set_json(Value::Array(bare.collect()));
+                }
+            }
             Fault::ConnectedListHasNeverConnected
                 if method == "GET" && route == "/api/agents" && status == 200 =>
             {
