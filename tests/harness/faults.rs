@@ -181,6 +181,7 @@ faults! {
     skips_sent_state: SkipsSentState => "WS-DLV-2", ["states-are-visible-in-order"];
     progress_state_reset_on_reconnect: ProgressStateResetOnReconnect => "WS-DLV-4", ["progress-state-survives-reconnect"];
     progress_command_goes_dead: ProgressCommandGoesDead => "WS-DLV-4", ["progress-command-with-attempts-used-is-not-dead"];
+    progress_buried_at_ack_deadline: ProgressBuriedAtAckDeadline => "WS-DLV-4", ["progress-command-with-attempts-used-is-not-dead"; "progress-state-survives-reconnect"];
     progress_state_never_expires: ProgressStateNeverExpires => "WS-DLV-7", ["progress-state-expires-at-ttl"];
     dead_never_marked: DeadNeverMarked => "WS-DLV-3", ["dead-after-max-attempts"];
     synced_never_dead: SyncedNeverDead => "WS-DLV-5", ["a-command-fetched-only-by-sync-goes-dead"; "sync-redelivers-after-ack-timeout"];
@@ -341,6 +342,7 @@ faults! {
     binary_not_counted: BinaryNotCounted => "WS-RATE-2", ["binary-messages-are-counted"; "messages-past-the-limit-get-rate_limited"];
     foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];
     foreign_in_flight_ack_accepted: ForeignInFlightAckAccepted => "WS-ACK-3", ["an-in-flight-command-of-another-agent-is-unknown"];
+    final_check_before_owner: FinalCheckBeforeOwner => "WS-ACK-3", ["a-finished-command-of-another-agent-is-unknown"; "foreign-command-ack-is-unknown_command", "acks-are-idempotent"];
     drops_queued_commands: DropsQueuedCommands => "WS-DLV-1", ["offline-command-waits-for-the-agent"];
     never_redelivers: NeverRedelivers => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
     backoff_too_long: BackoffTooLong => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
@@ -352,6 +354,7 @@ faults! {
     stale_timer_after_reconnect: StaleTimerAfterReconnect => "WS-DLV-3", ["a-reconnect-restarts-the-redelivery-timer"; "unacked-command-repushed-on-reconnect"];
     unacked_not_repushed: UnackedNotRepushed => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
     progress_not_repushed: ProgressNotRepushed => "WS-DLV-4", ["progress-state-survives-reconnect"];
+    takeover_repushes_sent_only: TakeoverRepushesSentOnly => "WS-CONN-2", ["duplicate-replaces-old-and-redelivers"; "progress-state-survives-reconnect"];
     one_attempt_too_few: OneAttemptTooFew => "WS-DLV-3", ["dead-after-max-attempts"];
     reconnect_push_not_counted: ReconnectPushNotCounted => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
     attempt_starts_at_zero: AttemptStartsAtZero => "WS-CMD-1", ["command-is-pushed-with-its-fields"];

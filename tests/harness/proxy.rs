@@ -175,7 +175,7 @@ struct Memory {
     /// Agents once answered 429 (LimitNeverResets).
     limited: HashSet<String>,
     /// Agents whose latest socket replaced a live one
-    /// (ReplacedCleanupCancelsTimer).
+    /// (ReplacedCleanupCancelsTimer, TakeoverRepushesSentOnly).
     replacing: HashSet<String>,
     /// Agent ids an upgrade was refused 403 for (UnknownAgentsNotCounted).
     forbidden: HashSet<String>,
@@ -229,6 +229,9 @@ struct Memory {
     /// Commands acked `received`/`executing` over HTTP
     /// (HttpProgressAckLeavesTimer).
     http_progress: HashSet<String>,
+    /// When each command's last push has its ack_timeout behind it
+    /// (ProgressBuriedAtAckDeadline).
+    ack_deadline: HashMap<String, Instant>,
     /// Per agent: every status member it ever sent (StatusMerged).
     statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.
@@ -464,7 +467,10 @@ impl Proxy {
         // A replacement loses what was pushed on the old socket, decided
         // now: were it decided when the 4000 close crosses the old socket,
         // the new socket's redelivery could win that race and pass.
-        if self.fault == Fault::ReplacedCleanupCancelsTimer {
+        if matches!(
+            self.fault,
+            Fault::ReplacedCleanupCancelsTimer | Fault::TakeoverRepushesSentOnly
+        ) {
             let mut memory = self.memory();
             if memory.live.get(&agent).is_some_and(|&n| n > 0) {
                 memory.replacing.insert(agent.clone());

@@ -312,6 +312,10 @@ pub enum Fault {
     ProgressStateResetOnReconnect,
     /// A `received`/`executing` command that used its attempts goes `dead`.
     ProgressCommandGoesDead,
+    /// The sweeper buries every non-final command whose attempts are used
+    /// once its last ack deadline passes (`status NOT IN (final)` instead
+    /// of `status = 'sent'`): a `received`/`executing` one goes `dead`.
+    ProgressBuriedAtAckDeadline,
     /// The TTL sweep covers `queued`/`sent` only: progress states never expire.
     ProgressStateNeverExpires,
     /// A command is never marked `dead` (it stays `sent`).
@@ -537,6 +541,10 @@ pub enum Fault {
     /// An ack for another agent's command is taken while that command is in
     /// flight: the owner check is a state check.
     ForeignInFlightAckAccepted,
+    /// The "already final: a repeated ack" short cut comes before the owner
+    /// check: another agent's ack of a finished command is taken silently
+    /// (and `200` over HTTP), which says the command exists.
+    FinalCheckBeforeOwner,
     /// Commands queued while the agent was away are lost on connect.
     DropsQueuedCommands,
     /// Unacked commands are never sent again.
@@ -559,6 +567,10 @@ pub enum Fault {
     StaleTimerAfterReconnect,
     /// `received`/`executing` commands are not pushed again on reconnect.
     ProgressNotRepushed,
+    /// A takeover (a new socket replacing a live one) hands over only the
+    /// old socket's `sent` commands; `received`/`executing` ones are not
+    /// pushed on the new socket (a reconnect pushes them).
+    TakeoverRepushesSentOnly,
     /// The last attempt is never sent (`<` for `<=`).
     OneAttemptTooFew,
     /// A reconnect push does not count as an attempt.

@@ -79,6 +79,19 @@ impl Proxy {
             }
             if !status.is_empty() {
                 s.acked.insert(id.clone());
+                if self.fault == Fault::FinalCheckBeforeOwner
+                    && (status == "completed" || status == "failed")
+                {
+                    // Finished by its owner (the agent it was pushed to).
+                    let mut memory = self.memory();
+                    if memory
+                        .pushed
+                        .get(&s.agent)
+                        .is_some_and(|ids| ids.contains(&id))
+                    {
+                        memory.final_acked.insert(id.clone());
+                    }
+                }
                 if self.fault == Fault::RepeatedAckCountedTwice
                     && (status == "completed" || status == "failed")
                 {
@@ -596,6 +609,16 @@ impl Proxy {
                 memory.last_ack.insert(cid, "completed".into());
                 vec![]
             }
+            // The "already final" short cut answers before the owner check.
+            Fault::FinalCheckBeforeOwner
+                if code == "unknown_command"
+                    && self
+                        .memory()
+                        .final_acked
+                        .contains(data["ref"].as_str().unwrap_or("")) =>
+            {
+                vec![]
+            }
             // Lost for good: every later delivery of them too.
             Fault::DropsQueuedCommands if command && self.memory().queued.contains(&id) => vec![],
             Fault::NeverRedelivers if command && attempt > 1 => vec![],
@@ -628,6 +651,11 @@ impl Proxy {
             {
                 vec![Act::Hold(Json::parse(&message).unwrap())]
             }
+            Fault::ProgressBuriedAtAckDeadline if command => {
+                let deadline = Instant::now() + s.ack_timeout;
+                self.memory().ack_deadline.insert(id.clone(), deadline);
+                vec![Act::Agent(message)]
+            }
             Fault::UnackedNotRepushed if repush => vec![],
             Fault::StaleTimerAfterReconnect if command => {
                 let now = Instant::now();
@@ -643,6 +671,14 @@ impl Proxy {
                     }
                 }
                 acts
+            }
+            Fault::TakeoverRepushesSentOnly
+                if repush && {
+                    let memory = self.memory();
+                    memory.replacing.contains(&s.agent) && memory.progress.contains_key(&id)
+                } =>
+            {
+                vec![]
             }
             Fault::ProgressNotRepushed if repush && self.memory().progress.contains_key(&id) => {
                 vec![]

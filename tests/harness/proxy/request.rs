@@ -212,6 +212,22 @@ impl Proxy {
                     request.set_header("x-edge-agent-id", &owner);
                 }
             }
+            Fault::FinalCheckBeforeOwner if path == "/edge/command/ack" => {
+                let id = request.json().unwrap_or_default()["command_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let memory = self.memory();
+                let foreign = hmac.as_ref().is_some_and(|(agent, _)| {
+                    !memory
+                        .pushed
+                        .get(agent)
+                        .is_some_and(|ids| ids.contains(&id))
+                });
+                if foreign && memory.final_acked.contains(&id) {
+                    return Some(Http::answer(200, json!({"acknowledged": true})));
+                }
+            }
             Fault::HttpAckIgnored if path == "/edge/command/ack" => {
                 return Some(Http::answer(200, json!({"acknowledged": true})));
             }

@@ -659,6 +659,7 @@ impl Proxy {
             | Fault::ProgressStateNotShown
             | Fault::ProgressStateResetOnReconnect
             | Fault::ProgressCommandGoesDead
+            | Fault::ProgressBuriedAtAckDeadline
             | Fault::ProgressStateNeverExpires
             | Fault::OneAttemptTooMany
             | Fault::DeadNeverMarked
@@ -683,6 +684,16 @@ impl Proxy {
                     }
                     Fault::ProgressCommandGoesDead
                         if progress && body["attempts"].as_u64() >= Some(memory.max_attempts) =>
+                    {
+                        "dead".to_string()
+                    }
+                    Fault::ProgressBuriedAtAckDeadline
+                        if progress
+                            && body["attempts"].as_u64() >= Some(memory.max_attempts)
+                            && memory
+                                .ack_deadline
+                                .get(&id)
+                                .is_some_and(|t| Instant::now() >= *t) =>
                     {
                         "dead".to_string()
                     }
