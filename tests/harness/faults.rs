@@ -217,6 +217,7 @@ faults! {
     sent_first_at_connect: SentFirstAtConnect => "WS-DLV-4", ["reconnect-orders-sent-and-queued-together"; "pending-pushed-on-reconnect-in-priority-order"];
     failed_repushed_on_reconnect: FailedRepushedOnReconnect => "WS-DLV-4", ["final-commands-are-never-delivered-again"];
     repeated_id_requeues: RepeatedIdRequeues => "WS-API-2", ["repeated-command-id-never-runs-twice"; "command-id-is-idempotent"];
+    repeat_resets_in_flight: RepeatResetsInFlight => "WS-API-2", ["a-repeated-command-id-in-flight-changes-nothing"; "repeated-command-id-never-runs-twice", "command-id-is-idempotent"];
     refused_upgrade_kicks_live: RefusedUpgradeKicksLive => "WS-CONN-2", ["refused-upgrade-never-replaces-the-live-socket"; "duplicate-closes-old-with-4000"];
     status_filter_ignored: StatusFilterIgnored => "WS-API-4", ["command-list-filters-by-status"; "expired-listable-and-retryable"];
     connected_filter_ignored: ConnectedFilterIgnored => "WS-CONN-1", ["connected-list-holds-exactly-the-connected"];
@@ -274,6 +275,7 @@ faults! {
     attempts_spent_offline: AttemptsSpentOffline => "WS-DLV-3", ["no-attempts-are-spent-while-offline"];
     ttl_lost_on_restart: TtlLostOnRestart => "WS-DLV-7", ["ttl-outlives-a-restart"; "ttl-expires-and-is-never-sent"];
     final_commands_expire_at_ttl: FinalCommandsExpireAtTtl => "WS-DLV-7", ["a-final-command-outlives-its-ttl"];
+    ttl_restarts_on_push: TtlRestartsOnPush => "WS-DLV-7", ["ttl-counts-from-created_at-not-the-last-push"; "ttl-expires-and-is-never-sent"];
     synced_not_pushed_on_connect: SyncedNotPushedOnConnect => "WS-DLV-4", ["synced-command-is-pushed-on-connect"];
     retry_not_pushed_live: RetryNotPushedLive => "WS-API-4", ["retry-pushes-to-a-connected-agent"; "expired-listable-and-retryable"];
     retry_final_commands: RetryFinalCommands => "WS-API-4", ["retry-is-only-for-dead-or-expired"; "expired-listable-and-retryable"];
@@ -343,6 +345,7 @@ faults! {
     foreign_ack_accepted: ForeignAckAccepted => "WS-ACK-3", ["foreign-command-ack-is-unknown_command"];
     foreign_in_flight_ack_accepted: ForeignInFlightAckAccepted => "WS-ACK-3", ["an-in-flight-command-of-another-agent-is-unknown"];
     final_check_before_owner: FinalCheckBeforeOwner => "WS-ACK-3", ["a-finished-command-of-another-agent-is-unknown"; "foreign-command-ack-is-unknown_command", "acks-are-idempotent"];
+    foreign_ack_cancels_timer: ForeignAckCancelsTimer => "WS-ACK-3", ["a-foreign-ack-leaves-the-owners-redelivery"; "an-in-flight-command-of-another-agent-is-unknown"];
     drops_queued_commands: DropsQueuedCommands => "WS-DLV-1", ["offline-command-waits-for-the-agent"];
     never_redelivers: NeverRedelivers => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
     backoff_too_long: BackoffTooLong => "WS-DLV-3", ["unacked-command-redelivered-with-backoff"];
@@ -350,6 +353,7 @@ faults! {
     ignores_priority: IgnoresPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     priority_sorted_by_name: PrioritySortedByName => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     lifo_within_priority: LifoWithinPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
+    fifo_ties_by_command_id: FifoTiesByCommandId => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     replaced_cleanup_cancels_timer: ReplacedCleanupCancelsTimer => "WS-DLV-3", ["a-replacing-socket-keeps-redelivering"];
     stale_timer_after_reconnect: StaleTimerAfterReconnect => "WS-DLV-3", ["a-reconnect-restarts-the-redelivery-timer"; "unacked-command-repushed-on-reconnect"];
     unacked_not_repushed: UnackedNotRepushed => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];

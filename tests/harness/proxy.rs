@@ -232,6 +232,13 @@ struct Memory {
     /// When each command's last push has its ack_timeout behind it
     /// (ProgressBuriedAtAckDeadline).
     ack_deadline: HashMap<String, Instant>,
+    /// Commands another agent acked while they were in flight
+    /// (ForeignAckCancelsTimer).
+    timer_cancelled: HashSet<String>,
+    /// Commands a repeated POST put back to `queued` (RepeatResetsInFlight).
+    reset: HashSet<String>,
+    /// `ttl_s` of each command posted with one (TtlRestartsOnPush).
+    ttls: HashMap<String, u64>,
     /// Per agent: every status member it ever sent (StatusMerged).
     statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.

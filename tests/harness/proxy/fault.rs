@@ -134,6 +134,10 @@ pub enum Fault {
     /// A repeated `command_id` is an upsert: the completed command is
     /// queued again (pushed again at the agent's next connect).
     RepeatedIdRequeues,
+    /// A repeated `command_id` is an upsert that puts an unfinished command
+    /// back to `queued` (`ON CONFLICT DO UPDATE SET status = 'queued' WHERE
+    /// status NOT IN (final)`): its progress is lost.
+    RepeatResetsInFlight,
     /// The compat alias `POST /edge/ack_command` was forgotten (404).
     NoAckAlias,
     /// The compat alias answers `acknowledged` and does nothing (a route
@@ -545,6 +549,11 @@ pub enum Fault {
     /// check: another agent's ack of a finished command is taken silently
     /// (and `200` over HTTP), which says the command exists.
     FinalCheckBeforeOwner,
+    /// The ack handler clears the redelivery timer (kept in one map by
+    /// `command_id`) before it checks the owner: another agent's ack of an
+    /// in-flight command, answered `unknown_command`, still stops the
+    /// owner's redelivery.
+    ForeignAckCancelsTimer,
     /// Commands queued while the agent was away are lost on connect.
     DropsQueuedCommands,
     /// Unacked commands are never sent again.
@@ -559,6 +568,11 @@ pub enum Fault {
     PrioritySortedByName,
     /// Pending commands newest first within a priority.
     LifoWithinPriority,
+    /// Ties within a priority broken by `command_id` (`ORDER BY priority,
+    /// created_at, id` with `created_at` in whole seconds, or a Redis ZSET
+    /// whose equal scores sort by member): commands posted within a second
+    /// come in id order.
+    FifoTiesByCommandId,
     /// Sent but unacked commands are not pushed again on reconnect.
     UnackedNotRepushed,
     /// The timer of the push before a disconnect still fires after the
@@ -634,6 +648,9 @@ pub enum Fault {
     ReplacedCleanupCancelsTimer,
     /// The sweeper expires every command past its TTL, final ones too.
     FinalCommandsExpireAtTtl,
+    /// The TTL restarts at every push (the push re-saves the command with
+    /// its TTL, `SET cmd:{id} … EX ttl`, or re-arms an expiry timer).
+    TtlRestartsOnPush,
     /// Every request is logged with its headers, `Authorization` included
     /// (a request logger at debug level left on): the proxy appends the
     /// lines to the server's log.

@@ -24,6 +24,9 @@ impl Proxy {
             Fault::LifoWithinPriority => {
                 commands.sort_by_key(|c| (rank(c), std::cmp::Reverse(field(c, "created_at"))))
             }
+            Fault::FifoTiesByCommandId => {
+                commands.sort_by_key(|c| (rank(c), field(c, "command_id")))
+            }
             Fault::SentFirstAtConnect => commands.sort_by_key(|c| field(c, "attempt") == "1"),
             _ => {}
         }
@@ -79,6 +82,14 @@ impl Proxy {
             }
             if !status.is_empty() {
                 s.acked.insert(id.clone());
+                if self.fault == Fault::ForeignAckCancelsTimer {
+                    let mut memory = self.memory();
+                    let foreign = (memory.pushed.iter())
+                        .any(|(agent, ids)| *agent != s.agent && ids.contains(&id));
+                    if foreign {
+                        memory.timer_cancelled.insert(id.clone());
+                    }
+                }
                 if self.fault == Fault::FinalCheckBeforeOwner
                     && (status == "completed" || status == "failed")
                 {
@@ -622,6 +633,12 @@ impl Proxy {
             // Lost for good: every later delivery of them too.
             Fault::DropsQueuedCommands if command && self.memory().queued.contains(&id) => vec![],
             Fault::NeverRedelivers if command && attempt > 1 => vec![],
+            // The owner's timer is gone: no redelivery on that socket.
+            Fault::ForeignAckCancelsTimer
+                if pushed_here_before && self.memory().timer_cancelled.contains(&id) =>
+            {
+                vec![]
+            }
             Fault::ReplacedCleanupCancelsTimer
                 if pushed_here_before && self.memory().replacing.contains(&s.agent) =>
             {
@@ -646,10 +663,17 @@ impl Proxy {
             | Fault::IgnoresPriority
             | Fault::PrioritySortedByName
             | Fault::LifoWithinPriority
+            | Fault::FifoTiesByCommandId
             | Fault::SentFirstAtConnect
                 if command && at_connect =>
             {
                 vec![Act::Hold(Json::parse(&message).unwrap())]
+            }
+            Fault::TtlRestartsOnPush if command => {
+                self.memory()
+                    .last_push
+                    .insert(id.clone(), (Instant::now(), attempt));
+                vec![Act::Agent(message)]
             }
             Fault::ProgressBuriedAtAckDeadline if command => {
                 let deadline = Instant::now() + s.ack_timeout;

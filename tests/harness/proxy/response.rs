@@ -579,6 +579,50 @@ impl Proxy {
                 answer.set_status(202);
                 answer.set_json(json!({"command_id": id, "status": "queued"}));
             }
+            Fault::TtlRestartsOnPush if is_command_post(request) && status == 202 => {
+                let ttl = request.json().and_then(|b| b["ttl_s"].as_u64());
+                let id = answer.json().unwrap_or_default()["command_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(ttl) = ttl {
+                    self.memory().ttls.insert(id, ttl);
+                }
+            }
+            // Not expired yet: its TTL restarted at its last push.
+            Fault::TtlRestartsOnPush if method == "GET" && command.is_some() && status == 200 => {
+                let id = command.unwrap();
+                let memory = self.memory();
+                let alive = memory
+                    .ttls
+                    .get(&id)
+                    .zip(memory.last_push.get(&id))
+                    .is_some_and(|(ttl, (pushed, _))| pushed.elapsed() < Duration::from_secs(*ttl));
+                drop(memory);
+                if alive && answer.json().is_some_and(|b| b["status"] == "expired") {
+                    answer.edit_json(|body| body.insert("status", Json::String("sent".into())));
+                }
+            }
+            Fault::RepeatResetsInFlight if is_command_post(request) && status == 200 => {
+                let body = answer.json().unwrap_or_default();
+                let id = body["command_id"].as_str().unwrap_or("").to_string();
+                let finished = ["completed", "failed", "expired", "dead"];
+                if !finished.contains(&body["status"].as_str().unwrap_or("")) {
+                    self.memory().reset.insert(id);
+                }
+            }
+            Fault::RepeatResetsInFlight
+                if method == "GET"
+                    && status == 200
+                    && command
+                        .as_ref()
+                        .is_some_and(|id| self.memory().reset.contains(id)) =>
+            {
+                answer.edit_json(|body| {
+                    body.insert("status", Json::String("queued".into()));
+                    body.insert("attempts", Json::from(0));
+                });
+            }
             Fault::RepeatedIdRequeues if is_command_post(request) && status == 200 => {
                 let id = request.json().map(|b| b["command_id"].clone());
                 if let Some(Value::String(id)) = id {
