@@ -380,6 +380,7 @@ faults! {
     replaced_cleanup_unregisters_new: ReplacedCleanupUnregistersNew => "WS-CONN-1", ["one-live-connection-per-agent"];
     replaced_closes_with_1000: ReplacedClosesWith1000 => "WS-CONN-2", ["duplicate-closes-old-with-4000"; "duplicate-replaces-old-and-redelivers"];
     never_times_out: NeverTimesOut => "WS-CONN-3", ["silent-agent-is-closed", "ping-timeout-closes-4008"];
+    replaced_cleanup_clears_idle_timer: ReplacedCleanupClearsIdleTimer => "WS-CONN-3", ["a-replacing-socket-still-times-out"; "silent-agent-is-closed"];
     ping_timeout_closes_1001: PingTimeoutCloses1001 => "WS-CONN-3", ["ping-timeout-closes-4008"; "silent-agent-is-closed"];
     times_out_too_late: TimesOutTooLate => "WS-CONN-3", ["silent-agent-is-closed"];
     shutdown_closes_1001: ShutdownCloses1001 => "WS-CONN-5", ["restart-closes-1012"];

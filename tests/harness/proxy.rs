@@ -175,7 +175,7 @@ struct Memory {
     /// Agents once answered 429 (LimitNeverResets).
     limited: HashSet<String>,
     /// Agents whose latest socket replaced a live one
-    /// (ReplacedCleanupCancelsTimer, TakeoverRepushesSentOnly).
+    /// (ReplacedCleanupCancelsTimer and its kin).
     replacing: HashSet<String>,
     /// Agent ids an upgrade was refused 403 for (UnknownAgentsNotCounted).
     forbidden: HashSet<String>,
@@ -476,7 +476,9 @@ impl Proxy {
         // the new socket's redelivery could win that race and pass.
         if matches!(
             self.fault,
-            Fault::ReplacedCleanupCancelsTimer | Fault::TakeoverRepushesSentOnly
+            Fault::ReplacedCleanupCancelsTimer
+                | Fault::TakeoverRepushesSentOnly
+                | Fault::ReplacedCleanupClearsIdleTimer
         ) {
             let mut memory = self.memory();
             if memory.live.get(&agent).is_some_and(|&n| n > 0) {

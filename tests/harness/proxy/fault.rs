@@ -629,6 +629,10 @@ pub enum Fault {
     ReplacedClosesWith1000,
     /// A silent agent is never closed for its missing pings.
     NeverTimesOut,
+    /// The replaced socket's close handler clears the agent's idle timer
+    /// (`clearTimeout(idle.get(id))`, keyed by agent) after the new socket
+    /// armed it: a socket that replaced another never times out.
+    ReplacedCleanupClearsIdleTimer,
     /// The ping-timeout close has code 1001, not 4008.
     PingTimeoutCloses1001,
     /// The ping-timeout close comes a whole ping_timeout late.

@@ -313,6 +313,12 @@ impl Proxy {
             return match (self.fault, code) {
                 // The agent's socket stays up; nothing reaches it any more.
                 (Fault::KeepsOldSocket, 4000) | (Fault::NeverTimesOut, 4008) => vec![Act::Deafen],
+                // The replaced socket's cleanup cleared the new one's idle timer.
+                (Fault::ReplacedCleanupClearsIdleTimer, 4008)
+                    if self.memory().replacing.contains(&s.agent) =>
+                {
+                    vec![Act::Deafen]
+                }
                 (Fault::TimesOutTooLate, 4008) => vec![
                     Act::Deafen,
                     Act::AgentAt(Instant::now() + s.ping_timeout, message.clone()),
