@@ -82,9 +82,9 @@ fn implied_needs(check: &Check) -> Vec<Capability> {
 const SLOW: Duration = Duration::from_secs(120);
 
 /// How long a check's timer-driven redeliveries (over the socket or by
-/// sync) take at the backend's
-/// timers: every attempt's ack_timeout + backoff(n) (WS-DLV-3), then the
-/// last ack_timeout, plus WS-DLV-8's tolerance on each.
+/// sync) take at the backend's timers: every attempt's ack_timeout +
+/// backoff(n) (WS-DLV-3), then the last ack_timeout, plus WS-DLV-8's
+/// tolerance on each.
 fn redelivery_time(check: &Check, timings: &Timings) -> Duration {
     let runs = check
         .steps

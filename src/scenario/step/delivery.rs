@@ -15,6 +15,7 @@ use crate::client::Event;
 use crate::scenario::matcher::{mismatch, substitute_str};
 use crate::scenario::{AttemptsBy, Body, ConnectOutcome, Window};
 use crate::target::with_command_id;
+use crate::timing::Timings;
 
 impl Ctx<'_> {
     /// Posts `body` as new commands (fresh ids, one at a time, so the
@@ -267,8 +268,8 @@ impl Ctx<'_> {
         // When the sync that returned the attempt before was sent and answered.
         let mut previous: Option<(Instant, Instant)> = None;
         for n in from..=max {
-            let due = timings.ack_timeout + crate::timing::Timings::backoff(n.saturating_sub(1));
-            let tolerance = crate::timing::Timings::tolerance(due);
+            let due = timings.ack_timeout + Timings::backoff(n.saturating_sub(1));
+            let tolerance = Timings::tolerance(due);
             let latest = match previous {
                 None => Instant::now() + timings.scaled(Duration::from_secs(5)),
                 Some((sent, answered)) => {
