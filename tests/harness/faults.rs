@@ -353,7 +353,7 @@ faults! {
     ignores_priority: IgnoresPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     priority_sorted_by_name: PrioritySortedByName => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
     lifo_within_priority: LifoWithinPriority => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
-    fifo_ties_by_command_id: FifoTiesByCommandId => "WS-DLV-4", ["pending-pushed-on-reconnect-in-priority-order"];
+    fifo_ties_by_command_id: FifoTiesByCommandId => "WS-DLV-4", ["fifo-within-a-priority-is-posting-order-not-id-order"; "pending-pushed-on-reconnect-in-priority-order"];
     replaced_cleanup_cancels_timer: ReplacedCleanupCancelsTimer => "WS-DLV-3", ["a-replacing-socket-keeps-redelivering"];
     stale_timer_after_reconnect: StaleTimerAfterReconnect => "WS-DLV-3", ["a-reconnect-restarts-the-redelivery-timer"; "unacked-command-repushed-on-reconnect"];
     unacked_not_repushed: UnackedNotRepushed => "WS-DLV-4", ["unacked-command-repushed-on-reconnect"];
