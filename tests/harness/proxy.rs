@@ -237,8 +237,6 @@ struct Memory {
     timer_cancelled: HashSet<String>,
     /// Commands a repeated POST put back to `queued` (RepeatResetsInFlight).
     reset: HashSet<String>,
-    /// `ttl_s` of each command posted with one (TtlRestartsOnPush).
-    ttls: HashMap<String, u64>,
     /// Per agent: every status member it ever sent (StatusMerged).
     statuses: HashMap<String, Vec<(String, Json)>>,
     /// What `/edge/sync` returned per agent.
@@ -268,8 +266,9 @@ struct Memory {
     /// (TtlLostOnRestart).
     with_ttl: HashSet<String>,
     ttl_forgotten: HashSet<String>,
-    /// When each command posted with `ttl_s` expires (FinalCommandsExpireAtTtl).
-    expires_at: HashMap<String, Instant>,
+    /// Each command posted with `ttl_s`: when it was accepted, and its TTL
+    /// (FinalCommandsExpireAtTtl, TtlRestartsOnPush).
+    ttls: HashMap<String, (Instant, Duration)>,
     /// Commands `/edge/sync` delivered (SyncedNotPushedOnConnect).
     via_sync: HashSet<String>,
     /// When each command was retried (RetryNotPushedLive).

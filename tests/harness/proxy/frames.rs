@@ -70,7 +70,9 @@ impl Proxy {
                 (_, Some(status)) => status.to_string(),
                 _ => String::new(),
             };
-            failure_after_progress = status == "failed" && self.memory().progress.contains_key(&id);
+            failure_after_progress = self.fault == Fault::ProgressCannotFail
+                && status == "failed"
+                && self.memory().progress.contains_key(&id);
             if self.fault == Fault::CacheClearedOnAcksOnly {
                 self.memory().cached.remove(&id);
             }

@@ -539,17 +539,19 @@ impl Proxy {
                     }
                 });
             }
-            Fault::FinalCommandsExpireAtTtl if is_command_post(request) && status == 202 => {
+            Fault::FinalCommandsExpireAtTtl | Fault::TtlRestartsOnPush
+                if is_command_post(request) && status == 202 =>
+            {
                 let ttl = request.json().and_then(|b| b["ttl_s"].as_u64());
                 let id = answer.json().map(|b| b["command_id"].clone());
                 if let (Some(ttl), Some(Value::String(id))) = (ttl, id) {
-                    let at = Instant::now() + Duration::from_secs(ttl);
-                    self.memory().expires_at.insert(id, at);
+                    let ttl = (Instant::now(), Duration::from_secs(ttl));
+                    self.memory().ttls.insert(id, ttl);
                 }
             }
             Fault::FinalCommandsExpireAtTtl if method == "GET" && status == 200 => {
-                let Some(at) = command.and_then(|id| self.memory().expires_at.get(&id).copied())
-                else {
+                let ttl = command.and_then(|id| self.memory().ttls.get(&id).copied());
+                let Some(at) = ttl.map(|(accepted, ttl)| accepted + ttl) else {
                     return;
                 };
                 answer.edit_json(|body| {
@@ -579,16 +581,6 @@ impl Proxy {
                 answer.set_status(202);
                 answer.set_json(json!({"command_id": id, "status": "queued"}));
             }
-            Fault::TtlRestartsOnPush if is_command_post(request) && status == 202 => {
-                let ttl = request.json().and_then(|b| b["ttl_s"].as_u64());
-                let id = answer.json().unwrap_or_default()["command_id"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
-                if let Some(ttl) = ttl {
-                    self.memory().ttls.insert(id, ttl);
-                }
-            }
             // Not expired yet: its TTL restarted at its last push.
             Fault::TtlRestartsOnPush if method == "GET" && command.is_some() && status == 200 => {
                 let id = command.unwrap();
@@ -597,7 +589,7 @@ impl Proxy {
                     .ttls
                     .get(&id)
                     .zip(memory.last_push.get(&id))
-                    .is_some_and(|(ttl, (pushed, _))| pushed.elapsed() < Duration::from_secs(*ttl));
+                    .is_some_and(|((_, ttl), (pushed, _))| pushed.elapsed() < *ttl);
                 drop(memory);
                 if alive && answer.json().is_some_and(|b| b["status"] == "expired") {
                     answer.edit_json(|body| body.insert("status", Json::String("sent".into())));
@@ -856,14 +848,12 @@ impl Proxy {
                     return;
                 };
                 let mut memory = self.memory();
-                let cached = memory
-                    .cached
-                    .entry(command.unwrap())
-                    .or_insert_with(|| (fresh, Instant::now()));
-                if cached.1.elapsed() >= Duration::from_millis(500) {
-                    *cached = (answer.json().unwrap(), Instant::now());
+                let cached = memory.cached.entry(command.unwrap());
+                let (shown, since) = cached.or_insert_with(|| (fresh.clone(), Instant::now()));
+                if since.elapsed() >= Duration::from_millis(500) {
+                    (*shown, *since) = (fresh, Instant::now());
                 }
-                answer.set_json(cached.0.clone());
+                answer.set_json(shown.clone());
             }
             Fault::ConflictLeaksOtherAgentsCommand if status == 409 && is_command_post(request) => {
                 let id = request
